@@ -1,0 +1,107 @@
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! Thin orchestration only: every command is a sequence of `cargo` invocations (and
+//! `cargo deny`), so that what CI runs is exactly what a developer runs. The library
+//! crates are never linked into this binary.
+
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Project automation for the tower-health-ai workspace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run the whole test suite: unit, integration, example and doc tests of every crate.
+    Test,
+    /// What CI runs: fmt check, clippy (-D warnings), tests, docs (-D warnings), cargo-deny.
+    Ci,
+    /// Run every criterion bench.
+    Bench {
+        /// Extra arguments passed to the bench binaries (after `--`), e.g. a filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Test => test(),
+        Task::Ci => ci(),
+        Task::Bench { args } => bench(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failed) => {
+            eprintln!("xtask: {failed}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The README's test command, and the test step of CI.
+fn test() -> Result<(), String> {
+    cargo(&["test", "--workspace", "--all-features", "--locked"], &[])
+}
+
+fn ci() -> Result<(), String> {
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    test()?;
+    cargo(
+        &["doc", "--workspace", "--all-features", "--no-deps", "--locked"],
+        &[("RUSTDOCFLAGS", "-Dwarnings")],
+    )?;
+    // Advisories need the advisory database from the network, which CI machines lack;
+    // see deny.toml.
+    cargo(&["deny", "--all-features", "check", "bans", "licenses", "sources"], &[])
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let mut argv = vec!["bench", "--workspace", "--locked"];
+    if !args.is_empty() {
+        argv.push("--");
+        argv.extend(args.iter().map(String::as_str));
+    }
+    cargo(&argv, &[])
+}
+
+/// Runs `cargo <args>` with extra environment variables, echoing the command first.
+fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let shown: Vec<String> = env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(std::iter::once("cargo".to_owned()))
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .collect();
+    eprintln!("\n$ {}", shown.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .map_err(|e| format!("could not run {cargo}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed ({status})", shown.join(" ")))
+    }
+}
