@@ -1,4 +1,9 @@
-//! Shared code of the runnable examples.
+//! The demo gateway, and code shared by the runnable examples.
 //!
 //! Each example runs with `cargo run --example NAME` from the workspace root; the demo
-//! gateway is the reference integration of the `HealthAiStack` preset.
+//! gateway (`cargo xtask demo`) is the reference integration of the `HealthAiStack`
+//! preset.
+
+pub mod analysis;
+pub mod simulator;
+pub mod upstream;
