@@ -1,12 +1,114 @@
 //! Priority admission and retry for [tower] services.
 //!
-//! Four priority levels (urgent, high, normal, low), at most N requests in flight, a
-//! bounded waiting room that sheds the lowest priority first, a maximum wait per level,
-//! and aging so that low-priority work is never starved. Retries with exponential backoff
-//! and jitter are built on tower's `retry` machinery and bounded by a retry budget.
+//! [`PriorityQueueLayer`] lets at most N requests (default 2) into the inner service at
+//! once. The others wait in a bounded room with four levels, [`Priority::Urgent`],
+//! `High`, `Normal` and `Low`: the next free slot goes to the highest level waiting, FIFO
+//! within a level, with aging so that low-priority work is never starved. When the room is
+//! full a higher-priority arrival displaces the newest waiter of the lowest level below
+//! it; every level has a maximum wait. Refusals are a [`QueueError`] (503 with
+//! `Retry-After`, or 400 for a malformed priority, over HTTP).
 //!
-//! Public shape: `Priority`, a `PriorityExtractor` trait with provided extractors
-//! (`x-priority` header, typed extension, closure), a `PriorityQueueLayer` and its
-//! service and future, a `QueueError` enum, a handle with a snapshot, and a `RetryLayer`.
+//! [`RetryLayer`] retries failed calls on tower's [`retry`](tower::retry) machinery:
+//! `max_attempts` calls in all, full-jitter exponential backoff, the upstream's
+//! `Retry-After`, an optional overall deadline, and a retry budget.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{BoxError, ServiceBuilder, ServiceExt};
+//! use tower_priority_queue::{
+//!     classify_fn, Classify, HttpClassifier, Priority, PriorityQueueLayer, QueueError,
+//!     RetryDecision, RetryLayer,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let queue = PriorityQueueLayer::builder()
+//!     .name("upstream")
+//!     .max_in_flight(2)
+//!     .capacity(64)
+//!     .max_wait(Priority::Low, Duration::from_secs(30))
+//!     .build();
+//! let queue_state = queue.handle();
+//!
+//! let retry = RetryLayer::builder()
+//!     .max_attempts(3)
+//!     .backoff(Duration::from_millis(500), Duration::from_secs(10))
+//!     // Never retry refusals of other layers; the default handles the rest.
+//!     .classifier(classify_fn(|result: &Result<http::Response<Full<Bytes>>, BoxError>| {
+//!         match result {
+//!             Err(error) if error.is::<std::io::Error>() => RetryDecision::Return,
+//!             other => HttpClassifier::new().classify(other),
+//!         }
+//!     }))
+//!     .build();
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(retry)
+//!     .layer(queue)
+//!     .service_fn(|_request: http::Request<Full<Bytes>>| async {
+//!         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+//!     });
+//!
+//! let request = http::Request::builder()
+//!     .header("x-priority", "urgent")
+//!     .body(Full::new(Bytes::from_static(b"{}")))?;
+//! let response = service.clone().oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//!
+//! // A malformed priority is refused before it is queued; the error knows its response.
+//! let request = http::Request::builder()
+//!     .header("x-priority", "asap")
+//!     .body(Full::new(Bytes::new()))?;
+//! let error = service.clone().oneshot(request).await.unwrap_err();
+//! let refusal = error.downcast_ref::<QueueError>().expect("a queue refusal");
+//! assert_eq!(refusal.status_code(), 400);
+//!
+//! assert_eq!(queue_state.snapshot().processing, 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! - `http` (default): [`HeaderPriority`], [`ExtensionPriority`], the HTTP and gRPC
+//!   responses of [`QueueError`], [`HttpClassifier`] and [`HttpReplay`].
+//!
+//! # Metrics
+//!
+//! See [`metrics`]. The recorder must be installed before the layers are built.
 //!
 //! [tower]: https://docs.rs/tower
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod core;
+mod error;
+mod future;
+mod handle;
+#[cfg(feature = "http")]
+mod http;
+mod layer;
+pub mod metrics;
+mod priority;
+pub mod retry;
+mod service;
+mod shared;
+
+pub use crate::error::QueueError;
+pub use crate::future::ResponseFuture;
+pub use crate::handle::{QueueHandle, QueueSnapshot};
+#[cfg(feature = "http")]
+pub use crate::http::{ExtensionPriority, HeaderPriority};
+pub use crate::layer::{PriorityQueueLayer, QueueBuilder};
+pub use crate::priority::{Priority, PriorityExtractor, PriorityFn, priority_fn};
+pub use crate::retry::{
+    Classify, ClassifyFn, CloneReplay, Replay, Retry, RetryBuilder, RetryDecision, RetryErrors,
+    RetryLayer, RetryPolicy, classify_fn,
+};
+#[cfg(feature = "http")]
+pub use crate::retry::{HttpClassifier, HttpReplay};
+pub use crate::service::PriorityQueue;

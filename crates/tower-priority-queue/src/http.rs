@@ -1,0 +1,352 @@
+//! The HTTP face of the queue: priority extractors for `http::Request` and the 503/400
+//! mapping of [`QueueError`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::error::QueueError;
+use crate::priority::{Priority, PriorityExtractor};
+
+/// Reads the priority from a request header, `x-priority` unless told otherwise.
+///
+/// The value is `urgent`, `high`, `normal` or `low`, in any ASCII case. A request without
+/// the header gets the default level ([`Priority::Normal`] unless changed); any other value
+/// is refused with [`QueueError::InvalidPriority`] (400 over HTTP).
+///
+/// ```
+/// use tower_priority_queue::{HeaderPriority, Priority, PriorityExtractor};
+///
+/// let extractor = HeaderPriority::new();
+/// let request = http::Request::builder().header("x-priority", "URGENT").body(()).unwrap();
+/// assert_eq!(extractor.extract(&request).ok(), Some(Priority::Urgent));
+/// let request = http::Request::builder().header("x-priority", "soon").body(()).unwrap();
+/// assert!(extractor.extract(&request).is_err());
+/// ```
+#[derive(Clone, Debug)]
+pub struct HeaderPriority {
+    header: HeaderName,
+    default: Priority,
+}
+
+impl HeaderPriority {
+    /// Reads `x-priority`; requests without it are normal.
+    #[must_use]
+    pub fn new() -> Self {
+        HeaderPriority {
+            header: HeaderName::from_static("x-priority"),
+            default: Priority::Normal,
+        }
+    }
+
+    /// Reads this header instead.
+    #[must_use]
+    pub fn header(mut self, header: HeaderName) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// The level of requests without the header.
+    #[must_use]
+    pub fn default_priority(mut self, priority: Priority) -> Self {
+        self.default = priority;
+        self
+    }
+
+    /// Reads the priority from a header map.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::InvalidPriority`] when the header is present with an unknown value.
+    pub fn from_headers(&self, headers: &HeaderMap) -> Result<Priority, QueueError> {
+        match headers.get(&self.header) {
+            None => Ok(self.default),
+            Some(value) => {
+                Priority::from_bytes(value.as_bytes()).ok_or(QueueError::InvalidPriority)
+            }
+        }
+    }
+}
+
+impl Default for HeaderPriority {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> PriorityExtractor<http::Request<B>> for HeaderPriority {
+    fn extract(&self, request: &http::Request<B>) -> Result<Priority, QueueError> {
+        self.from_headers(request.headers())
+    }
+}
+
+/// Reads the priority from a [`Priority`] in the request's extensions, put there by an
+/// earlier layer or handler (for example after authentication). Requests without one get
+/// the default level ([`Priority::Normal`] unless changed).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExtensionPriority {
+    default: Priority,
+}
+
+impl ExtensionPriority {
+    /// Reads the extension; requests without it are normal.
+    #[must_use]
+    pub fn new() -> Self {
+        ExtensionPriority::default()
+    }
+
+    /// The level of requests without the extension.
+    #[must_use]
+    pub fn default_priority(mut self, priority: Priority) -> Self {
+        self.default = priority;
+        self
+    }
+}
+
+impl<B> PriorityExtractor<http::Request<B>> for ExtensionPriority {
+    fn extract(&self, request: &http::Request<B>) -> Result<Priority, QueueError> {
+        Ok(request
+            .extensions()
+            .get::<Priority>()
+            .copied()
+            .unwrap_or(self.default))
+    }
+}
+
+impl QueueError {
+    /// The HTTP status: 503 for a full queue or an exceeded wait, 400 for an invalid
+    /// priority.
+    #[must_use]
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            QueueError::QueueFull { .. } | QueueError::QueueTimeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            QueueError::InvalidPriority => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The numeric gRPC status: 14 (UNAVAILABLE) for a full queue or an exceeded wait,
+    /// 3 (`INVALID_ARGUMENT`) for an invalid priority.
+    #[must_use]
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            QueueError::QueueFull { .. } | QueueError::QueueTimeout { .. } => 14,
+            QueueError::InvalidPriority => 3,
+        }
+    }
+
+    /// The HTTP response for this refusal: its status, `content-type: application/json`,
+    /// a body `{"error":"…","retryAfter":s}` (`retryAfter` only when a retry makes sense)
+    /// and then a `Retry-After` header in whole seconds, rounded up.
+    #[must_use]
+    pub fn to_http_response<B: From<Bytes>>(&self) -> Response<B> {
+        let retry_after = self.retry_after().map(whole_seconds);
+        let mut body = String::with_capacity(128);
+        body.push_str("{\"error\":\"");
+        push_json_escaped(&mut body, &self.to_string());
+        body.push('"');
+        if let Some(seconds) = retry_after {
+            body.push_str(",\"retryAfter\":");
+            body.push_str(&seconds.to_string());
+        }
+        body.push('}');
+        let mut response = Response::new(B::from(Bytes::from(body)));
+        *response.status_mut() = self.status_code();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(seconds) = retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+
+    /// The gRPC response for this refusal, trailers-only: HTTP 200,
+    /// `content-type: application/grpc`, `grpc-status`, a percent-encoded `grpc-message`,
+    /// and `Retry-After` when a retry makes sense.
+    #[must_use]
+    pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
+        let mut response = Response::new(B::default());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            HeaderName::from_static("grpc-status"),
+            HeaderValue::from(self.grpc_code()),
+        );
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(&self.to_string())) {
+            headers.insert(HeaderName::from_static("grpc-message"), message);
+        }
+        if let Some(seconds) = self.retry_after().map(whole_seconds) {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+
+    /// The gRPC form when the request's `content-type` starts with `application/grpc`,
+    /// the HTTP form otherwise.
+    #[must_use]
+    pub fn to_response<B: Default + From<Bytes>>(
+        &self,
+        request_headers: &HeaderMap,
+    ) -> Response<B> {
+        if is_grpc(request_headers) {
+            self.to_grpc_response()
+        } else {
+            self.to_http_response()
+        }
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Whole seconds, rounded up.
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+fn push_json_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC spec asks: every byte outside printable
+/// ASCII, and `%`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> QueueError {
+        QueueError::QueueFull {
+            priority: Priority::Low,
+            retry_after: Duration::from_millis(1500),
+        }
+    }
+
+    #[test]
+    fn queue_full_is_503_with_retry_after_rounded_up() {
+        let response: Response<String> = full()
+            .to_http_response::<Bytes>()
+            .map(|body| String::from_utf8(body.to_vec()).unwrap_or_default());
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let json: serde_json::Value = serde_json::from_str(response.body()).expect("valid JSON");
+        assert_eq!(json["retryAfter"], 2);
+        assert_eq!(json["error"], "queue full: low priority request shed");
+    }
+
+    #[test]
+    fn timeout_is_503_and_unavailable() {
+        let error = QueueError::QueueTimeout {
+            priority: Priority::High,
+            waited: Duration::from_secs(30),
+            retry_after: Duration::from_secs(5),
+        };
+        assert_eq!(error.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.grpc_code(), 14);
+    }
+
+    #[test]
+    fn invalid_priority_is_400_naming_the_valid_values() {
+        let error = QueueError::InvalidPriority;
+        let response = error.to_http_response::<Bytes>();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().get(RETRY_AFTER).is_none());
+        let json: serde_json::Value = serde_json::from_slice(response.body()).expect("valid JSON");
+        assert!(json.get("retryAfter").is_none());
+        let message = json["error"].as_str().unwrap_or_default();
+        for level in ["urgent", "high", "normal", "low"] {
+            assert!(message.contains(level), "{message}");
+        }
+        assert_eq!(error.grpc_code(), 3);
+    }
+
+    #[test]
+    fn grpc_requests_get_a_trailers_only_response() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        let response = full().to_response::<Bytes>(&headers);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(response.headers()["grpc-status"], "14");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "queue full: low priority request shed"
+        );
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
+        assert!(response.body().is_empty());
+
+        let plain = full().to_response::<Bytes>(&HeaderMap::new());
+        assert_eq!(plain.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("a%b\né"), "a%25b%0A%C3%A9");
+    }
+
+    #[test]
+    fn header_extractor_defaults_and_rejects() {
+        let extractor = HeaderPriority::new().default_priority(Priority::Low);
+        let request = http::Request::new(());
+        assert_eq!(extractor.extract(&request), Ok(Priority::Low));
+        let request = http::Request::builder()
+            .header(
+                "x-priority",
+                HeaderValue::from_bytes(b"\xffhigh").expect("opaque value"),
+            )
+            .body(())
+            .expect("request");
+        assert_eq!(
+            extractor.extract(&request),
+            Err(QueueError::InvalidPriority)
+        );
+        let custom = HeaderPriority::new().header(HeaderName::from_static("priority"));
+        let request = http::Request::builder()
+            .header("priority", "high")
+            .body(())
+            .expect("request");
+        assert_eq!(custom.extract(&request), Ok(Priority::High));
+    }
+
+    #[test]
+    fn extension_extractor_reads_the_typed_extension() {
+        let mut request = http::Request::new(());
+        assert_eq!(
+            ExtensionPriority::new().extract(&request),
+            Ok(Priority::Normal)
+        );
+        request.extensions_mut().insert(Priority::Urgent);
+        assert_eq!(
+            ExtensionPriority::new().extract(&request),
+            Ok(Priority::Urgent)
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The four priority levels and how a request's level is found.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::error::QueueError;
+
+/// The priority of a request: which waiter gets the next free slot.
+///
+/// Ordered from lowest to highest, so `Priority::Urgent > Priority::Low`. The default is
+/// [`Priority::Normal`], which is also what a request without any priority gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Background work: served last, shed first.
+    Low,
+    /// The default level.
+    #[default]
+    Normal,
+    /// Served before normal and low work.
+    High,
+    /// Served before everything else, and never displaced.
+    Urgent,
+}
+
+impl Priority {
+    /// All levels, from highest to lowest.
+    pub const ALL: [Priority; 4] = [
+        Priority::Urgent,
+        Priority::High,
+        Priority::Normal,
+        Priority::Low,
+    ];
+
+    /// The lowercase name of the level: `urgent`, `high`, `normal` or `low`.
+    ///
+    /// This is also the value of the `priority` metric label.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Priority::Urgent => "urgent",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Parses a level name, ignoring ASCII case and surrounding spaces or tabs.
+    ///
+    /// Returns `None` for anything but `urgent`, `high`, `normal` or `low`.
+    #[must_use]
+    pub fn from_bytes(value: &[u8]) -> Option<Self> {
+        let value = value.trim_ascii();
+        Priority::ALL
+            .into_iter()
+            .find(|level| value.eq_ignore_ascii_case(level.as_str().as_bytes()))
+    }
+
+    /// Dense index, 0 for urgent to 3 for low.
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            Priority::Urgent => 0,
+            Priority::High => 1,
+            Priority::Normal => 2,
+            Priority::Low => 3,
+        }
+    }
+
+    /// How many levels this one is below urgent: 0 for urgent to 3 for low.
+    pub(crate) const fn rank_below_urgent(self) -> u64 {
+        self.index() as u64
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = QueueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Priority::from_bytes(s.as_bytes()).ok_or(QueueError::InvalidPriority)
+    }
+}
+
+/// Finds the priority of a request.
+///
+/// Implementations are provided for a fixed [`Priority`] (every request gets that level),
+/// for closures through [`priority_fn`], and with the `http` feature for the `x-priority`
+/// header ([`HeaderPriority`](crate::HeaderPriority)) and a typed request extension
+/// ([`ExtensionPriority`](crate::ExtensionPriority)).
+///
+/// Extraction runs on every request, before admission, so keep it cheap.
+pub trait PriorityExtractor<Req> {
+    /// Returns the priority of `request`.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`QueueError::InvalidPriority`] when the request names a priority that does
+    /// not exist. The request is then refused without being queued.
+    fn extract(&self, request: &Req) -> Result<Priority, QueueError>;
+}
+
+impl<Req> PriorityExtractor<Req> for Priority {
+    fn extract(&self, _request: &Req) -> Result<Priority, QueueError> {
+        Ok(*self)
+    }
+}
+
+/// A [`PriorityExtractor`] built from a closure; see [`priority_fn`].
+#[derive(Clone, Copy)]
+pub struct PriorityFn<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for PriorityFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PriorityFn").finish_non_exhaustive()
+    }
+}
+
+/// Uses a closure `Fn(&Req) -> Priority` as a [`PriorityExtractor`].
+///
+/// ```
+/// use tower_priority_queue::{priority_fn, Priority, PriorityExtractor};
+///
+/// struct Job { interactive: bool }
+///
+/// let extractor = priority_fn(|job: &Job| {
+///     if job.interactive { Priority::High } else { Priority::Low }
+/// });
+/// assert_eq!(extractor.extract(&Job { interactive: true }).ok(), Some(Priority::High));
+/// ```
+pub fn priority_fn<F, Req>(f: F) -> PriorityFn<F>
+where
+    F: Fn(&Req) -> Priority,
+{
+    PriorityFn { f }
+}
+
+impl<F, Req> PriorityExtractor<Req> for PriorityFn<F>
+where
+    F: Fn(&Req) -> Priority,
+{
+    fn extract(&self, request: &Req) -> Result<Priority, QueueError> {
+        Ok((self.f)(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_case_insensitively_and_trims() {
+        assert_eq!(Priority::from_bytes(b"URGENT"), Some(Priority::Urgent));
+        assert_eq!(Priority::from_bytes(b" High\t"), Some(Priority::High));
+        assert_eq!(Priority::from_bytes(b"normal"), Some(Priority::Normal));
+        assert_eq!(Priority::from_bytes(b"lOw"), Some(Priority::Low));
+        assert_eq!(Priority::from_bytes(b""), None);
+        assert_eq!(Priority::from_bytes(b"lowest"), None);
+        assert_eq!(Priority::from_bytes(&[0xff, 0xfe]), None);
+        assert!("critical".parse::<Priority>().is_err());
+    }
+
+    #[test]
+    fn orders_low_to_urgent() {
+        assert!(Priority::Urgent > Priority::High);
+        assert!(Priority::High > Priority::Normal);
+        assert!(Priority::Normal > Priority::Low);
+        assert_eq!(Priority::default(), Priority::Normal);
+    }
+}

@@ -1,0 +1,261 @@
+//! The HTTP side of retries: which responses are retried, and replaying `http::Request`s.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::RETRY_AFTER;
+use http::{HeaderMap, StatusCode};
+use http_body::Body;
+use tower::BoxError;
+
+use super::classify::{Classify, RetryDecision, classify_error};
+use super::replay::Replay;
+
+/// The default classifier for `http::Response`s.
+///
+/// | outcome | decision |
+/// |---|---|
+/// | error (transport failure, timeout, ...) | retry |
+/// | error that is this crate's [`QueueError`](crate::QueueError) | return |
+/// | 5xx response | retry |
+/// | 429 response | retry |
+/// | 429 or 503 with `Retry-After` (seconds or HTTP date) | retry, not before that |
+/// | any other response (2xx, 3xx, 4xx) | return |
+///
+/// Refusals of other layers are errors too, and this classifier cannot know their types:
+/// when the stack has a circuit breaker or a rate limiter below the retry layer, wrap
+/// this classifier with [`classify_fn`](crate::classify_fn) and return
+/// [`RetryDecision::Return`] for their errors (see the crate docs).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpClassifier {
+    honor_retry_after: bool,
+}
+
+impl HttpClassifier {
+    /// The classifier described above.
+    #[must_use]
+    pub fn new() -> Self {
+        HttpClassifier {
+            honor_retry_after: true,
+        }
+    }
+
+    /// Whether an upstream `Retry-After` on 429 and 503 stretches the backoff (it does by
+    /// default).
+    #[must_use]
+    pub fn honor_retry_after(mut self, honor: bool) -> Self {
+        self.honor_retry_after = honor;
+        self
+    }
+}
+
+impl Default for HttpClassifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> Classify<http::Response<B>> for HttpClassifier {
+    fn classify(&self, result: &Result<http::Response<B>, BoxError>) -> RetryDecision {
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => return classify_error(error),
+        };
+        let status = response.status();
+        if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+            return RetryDecision::Return;
+        }
+        let says_when =
+            status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
+        if self.honor_retry_after
+            && says_when
+            && let Some(after) = retry_after(response.headers(), SystemTime::now())
+        {
+            return RetryDecision::RetryAfter(after);
+        }
+        RetryDecision::Retry
+    }
+}
+
+/// Reads a `Retry-After` header: delay-seconds or an HTTP date (a date in the past means
+/// now). `None` when absent or malformed.
+#[must_use]
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
+        // Too many digits to be a real wait: take it as "very long" (the cap applies).
+        return Some(value.parse().map_or(Duration::MAX, Duration::from_secs));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Replays `http::Request`s whose body is a buffered, cloneable body (like
+/// `http_body_util::Full<Bytes>`) of at most `max_body_bytes` (64 KiB by default).
+///
+/// The body's size comes from its `size_hint`: a body without a known upper bound, or a
+/// larger one, is sent once and not retried. Streaming bodies (such as hyper's
+/// `Incoming`) are not `Clone`; buffer them into a `Full<Bytes>` in front of the retry
+/// layer to make them replayable.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpReplay {
+    max_body_bytes: u64,
+}
+
+impl HttpReplay {
+    /// Replays bodies up to 64 KiB.
+    #[must_use]
+    pub fn new() -> Self {
+        HttpReplay {
+            max_body_bytes: 64 * 1024,
+        }
+    }
+
+    /// Replays bodies up to this many bytes.
+    #[must_use]
+    pub fn max_body_bytes(mut self, max_body_bytes: u64) -> Self {
+        self.max_body_bytes = max_body_bytes;
+        self
+    }
+}
+
+impl Default for HttpReplay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B> Replay<http::Request<B>> for HttpReplay
+where
+    B: Body + Clone,
+{
+    fn replay(&self, request: &http::Request<B>) -> Option<http::Request<B>> {
+        let size = request.body().size_hint().upper()?;
+        (size <= self.max_body_bytes).then(|| clone_request(request))
+    }
+}
+
+/// Copies an `http::Request` with a cloneable body: method, URI, version, headers,
+/// extensions and body.
+#[must_use]
+pub fn clone_request<B: Clone>(request: &http::Request<B>) -> http::Request<B> {
+    let mut copy = http::Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::HeaderValue;
+    use http_body_util::Full;
+
+    fn response(status: u16, retry_after: Option<&'static str>) -> http::Response<()> {
+        let mut builder = http::Response::builder().status(status);
+        if let Some(value) = retry_after {
+            builder = builder.header(RETRY_AFTER, value);
+        }
+        builder.body(()).expect("valid response")
+    }
+
+    #[test]
+    fn classifies_statuses() {
+        let classifier = HttpClassifier::new();
+        let decide = |status| classifier.classify(&Ok(response(status, None)));
+        assert_eq!(decide(200), RetryDecision::Return);
+        assert_eq!(decide(304), RetryDecision::Return);
+        assert_eq!(decide(400), RetryDecision::Return);
+        assert_eq!(decide(404), RetryDecision::Return);
+        assert_eq!(decide(500), RetryDecision::Retry);
+        assert_eq!(decide(502), RetryDecision::Retry);
+        assert_eq!(decide(503), RetryDecision::Retry);
+        assert_eq!(decide(429), RetryDecision::Retry);
+    }
+
+    #[test]
+    fn honours_retry_after_on_429_and_503_only() {
+        let classifier = HttpClassifier::new();
+        assert_eq!(
+            classifier.classify(&Ok(response(429, Some("7")))),
+            RetryDecision::RetryAfter(Duration::from_secs(7))
+        );
+        assert_eq!(
+            classifier.classify(&Ok(response(503, Some("2")))),
+            RetryDecision::RetryAfter(Duration::from_secs(2))
+        );
+        assert_eq!(
+            classifier.classify(&Ok(response(500, Some("2")))),
+            RetryDecision::Retry
+        );
+        assert_eq!(
+            HttpClassifier::new()
+                .honor_retry_after(false)
+                .classify(&Ok(response(429, Some("7")))),
+            RetryDecision::Retry
+        );
+    }
+
+    #[test]
+    fn errors_retry_except_queue_refusals() {
+        let classifier = HttpClassifier::new();
+        let transport: Result<http::Response<()>, BoxError> = Err("connection reset".into());
+        assert_eq!(classifier.classify(&transport), RetryDecision::Retry);
+        let refusal: Result<http::Response<()>, BoxError> =
+            Err(Box::new(crate::QueueError::InvalidPriority));
+        assert_eq!(classifier.classify(&refusal), RetryDecision::Return);
+    }
+
+    #[test]
+    fn parses_retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers, now), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_static(" 120 "));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(120)));
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("99999999999999999999999"),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::MAX));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).expect("date"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&earlier).expect("date"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::ZERO));
+        for bad in ["-1", "soon", "", "1.5"] {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static(bad));
+            assert_eq!(retry_after(&headers, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replays_small_buffered_bodies_with_everything() {
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri("http://upstream/analyze?x=1")
+            .version(http::Version::HTTP_2)
+            .header("x-priority", "high")
+            .body(Full::new(Bytes::from_static(b"{\"id\":1}")))
+            .expect("valid request");
+        request.extensions_mut().insert(42u32);
+        let copy = HttpReplay::new().replay(&request).expect("replayable");
+        assert_eq!(copy.method(), "POST");
+        assert_eq!(copy.uri(), "http://upstream/analyze?x=1");
+        assert_eq!(copy.version(), http::Version::HTTP_2);
+        assert_eq!(copy.headers()["x-priority"], "high");
+        assert_eq!(copy.extensions().get::<u32>(), Some(&42));
+        assert_eq!(copy.body().size_hint().exact(), Some(8));
+
+        assert!(
+            HttpReplay::new()
+                .max_body_bytes(7)
+                .replay(&request)
+                .is_none()
+        );
+    }
+}
