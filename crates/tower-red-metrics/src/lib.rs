@@ -1,12 +1,102 @@
 //! RED metrics (rate, errors, duration) for any [tower] service, through [metrics].
 //!
-//! Every request is recorded exactly once, when its response body ends (so that gRPC
-//! trailers count), with bounded labels: the matched route template, never the raw path.
-//! An in-process snapshot gives totals, error rate and duration quantiles as JSON, and a
-//! Prometheus builder installs the recorder without panicking when one already exists.
+//! [`RedMetricsLayer`] records every request exactly once, with bounded labels:
 //!
-//! Public shape: a `RedMetricsLayer` and its service, future and body, a snapshot type
-//! that derives `Serialize`, and a Prometheus installer with an axum `/metrics` handler.
+//! - `http_requests_total{method,route,status}` (counter),
+//! - `http_request_duration_seconds{method,route}` (histogram),
+//! - `http_requests_in_flight{method,route}` (gauge).
+//!
+//! `route` is the matched route template (axum's `MatchedPath`, with the `axum` feature),
+//! else [`UNMATCHED_ROUTE`]; never the raw path. Methods outside the standard nine are
+//! `OTHER`. gRPC responses are recorded by their `grpc-status`, from the trailers when
+//! the status is not in the headers ([`HttpClassify`], [`RedBody`]). A request whose
+//! future or body is dropped first is recorded once, as `cancelled`.
+//!
+//! The same requests feed an in-process [`RedSnapshot`] (through a [`RedMetricsHandle`]):
+//! totals by class, error rate, and duration avg/p50/p95/p99 in milliseconds over a
+//! sliding window (5 minutes by default), within [`DURATION_RELATIVE_ERROR`] (0.39 %).
+//!
+//! [`PrometheusConfig`] installs a Prometheus recorder without panicking when one exists,
+//! with histogram buckets from 1 ms to 10 minutes; [`PrometheusMetrics`] renders the text,
+//! and with the `axum` feature [`metrics_route`] serves it at `/metrics`.
+//!
+//! ```
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_red_metrics::{PrometheusConfig, RedMetricsLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! // In an application: `PrometheusConfig::new().install()?` once, before building layers.
+//! // Here, a recorder of our own, so that nothing global is touched.
+//! let (recorder, prometheus) = PrometheusConfig::new().build()?;
+//! let layer = RedMetricsLayer::builder().recorder(recorder).build();
+//! let handle = layer.handle();
+//!
+//! let service = layer.layer(service_fn(|_req: Request<Full<bytes::Bytes>>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes::Bytes::from("ok"))))
+//! }));
+//!
+//! let response = service.oneshot(Request::new(Full::default())).await?;
+//! assert_eq!(response.into_body().collect().await?.to_bytes(), "ok");
+//!
+//! let snapshot = handle.snapshot();
+//! assert_eq!(snapshot.requests.total, 1);
+//! assert_eq!(snapshot.requests.success, 1);
+//! let json = serde_json::to_string(&snapshot)?;
+//! assert!(json.starts_with(r#"{"requests":{"total":1,"success":1,"errors":0,"errorRate":0.0"#));
+//!
+//! let text = prometheus.render();
+//! assert!(text.contains(r#"http_requests_total{method="GET",route="unmatched",status="200"} 1"#));
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! [tower]: https://docs.rs/tower
 //! [metrics]: https://docs.rs/metrics
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "axum")]
+mod axum;
+#[cfg(feature = "http")]
+mod body;
+mod classify;
+mod error;
+mod future;
+#[cfg(feature = "http")]
+mod http;
+mod labels;
+mod layer;
+mod metrics;
+mod prometheus;
+mod service;
+mod sketch;
+mod snapshot;
+mod state;
+
+#[cfg(feature = "axum")]
+pub use crate::axum::{metrics_handler, metrics_route};
+#[cfg(feature = "http")]
+pub use crate::body::RedBody;
+pub use crate::classify::{Class, Classify, ClassifyFn, Status, classify_fn};
+pub use crate::error::{BoxError, InstallError};
+pub use crate::future::ResponseFuture;
+#[cfg(feature = "http")]
+pub use crate::http::{HttpClassify, HttpLabels};
+pub use crate::labels::{ExtractLabels, MethodLabel, RequestLabels};
+pub use crate::layer::{
+    DEFAULT_MAX_ROUTES, DEFAULT_WINDOW, DEFAULT_WINDOW_STEPS, RedMetricsBuilder, RedMetricsLayer,
+};
+pub use crate::metrics::{
+    HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_TOTAL, OVERFLOW_ROUTE,
+    UNMATCHED_ROUTE,
+};
+pub use crate::prometheus::{
+    DEFAULT_DURATION_BUCKETS, PROMETHEUS_CONTENT_TYPE, PrometheusConfig, PrometheusMetrics,
+};
+pub use crate::service::RedMetrics;
+pub use crate::sketch::RELATIVE_ERROR as DURATION_RELATIVE_ERROR;
+pub use crate::snapshot::{DurationStats, RedMetricsHandle, RedSnapshot, RequestStats};
+pub use crate::state::Recording;

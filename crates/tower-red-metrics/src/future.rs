@@ -1,0 +1,56 @@
+//! The response future.
+
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project::pin_project;
+
+use crate::BoxError;
+use crate::classify::{Classify, Status};
+use crate::state::Recording;
+
+/// The future of [`RedMetrics`](crate::RedMetrics): the inner future, plus the request's
+/// [`Recording`]. Dropped before it completes, it records the request as
+/// [`Status::Cancelled`].
+#[pin_project]
+#[derive(Debug)]
+pub struct ResponseFuture<F, C> {
+    #[pin]
+    inner: F,
+    recording: Recording,
+    classify: C,
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn new(inner: F, recording: Recording, classify: C) -> Self {
+        Self {
+            inner,
+            recording,
+            classify,
+        }
+    }
+}
+
+impl<F, C, Res, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<Res, E>>,
+    E: Into<BoxError>,
+    C: Classify<Res>,
+{
+    type Output = Result<C::Output, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let recording = mem::replace(this.recording, Recording::disarmed());
+        Poll::Ready(match result {
+            Ok(response) => Ok(this.classify.classify(response, recording)),
+            Err(error) => {
+                recording.finish(Status::Error);
+                Err(error.into())
+            }
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! What the layer reads from a request: its `method` and `route` labels.
+
+use std::borrow::Cow;
+
+/// The `method` label: the nine standard HTTP methods, everything else folded into
+/// `OTHER`, so that a client sending odd methods cannot grow the number of series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MethodLabel {
+    /// `GET`
+    Get,
+    /// `HEAD`
+    Head,
+    /// `POST`
+    Post,
+    /// `PUT`
+    Put,
+    /// `DELETE`
+    Delete,
+    /// `CONNECT`
+    Connect,
+    /// `OPTIONS`
+    Options,
+    /// `TRACE`
+    Trace,
+    /// `PATCH`
+    Patch,
+    /// Any other method, and requests that have none.
+    Other,
+}
+
+impl MethodLabel {
+    /// Every label, in index order.
+    pub(crate) const ALL: [Self; 10] = [
+        Self::Get,
+        Self::Head,
+        Self::Post,
+        Self::Put,
+        Self::Delete,
+        Self::Connect,
+        Self::Options,
+        Self::Trace,
+        Self::Patch,
+        Self::Other,
+    ];
+
+    /// The label value, e.g. `"GET"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Delete => "DELETE",
+            Self::Connect => "CONNECT",
+            Self::Options => "OPTIONS",
+            Self::Trace => "TRACE",
+            Self::Patch => "PATCH",
+            Self::Other => "OTHER",
+        }
+    }
+
+    /// The position of this label in [`MethodLabel::ALL`].
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl From<&http::Method> for MethodLabel {
+    fn from(method: &http::Method) -> Self {
+        match method.as_str() {
+            "GET" => Self::Get,
+            "HEAD" => Self::Head,
+            "POST" => Self::Post,
+            "PUT" => Self::Put,
+            "DELETE" => Self::Delete,
+            "CONNECT" => Self::Connect,
+            "OPTIONS" => Self::Options,
+            "TRACE" => Self::Trace,
+            "PATCH" => Self::Patch,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The labels of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLabels<'r> {
+    /// The `method` label.
+    pub method: MethodLabel,
+    /// The `route` label: a route *template* such as `/users/{id}`, never a raw path.
+    /// `None` records the request under [`UNMATCHED_ROUTE`](crate::UNMATCHED_ROUTE).
+    pub route: Option<Cow<'r, str>>,
+}
+
+/// Reads the labels of a request. Implemented by [`HttpLabels`](crate::HttpLabels) for
+/// `http::Request`, and by any `Fn(&Req) -> RequestLabels<'static>` closure.
+///
+/// Route values must come from a bounded set (route templates, RPC method names); the
+/// layer caps the number of distinct routes anyway (see
+/// [`RedMetricsBuilder::max_routes`](crate::RedMetricsBuilder::max_routes)).
+pub trait ExtractLabels<Req> {
+    /// The labels of `request`.
+    fn extract<'r>(&self, request: &'r Req) -> RequestLabels<'r>;
+}
+
+impl<Req, F> ExtractLabels<Req> for F
+where
+    F: Fn(&Req) -> RequestLabels<'static>,
+{
+    fn extract<'r>(&self, request: &'r Req) -> RequestLabels<'r> {
+        self(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_are_bounded() {
+        assert_eq!(MethodLabel::from(&http::Method::GET), MethodLabel::Get);
+        assert_eq!(MethodLabel::from(&http::Method::PATCH), MethodLabel::Patch);
+        let odd = http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(MethodLabel::from(&odd), MethodLabel::Other);
+        for (index, label) in MethodLabel::ALL.iter().enumerate() {
+            assert_eq!(label.index(), index);
+        }
+    }
+}
