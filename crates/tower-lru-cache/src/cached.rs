@@ -1,0 +1,120 @@
+//! [`CachedResponse`]: what the HTTP cache stores for one answer.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, HeaderValue, Response, StatusCode, Version, response::Parts};
+
+use crate::body::CacheBody;
+
+/// Response header saying how the cache answered: `HIT`, `MISS`, `STALE` or `BYPASS`.
+pub const X_CACHE: &str = "x-cache";
+
+/// A buffered HTTP response: status, version, headers, body bytes and trailers.
+///
+/// Stored entries never keep the response's extensions (they may be per-request);
+/// a response shared with coalesced requests does.
+#[derive(Clone)]
+pub struct CachedResponse {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+    extensions: Extensions,
+}
+
+impl CachedResponse {
+    /// A response to store, for example one read back from a shared store.
+    #[must_use]
+    pub fn new(status: StatusCode, version: Version, headers: HeaderMap, body: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self { status, version, headers, body, trailers, extensions: Extensions::new() }
+    }
+
+    pub(crate) fn from_parts(parts: Parts, body: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+            trailers,
+            extensions: parts.extensions,
+        }
+    }
+
+    /// A copy without extensions, to store.
+    pub(crate) fn for_storage(&self) -> Self {
+        Self::new(self.status, self.version, self.headers.clone(), self.body.clone(), self.trailers.clone())
+    }
+
+    /// The status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The HTTP version.
+    #[must_use]
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The headers (without `x-cache` and `age`, which are added on replay).
+    #[must_use]
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body bytes.
+    #[must_use]
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The trailers, if the response had any (gRPC responses do).
+    #[must_use]
+    pub fn trailers(&self) -> Option<&HeaderMap> {
+        self.trailers.as_ref()
+    }
+
+    /// About how many bytes this response holds: body, header names and values, trailers.
+    #[must_use]
+    pub fn weight(&self) -> usize {
+        fn headers(map: &HeaderMap) -> usize {
+            map.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum()
+        }
+        self.body.len() + headers(&self.headers) + self.trailers.as_ref().map_or(0, headers) + 64
+    }
+
+    /// A fresh response replaying this one, marked with `x-cache` and, when known, `age`
+    /// (whole seconds since it was stored).
+    pub(crate) fn replay<B>(&self, x_cache: &'static str, age_secs: Option<u64>) -> Response<CacheBody<B>> {
+        let mut res = Response::new(CacheBody::full(self.body.clone(), self.trailers.clone()));
+        *res.status_mut() = self.status;
+        *res.version_mut() = self.version;
+        *res.headers_mut() = self.headers.clone();
+        *res.extensions_mut() = self.extensions.clone();
+        mark(res.headers_mut(), x_cache, age_secs);
+        res
+    }
+}
+
+/// Sets `x-cache` and, when given, `age`.
+pub(crate) fn mark(headers: &mut HeaderMap, x_cache: &'static str, age_secs: Option<u64>) {
+    headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
+    if let Some(age) = age_secs {
+        headers.insert(http::header::AGE, HeaderValue::from(age));
+    }
+}
+
+impl fmt::Debug for CachedResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedResponse")
+            .field("status", &self.status)
+            .field("version", &self.version)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("trailers", &self.trailers)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,130 @@
+//! What the HTTP and the generic cache share: the store, single-flight, counting.
+
+use std::{borrow::Cow, fmt, future::Future, marker::PhantomData, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use crate::{
+    key::CacheKey,
+    metrics::{Metrics, Outcome},
+    policy::{Freshness, freshness},
+    stats::{CacheSnapshot, Stats},
+    store::{CacheStore, Entry},
+};
+
+/// What a lookup found.
+pub(crate) enum Found<V> {
+    Fresh(Arc<Entry<V>>),
+    /// Expired, within grace: kept to answer if the refill fails.
+    Stale(Arc<Entry<V>>),
+    Absent,
+}
+
+/// The result of one inner call, shared with every request coalesced onto it.
+pub(crate) enum Flight<V> {
+    /// Stored: fresh for everyone.
+    Stored(Arc<Entry<V>>),
+    /// Not storable, but the answer to every coalesced request. `failed`: a failure for
+    /// stale-if-error purposes (degraded, or a server error).
+    Shared { value: V, failed: bool },
+    /// The inner call failed with this message.
+    Failed(Arc<str>),
+    /// The answer cannot be shared (too large to buffer): each request calls for itself.
+    Alone,
+}
+
+pub(crate) struct Core<V, St> {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) store: St,
+    /// Used only for moka's coalescing of concurrent `try_get_with` calls: every init
+    /// future returns `Err`, so it never holds a value, and the outcome reaches every
+    /// waiter as the shared error.
+    flights: moka::future::Cache<CacheKey, ()>,
+    stats: Stats,
+    metrics: Metrics,
+    pub(crate) ttl: Duration,
+    pub(crate) grace: Duration,
+    _value: PhantomData<fn() -> V>,
+}
+
+impl<V, St> fmt::Debug for Core<V, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V, St> Core<V, St>
+where
+    V: Send + Sync + 'static,
+    St: CacheStore<V>,
+{
+    pub(crate) fn new(name: Cow<'static, str>, store: St, ttl: Duration, grace: Duration) -> Self {
+        let metrics = Metrics::new(&name);
+        metrics.set_entries(store.entry_count());
+        Self { flights: moka::future::Cache::new(1), metrics, name, store, stats: Stats::default(), ttl, grace, _value: PhantomData }
+    }
+
+    pub(crate) fn classify(&self, entry: Option<Arc<Entry<V>>>, now: Instant) -> Found<V> {
+        let Some(entry) = entry else { return Found::Absent };
+        match freshness(entry.stored_at(), entry.ttl(), self.grace, now) {
+            Freshness::Fresh => Found::Fresh(entry),
+            Freshness::Stale => Found::Stale(entry),
+            Freshness::Expired => Found::Absent,
+        }
+    }
+
+    pub(crate) fn record(&self, outcome: Outcome) {
+        self.stats.record(outcome);
+        self.metrics.record(outcome);
+        match outcome {
+            Outcome::Stale => tracing::warn!(cache = %self.name, "refill failed; served a stale entry"),
+            Outcome::Bypass => tracing::debug!(cache = %self.name, "request bypassed the cache"),
+            _ => tracing::trace!(cache = %self.name, result = outcome.label(), "cache lookup"),
+        }
+    }
+
+    pub(crate) fn store(&self, key: CacheKey, value: V, ttl: Duration) -> Arc<Entry<V>> {
+        let entry = Arc::new(Entry::new(value, Instant::now(), ttl, self.grace));
+        self.store.insert(key, Arc::clone(&entry));
+        self.metrics.set_entries(self.store.entry_count());
+        tracing::debug!(cache = %self.name, %key, ?ttl, "stored a response");
+        entry
+    }
+
+    pub(crate) fn remove(&self, key: &CacheKey) {
+        self.store.remove(key);
+        self.metrics.set_entries(self.store.entry_count());
+        tracing::debug!(cache = %self.name, %key, "invalidated an entry");
+    }
+
+    pub(crate) fn clear(&self) {
+        self.store.clear();
+        self.metrics.set_entries(self.store.entry_count());
+        tracing::info!(cache = %self.name, "invalidated every entry");
+    }
+
+    pub(crate) fn snapshot(&self) -> CacheSnapshot {
+        let entries = self.store.entry_count();
+        self.metrics.set_entries(entries);
+        self.stats.snapshot(&self.name, entries)
+    }
+
+    /// Runs `init` unless an identical call is in flight, in which case waits for that
+    /// call's outcome instead. If the running call is dropped, one waiter runs its own
+    /// `init` (moka's hand-over), so no waiter hangs.
+    pub(crate) async fn flight<F>(&self, key: CacheKey, init: F) -> Arc<Flight<V>>
+    where
+        F: Future<Output = Flight<V>>,
+    {
+        match self.flights.try_get_with(key, async { Err::<(), Flight<V>>(init.await) }).await {
+            Err(shared) => shared,
+            // The flight cache never holds a value, so this cannot be reached; if it were,
+            // calling for oneself is always correct.
+            Ok(()) => Arc::new(Flight::Alone),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Cache keys: SHA-256 over an unambiguous, length-prefixed encoding of request fields.
+//!
+//! This is the pure core of key building: no tower, no I/O, no clock.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// A cache key: the SHA-256 digest of a request's encoded fields.
+///
+/// Build one with a [`KeyHasher`]; the HTTP layer builds them with a
+/// [`KeyBuilder`](crate::KeyBuilder).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CacheKey([u8; 32]);
+
+impl std::hash::Hash for CacheKey {
+    /// Writes the first eight digest bytes as one `u64`: equal keys hash equally, and a
+    /// digest needs no further mixing.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.prefix_u64());
+    }
+}
+
+impl CacheKey {
+    /// Wraps a digest computed elsewhere (for example by a shared store that keys by digest).
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 digest bytes.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn prefix_u64(&self) -> u64 {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(eight)
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({self})")
+    }
+}
+
+impl fmt::Display for CacheKey {
+    /// Lower-case hexadecimal, 64 characters.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in &self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An incremental SHA-256 over tagged, length-prefixed fields.
+///
+/// Every field is written as its tag (one byte), its length (eight bytes, little endian)
+/// and its bytes, so two different sequences of fields can never produce the same input
+/// to the hash: `("ab", "c")` and `("a", "bc")` differ in their length prefixes, and a
+/// missing field differs from an empty one when the caller writes a presence marker
+/// (see [`KeyHasher::optional`]).
+///
+/// ```
+/// use tower_lru_cache::KeyHasher;
+///
+/// let mut a = KeyHasher::new();
+/// a.field(1, b"ab").field(1, b"c");
+/// let mut b = KeyHasher::new();
+/// b.field(1, b"a").field(1, b"bc");
+/// assert_ne!(a.finish(), b.finish());
+/// ```
+#[derive(Clone, Default)]
+pub struct KeyHasher {
+    sha: Sha256,
+}
+
+impl fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyHasher").finish_non_exhaustive()
+    }
+}
+
+impl KeyHasher {
+    /// A hasher with nothing written yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes one field: `tag`, the length of `bytes`, then `bytes`.
+    pub fn field(&mut self, tag: u8, bytes: &[u8]) -> &mut Self {
+        self.sha.update([tag]);
+        self.sha.update((bytes.len() as u64).to_le_bytes());
+        self.sha.update(bytes);
+        self
+    }
+
+    /// Writes a field that may be absent: absent and empty encode differently.
+    pub fn optional(&mut self, tag: u8, bytes: Option<&[u8]>) -> &mut Self {
+        match bytes {
+            None => {
+                self.sha.update([tag, 0]);
+            }
+            Some(bytes) => {
+                self.sha.update([tag, 1]);
+                self.field(tag, bytes);
+            }
+        }
+        self
+    }
+
+    /// Writes a count (for example how many values a header has) under `tag`.
+    pub fn count(&mut self, tag: u8, n: usize) -> &mut Self {
+        self.sha.update([tag]);
+        self.sha.update((n as u64).to_le_bytes());
+        self
+    }
+
+    /// The digest of everything written.
+    #[must_use]
+    pub fn finish(self) -> CacheKey {
+        CacheKey(self.sha.finalize().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key_of(fields: &[(u8, Vec<u8>)]) -> CacheKey {
+        let mut h = KeyHasher::new();
+        for (tag, bytes) in fields {
+            h.field(*tag, bytes);
+        }
+        h.finish()
+    }
+
+    #[test]
+    fn absent_and_empty_differ() {
+        let mut a = KeyHasher::new();
+        a.optional(7, None);
+        let mut b = KeyHasher::new();
+        b.optional(7, Some(b""));
+        assert_ne!(a.finish(), b.finish());
+    }
+
+    #[test]
+    fn display_is_hex() {
+        let key = KeyHasher::new().finish();
+        let hex = key.to_string();
+        assert_eq!(hex.len(), 64);
+        // SHA-256 of the empty input.
+        assert!(hex.starts_with("e3b0c442"));
+    }
+
+    proptest! {
+        /// Two field lists encode to the same bytes only if they are equal, so their
+        /// keys collide only if they are equal.
+        #[test]
+        fn crafted_splits_never_collide(
+            a in proptest::collection::vec((0u8..4, proptest::collection::vec(any::<u8>(), 0..6)), 0..5),
+            b in proptest::collection::vec((0u8..4, proptest::collection::vec(any::<u8>(), 0..6)), 0..5),
+        ) {
+            prop_assume!(a != b);
+            prop_assert_ne!(key_of(&a), key_of(&b));
+        }
+
+        /// Moving a split point between two adjacent fields changes the key.
+        #[test]
+        fn moving_a_split_changes_the_key(bytes in proptest::collection::vec(any::<u8>(), 1..32), cut in 0usize..32, cut2 in 0usize..32) {
+            let cut = cut % (bytes.len() + 1);
+            let cut2 = cut2 % (bytes.len() + 1);
+            prop_assume!(cut != cut2);
+            let a = key_of(&[(1, bytes[..cut].to_vec()), (1, bytes[cut..].to_vec())]);
+            let b = key_of(&[(1, bytes[..cut2].to_vec()), (1, bytes[cut2..].to_vec())]);
+            prop_assert_ne!(a, b);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! [`CacheLayer`] and its builder.
+
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
+
+use http::response::Parts;
+use tower_layer::Layer;
+
+use crate::{
+    cached::CachedResponse,
+    core::Core,
+    http_key::{KeyBuilder, Partition, RequestKey},
+    service::CacheService,
+    shared::{HttpShared, ResponsePredicate},
+    stats::CacheHandle,
+    store::{CacheStore, MokaStore},
+};
+
+/// The default cache name, used as the `cache` metrics label.
+pub const DEFAULT_NAME: &str = "default";
+/// Default bound: 100 entries.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100;
+/// Default freshness: one hour.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// Default largest request body read to build a key: 1 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
+/// Default largest response body buffered to be cached: 4 MiB.
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = 4 << 20;
+
+/// A [`tower_layer::Layer`] that caches HTTP responses. See the crate docs.
+///
+/// Every service it builds, and every clone of it, shares one cache.
+pub struct CacheLayer<St = MokaStore<CachedResponse>> {
+    shared: Arc<HttpShared<St>>,
+}
+
+impl CacheLayer {
+    /// A cache with every default: 100 entries, one hour TTL, no stale grace, `2xx`
+    /// answers cached, keyed by [`RequestKey::new`] (**not partitioned**: answers are
+    /// shared between users).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder starting from the defaults.
+    #[must_use]
+    pub fn builder() -> CacheLayerBuilder {
+        CacheLayerBuilder::default()
+    }
+}
+
+impl Default for CacheLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<St: CacheStore<CachedResponse>> CacheLayer<St> {
+    /// A handle on the cache: statistics and invalidation.
+    #[must_use]
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle::new(self.shared.clone())
+    }
+}
+
+impl<St> Clone for CacheLayer<St> {
+    fn clone(&self) -> Self {
+        Self { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<St> fmt::Debug for CacheLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer").field("cache", &self.shared).finish()
+    }
+}
+
+impl<S, St> Layer<S> for CacheLayer<St> {
+    type Service = CacheService<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Configures a [`CacheLayer`]. Start from [`CacheLayer::builder`].
+pub struct CacheLayerBuilder<St = MokaStore<CachedResponse>> {
+    name: Cow<'static, str>,
+    store: St,
+    ttl: Duration,
+    grace: Duration,
+    key: Arc<dyn KeyBuilder>,
+    max_request_body: usize,
+    max_response_body: usize,
+    cacheable: ResponsePredicate,
+    degraded: ResponsePredicate,
+    cache_control: bool,
+}
+
+impl Default for CacheLayerBuilder {
+    fn default() -> Self {
+        Self {
+            name: Cow::Borrowed(DEFAULT_NAME),
+            store: MokaStore::with_max_entries(DEFAULT_MAX_ENTRIES),
+            ttl: DEFAULT_TTL,
+            grace: Duration::ZERO,
+            key: Arc::new(RequestKey::new()),
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            max_response_body: DEFAULT_MAX_RESPONSE_BODY,
+            cacheable: Arc::new(|parts: &Parts| parts.status.is_success()),
+            degraded: Arc::new(|_: &Parts| false),
+            cache_control: true,
+        }
+    }
+}
+
+impl<St> fmt::Debug for CacheLayerBuilder<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayerBuilder")
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .field("grace", &self.grace)
+            .field("max_request_body", &self.max_request_body)
+            .field("max_response_body", &self.max_response_body)
+            .field("cache_control", &self.cache_control)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayerBuilder {
+    /// Holds at most `n` entries (default 100), evicting the least recently used.
+    #[must_use]
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.store = MokaStore::with_max_entries(n);
+        self
+    }
+
+    /// Holds at most about `bytes` of responses (body, headers and trailers, as
+    /// [`CachedResponse::weight`] counts them), instead of a number of entries.
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.store = MokaStore::with_weigher(bytes, |res: &CachedResponse| u32::try_from(res.weight()).unwrap_or(u32::MAX));
+        self
+    }
+}
+
+impl<St> CacheLayerBuilder<St> {
+    /// The cache's name: the `cache` label of its metrics (default `"default"`).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// How long an entry is fresh (default one hour). A response's `Cache-Control` may
+    /// shorten it, never lengthen it.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Stale-if-error: keep entries this long past their TTL (default zero), and serve
+    /// one, marked `x-cache: STALE`, when the refill fails, answers with a server error,
+    /// or answers degraded.
+    #[must_use]
+    pub fn stale_if_error(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The key builder (default [`RequestKey::new`]).
+    #[must_use]
+    pub fn key(mut self, key: impl KeyBuilder) -> Self {
+        self.key = Arc::new(key);
+        self
+    }
+
+    /// Shorthand for `.key(RequestKey::new().partition(partition))`: the default key,
+    /// partitioned by user.
+    #[must_use]
+    pub fn partition(self, partition: Partition) -> Self {
+        self.key(RequestKey::new().partition(partition))
+    }
+
+    /// Requests whose body may be larger than this (by their `size_hint`, including
+    /// bodies of unknown size) bypass the cache unread (default 1 MiB).
+    #[must_use]
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.max_request_body = bytes;
+        self
+    }
+
+    /// Responses with larger bodies are streamed through uncached, after at most this
+    /// many bytes were buffered (default 4 MiB).
+    #[must_use]
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.max_response_body = bytes;
+        self
+    }
+
+    /// Which answers may be stored (default: `2xx`). Degraded answers never are.
+    #[must_use]
+    pub fn cacheable(mut self, f: impl Fn(&Parts) -> bool + Send + Sync + 'static) -> Self {
+        self.cacheable = Arc::new(f);
+        self
+    }
+
+    /// Which answers are degraded (default: none), for example a fallback's answer marked
+    /// by a response extension. Degraded answers are never stored, and count as failures
+    /// for stale-if-error.
+    #[must_use]
+    pub fn degraded_if(mut self, f: impl Fn(&Parts) -> bool + Send + Sync + 'static) -> Self {
+        self.degraded = Arc::new(f);
+        self
+    }
+
+    /// Whether the response's `Cache-Control` (`no-store`, `no-cache`, `private`,
+    /// `max-age`, `s-maxage`) and `Vary: *` are honoured (default `true`).
+    #[must_use]
+    pub fn respect_cache_control(mut self, yes: bool) -> Self {
+        self.cache_control = yes;
+        self
+    }
+
+    /// Stores entries in `store` instead of the default in-process moka store; the
+    /// `max_entries`/`max_bytes` bounds are then the store's own business.
+    #[must_use]
+    pub fn store<St2: CacheStore<CachedResponse>>(self, store: St2) -> CacheLayerBuilder<St2> {
+        CacheLayerBuilder {
+            name: self.name,
+            store,
+            ttl: self.ttl,
+            grace: self.grace,
+            key: self.key,
+            max_request_body: self.max_request_body,
+            max_response_body: self.max_response_body,
+            cacheable: self.cacheable,
+            degraded: self.degraded,
+            cache_control: self.cache_control,
+        }
+    }
+}
+
+impl<St: CacheStore<CachedResponse>> CacheLayerBuilder<St> {
+    /// Builds the layer, resolving its metric handles now: install the `metrics`
+    /// recorder before calling this.
+    #[must_use]
+    pub fn build(self) -> CacheLayer<St> {
+        let shared = HttpShared {
+            core: Core::new(self.name, self.store, self.ttl, self.grace),
+            key: self.key,
+            max_request_body: self.max_request_body as u64,
+            max_response_body: self.max_response_body,
+            cacheable: self.cacheable,
+            degraded: self.degraded,
+            cache_control: self.cache_control,
+        };
+        CacheLayer { shared: Arc::new(shared) }
+    }
+}

@@ -1,0 +1,139 @@
+//! Counters, the snapshot they produce and the handle that reads them.
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use serde::Serialize;
+
+use crate::{key::CacheKey, metrics::Outcome};
+
+/// Per-outcome request counters.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale: AtomicU64,
+    coalesced: AtomicU64,
+    bypassed: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn record(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Hit => &self.hits,
+            Outcome::Miss => &self.misses,
+            Outcome::Stale => &self.stale,
+            Outcome::Coalesced => &self.coalesced,
+            Outcome::Bypass => &self.bypassed,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, name: &str, entries: u64) -> CacheSnapshot {
+        let hits = self.hits.load(Relaxed);
+        let misses = self.misses.load(Relaxed);
+        let stale = self.stale.load(Relaxed);
+        let coalesced = self.coalesced.load(Relaxed);
+        let lookups = hits + misses + stale + coalesced;
+        #[allow(clippy::cast_precision_loss)]
+        let hit_rate = if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 };
+        CacheSnapshot {
+            name: name.to_owned(),
+            hits,
+            misses,
+            stale,
+            coalesced,
+            bypassed: self.bypassed.load(Relaxed),
+            entries,
+            hit_rate,
+        }
+    }
+}
+
+/// A point-in-time view of one cache's counters.
+///
+/// Each completed request is counted under exactly one of `hits`, `misses`, `stale`,
+/// `coalesced` and `bypassed`. Only `hits` are answers served without any inner call
+/// (so `hits × cost per call` is money saved); `coalesced` answers shared another
+/// request's inner call and saved a call each too.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSnapshot {
+    /// The cache's name (its metrics label).
+    pub name: String,
+    /// Answered from a fresh entry, without an inner call.
+    pub hits: u64,
+    /// Answered by their own inner call.
+    pub misses: u64,
+    /// Answered from an expired entry within its grace period, because the refill failed
+    /// or was degraded.
+    pub stale: u64,
+    /// Answered by an identical concurrent request's inner call (single-flight).
+    pub coalesced: u64,
+    /// Not eligible for caching: passed straight to the inner service.
+    pub bypassed: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// `hits / (hits + misses + stale + coalesced)`; `0` before any lookup.
+    pub hit_rate: f64,
+}
+
+/// What a handle can do to the cache it belongs to.
+pub(crate) trait HandleOps: Send + Sync + 'static {
+    fn snapshot(&self) -> CacheSnapshot;
+    fn remove(&self, key: &CacheKey);
+    fn clear(&self);
+    #[cfg(feature = "http")]
+    fn key_for(&self, parts: &http::request::Parts, body: &[u8]) -> Option<CacheKey>;
+}
+
+/// A cheap, cloneable handle on one cache: statistics and invalidation.
+///
+/// Every clone of the layer, and every service the layer builds, shares the cache this
+/// handle reads.
+#[derive(Clone)]
+pub struct CacheHandle {
+    ops: Arc<dyn HandleOps>,
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CacheHandle").field(&self.snapshot()).finish()
+    }
+}
+
+impl CacheHandle {
+    pub(crate) fn new(ops: Arc<dyn HandleOps>) -> Self {
+        Self { ops }
+    }
+
+    /// The counters and entry count now.
+    #[must_use]
+    pub fn snapshot(&self) -> CacheSnapshot {
+        self.ops.snapshot()
+    }
+
+    /// Removes one entry.
+    pub fn invalidate(&self, key: &CacheKey) {
+        self.ops.remove(key);
+    }
+
+    /// Removes every entry.
+    pub fn invalidate_all(&self) {
+        self.ops.clear();
+    }
+
+    /// Removes the entry that the request with these parts and body would hit, and
+    /// returns its key; `None` when such a request bypasses the cache.
+    #[cfg(feature = "http")]
+    pub fn invalidate_request(&self, parts: &http::request::Parts, body: &[u8]) -> Option<CacheKey> {
+        let key = self.ops.key_for(parts, body)?;
+        self.ops.remove(&key);
+        Some(key)
+    }
+}
