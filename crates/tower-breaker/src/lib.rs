@@ -1,14 +1,124 @@
 //! A circuit breaker, a call timeout and a fallback for [tower] services.
 //!
-//! The breaker is a pure state machine (closed, open, half-open) with an injected clock,
-//! wrapped in a tower layer whose closed-state fast path takes no lock. It trips on
-//! consecutive failures or on a failure rate over a sliding window, fails fast while
-//! open, admits a fixed number of half-open probes, and returns every probe slot even when
-//! a call's future is dropped.
+//! - [`CircuitBreakerLayer`]: closed, open, half-open. Trips on consecutive failures (3
+//!   by default) or on a failure rate and/or slow-call rate over a sliding window of the
+//!   last N calls; stays open 60 s (optionally growing on each re-trip), failing fast
+//!   with [`BreakerError::CircuitOpen`] without touching the inner service; then lets
+//!   exactly K probes through, whose verdict closes or reopens it. The closed path takes
+//!   no lock. A dropped call returns its probe slot.
+//! - [`TimeoutLayer`]: fails a call that runs past its timeout (120 s by default) with
+//!   [`BreakerError::Timeout`], which the breaker's [`DefaultClassifier`] counts as a
+//!   failure.
+//! - [`FallbackLayer`]: answers failed calls (an open circuit, a timeout, an upstream
+//!   error) from a fallback service, marked [`Degraded`] so caches never store them.
 //!
-//! Public shape: a `CircuitBreakerLayer` and its service and future, the trip policies,
-//! a pluggable classifier, a `BreakerError` enum (`CircuitOpen { retry_after }`), a
-//! handle whose state reads are true at the moment read, a `TimeoutLayer`, and a
-//! `FallbackLayer`.
+//! Each service's error is a [`BoxError`]: inner errors pass through unchanged, and this
+//! crate's refusals are a boxed [`BreakerError`], which (feature `http`, on by default)
+//! knows its HTTP and gRPC answers (503 / `UNAVAILABLE` with `Retry-After` for an open
+//! circuit, 504 / `DEADLINE_EXCEEDED` for a timeout).
+//!
+//! A [`CircuitBreakerHandle`] reads the state as it is at the moment read (once the open
+//! duration has passed it reports `HALF_OPEN` without waiting for traffic), gives a
+//! serializable [`CircuitBreakerSnapshot`], and can force or reset the circuit. State
+//! changes are `tracing` events, an optional callback, and the [`metrics`] listed there.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_breaker::fallback::FallbackRequest;
+//! use tower_breaker::{
+//!     BoxError, CircuitBreakerLayer, Degraded, FallbackLayer, State, TimeoutLayer,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // An upstream that is down.
+//! let upstream = service_fn(|_: Request<Bytes>| async {
+//!     let mut response = Response::new(Bytes::new());
+//!     *response.status_mut() = StatusCode::BAD_GATEWAY;
+//!     Ok::<_, Infallible>(response)
+//! });
+//!
+//! let breaker = CircuitBreakerLayer::builder()
+//!     .name("upstream")
+//!     .consecutive_failures(3)
+//!     .open_duration(Duration::from_secs(60))
+//!     .build();
+//! let handle = breaker.handle();
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(breaker)
+//!     .layer(TimeoutLayer::new(Duration::from_secs(120)))
+//!     .service(upstream);
+//!
+//! // Three 5xx answers open the circuit.
+//! for _ in 0..3 {
+//!     let response = service.clone().oneshot(Request::new(Bytes::new())).await?;
+//!     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+//! }
+//! assert_eq!(handle.state(), State::Open);
+//!
+//! // Now calls fail fast; the refusal knows its HTTP answer.
+//! let error = service.clone().oneshot(Request::new(Bytes::new())).await.unwrap_err();
+//! let refusal = error.downcast_ref::<tower_breaker::BreakerError>().unwrap();
+//! let answer: Response<Bytes> = refusal.to_http_response();
+//! assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(answer.headers()["retry-after"], "60");
+//!
+//! // A fallback above the breaker answers instead, marked degraded.
+//! let fallback = service_fn(|request: FallbackRequest<String, Response<Bytes>>| async move {
+//!     let body = format!("local answer for {}", request.context);
+//!     Ok::<_, Infallible>(Response::new(Bytes::from(body)))
+//! });
+//! let capture = |request: &Request<Bytes>| request.uri().path().to_owned();
+//! let service = ServiceBuilder::new()
+//!     .layer(FallbackLayer::new(capture, fallback))
+//!     .service(service);
+//! let response = service.oneshot(Request::new(Bytes::new())).await?;
+//! assert_eq!(response.body(), "local answer for /");
+//! assert!(response.extensions().get::<Degraded>().is_some());
+//! assert_eq!(response.headers()["x-degraded"], "true");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! - `http` (default): the HTTP/gRPC answers of [`BreakerError`], [`ResponseVerdict`] and
+//!   [`MarkDegraded`] for `http::Response`, and [`CaptureHead`].
 //!
 //! [tower]: https://docs.rs/tower
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod classify;
+mod error;
+mod handle;
+mod layer;
+mod machine;
+mod service;
+mod window;
+
+pub mod fallback;
+pub mod future;
+pub mod metrics;
+pub mod timeout;
+
+#[cfg(feature = "http")]
+mod http;
+
+pub use self::classify::{BoxError, Classify, DefaultClassifier, ResponseVerdict, Verdict};
+pub use self::error::BreakerError;
+pub use self::fallback::{Degraded, Fallback, FallbackLayer, MarkDegraded};
+pub use self::handle::{CircuitBreakerHandle, CircuitBreakerSnapshot};
+#[cfg(feature = "http")]
+pub use self::http::{CaptureHead, X_DEGRADED};
+pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer, DEFAULT_NAME};
+pub use self::machine::{State, Transition};
+pub use self::service::CircuitBreaker;
+pub use self::timeout::{Timeout, TimeoutLayer};

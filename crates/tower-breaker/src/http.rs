@@ -1,0 +1,193 @@
+//! The HTTP and gRPC face of this crate (feature `http`): the responses for its refusals,
+//! the default classification of `http::Response`, the degraded marking of fallback
+//! answers, and a request-head capture for the fallback.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Request, Response, StatusCode};
+
+use crate::BreakerError;
+use crate::classify::ResponseVerdict;
+use crate::fallback::{Capture, Degraded, MarkDegraded};
+
+/// The header that marks a fallback answer: `x-degraded: true`.
+pub const X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+impl BreakerError {
+    /// The HTTP status: 503 when the circuit is open, 504 when the call timed out.
+    #[must_use]
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The numeric gRPC status: 14 `UNAVAILABLE` when the circuit is open, 4
+    /// `DEADLINE_EXCEEDED` when the call timed out.
+    #[must_use]
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            Self::CircuitOpen { .. } => 14,
+            Self::Timeout { .. } => 4,
+        }
+    }
+
+    fn retry_after_header(&self, headers: &mut HeaderMap) {
+        if let Some(wait) = self.retry_after() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+        }
+    }
+
+    /// The HTTP answer: the status above, `content-type: application/json`, a body
+    /// `{"error":"<message>","retryAfter":<seconds>}` (`retryAfter` only when known), and
+    /// `Retry-After` in whole seconds (rounded up, at least 1) when known.
+    #[must_use]
+    pub fn to_http_response<B: From<Bytes>>(&self) -> Response<B> {
+        let mut body = format!(r#"{{"error":"{}""#, self.message());
+        if let Some(wait) = self.retry_after() {
+            let _ = write!(body, r#","retryAfter":{}"#, retry_after_secs(wait));
+        }
+        body.push('}');
+        let mut response = Response::new(B::from(Bytes::from(body)));
+        *response.status_mut() = self.status_code();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.retry_after_header(headers);
+        response
+    }
+
+    /// The gRPC answer, trailers-only: HTTP 200, `content-type: application/grpc`,
+    /// `grpc-status`, a percent-encoded `grpc-message`, and the same `Retry-After`.
+    #[must_use]
+    pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
+        let mut response = Response::new(B::default());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_code()));
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(self.message())) {
+            headers.insert("grpc-message", message);
+        }
+        self.retry_after_header(headers);
+        response
+    }
+
+    /// The gRPC answer when the request's `content-type` starts with `application/grpc`,
+    /// else the HTTP answer.
+    #[must_use]
+    pub fn to_response<B: Default + From<Bytes>>(
+        &self,
+        request_headers: &HeaderMap,
+    ) -> Response<B> {
+        let grpc = request_headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            self.to_grpc_response()
+        } else {
+            self.to_http_response()
+        }
+    }
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC spec asks: every byte outside printable
+/// ASCII, and `%` itself.
+fn percent_encode(message: &str) -> String {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
+}
+
+/// A 5xx status is an upstream failure; any other status (a 4xx is the client's doing)
+/// is a success. A `429` or `503` with `Retry-After` in seconds carries the upstream's
+/// wait.
+impl<B> ResponseVerdict for Response<B> {
+    fn is_failure(&self) -> bool {
+        self.status().is_server_error()
+    }
+
+    fn upstream_retry_after(&self) -> Option<Duration> {
+        if !matches!(
+            self.status(),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            return None;
+        }
+        // Delta-seconds only; an HTTP-date is ignored rather than trusted to a clock.
+        let secs: u64 = self
+            .headers()
+            .get(RETRY_AFTER)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Duration::from_secs(secs))
+    }
+}
+
+/// Inserts the [`Degraded`] extension and `x-degraded: true`.
+impl<B> MarkDegraded for Response<B> {
+    fn mark_degraded(&mut self) {
+        self.extensions_mut().insert(Degraded);
+        self.headers_mut()
+            .insert(X_DEGRADED, HeaderValue::from_static("true"));
+    }
+}
+
+/// A [`Capture`] that keeps the request head: method, URI, version, headers and
+/// extensions (everything but the body), as `http::request::Parts`.
+///
+/// It clones the headers and extensions of every request; when the fallback needs only a
+/// path parameter or one header, a closure that captures just that is cheaper.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureHead;
+
+impl<B> Capture<Request<B>> for CaptureHead {
+    type Context = http::request::Parts;
+
+    fn capture(&self, request: &Request<B>) -> Self::Context {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = request.method().clone();
+        parts.uri = request.uri().clone();
+        parts.version = request.version();
+        parts.headers = request.headers().clone();
+        parts.extensions = request.extensions().clone();
+        parts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2_001)), 3);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn percent_encoding_follows_the_grpc_spec() {
+        assert_eq!(percent_encode("plain text"), "plain text");
+        assert_eq!(percent_encode("50%"), "50%25");
+        assert_eq!(percent_encode("é\n"), "%C3%A9%0A");
+    }
+}

@@ -1,0 +1,971 @@
+//! The circuit breaker's state machine: no tower inside, time passed in by the caller.
+//!
+//! The state lives in one atomic word (state, forced flag, generation). In the closed
+//! state, admitting a call is one atomic load, and recording its outcome touches only
+//! atomics (a consecutive-failure counter or a lock-free window). A mutex is taken only
+//! to change state, to admit and settle half-open probes, and on the open path once the
+//! open duration has passed. Every state change bumps the generation, so an outcome from
+//! an earlier state can never count in a later one.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::classify::Verdict;
+use crate::window::{Window, WindowCounts};
+
+/// A circuit breaker's state.
+///
+/// Serializes and displays as `CLOSED`, `OPEN` or `HALF_OPEN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    /// Calls pass; outcomes are counted.
+    Closed,
+    /// Calls fail fast without reaching the inner service.
+    Open,
+    /// A limited number of probe calls pass; their verdict closes or reopens.
+    HalfOpen,
+}
+
+impl State {
+    /// `CLOSED`, `OPEN` or `HALF_OPEN`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "CLOSED",
+            Self::Open => "OPEN",
+            Self::HalfOpen => "HALF_OPEN",
+        }
+    }
+
+    /// The value of the `circuit_state` gauge: 0 closed, 1 open, 2 half-open.
+    #[must_use]
+    pub const fn as_gauge(self) -> u8 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+
+    const fn from_word(word: u64) -> Self {
+        match word & STATE_MASK {
+            0 => Self::Closed,
+            1 => Self::Open,
+            _ => Self::HalfOpen,
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One change of state, as given to the transition callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transition {
+    /// The state left.
+    pub from: State,
+    /// The state entered.
+    pub to: State,
+}
+
+const STATE_MASK: u64 = 0b011;
+const FORCED: u64 = 0b100;
+const GENERATION_SHIFT: u32 = 3;
+
+/// The breaker's configuration, checked by the builder.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) window: Option<WindowConfig>,
+    pub(crate) open_duration: Duration,
+    /// Growth factor and cap of the open duration on each re-trip.
+    pub(crate) backoff: Option<(f64, Duration)>,
+    pub(crate) half_open_probes: u32,
+    pub(crate) max_half_open: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: Some(3),
+            window: None,
+            open_duration: Duration::from_secs(60),
+            backoff: None,
+            half_open_probes: 1,
+            max_half_open: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WindowConfig {
+    pub(crate) size: u32,
+    pub(crate) minimum_calls: u32,
+    pub(crate) failure_rate: Option<f64>,
+    pub(crate) slow: Option<SlowCalls>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SlowCalls {
+    pub(crate) threshold: Duration,
+    pub(crate) rate: f64,
+}
+
+impl Config {
+    fn slow_threshold(&self) -> Option<Duration> {
+        self.window.and_then(|w| w.slow).map(|s| s.threshold)
+    }
+
+    /// The open duration after `reopens` consecutive re-trips.
+    fn open_duration(&self, reopens: u32) -> Duration {
+        let base = self.open_duration;
+        match self.backoff {
+            Some((factor, cap)) if reopens > 0 => {
+                let exponent = i32::try_from(reopens).unwrap_or(i32::MAX);
+                Duration::try_from_secs_f64(base.as_secs_f64() * factor.powi(exponent))
+                    .map_or(cap, |grown| grown.min(cap))
+                    .max(base.min(cap))
+            }
+            _ => base,
+        }
+    }
+}
+
+/// Leave to call the inner service, taken before the call and settled after it.
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Permit {
+    word: u64,
+    probe: bool,
+    start: Option<Instant>,
+}
+
+impl Permit {
+    /// Restarts the call's clock (when it is timed), so that the wait for the inner
+    /// service's readiness does not count toward a slow call.
+    pub(crate) fn restart(&mut self, now: Instant) {
+        if self.start.is_some() {
+            self.start = Some(now);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
+/// A refused call: the circuit is open (or half-open with every probe slot taken).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rejected {
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// A state change, with the instant at which the next one falls due (if timed).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Event {
+    pub(crate) transition: Transition,
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// What a handle shows: the machine at one moment.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stats {
+    pub(crate) state: State,
+    pub(crate) forced: bool,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) window: Option<WindowCounts>,
+    pub(crate) rejected: u64,
+    pub(crate) time_until_half_open: Option<Duration>,
+    pub(crate) open_duration: Option<Duration>,
+    pub(crate) probes_in_flight: u32,
+    pub(crate) reopens: u32,
+}
+
+struct Inner {
+    reopens: u32,
+    open_until: Instant,
+    open_for: Duration,
+    half_open_since: Instant,
+    probes_in_flight: u32,
+    probes_succeeded: u32,
+}
+
+/// Reads the clock at most once, and only if asked.
+struct LazyNow<F> {
+    read: Option<F>,
+    value: Option<Instant>,
+}
+
+impl<F: FnOnce() -> Instant> LazyNow<F> {
+    fn new(read: F) -> Self {
+        Self {
+            read: Some(read),
+            value: None,
+        }
+    }
+
+    fn get(&mut self) -> Instant {
+        if let Some(value) = self.value {
+            return value;
+        }
+        let value = match self.read.take() {
+            Some(read) => read(),
+            None => Instant::now(),
+        };
+        self.value = Some(value);
+        value
+    }
+}
+
+/// Called with the new state while the transition lock is held, so that a gauge written
+/// from it always ends on the latest state.
+pub(crate) type StateHook = Box<dyn Fn(State) + Send + Sync>;
+
+pub(crate) struct Machine {
+    word: AtomicU64,
+    consecutive: AtomicU32,
+    window: Option<Window>,
+    /// Nanoseconds since `epoch` until which the circuit stays open.
+    open_until: AtomicU64,
+    rejected: AtomicU64,
+    epoch: Instant,
+    config: Config,
+    inner: Mutex<Inner>,
+    on_state: StateHook,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field(
+                "state",
+                &State::from_word(self.word.load(Ordering::Acquire)),
+            )
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Machine {
+    /// A closed breaker. `now` anchors its internal clock.
+    pub(crate) fn new(config: Config, now: Instant, on_state: StateHook) -> Self {
+        on_state(State::Closed);
+        Self {
+            word: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            window: config.window.map(|w| Window::new(w.size)),
+            open_until: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            epoch: now,
+            inner: Mutex::new(Inner {
+                reopens: 0,
+                open_until: now,
+                open_for: Duration::ZERO,
+                half_open_since: now,
+                probes_in_flight: 0,
+                probes_succeeded: 0,
+            }),
+            config,
+            on_state,
+        }
+    }
+
+    /// Whether outcomes need the call's start time (slow-call detection is on).
+    pub(crate) fn times_calls(&self) -> bool {
+        self.config.slow_threshold().is_some()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The lock guards plain counters that every path leaves consistent; a panic
+        // elsewhere while holding it cannot leave them half-written.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Asks leave to call. Closed: one atomic load, and the clock is read only when slow
+    /// calls are detected.
+    pub(crate) fn acquire(
+        &self,
+        now: impl FnOnce() -> Instant,
+        events: &mut Vec<Event>,
+    ) -> Result<Permit, Rejected> {
+        let word = self.word.load(Ordering::Acquire);
+        let mut now = LazyNow::new(now);
+        if State::from_word(word) == State::Closed {
+            let start = self.times_calls().then(|| now.get());
+            return Ok(Permit {
+                word,
+                probe: false,
+                start,
+            });
+        }
+        if State::from_word(word) == State::Open {
+            if word & FORCED != 0 {
+                return Err(self.reject(None));
+            }
+            let until = self.open_until.load(Ordering::Acquire);
+            let at = self.nanos(now.get());
+            if at < until {
+                return Err(self.reject(Some(Duration::from_nanos(until - at))));
+            }
+        }
+        let now = now.get();
+        let mut inner = self.lock();
+        self.advance_locked(&mut inner, now, events);
+        let word = self.word.load(Ordering::Acquire);
+        match State::from_word(word) {
+            State::Closed => Ok(Permit {
+                word,
+                probe: false,
+                start: self.times_calls().then_some(now),
+            }),
+            State::Open => {
+                let retry_after =
+                    (word & FORCED == 0).then(|| inner.open_until.saturating_duration_since(now));
+                Err(self.reject(retry_after))
+            }
+            State::HalfOpen => {
+                if word & FORCED == 0
+                    && inner.probes_in_flight + inner.probes_succeeded
+                        < self.config.half_open_probes
+                {
+                    inner.probes_in_flight += 1;
+                    Ok(Permit {
+                        word,
+                        probe: true,
+                        start: self.times_calls().then_some(now),
+                    })
+                } else {
+                    Err(self.reject(None))
+                }
+            }
+        }
+    }
+
+    fn reject(&self, retry_after: Option<Duration>) -> Rejected {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        Rejected { retry_after }
+    }
+
+    /// Settles a completed call with its verdict.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "a permit is settled once: taking it by value makes a second settlement a compile error"
+    )]
+    pub(crate) fn record(
+        &self,
+        permit: Permit,
+        verdict: Verdict,
+        now: impl FnOnce() -> Instant,
+        events: &mut Vec<Event>,
+    ) {
+        let Permit { word, probe, start } = permit;
+        let mut now = LazyNow::new(now);
+        let slow = match (start, self.config.slow_threshold()) {
+            // A call exactly at the threshold is not slow.
+            (Some(start), Some(threshold)) => {
+                now.get().saturating_duration_since(start) > threshold
+            }
+            _ => false,
+        };
+        if probe {
+            self.record_probe(word, verdict, slow, now.get(), events);
+            return;
+        }
+        let admitted = word;
+        let word = self.word.load(Ordering::Acquire);
+        if word != admitted || word & FORCED != 0 {
+            // Admitted under an earlier state, or forced closed: not counted.
+            return;
+        }
+        let mut trip = false;
+        let mut hold = None;
+        match verdict {
+            Verdict::Ignored => return,
+            Verdict::Success => {
+                if self.config.consecutive_failures.is_some()
+                    && self.consecutive.load(Ordering::Relaxed) != 0
+                {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                }
+            }
+            Verdict::Failure | Verdict::FailureRetryAfter(_) => {
+                if let Some(threshold) = self.config.consecutive_failures {
+                    trip |= self.consecutive.fetch_add(1, Ordering::AcqRel) + 1 >= threshold;
+                }
+                if let Verdict::FailureRetryAfter(wait) = verdict {
+                    trip = true;
+                    hold = Some(wait);
+                }
+            }
+        }
+        if let (Some(window), Some(config)) = (&self.window, self.config.window) {
+            let counts = window.record(verdict.is_failure(), slow);
+            if counts.calls >= config.minimum_calls {
+                trip |= config
+                    .failure_rate
+                    .is_some_and(|rate| counts.failure_rate() >= rate);
+                trip |= config.slow.is_some_and(|s| counts.slow_rate() >= s.rate);
+            }
+        }
+        if trip {
+            let now = now.get();
+            let mut inner = self.lock();
+            if self.word.load(Ordering::Acquire) == word {
+                self.open_locked(&mut inner, word, now, false, hold, events);
+            }
+        }
+    }
+
+    fn record_probe(
+        &self,
+        admitted: u64,
+        verdict: Verdict,
+        slow: bool,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) {
+        let mut inner = self.lock();
+        self.advance_locked(&mut inner, now, events);
+        let word = self.word.load(Ordering::Acquire);
+        if word != admitted {
+            // The half-open period this probe belonged to has ended; its slot went with it.
+            return;
+        }
+        inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+        match verdict {
+            Verdict::Ignored => {}
+            Verdict::Success if !slow => {
+                inner.probes_succeeded += 1;
+                if inner.probes_succeeded >= self.config.half_open_probes {
+                    inner.reopens = 0;
+                    self.clear_counts();
+                    self.set_state(word, State::Closed, false, None, events);
+                }
+            }
+            Verdict::Success | Verdict::Failure => {
+                self.open_locked(&mut inner, word, now, true, None, events);
+            }
+            Verdict::FailureRetryAfter(wait) => {
+                self.open_locked(&mut inner, word, now, true, Some(wait), events);
+            }
+        }
+    }
+
+    /// Settles a call that ended without a verdict (its future was dropped): a probe's
+    /// slot comes back.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "a permit is settled once: taking it by value makes a second settlement a compile error"
+    )]
+    pub(crate) fn release(&self, permit: Permit) {
+        let Permit { word, probe, .. } = permit;
+        if !probe {
+            return;
+        }
+        let mut inner = self.lock();
+        if self.word.load(Ordering::Acquire) == word {
+            inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The state at `now`, applying any transition that has fallen due.
+    pub(crate) fn state(&self, now: Instant, events: &mut Vec<Event>) -> State {
+        let word = self.word.load(Ordering::Acquire);
+        match State::from_word(word) {
+            State::Closed => State::Closed,
+            State::Open
+                if word & FORCED != 0
+                    || self.nanos(now) < self.open_until.load(Ordering::Acquire) =>
+            {
+                State::Open
+            }
+            _ => {
+                let mut inner = self.lock();
+                self.advance_locked(&mut inner, now, events);
+                State::from_word(self.word.load(Ordering::Acquire))
+            }
+        }
+    }
+
+    /// The machine at `now`, applying any transition that has fallen due.
+    pub(crate) fn stats(&self, now: Instant, events: &mut Vec<Event>) -> Stats {
+        let mut inner = self.lock();
+        self.advance_locked(&mut inner, now, events);
+        let word = self.word.load(Ordering::Acquire);
+        let state = State::from_word(word);
+        let forced = word & FORCED != 0;
+        let open = state == State::Open && !forced;
+        Stats {
+            state,
+            forced,
+            consecutive_failures: self.consecutive.load(Ordering::Acquire),
+            window: self.window.as_ref().map(Window::counts),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            time_until_half_open: open.then(|| inner.open_until.saturating_duration_since(now)),
+            open_duration: open.then_some(inner.open_for),
+            probes_in_flight: if state == State::HalfOpen {
+                inner.probes_in_flight
+            } else {
+                0
+            },
+            reopens: inner.reopens,
+        }
+    }
+
+    /// Holds the circuit open until [`force_closed`](Self::force_closed) or
+    /// [`reset`](Self::reset).
+    pub(crate) fn force_open(&self, events: &mut Vec<Event>) {
+        let _inner = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        self.set_state(word, State::Open, true, None, events);
+    }
+
+    /// Holds the circuit closed (outcomes are not counted) until
+    /// [`force_open`](Self::force_open) or [`reset`](Self::reset).
+    pub(crate) fn force_closed(&self, events: &mut Vec<Event>) {
+        let _inner = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        self.clear_counts();
+        self.set_state(word, State::Closed, true, None, events);
+    }
+
+    /// Back to normal operation: closed, counts cleared, open duration back to its base.
+    pub(crate) fn reset(&self, events: &mut Vec<Event>) {
+        let mut inner = self.lock();
+        inner.reopens = 0;
+        let word = self.word.load(Ordering::Acquire);
+        self.clear_counts();
+        self.set_state(word, State::Closed, false, None, events);
+    }
+
+    /// Applies the timed transitions that have fallen due by `now`. Each is dated when it
+    /// fell due, not when it was noticed.
+    fn advance_locked(&self, inner: &mut Inner, now: Instant, events: &mut Vec<Event>) {
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            if word & FORCED != 0 {
+                return;
+            }
+            match State::from_word(word) {
+                State::Open if now >= inner.open_until => {
+                    inner.half_open_since = inner.open_until;
+                    inner.probes_in_flight = 0;
+                    inner.probes_succeeded = 0;
+                    let deadline = self.config.max_half_open.map(|d| inner.half_open_since + d);
+                    self.set_state(word, State::HalfOpen, false, deadline, events);
+                }
+                State::HalfOpen => match self.config.max_half_open {
+                    Some(max) if now >= inner.half_open_since + max => {
+                        let at = inner.half_open_since + max;
+                        self.open_locked(inner, word, at, true, None, events);
+                    }
+                    _ => return,
+                },
+                _ => return,
+            }
+        }
+    }
+
+    fn open_locked(
+        &self,
+        inner: &mut Inner,
+        word: u64,
+        now: Instant,
+        reopen: bool,
+        hold: Option<Duration>,
+        events: &mut Vec<Event>,
+    ) {
+        if reopen {
+            inner.reopens = inner.reopens.saturating_add(1);
+        } else {
+            inner.reopens = 0;
+        }
+        let mut open_for = self.config.open_duration(inner.reopens);
+        if let Some(hold) = hold {
+            open_for = open_for.max(hold);
+        }
+        inner.open_for = open_for;
+        inner.open_until = now + open_for;
+        self.open_until
+            .store(self.nanos(inner.open_until), Ordering::Release);
+        self.set_state(word, State::Open, false, Some(inner.open_until), events);
+    }
+
+    fn clear_counts(&self) {
+        self.consecutive.store(0, Ordering::Release);
+        if let Some(window) = &self.window {
+            window.clear();
+        }
+    }
+
+    /// Stores the new state under a new generation. Called with the lock held.
+    fn set_state(
+        &self,
+        word: u64,
+        to: State,
+        forced: bool,
+        deadline: Option<Instant>,
+        events: &mut Vec<Event>,
+    ) {
+        let from = State::from_word(word);
+        let generation = (word >> GENERATION_SHIFT).wrapping_add(1);
+        let new = (generation << GENERATION_SHIFT)
+            | if forced { FORCED } else { 0 }
+            | u64::from(to.as_gauge());
+        self.word.store(new, Ordering::Release);
+        (self.on_state)(to);
+        if from != to {
+            events.push(Event {
+                transition: Transition { from, to },
+                deadline,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(config: Config) -> (Machine, Instant) {
+        let t0 = Instant::now();
+        (Machine::new(config, t0, Box::new(|_| {})), t0)
+    }
+
+    fn call(m: &Machine, at: Instant, verdict: Verdict) -> Vec<Event> {
+        let mut events = Vec::new();
+        let permit = m.acquire(|| at, &mut events).expect("admitted");
+        m.record(permit, verdict, || at, &mut events);
+        events
+    }
+
+    fn state(m: &Machine, at: Instant) -> State {
+        m.state(at, &mut Vec::new())
+    }
+
+    #[test]
+    fn opens_after_three_consecutive_failures() {
+        let (m, t0) = machine(Config::default());
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Failure);
+        assert_eq!(state(&m, t0), State::Closed);
+        let events = call(&m, t0, Verdict::Failure);
+        assert_eq!(state(&m, t0), State::Open);
+        assert_eq!(
+            events[0].transition,
+            Transition {
+                from: State::Closed,
+                to: State::Open
+            }
+        );
+        assert_eq!(events[0].deadline, Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_success_resets_the_consecutive_count() {
+        let (m, t0) = machine(Config::default());
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Success);
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Failure);
+        assert_eq!(state(&m, t0), State::Closed);
+    }
+
+    #[test]
+    fn ignored_outcomes_do_not_count() {
+        let (m, t0) = machine(Config::default());
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Ignored);
+        assert_eq!(state(&m, t0), State::Closed);
+        call(&m, t0, Verdict::Failure);
+        assert_eq!(state(&m, t0), State::Open);
+    }
+
+    #[test]
+    fn rejection_reports_time_left_open() {
+        let (m, t0) = machine(Config::default());
+        for _ in 0..3 {
+            call(&m, t0, Verdict::Failure);
+        }
+        let at = t0 + Duration::from_secs(15);
+        let rejected = m.acquire(|| at, &mut Vec::new()).expect_err("open");
+        assert_eq!(rejected.retry_after, Some(Duration::from_secs(45)));
+    }
+
+    #[test]
+    fn state_read_is_half_open_once_due_without_traffic() {
+        let (m, t0) = machine(Config::default());
+        for _ in 0..3 {
+            call(&m, t0, Verdict::Failure);
+        }
+        assert_eq!(state(&m, t0 + Duration::from_millis(59_999)), State::Open);
+        let mut events = Vec::new();
+        assert_eq!(
+            m.state(t0 + Duration::from_secs(60), &mut events),
+            State::HalfOpen
+        );
+        assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn half_open_admits_exactly_k_probes_and_closes_on_their_success() {
+        let (m, t0) = machine(Config {
+            half_open_probes: 2,
+            ..Config::default()
+        });
+        for _ in 0..3 {
+            call(&m, t0, Verdict::Failure);
+        }
+        let at = t0 + Duration::from_secs(60);
+        let mut events = Vec::new();
+        let p1 = m.acquire(|| at, &mut events).expect("probe 1");
+        let p2 = m.acquire(|| at, &mut events).expect("probe 2");
+        assert!(p1.is_probe() && p2.is_probe());
+        assert!(m.acquire(|| at, &mut events).is_err(), "a third probe");
+        m.record(p1, Verdict::Success, || at, &mut events);
+        assert_eq!(state(&m, at), State::HalfOpen);
+        // The first probe's success does not free its slot for another probe.
+        assert!(m.acquire(|| at, &mut events).is_err());
+        m.record(p2, Verdict::Success, || at, &mut events);
+        assert_eq!(state(&m, at), State::Closed);
+    }
+
+    #[test]
+    fn a_dropped_or_ignored_probe_returns_its_slot() {
+        let (m, t0) = machine(Config::default());
+        for _ in 0..3 {
+            call(&m, t0, Verdict::Failure);
+        }
+        let at = t0 + Duration::from_secs(60);
+        let mut events = Vec::new();
+        let probe = m.acquire(|| at, &mut events).expect("probe");
+        assert!(m.acquire(|| at, &mut events).is_err());
+        m.release(probe);
+        let probe = m.acquire(|| at, &mut events).expect("slot came back");
+        m.record(probe, Verdict::Ignored, || at, &mut events);
+        let probe = m.acquire(|| at, &mut events).expect("slot came back again");
+        m.record(probe, Verdict::Failure, || at, &mut events);
+        assert_eq!(state(&m, at), State::Open);
+    }
+
+    #[test]
+    fn open_duration_grows_on_each_reopen_up_to_the_cap() {
+        let (m, t0) = machine(Config {
+            backoff: Some((2.0, Duration::from_secs(150))),
+            ..Config::default()
+        });
+        for _ in 0..3 {
+            call(&m, t0, Verdict::Failure);
+        }
+        let mut at = t0;
+        for expected in [60, 120, 150, 150] {
+            let mut events = Vec::new();
+            let stats = m.stats(at, &mut events);
+            assert_eq!(stats.open_duration, Some(Duration::from_secs(expected)));
+            at += Duration::from_secs(expected);
+            let probe = m.acquire(|| at, &mut events).expect("probe");
+            m.record(probe, Verdict::Failure, || at, &mut events);
+        }
+        // Recovery resets the growth.
+        let probe = m
+            .acquire(|| at + Duration::from_secs(150), &mut Vec::new())
+            .expect("probe");
+        m.record(probe, Verdict::Success, || at, &mut Vec::new());
+        for _ in 0..3 {
+            call(&m, at, Verdict::Failure);
+        }
+        let stats = m.stats(at, &mut Vec::new());
+        assert_eq!(stats.open_duration, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn max_half_open_duration_reopens() {
+        let (m, t0) = machine(Config {
+            max_half_open: Some(Duration::from_secs(10)),
+            ..Config::default()
+        });
+        for _ in 0..3 {
+            call(&m, t0, Verdict::Failure);
+        }
+        let at = t0 + Duration::from_secs(60);
+        let probe = m.acquire(|| at, &mut Vec::new()).expect("probe");
+        let later = at + Duration::from_secs(10);
+        assert_eq!(state(&m, later), State::Open);
+        // The late probe's verdict belongs to an ended period: it changes nothing.
+        m.record(probe, Verdict::Success, || later, &mut Vec::new());
+        assert_eq!(state(&m, later), State::Open);
+    }
+
+    fn window(size: u32, minimum_calls: u32, failure_rate: f64) -> Config {
+        Config {
+            consecutive_failures: None,
+            window: Some(WindowConfig {
+                size,
+                minimum_calls,
+                failure_rate: Some(failure_rate),
+                slow: None,
+            }),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn failure_rate_waits_for_the_minimum_then_the_fifth_call_decides() {
+        use Verdict::{Failure as F, Success as S};
+        let (m, t0) = machine(window(5, 5, 0.5));
+        for v in [F, F, F, S] {
+            call(&m, t0, v);
+        }
+        assert_eq!(state(&m, t0), State::Closed, "4 calls < minimum 5");
+        call(&m, t0, S);
+        assert_eq!(state(&m, t0), State::Open, "3 of 5 failed");
+
+        let (m, t0) = machine(window(5, 5, 0.5));
+        for v in [F, F, S, S, S] {
+            call(&m, t0, v);
+        }
+        assert_eq!(state(&m, t0), State::Closed, "2 of 5 failed");
+        let (m, t0) = machine(window(5, 5, 0.5));
+        for v in [F, F, S, S, F] {
+            call(&m, t0, v);
+        }
+        assert_eq!(state(&m, t0), State::Open, "3 of 5 failed");
+    }
+
+    #[test]
+    fn an_old_outcome_leaves_the_window() {
+        let (m, t0) = machine(window(5, 5, 0.5));
+        for _ in 0..10 {
+            call(&m, t0, Verdict::Success);
+        }
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Failure);
+        assert_eq!(state(&m, t0), State::Closed);
+        // A running total would be 3 of 13; the window holds S,S,F,F,F.
+        call(&m, t0, Verdict::Failure);
+        assert_eq!(state(&m, t0), State::Open);
+    }
+
+    fn slow_config() -> Config {
+        Config {
+            consecutive_failures: None,
+            window: Some(WindowConfig {
+                size: 3,
+                minimum_calls: 3,
+                failure_rate: Some(0.5),
+                slow: Some(SlowCalls {
+                    threshold: Duration::from_secs(1),
+                    rate: 1.0,
+                }),
+            }),
+            ..Config::default()
+        }
+    }
+
+    fn timed_call(m: &Machine, at: Instant, took: Duration) {
+        let mut events = Vec::new();
+        let permit = m.acquire(|| at, &mut events).expect("admitted");
+        m.record(permit, Verdict::Success, || at + took, &mut events);
+    }
+
+    #[test]
+    fn slow_calls_trip_without_failures() {
+        let (m, t0) = machine(slow_config());
+        for _ in 0..3 {
+            timed_call(&m, t0, Duration::from_millis(1_001));
+        }
+        assert_eq!(state(&m, t0), State::Open);
+    }
+
+    #[test]
+    fn a_call_exactly_at_the_slow_threshold_is_not_slow() {
+        let (m, t0) = machine(slow_config());
+        for _ in 0..3 {
+            timed_call(&m, t0, Duration::from_secs(1));
+        }
+        assert_eq!(state(&m, t0), State::Closed);
+        assert_eq!(m.stats(t0, &mut Vec::new()).window.map(|w| w.slow), Some(0));
+    }
+
+    #[test]
+    fn retry_after_verdict_holds_the_circuit_open() {
+        let (m, t0) = machine(Config::default());
+        call(&m, t0, Verdict::FailureRetryAfter(Duration::from_secs(300)));
+        let rejected = m.acquire(|| t0, &mut Vec::new()).expect_err("open");
+        assert_eq!(rejected.retry_after, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn forced_states_hold_until_reset() {
+        let (m, t0) = machine(Config::default());
+        let mut events = Vec::new();
+        m.force_open(&mut events);
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(state(&m, later), State::Open);
+        assert_eq!(
+            m.acquire(|| later, &mut events).err(),
+            Some(Rejected { retry_after: None })
+        );
+        m.force_closed(&mut events);
+        for _ in 0..10 {
+            call(&m, later, Verdict::Failure);
+        }
+        assert_eq!(state(&m, later), State::Closed);
+        m.reset(&mut events);
+        for _ in 0..3 {
+            call(&m, later, Verdict::Failure);
+        }
+        assert_eq!(state(&m, later), State::Open);
+    }
+
+    #[test]
+    fn an_outcome_from_an_earlier_state_is_not_counted() {
+        let (m, t0) = machine(Config::default());
+        let mut events = Vec::new();
+        let stale = m.acquire(|| t0, &mut events).expect("admitted");
+        m.force_open(&mut events);
+        m.reset(&mut events);
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Failure);
+        m.record(stale, Verdict::Failure, || t0, &mut events);
+        assert_eq!(state(&m, t0), State::Closed);
+    }
+
+    #[test]
+    fn the_state_hook_sees_every_state() {
+        use std::sync::Arc;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let t0 = Instant::now();
+        let m = Machine::new(
+            Config::default(),
+            t0,
+            Box::new(move |s| log.lock().expect("log").push(s)),
+        );
+        for _ in 0..3 {
+            call(&m, t0, Verdict::Failure);
+        }
+        let at = t0 + Duration::from_secs(60);
+        call(&m, at, Verdict::Success);
+        assert_eq!(
+            *seen.lock().expect("log"),
+            [State::Closed, State::Open, State::HalfOpen, State::Closed]
+        );
+    }
+}
