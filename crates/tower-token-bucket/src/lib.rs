@@ -6,10 +6,96 @@
 //! wait. State is shared by every clone of the service and every `Layer::layer` call, and
 //! idle per-key state is pruned, so memory stays bounded under any number of keys.
 //!
-//! Public shape: a `RateLimitLayer` and its service and future, `Quota` (rate, burst,
-//! cost), a `KeyExtractor` trait with provided extractors (global, header, typed
-//! extension, peer IP with trusted proxies), a `RateLimitError` enum with `retry_after`,
-//! and a cheap handle for snapshots.
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, Layer, Service, ServiceExt};
+//! use tower_token_bucket::{http::user_or_peer_ip, Quota, RateLimitError, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! // Five requests a second per user (the `x-user-id` header, else the client IP).
+//! let per_user = RateLimitLayer::builder(Quota::per_second(5))
+//!     .name("per-user")
+//!     .key(user_or_peer_ip("x-user-id"))
+//!     .build();
+//! // Two calls a second to the upstream, in total; a call waits up to 10 s for its turn.
+//! let global = RateLimitLayer::builder(Quota::per_second(2))
+//!     .name("upstream")
+//!     .wait(Duration::from_secs(10))
+//!     .build();
+//!
+//! let upstream = service_fn(|_req: http::Request<String>| async {
+//!     Ok::<_, tower::BoxError>(http::Response::new(String::from("ok")))
+//! });
+//! let svc = per_user.layer(global.layer(upstream));
+//!
+//! let request = || {
+//!     http::Request::builder()
+//!         .header("x-user-id", "alice")
+//!         .body(String::new())
+//!         .unwrap()
+//! };
+//! let start = tokio::time::Instant::now();
+//! let calls: Vec<_> = (0..5)
+//!     .map(|_| tokio::spawn(svc.clone().oneshot(request())))
+//!     .collect();
+//! tokio::task::yield_now().await; // the five pass `per_user`, `global` paces them
+//!
+//! // A sixth request from alice in the same second is refused.
+//! let err = svc.clone().oneshot(request()).await.unwrap_err();
+//! for call in calls {
+//!     call.await??;
+//! }
+//! assert_eq!(start.elapsed(), Duration::from_millis(1500)); // 2 a second
+//!
+//! let err = err.downcast_ref::<RateLimitError>().unwrap();
+//! let response: http::Response<bytes::Bytes> = err.to_http_response();
+//! assert_eq!(response.status(), 429);
+//! assert_eq!(per_user.handle().snapshot().rejected, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - [`Quota`]: `per_second(5)` is five a second; burst defaults to the rate; several
+//!   quotas on one limiter, first refusal wins; a request may cost several tokens
+//!   ([`ExtractKeyExt::with_cost`]).
+//! - Keys: [`ExtractKey`] for any request type, with [`GlobalKey`], [`key_fn`], and for
+//!   HTTP (feature `http`) [`http::HeaderKey`], [`http::ExtensionKey`], [`http::PeerIp`]
+//!   and [`http::ForwardedIp`] (trusted proxies); [`ExtractKeyExt::or`] falls back.
+//! - Decisions sit behind [`RateLimitBackend`]; [`InMemoryBackend`] (governor) is the
+//!   default, with a hard key cap and automatic pruning.
+//! - Errors are [`RateLimitError`], boxed; with `http`, `to_response` builds the 429 (or
+//!   gRPC `RESOURCE_EXHAUSTED`) with `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+//! - [`RateLimitHandle`] reads counts and a key's remaining tokens;
+//!   [`metrics`] lists the metric names.
 //!
 //! [tower]: https://docs.rs/tower
 //! [governor]: https://docs.rs/governor
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod backend;
+mod clock;
+mod error;
+mod future;
+mod handle;
+#[cfg(feature = "http")]
+pub mod http;
+mod in_memory;
+mod key;
+mod layer;
+pub mod metrics;
+mod quota;
+mod service;
+
+pub use backend::{Decision, RateLimitBackend};
+pub use error::{KeyError, RateLimitError};
+pub use future::ResponseFuture;
+pub use handle::{RateLimitHandle, RateLimitSnapshot};
+pub use in_memory::{DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL, InMemoryBackend};
+pub use key::{
+    EitherKey, ExtractKey, ExtractKeyExt, FnKey, GlobalKey, KeyExtractor, Or, WithCost, key_fn,
+};
+pub use layer::{Mode, RateLimitLayer, RateLimitLayerBuilder};
+pub use quota::{Quota, QuotaInfo};
+pub use service::RateLimit;

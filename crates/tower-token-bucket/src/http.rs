@@ -1,0 +1,713 @@
+//! The HTTP and gRPC face: rejection responses and key extractors for `http::Request`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, FORWARDED, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Request, Response, StatusCode};
+
+use crate::error::ceil_secs;
+use crate::{ExtractKey, KeyError, KeyExtractor, Or, RateLimitError};
+
+/// `RateLimit-Policy` (IETF httpapi rate-limit headers draft).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (IETF httpapi rate-limit headers draft).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+impl RateLimitError {
+    /// The HTTP status: 429 rate limited, 413 cost too large, 503 key cap reached, 400
+    /// no key, 401 no identity.
+    #[must_use]
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::CostTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::KeyCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidKey { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The numeric gRPC status: 8 `RESOURCE_EXHAUSTED` (rate limited, cost too large),
+    /// 14 `UNAVAILABLE` (key cap), 3 `INVALID_ARGUMENT` (no key), 16 `UNAUTHENTICATED`.
+    #[must_use]
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            Self::RateLimited { .. } | Self::CostTooLarge { .. } => 8,
+            Self::KeyCapacity { .. } => 14,
+            Self::InvalidKey { .. } => 3,
+            Self::Unauthenticated { .. } => 16,
+        }
+    }
+
+    /// The HTTP response: the status above, `content-type: application/json`, a body
+    /// `{"error":"...","retryAfter":s}` (`retryAfter` only when a retry can succeed),
+    /// `Retry-After` in whole seconds rounded up (never 0), and for a rate-limited
+    /// request the `RateLimit-Policy` and `RateLimit` headers.
+    ///
+    /// To shape the response yourself, downcast the error in your error handler (axum
+    /// `HandleErrorLayer`, `tower::util::MapErr`) and build it from the fields.
+    #[must_use]
+    pub fn to_http_response<B: From<Bytes>>(&self) -> Response<B> {
+        let mut body = String::with_capacity(96);
+        body.push_str("{\"error\":\"");
+        json_escape_into(&mut body, &self.to_string());
+        body.push('"');
+        if let Some(secs) = self.retry_after_secs() {
+            body.push_str(",\"retryAfter\":");
+            body.push_str(&secs.to_string());
+        }
+        body.push('}');
+        let mut response = Response::new(B::from(Bytes::from(body)));
+        *response.status_mut() = self.status_code();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.insert_headers(headers);
+        response
+    }
+
+    /// The gRPC response: trailers-only, HTTP 200, `content-type: application/grpc`,
+    /// `grpc-status`, a percent-encoded `grpc-message`, and the same `Retry-After` and
+    /// rate-limit headers as [`to_http_response`](Self::to_http_response).
+    #[must_use]
+    pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
+        let mut response = Response::new(B::default());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
+        if let Ok(message) = HeaderValue::from_str(&percent_encode(&self.to_string())) {
+            headers.insert(GRPC_MESSAGE, message);
+        }
+        self.insert_headers(headers);
+        response
+    }
+
+    /// The gRPC form when the request's `content-type` starts with `application/grpc`,
+    /// else the HTTP form.
+    #[must_use]
+    pub fn to_response<B: Default + From<Bytes>>(
+        &self,
+        request_headers: &HeaderMap,
+    ) -> Response<B> {
+        let grpc = request_headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            self.to_grpc_response()
+        } else {
+            self.to_http_response()
+        }
+    }
+
+    fn insert_headers(&self, headers: &mut HeaderMap) {
+        let Some(secs) = self.retry_after_secs() else {
+            return;
+        };
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        if let Self::RateLimited { quota, limiter, .. } = self {
+            let name = sf_string(limiter);
+            let window = ceil_secs(quota.period());
+            let policy = format!("{name};q={};w={window}", quota.count());
+            let state = format!("{name};r=0;t={secs}");
+            if let (Ok(policy), Ok(state)) =
+                (HeaderValue::try_from(policy), HeaderValue::try_from(state))
+            {
+                headers.insert(RATELIMIT_POLICY, policy);
+                headers.insert(RATELIMIT, state);
+            }
+        }
+    }
+}
+
+/// A structured-field string: printable ASCII, quoted, `"` and `\` escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_escape_into(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Percent-encoding of a `grpc-message`, per the gRPC HTTP/2 spec.
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The key is a request header's value (e.g. `x-user-id`), copied so that the limiter
+/// never holds on to the connection's read buffer.
+///
+/// A missing or empty header, or one longer than [`max_len`](Self::max_len) bytes
+/// (default 256), is a [`KeyError::invalid`]: combine with [`or`](crate::ExtractKeyExt::or)
+/// to fall back to another key.
+#[derive(Clone, Debug)]
+pub struct HeaderKey {
+    name: HeaderName,
+    max_len: usize,
+}
+
+impl HeaderKey {
+    /// The value of header `name`.
+    #[must_use]
+    pub fn new(name: HeaderName) -> Self {
+        Self { name, max_len: 256 }
+    }
+
+    /// The value of header `name`.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a valid lower-case header name (a constant, checked at setup).
+    #[must_use]
+    pub fn from_static(name: &'static str) -> Self {
+        Self::new(HeaderName::from_static(name))
+    }
+
+    /// Values longer than this are refused rather than stored.
+    #[must_use]
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+}
+
+impl KeyExtractor for HeaderKey {
+    type Key = Bytes;
+}
+
+impl<B> ExtractKey<Request<B>> for HeaderKey {
+    fn extract_key(&self, request: &Request<B>) -> Result<Bytes, KeyError> {
+        let value = request
+            .headers()
+            .get(&self.name)
+            .map(HeaderValue::as_bytes)
+            .filter(|v| !v.is_empty())
+            .ok_or(KeyError::invalid("rate-limit key header missing"))?;
+        if value.len() > self.max_len {
+            return Err(KeyError::invalid("rate-limit key header too long"));
+        }
+        Ok(Bytes::copy_from_slice(value))
+    }
+}
+
+/// The key is a typed request extension, such as a user id put there by authentication
+/// middleware. A request without it is [`KeyError::unauthenticated`] (401).
+pub struct ExtensionKey<T>(PhantomData<fn() -> T>);
+
+impl<T> ExtensionKey<T> {
+    /// The extension of type `T`.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T> Default for ExtensionKey<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Clone for ExtensionKey<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for ExtensionKey<T> {}
+
+impl<T> fmt::Debug for ExtensionKey<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ExtensionKey<")?;
+        f.write_str(std::any::type_name::<T>())?;
+        f.write_str(">")
+    }
+}
+
+impl<T> KeyExtractor for ExtensionKey<T>
+where
+    T: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Key = T;
+}
+
+impl<T, B> ExtractKey<Request<B>> for ExtensionKey<T>
+where
+    T: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+{
+    fn extract_key(&self, request: &Request<B>) -> Result<T, KeyError> {
+        request
+            .extensions()
+            .get::<T>()
+            .cloned()
+            .ok_or(KeyError::unauthenticated("no authenticated identity"))
+    }
+}
+
+/// The peer's address, from axum's `ConnectInfo<SocketAddr>` (feature `axum`) or a
+/// `SocketAddr` request extension.
+fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip().to_canonical());
+    }
+    extensions
+        .get::<SocketAddr>()
+        .map(|addr| addr.ip().to_canonical())
+}
+
+/// The key is the IP address of the connection's peer, from axum's
+/// `ConnectInfo<SocketAddr>` (feature `axum`; serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`) or a `SocketAddr` request
+/// extension. Forwarding headers are ignored: see [`ForwardedIp`] behind a proxy.
+///
+/// IPv4-mapped IPv6 addresses are keyed as IPv4.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeerIp;
+
+impl KeyExtractor for PeerIp {
+    type Key = IpAddr;
+}
+
+impl<B> ExtractKey<Request<B>> for PeerIp {
+    fn extract_key(&self, request: &Request<B>) -> Result<IpAddr, KeyError> {
+        peer_ip(request.extensions()).ok_or(KeyError::invalid("peer address unknown"))
+    }
+}
+
+/// A network, `addr/prefix`, such as `10.0.0.0/8` or `::1/128`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// The network of `addr` with a prefix of `prefix` bits, or `None` if the prefix is
+    /// longer than the address.
+    #[must_use]
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Self {
+            addr: addr.to_canonical(),
+            prefix,
+        })
+    }
+
+    /// Whether `ip` is in this network.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<IpAddr> for IpNet {
+    fn from(addr: IpAddr) -> Self {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        Self {
+            addr: addr.to_canonical(),
+            prefix,
+        }
+    }
+}
+
+/// An [`IpNet`] that did not parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidIpNet;
+
+impl fmt::Display for InvalidIpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid IP network (expected `addr` or `addr/prefix`)")
+    }
+}
+
+impl std::error::Error for InvalidIpNet {}
+
+impl FromStr for IpNet {
+    type Err = InvalidIpNet;
+
+    fn from_str(s: &str) -> Result<Self, InvalidIpNet> {
+        match s.split_once('/') {
+            None => s
+                .parse::<IpAddr>()
+                .map(Self::from)
+                .map_err(|_| InvalidIpNet),
+            Some((addr, prefix)) => {
+                let addr = addr.parse().map_err(|_| InvalidIpNet)?;
+                let prefix = prefix.parse().map_err(|_| InvalidIpNet)?;
+                Self::new(addr, prefix).ok_or(InvalidIpNet)
+            }
+        }
+    }
+}
+
+/// The client IP behind trusted reverse proxies.
+///
+/// When the peer is one of the trusted proxies, the `Forwarded` header (RFC 7239; or
+/// `X-Forwarded-For` when there is no `Forwarded`) is read from the right: trusted hops
+/// are skipped and the first untrusted one is the client. Entries further left were
+/// written by the client and are never believed. When the peer is not trusted, the
+/// headers are ignored and the peer is the key. An entry that does not parse
+/// (`unknown`, an obfuscated name, garbage) stops the walk at the last trusted hop.
+#[derive(Clone, Debug)]
+pub struct ForwardedIp {
+    trusted: Vec<IpNet>,
+}
+
+impl ForwardedIp {
+    /// Trusts the proxies in `trusted`.
+    #[must_use]
+    pub fn new(trusted: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            trusted: trusted.into_iter().collect(),
+        }
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(ip))
+    }
+
+    /// The client address given the peer and the request headers.
+    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let forwarded = headers.contains_key(FORWARDED);
+        let name = if forwarded {
+            FORWARDED
+        } else {
+            X_FORWARDED_FOR
+        };
+        let mut last = peer;
+        for line in headers.get_all(name).iter().rev() {
+            let Ok(line) = line.to_str() else {
+                return last;
+            };
+            for element in line.rsplit(',') {
+                let node = if forwarded {
+                    forwarded_for(element)
+                } else {
+                    Some(element)
+                };
+                let Some(ip) = node.and_then(parse_node) else {
+                    return last;
+                };
+                if !self.is_trusted(ip) {
+                    return ip;
+                }
+                last = ip;
+            }
+        }
+        last
+    }
+}
+
+/// The `for=` value of one `Forwarded` element.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim().trim_matches('"'))
+    })
+}
+
+/// An IP from `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]` or
+/// `[2001:db8::1]:80`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    let node = node.trim();
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(addr) = node.parse::<SocketAddr>() {
+        return Some(addr.ip().to_canonical());
+    }
+    let inner = node.strip_prefix('[')?.split(']').next()?;
+    inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+impl KeyExtractor for ForwardedIp {
+    type Key = IpAddr;
+}
+
+impl<B> ExtractKey<Request<B>> for ForwardedIp {
+    fn extract_key(&self, request: &Request<B>) -> Result<IpAddr, KeyError> {
+        let peer =
+            peer_ip(request.extensions()).ok_or(KeyError::invalid("peer address unknown"))?;
+        Ok(self.client(peer, request.headers()))
+    }
+}
+
+/// The key of [`user_or_peer_ip`].
+pub type UserOrIpKey = crate::EitherKey<Bytes, IpAddr>;
+
+/// The value of header `header` (such as `x-user-id`), else the peer IP.
+///
+/// # Panics
+///
+/// If `header` is not a valid lower-case header name (a constant, checked at setup).
+#[must_use]
+pub fn user_or_peer_ip(header: &'static str) -> Or<HeaderKey, PeerIp> {
+    crate::ExtractKeyExt::or(HeaderKey::from_static(header), PeerIp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Quota;
+
+    fn limited(retry_after: Duration) -> RateLimitError {
+        RateLimitError::RateLimited {
+            retry_after,
+            quota: Quota::per_second(5),
+            limiter: "per-user".into(),
+        }
+    }
+
+    #[test]
+    fn sub_second_wait_is_retry_after_one() {
+        let r: Response<String> = limited(Duration::from_millis(200))
+            .to_http_response::<Bytes>()
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers()[RATELIMIT_POLICY], "\"per-user\";q=5;w=1");
+        assert_eq!(r.headers()[RATELIMIT], "\"per-user\";r=0;t=1");
+        assert_eq!(
+            r.body(),
+            r#"{"error":"rate limit exceeded: 5 requests per 1s","retryAfter":1}"#
+        );
+    }
+
+    #[test]
+    fn waits_round_up() {
+        let r: Response<Bytes> = limited(Duration::from_millis(1500)).to_http_response();
+        assert_eq!(r.headers()[RETRY_AFTER], "2");
+        let r: Response<Bytes> = limited(Duration::ZERO).to_http_response();
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn grpc_form() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        let r: Response<Bytes> = limited(Duration::from_millis(10)).to_response(&h);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[GRPC_STATUS], "8");
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
+        assert_eq!(
+            r.headers()[GRPC_MESSAGE],
+            "rate limit exceeded: 5 requests per 1s"
+        );
+        assert_eq!(percent_encode("a%b\nc é"), "a%25b%0Ac %C3%A9");
+    }
+
+    #[test]
+    fn statuses() {
+        let e = RateLimitError::InvalidKey { reason: "x" };
+        assert_eq!(
+            (e.status_code(), e.grpc_code()),
+            (StatusCode::BAD_REQUEST, 3)
+        );
+        let r: Response<Bytes> = e.to_http_response();
+        assert!(r.headers().get(RETRY_AFTER).is_none());
+        assert_eq!(r.body(), r#"{"error":"no rate-limit key: x"}"#.as_bytes());
+        let e = RateLimitError::Unauthenticated { reason: "x" };
+        assert_eq!(
+            (e.status_code(), e.grpc_code()),
+            (StatusCode::UNAUTHORIZED, 16)
+        );
+        let e = RateLimitError::KeyCapacity {
+            retry_after: Duration::from_secs(10),
+        };
+        assert_eq!(
+            (e.status_code(), e.grpc_code()),
+            (StatusCode::SERVICE_UNAVAILABLE, 14)
+        );
+        let e = RateLimitError::CostTooLarge {
+            cost: 9,
+            quota: Quota::per_second(5),
+        };
+        assert_eq!(
+            (e.status_code(), e.grpc_code()),
+            (StatusCode::PAYLOAD_TOO_LARGE, 8)
+        );
+    }
+
+    #[test]
+    fn policy_name_is_a_valid_sf_string() {
+        assert_eq!(sf_string("a\"b\\c\u{e9}"), "\"a\\\"b\\\\c_\"");
+    }
+
+    fn req(peer: &str, headers: &[(&'static str, &str)]) -> Request<()> {
+        let mut r = Request::new(());
+        r.extensions_mut()
+            .insert(peer.parse::<SocketAddr>().unwrap());
+        for (n, v) in headers {
+            r.headers_mut()
+                .append(*n, HeaderValue::from_str(v).unwrap());
+        }
+        r
+    }
+
+    fn proxies() -> ForwardedIp {
+        ForwardedIp::new(["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()])
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof() {
+        let r = req("203.0.113.9:5000", &[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(proxies().extract_key(&r), Ok(ip("203.0.113.9")));
+        let r = req("203.0.113.9:5000", &[("forwarded", "for=1.1.1.1")]);
+        assert_eq!(proxies().extract_key(&r), Ok(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn rightmost_untrusted_hop_wins() {
+        // The client prepended a fake address; the trusted proxies appended the truth.
+        let r = req(
+            "10.0.0.2:80",
+            &[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.1")],
+        );
+        assert_eq!(proxies().extract_key(&r), Ok(ip("198.51.100.7")));
+        // Several header lines read as one list.
+        let r = req(
+            "10.0.0.2:80",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-for", "198.51.100.7:1234"),
+            ],
+        );
+        assert_eq!(proxies().extract_key(&r), Ok(ip("198.51.100.7")));
+    }
+
+    #[test]
+    fn forwarded_header() {
+        let r = req(
+            "[::1]:80",
+            &[(
+                "forwarded",
+                "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.1.1.1",
+            )],
+        );
+        assert_eq!(proxies().extract_key(&r), Ok(ip("2001:db8::7")));
+    }
+
+    #[test]
+    fn garbage_stops_at_the_last_trusted_hop() {
+        let r = req(
+            "10.0.0.2:80",
+            &[("x-forwarded-for", "1.1.1.1, nonsense, 10.0.0.1")],
+        );
+        assert_eq!(proxies().extract_key(&r), Ok(ip("10.0.0.1")));
+        let r = req("10.0.0.2:80", &[("forwarded", "for=unknown")]);
+        assert_eq!(proxies().extract_key(&r), Ok(ip("10.0.0.2")));
+        let r = req("10.0.0.2:80", &[]);
+        assert_eq!(proxies().extract_key(&r), Ok(ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn mapped_v4_is_v4() {
+        let r = req("[::ffff:203.0.113.9]:80", &[]);
+        assert_eq!(PeerIp.extract_key(&r), Ok(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn ipnet() {
+        let n: IpNet = "192.168.0.0/16".parse().unwrap();
+        assert!(n.contains(ip("192.168.3.4")));
+        assert!(!n.contains(ip("192.169.0.1")));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<IpNet>()
+                .unwrap()
+                .contains(ip("8.8.8.8"))
+        );
+        assert!("1.2.3.4/33".parse::<IpNet>().is_err());
+        assert!("nope".parse::<IpNet>().is_err());
+    }
+
+    #[test]
+    fn header_key() {
+        let x = HeaderKey::from_static("x-user-id").max_len(4);
+        assert_eq!(
+            x.extract_key(&req("1.1.1.1:1", &[("x-user-id", "ab")])),
+            Ok(Bytes::from_static(b"ab"))
+        );
+        assert!(
+            x.extract_key(&req("1.1.1.1:1", &[("x-user-id", "abcde")]))
+                .is_err()
+        );
+        assert!(
+            x.extract_key(&req("1.1.1.1:1", &[("x-user-id", "")]))
+                .is_err()
+        );
+        let both = user_or_peer_ip("x-user-id");
+        assert_eq!(
+            both.extract_key(&req("1.1.1.1:1", &[])),
+            Ok(crate::EitherKey::Second(ip("1.1.1.1")))
+        );
+    }
+}

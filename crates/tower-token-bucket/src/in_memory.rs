@@ -1,0 +1,505 @@
+//! The default backend: governor's GCRA in process, one timestamp per key.
+
+use std::fmt;
+use std::hash::Hash;
+use std::mem;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use governor::clock::Clock as _;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::{InsufficientCapacity, RateLimiter};
+
+use crate::Quota;
+use crate::backend::{Decision, RateLimitBackend};
+use crate::clock::TokioClock;
+
+/// The default cap on the number of keys a limiter tracks.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+/// The default time between two prunes of idle keys.
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Rate-limit state in this process, on [governor]'s GCRA: one 8-byte timestamp per key
+/// and quota.
+///
+/// - Several quotas are checked in order and the first refusal wins; tokens already
+///   taken from earlier quotas are given back, so a refused request spends nothing.
+/// - A key type of size zero (such as the `()` of [`GlobalKey`](crate::GlobalKey)) is one
+///   bucket without any map lookup.
+/// - Idle keys (whose bucket is full again, so that forgetting them changes nothing) are
+///   pruned every [`prune_interval`](crate::RateLimitLayerBuilder::prune_interval) by a
+///   task started on the first check inside a tokio runtime. The task holds only a weak
+///   reference and ends when the last clone of the limiter is dropped.
+/// - At most [`max_keys`](crate::RateLimitLayerBuilder::max_keys) keys are tracked
+///   (approximately: concurrent first requests of new keys may overshoot by the number of
+///   threads). When the cap is reached, keys already tracked keep their limits and a
+///   request with a new key is refused with [`Decision::KeyCapacity`] until pruning frees
+///   room. This fails closed: a flood of made-up keys cannot push real users' state out.
+///
+/// Cloning is cheap and clones share the state.
+///
+/// [governor]: https://docs.rs/governor
+pub struct InMemoryBackend<K: Hash + Eq + Clone> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K: Hash + Eq + Clone> Clone for InMemoryBackend<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> fmt::Debug for InMemoryBackend<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemoryBackend")
+            .field("quotas", &self.inner.quotas)
+            .field("max_keys", &self.inner.max_keys)
+            .field("prune_interval", &self.inner.prune_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+type Gov<K> = RateLimiter<K, KeyStore<K>, TokioClock, NoOpMiddleware<Duration>>;
+
+struct Limiter<K: Hash + Eq + Clone> {
+    gov: Gov<K>,
+    store: Arc<Store<K>>,
+    /// One token's worth of time, in nanoseconds (GCRA's `t`).
+    t: u64,
+    /// The bucket's tolerance in nanoseconds (GCRA's `tau` = `t * (burst - 1)`).
+    tau: u64,
+}
+
+struct Inner<K: Hash + Eq + Clone> {
+    limiters: Box<[Limiter<K>]>,
+    quotas: Box<[Quota]>,
+    max_keys: usize,
+    prune_interval: Duration,
+    pruner_running: AtomicBool,
+}
+
+impl<K> InMemoryBackend<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A backend enforcing `quotas` (checked in order), with the default key cap and
+    /// prune interval.
+    ///
+    /// # Panics
+    ///
+    /// If `quotas` is empty.
+    #[must_use]
+    pub fn new(quotas: &[Quota]) -> Self {
+        Self::with_limits(quotas, DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL)
+    }
+
+    /// A backend with an explicit key cap and prune interval.
+    ///
+    /// # Panics
+    ///
+    /// If `quotas` is empty or `prune_interval` is zero.
+    #[must_use]
+    pub fn with_limits(quotas: &[Quota], max_keys: usize, prune_interval: Duration) -> Self {
+        assert!(
+            !quotas.is_empty(),
+            "a rate limiter needs at least one quota"
+        );
+        assert!(
+            !prune_interval.is_zero(),
+            "the prune interval must not be zero"
+        );
+        let limiters = quotas
+            .iter()
+            .map(|quota| {
+                let store = Arc::new(Store::new());
+                let clock = TokioClock::new();
+                let gov =
+                    RateLimiter::new(quota.to_governor(), KeyStore(Arc::clone(&store)), clock);
+                let t = duration_nanos(quota.replenish_interval());
+                let tau = t.saturating_mul(u64::from(quota.burst() - 1));
+                Limiter { gov, store, t, tau }
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                limiters,
+                quotas: quotas.into(),
+                max_keys,
+                prune_interval,
+                pruner_running: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Forgets every key whose bucket is full again. Runs on its own every prune
+    /// interval; call it to prune at a time of your choosing.
+    pub fn prune(&self) {
+        self.inner.prune();
+    }
+
+    /// Try to spend `cost` tokens of `key`, synchronously.
+    pub fn decide(&self, key: &K, cost: NonZeroU32) -> Decision {
+        let inner = &*self.inner;
+        if !inner.pruner_running.load(Ordering::Relaxed) {
+            start_pruner(&self.inner);
+        }
+        for (i, lim) in inner.limiters.iter().enumerate() {
+            if lim.store.is_full(inner.max_keys) && !lim.store.contains(key) {
+                inner.give_back(key, cost, i);
+                return Decision::KeyCapacity {
+                    retry_after: inner.prune_interval,
+                };
+            }
+            match lim.gov.check_key_n(key, cost) {
+                Ok(Ok(())) => {}
+                Ok(Err(not_until)) => {
+                    inner.give_back(key, cost, i);
+                    let retry_after = not_until.wait_time_from(lim.gov.clock().now());
+                    return Decision::Limited {
+                        retry_after,
+                        quota: inner.quotas[i],
+                    };
+                }
+                Err(InsufficientCapacity(_)) => {
+                    inner.give_back(key, cost, i);
+                    return Decision::CostTooLarge {
+                        quota: inner.quotas[i],
+                    };
+                }
+            }
+        }
+        Decision::Allowed
+    }
+}
+
+impl<K> Inner<K>
+where
+    K: Hash + Eq + Clone,
+{
+    /// Gives back the tokens that limiters `..upto` took for a request that a later
+    /// limiter refused. GCRA state is additive, so subtracting the cost undoes the
+    /// spend even when other requests spent in between.
+    fn give_back(&self, key: &K, cost: NonZeroU32, upto: usize) {
+        for lim in &self.limiters[..upto] {
+            lim.store
+                .refund(key, lim.t.saturating_mul(u64::from(cost.get())));
+        }
+    }
+
+    fn prune(&self) {
+        for lim in &self.limiters {
+            lim.gov.retain_recent();
+        }
+    }
+
+    fn remaining(&self, key: &K) -> u32 {
+        self.limiters
+            .iter()
+            .map(|lim| {
+                let burst = lim.tau / lim.t + 1;
+                let remaining = match lim.store.read(key) {
+                    None => burst,
+                    Some(tat) => {
+                        let now = duration_nanos(lim.gov.clock().now());
+                        let ahead = tat.saturating_sub(now);
+                        if ahead > lim.tau {
+                            0
+                        } else {
+                            ((lim.tau - ahead) / lim.t + 1).min(burst)
+                        }
+                    }
+                };
+                u32::try_from(remaining).unwrap_or(u32::MAX)
+            })
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+impl<K> RateLimitBackend<K> for InMemoryBackend<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Future = std::future::Ready<Decision>;
+
+    #[inline]
+    fn check(&self, key: &K, cost: NonZeroU32) -> Self::Future {
+        std::future::ready(self.decide(key, cost))
+    }
+
+    fn quotas(&self) -> &[Quota] {
+        &self.inner.quotas
+    }
+
+    fn remaining(&self, key: &K) -> Option<u32> {
+        Some(self.inner.remaining(key))
+    }
+
+    fn tracked_keys(&self) -> Option<usize> {
+        self.inner.limiters.iter().map(|lim| lim.store.len()).max()
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Starts the prune task if there is a runtime to run it on.
+fn start_pruner<K>(inner: &Arc<Inner<K>>)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    if mem::size_of::<K>() == 0 {
+        // One bucket, nothing to prune.
+        inner.pruner_running.store(true, Ordering::Relaxed);
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    if inner.pruner_running.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let guard = PrunerGuard(Arc::downgrade(inner));
+    let every = inner.prune_interval;
+    runtime.spawn(async move {
+        let guard = guard;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = guard.0.upgrade() else {
+                tracing::trace!("rate limiter dropped; pruning stops");
+                return;
+            };
+            inner.prune();
+        }
+    });
+}
+
+/// Lets a later check start a new prune task if this one's runtime shuts down.
+struct PrunerGuard<K: Hash + Eq + Clone>(Weak<Inner<K>>);
+
+impl<K: Hash + Eq + Clone> Drop for PrunerGuard<K> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.pruner_running.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Per-key GCRA timestamps, with a key count for the cap. A zero-sized key type (one
+/// global bucket) skips the map.
+struct Store<K> {
+    single: InMemoryState,
+    map: DashMapStateStore<K>,
+    len: AtomicUsize,
+}
+
+impl<K: Hash + Eq + Clone> Store<K> {
+    const SINGLE: bool = mem::size_of::<K>() == 0;
+
+    fn new() -> Self {
+        Self {
+            single: InMemoryState::default(),
+            map: DashMapStateStore::default(),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline]
+    fn is_full(&self, max: usize) -> bool {
+        !Self::SINGLE && self.len.load(Ordering::Relaxed) >= max
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        Self::SINGLE || self.map.contains_key(key)
+    }
+
+    fn len(&self) -> usize {
+        if Self::SINGLE {
+            1
+        } else {
+            self.len.load(Ordering::Relaxed)
+        }
+    }
+
+    fn read(&self, key: &K) -> Option<u64> {
+        if Self::SINGLE {
+            read_state(&self.single)
+        } else {
+            self.map.get(key).and_then(|state| read_state(&state))
+        }
+    }
+
+    fn refund(&self, key: &K, nanos: u64) {
+        let give_back = |state: &InMemoryState| {
+            let _ = state.measure_and_replace(&NotKeyed::NonKey, |prev| {
+                let prev = prev.map_or(0, Nanos::as_u64);
+                Ok::<_, ()>(((), Nanos::from(prev.saturating_sub(nanos))))
+            });
+        };
+        if Self::SINGLE {
+            give_back(&self.single);
+        } else if let Some(state) = self.map.get(key) {
+            give_back(&state);
+        }
+    }
+}
+
+/// The stored theoretical arrival time, in nanoseconds since the limiter's start.
+fn read_state(state: &InMemoryState) -> Option<u64> {
+    state
+        .measure_and_replace(&NotKeyed::NonKey, |prev| {
+            Err::<((), Nanos), Option<u64>>(prev.map(Nanos::as_u64))
+        })
+        .err()
+        .flatten()
+}
+
+/// The store as governor sees it.
+struct KeyStore<K>(Arc<Store<K>>);
+
+impl<K: Hash + Eq + Clone> StateStore for KeyStore<K> {
+    type Key = K;
+
+    #[inline]
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let store = &*self.0;
+        if Store::<K>::SINGLE {
+            return store.single.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        if let Some(state) = store.map.get(key) {
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        let state = store.map.entry(key.clone()).or_insert_with(|| {
+            store.len.fetch_add(1, Ordering::Relaxed);
+            InMemoryState::default()
+        });
+        state.measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for KeyStore<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let store = &*self.0;
+        if Store::<K>::SINGLE {
+            return;
+        }
+        let before = store.len.load(Ordering::Relaxed);
+        store.map.retain(|_, state| {
+            let keep = read_state(state).is_some_and(|tat| tat > drop_below.as_u64());
+            if !keep {
+                store.len.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
+        });
+        let after = store.len.load(Ordering::Relaxed);
+        if after < before / 2 {
+            store.map.shrink_to_fit();
+        }
+        tracing::debug!(before, after, "pruned idle rate-limit keys");
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: NonZeroU32 = NonZeroU32::MIN;
+
+    #[test]
+    fn burst_then_refill() {
+        let b = InMemoryBackend::<u64>::new(&[Quota::per_second(5)]);
+        for _ in 0..5 {
+            assert_eq!(b.decide(&1, ONE), Decision::Allowed);
+        }
+        match b.decide(&1, ONE) {
+            Decision::Limited { retry_after, .. } => {
+                assert!(retry_after <= Duration::from_millis(200), "{retry_after:?}");
+                assert!(retry_after > Duration::from_millis(150), "{retry_after:?}");
+            }
+            other => panic!("expected Limited, got {other:?}"),
+        }
+        // Another key is untouched.
+        assert_eq!(b.decide(&2, ONE), Decision::Allowed);
+        assert_eq!(b.remaining(&2), Some(4));
+        assert_eq!(b.remaining(&3), Some(5));
+        assert_eq!(b.tracked_keys(), Some(2));
+    }
+
+    #[test]
+    fn cost_larger_than_burst_never_fits() {
+        let b = InMemoryBackend::<u64>::new(&[Quota::per_second(5)]);
+        let six = NonZeroU32::new(6).unwrap();
+        assert!(matches!(b.decide(&1, six), Decision::CostTooLarge { .. }));
+        assert_eq!(b.remaining(&1), Some(5), "a refused request spends nothing");
+    }
+
+    #[test]
+    fn a_later_quota_refusing_gives_back_the_earlier_tokens() {
+        let b = InMemoryBackend::<u64>::new(&[Quota::per_second(5), Quota::per_minute(2)]);
+        assert_eq!(b.decide(&1, ONE), Decision::Allowed);
+        assert_eq!(b.decide(&1, ONE), Decision::Allowed);
+        for _ in 0..10 {
+            match b.decide(&1, ONE) {
+                Decision::Limited { quota, .. } => assert_eq!(quota, Quota::per_minute(2)),
+                other => panic!("expected Limited, got {other:?}"),
+            }
+        }
+        // The per-second bucket only lost the two admitted tokens.
+        let first = &b.inner.limiters[0];
+        let tat = first.store.read(&1).unwrap();
+        let now = duration_nanos(first.gov.clock().now());
+        let spent = tat.saturating_sub(now) / first.t;
+        assert!(spent <= 2, "spent {spent}");
+    }
+
+    #[test]
+    fn global_key_uses_one_bucket() {
+        let b = InMemoryBackend::<()>::new(&[Quota::per_second(2)]);
+        assert_eq!(b.decide(&(), ONE), Decision::Allowed);
+        assert_eq!(b.decide(&(), ONE), Decision::Allowed);
+        assert!(matches!(b.decide(&(), ONE), Decision::Limited { .. }));
+        assert_eq!(b.inner.limiters[0].store.map.len(), 0);
+    }
+
+    #[test]
+    fn key_cap_refuses_new_keys_only() {
+        let b =
+            InMemoryBackend::<u64>::with_limits(&[Quota::per_second(5)], 3, Duration::from_secs(1));
+        for k in 0..3 {
+            assert_eq!(b.decide(&k, ONE), Decision::Allowed);
+        }
+        assert!(matches!(b.decide(&99, ONE), Decision::KeyCapacity { .. }));
+        assert_eq!(
+            b.decide(&0, ONE),
+            Decision::Allowed,
+            "tracked keys keep working"
+        );
+        assert_eq!(b.tracked_keys(), Some(3));
+    }
+}

@@ -1,0 +1,218 @@
+//! The layer and its builder.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::in_memory::{DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL};
+use crate::metrics::Recorder;
+use crate::{GlobalKey, InMemoryBackend, KeyExtractor, Quota, RateLimit, RateLimitHandle};
+
+/// What happens to a request that finds no tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Refuse it at once with [`RateLimitError::RateLimited`](crate::RateLimitError).
+    Reject,
+    /// Hold it until its tokens are there, for at most `max_wait`. A request whose wait
+    /// would be longer is refused at once, not after waiting. A waiting request that is
+    /// dropped spends nothing.
+    Wait {
+        /// The longest a request is held.
+        max_wait: Duration,
+    },
+}
+
+/// State shared by the layer, every service it makes, their clones and the handles.
+pub(crate) struct Shared<X, B> {
+    pub(crate) extractor: X,
+    pub(crate) backend: B,
+    pub(crate) mode: Mode,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) recorder: Recorder,
+}
+
+/// Applies a token-bucket rate limit to the services it wraps.
+///
+/// Built with [`RateLimitLayer::builder`]. Every service this layer makes, and every
+/// clone of them, shares one limiter: the same layer on two axum routes limits both
+/// together. To limit routes separately, build one layer per route.
+///
+/// See the [crate documentation](crate) for an example.
+pub struct RateLimitLayer<X, B = InMemoryBackend<<X as KeyExtractor>::Key>>
+where
+    X: KeyExtractor,
+{
+    shared: Arc<Shared<X, B>>,
+}
+
+impl<X: KeyExtractor, B> Clone for RateLimitLayer<X, B> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<X: KeyExtractor, B> fmt::Debug for RateLimitLayer<X, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("name", &self.shared.name)
+            .field("mode", &self.shared.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer<GlobalKey> {
+    /// Starts a builder enforcing `quota`, with one global bucket, reject mode and the
+    /// name `"default"`. Same as [`RateLimitLayerBuilder::new`].
+    pub fn builder(quota: Quota) -> RateLimitLayerBuilder<GlobalKey> {
+        RateLimitLayerBuilder::new(quota)
+    }
+}
+
+impl<X: KeyExtractor, B> RateLimitLayer<X, B>
+where
+    B: crate::RateLimitBackend<X::Key>,
+{
+    /// A cheap handle on this limiter's counts and per-key capacity.
+    #[must_use]
+    pub fn handle(&self) -> RateLimitHandle<X::Key> {
+        RateLimitHandle::new(Arc::clone(&self.shared) as _)
+    }
+
+    /// The backend that makes the decisions.
+    #[must_use]
+    pub fn backend(&self) -> &B {
+        &self.shared.backend
+    }
+}
+
+impl<S, X: KeyExtractor, B> Layer<S> for RateLimitLayer<X, B> {
+    type Service = RateLimit<S, X, B>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Configures a [`RateLimitLayer`].
+#[derive(Debug)]
+#[must_use]
+pub struct RateLimitLayerBuilder<X> {
+    quotas: Vec<Quota>,
+    extractor: X,
+    mode: Mode,
+    name: Cow<'static, str>,
+    max_keys: usize,
+    prune_interval: Duration,
+}
+
+impl RateLimitLayerBuilder<GlobalKey> {
+    /// Starts a builder enforcing `quota`, with one global bucket ([`GlobalKey`]),
+    /// reject mode and the name `"default"`.
+    pub fn new(quota: Quota) -> Self {
+        Self {
+            quotas: vec![quota],
+            extractor: GlobalKey,
+            mode: Mode::Reject,
+            name: Cow::Borrowed("default"),
+            max_keys: DEFAULT_MAX_KEYS,
+            prune_interval: DEFAULT_PRUNE_INTERVAL,
+        }
+    }
+}
+
+impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
+    /// Adds another quota (say 100 a minute on top of 5 a second). Quotas are checked in
+    /// the order they were added; the first that refuses decides, and a refused request
+    /// spends nothing from any of them.
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quotas.push(quota);
+        self
+    }
+
+    /// What requests are limited by. Defaults to [`GlobalKey`].
+    pub fn key<Y: KeyExtractor>(self, extractor: Y) -> RateLimitLayerBuilder<Y> {
+        RateLimitLayerBuilder {
+            quotas: self.quotas,
+            extractor,
+            mode: self.mode,
+            name: self.name,
+            max_keys: self.max_keys,
+            prune_interval: self.prune_interval,
+        }
+    }
+
+    /// The limiter's name: the `limiter` metric label and the `RateLimit` header's policy
+    /// name. Defaults to `"default"`.
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Refuse requests that find no tokens (the default).
+    pub fn reject(mut self) -> Self {
+        self.mode = Mode::Reject;
+        self
+    }
+
+    /// Hold requests that find no tokens until their tokens are there, at most
+    /// `max_wait`.
+    pub fn wait(mut self, max_wait: Duration) -> Self {
+        self.mode = Mode::Wait { max_wait };
+        self
+    }
+
+    /// The most keys tracked at once ([`InMemoryBackend`]; default 100,000). When the cap
+    /// is reached, tracked keys keep working and new keys are refused with
+    /// [`RateLimitError::KeyCapacity`](crate::RateLimitError::KeyCapacity) until idle
+    /// keys are pruned.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// How often idle keys are pruned ([`InMemoryBackend`]; default 10 s).
+    ///
+    /// # Panics
+    ///
+    /// [`build`](Self::build) panics if it is zero.
+    pub fn prune_interval(mut self, every: Duration) -> Self {
+        self.prune_interval = every;
+        self
+    }
+
+    /// Builds the layer on the in-process [`InMemoryBackend`].
+    ///
+    /// Install the `metrics` recorder before this call.
+    ///
+    /// # Panics
+    ///
+    /// If the prune interval is zero.
+    pub fn build(self) -> RateLimitLayer<X> {
+        let backend =
+            InMemoryBackend::with_limits(&self.quotas, self.max_keys, self.prune_interval);
+        self.build_with_backend(backend)
+    }
+
+    /// Builds the layer on another backend (its quotas replace the builder's).
+    pub fn build_with_backend<B>(self, backend: B) -> RateLimitLayer<X, B>
+    where
+        B: crate::RateLimitBackend<X::Key>,
+    {
+        let recorder = Recorder::new(&self.name);
+        RateLimitLayer {
+            shared: Arc::new(Shared {
+                extractor: self.extractor,
+                backend,
+                mode: self.mode,
+                name: self.name,
+                recorder,
+            }),
+        }
+    }
+}
