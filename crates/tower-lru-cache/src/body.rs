@@ -28,26 +28,38 @@ pub struct CacheBody<B> {
 
 #[pin_project(project = KindProj)]
 enum Kind<B> {
-    Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+    Full {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
     Inner(#[pin] B),
-    Prefixed { prefix: Option<Bytes>, rest: Pin<Box<B>> },
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Pin<Box<B>>,
+    },
 }
 
 impl<B> CacheBody<B> {
     /// A body that yields `data` then, if any, `trailers`.
     pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         let data = (!data.is_empty()).then_some(data);
-        Self { kind: Kind::Full { data, trailers } }
+        Self {
+            kind: Kind::Full { data, trailers },
+        }
     }
 
     /// The inner service's body, untouched.
     pub(crate) fn inner(body: B) -> Self {
-        Self { kind: Kind::Inner(body) }
+        Self {
+            kind: Kind::Inner(body),
+        }
     }
 
     fn prefixed(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
         let prefix = (!prefix.is_empty()).then_some(prefix);
-        Self { kind: Kind::Prefixed { prefix, rest } }
+        Self {
+            kind: Kind::Prefixed { prefix, rest },
+        }
     }
 }
 
@@ -70,7 +82,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data, trailers } => Poll::Ready(
                 data.take()
@@ -96,7 +111,9 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Kind::Inner(body) => body.size_hint(),
             Kind::Prefixed { prefix, rest } => {
                 let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
@@ -115,7 +132,10 @@ where
 /// A body read to its end, within a limit.
 pub(crate) enum Collected<B> {
     /// All of it.
-    Full { data: Bytes, trailers: Option<HeaderMap> },
+    Full {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
     /// More than the limit: the bytes read so far, and the rest, still to stream.
     TooBig(CacheBody<B>),
     /// The body failed.
@@ -136,7 +156,12 @@ where
     let mut chunks = Chunks::default();
     loop {
         match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => return Collected::Full { data: chunks.into_bytes(), trailers: None },
+            None => {
+                return Collected::Full {
+                    data: chunks.into_bytes(),
+                    trailers: None,
+                };
+            }
             Some(Err(e)) => return Collected::Failed(e.into()),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
@@ -148,7 +173,10 @@ where
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         // Trailers end the body.
-                        return Collected::Full { data: chunks.into_bytes(), trailers: Some(trailers) };
+                        return Collected::Full {
+                            data: chunks.into_bytes(),
+                            trailers: Some(trailers),
+                        };
                     }
                 }
             },
@@ -197,9 +225,13 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full, StreamBody};
 
-    fn stream(chunks: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
-        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
-            chunks.iter().map(|c| Ok(Frame::data(Bytes::from_static(c)))).collect();
+    fn stream(
+        chunks: &[&'static [u8]],
+    ) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
         StreamBody::new(futures_util::stream::iter(frames))
     }
 
@@ -217,13 +249,19 @@ mod tests {
         let Collected::TooBig(body) = collect(stream(&[b"ab", b"cd", b"ef"]), 3).await else {
             panic!("expected too big")
         };
-        let all = body.collect().await.map(http_body_util::Collected::to_bytes).ok();
+        let all = body
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .ok();
         assert_eq!(all.as_deref(), Some(&b"abcdef"[..]));
     }
 
     #[tokio::test]
     async fn declared_too_big_is_not_read() {
-        let Collected::TooBig(body) = collect(Full::new(Bytes::from_static(b"0123456789")), 3).await else {
+        let Collected::TooBig(body) =
+            collect(Full::new(Bytes::from_static(b"0123456789")), 3).await
+        else {
             panic!("expected too big")
         };
         assert!(format!("{body:?}").contains("Prefixed"));
@@ -238,6 +276,9 @@ mod tests {
         assert_eq!(body.size_hint().exact(), Some(2));
         let collected = body.collect().await.ok();
         let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
-        assert_eq!(trailers.map(|t| t["grpc-status"].clone()), Some(http::HeaderValue::from_static("0")));
+        assert_eq!(
+            trailers.map(|t| t["grpc-status"].clone()),
+            Some(http::HeaderValue::from_static("0"))
+        );
     }
 }

@@ -27,8 +27,21 @@ pub struct CachedResponse {
 impl CachedResponse {
     /// A response to store, for example one read back from a shared store.
     #[must_use]
-    pub fn new(status: StatusCode, version: Version, headers: HeaderMap, body: Bytes, trailers: Option<HeaderMap>) -> Self {
-        Self { status, version, headers, body, trailers, extensions: Extensions::new() }
+    pub fn new(
+        status: StatusCode,
+        version: Version,
+        headers: HeaderMap,
+        body: Bytes,
+        trailers: Option<HeaderMap>,
+    ) -> Self {
+        Self {
+            status,
+            version,
+            headers,
+            body,
+            trailers,
+            extensions: Extensions::new(),
+        }
     }
 
     pub(crate) fn from_parts(parts: Parts, body: Bytes, trailers: Option<HeaderMap>) -> Self {
@@ -44,7 +57,13 @@ impl CachedResponse {
 
     /// A copy without extensions, to store.
     pub(crate) fn for_storage(&self) -> Self {
-        Self::new(self.status, self.version, self.headers.clone(), self.body.clone(), self.trailers.clone())
+        Self::new(
+            self.status,
+            self.version,
+            self.headers.clone(),
+            self.body.clone(),
+            self.trailers.clone(),
+        )
     }
 
     /// The status.
@@ -81,14 +100,20 @@ impl CachedResponse {
     #[must_use]
     pub fn weight(&self) -> usize {
         fn headers(map: &HeaderMap) -> usize {
-            map.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum()
+            map.iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 32)
+                .sum()
         }
         self.body.len() + headers(&self.headers) + self.trailers.as_ref().map_or(0, headers) + 64
     }
 
     /// A fresh response replaying this one, marked with `x-cache` and, when known, `age`
     /// (whole seconds since it was stored).
-    pub(crate) fn replay<B>(&self, x_cache: &'static str, age_secs: Option<u64>) -> Response<CacheBody<B>> {
+    pub(crate) fn replay<B>(
+        &self,
+        x_cache: &'static str,
+        age_secs: Option<u64>,
+    ) -> Response<CacheBody<B>> {
         let mut res = Response::new(CacheBody::full(self.body.clone(), self.trailers.clone()));
         *res.status_mut() = self.status;
         *res.version_mut() = self.version;

@@ -65,11 +65,22 @@ where
     pub(crate) fn new(name: Cow<'static, str>, store: St, ttl: Duration, grace: Duration) -> Self {
         let metrics = Metrics::new(&name);
         metrics.set_entries(store.entry_count());
-        Self { flights: moka::future::Cache::new(1), metrics, name, store, stats: Stats::default(), ttl, grace, _value: PhantomData }
+        Self {
+            flights: moka::future::Cache::new(1),
+            metrics,
+            name,
+            store,
+            stats: Stats::default(),
+            ttl,
+            grace,
+            _value: PhantomData,
+        }
     }
 
     pub(crate) fn classify(&self, entry: Option<Arc<Entry<V>>>, now: Instant) -> Found<V> {
-        let Some(entry) = entry else { return Found::Absent };
+        let Some(entry) = entry else {
+            return Found::Absent;
+        };
         match freshness(entry.stored_at(), entry.ttl(), self.grace, now) {
             Freshness::Fresh => Found::Fresh(entry),
             Freshness::Stale => Found::Stale(entry),
@@ -81,7 +92,9 @@ where
         self.stats.record(outcome);
         self.metrics.record(outcome);
         match outcome {
-            Outcome::Stale => tracing::warn!(cache = %self.name, "refill failed; served a stale entry"),
+            Outcome::Stale => {
+                tracing::warn!(cache = %self.name, "refill failed; served a stale entry")
+            }
             Outcome::Bypass => tracing::debug!(cache = %self.name, "request bypassed the cache"),
             _ => tracing::trace!(cache = %self.name, result = outcome.label(), "cache lookup"),
         }
@@ -120,7 +133,11 @@ where
     where
         F: Future<Output = Flight<V>>,
     {
-        match self.flights.try_get_with(key, async { Err::<(), Flight<V>>(init.await) }).await {
+        match self
+            .flights
+            .try_get_with(key, async { Err::<(), Flight<V>>(init.await) })
+            .await
+        {
             Err(shared) => shared,
             // The flight cache never holds a value, so this cannot be reached; if it were,
             // calling for oneself is always correct.

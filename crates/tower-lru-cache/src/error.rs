@@ -33,15 +33,6 @@ impl CacheError {
     pub fn retry_after(&self) -> Option<Duration> {
         None
     }
-
-    /// A short, client-safe description (no inner error text for request-body failures).
-    pub(crate) fn public_message(&self) -> &'static str {
-        match self {
-            Self::RequestBody(_) => "request body could not be read",
-            Self::ResponseBody(_) => "upstream response body failed",
-            Self::Coalesced { .. } => "upstream call failed",
-        }
-    }
 }
 
 impl fmt::Display for CacheError {
@@ -49,7 +40,9 @@ impl fmt::Display for CacheError {
         match self {
             Self::RequestBody(e) => write!(f, "request body could not be read: {e}"),
             Self::ResponseBody(e) => write!(f, "response body failed while caching: {e}"),
-            Self::Coalesced { message } => write!(f, "coalesced request's inner call failed: {message}"),
+            Self::Coalesced { message } => {
+                write!(f, "coalesced request's inner call failed: {message}")
+            }
         }
     }
 }
@@ -71,9 +64,14 @@ mod tests {
     fn error_is_send_sync_static_and_boxes() {
         fn assert_bounds<E: Error + Send + Sync + 'static>() {}
         assert_bounds::<CacheError>();
-        let boxed: BoxError = Box::new(CacheError::Coalesced { message: "boom".into() });
+        let boxed: BoxError = Box::new(CacheError::Coalesced {
+            message: "boom".into(),
+        });
         let err = boxed.downcast_ref::<CacheError>().map(ToString::to_string);
-        assert_eq!(err.as_deref(), Some("coalesced request's inner call failed: boom"));
+        assert_eq!(
+            err.as_deref(),
+            Some("coalesced request's inner call failed: boom")
+        );
         assert_eq!(CacheError::RequestBody("x".into()).retry_after(), None);
     }
 }

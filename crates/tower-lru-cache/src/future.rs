@@ -58,17 +58,35 @@ where
     St: CacheStore<CachedResponse>,
 {
     /// Reading the request body to hash it.
-    Collect { parts: Option<Parts>, #[pin] body: ReqB, chunks: Chunks, svc: Option<S> },
+    Collect {
+        parts: Option<Parts>,
+        #[pin]
+        body: ReqB,
+        chunks: Chunks,
+        svc: Option<S>,
+    },
     /// Looking the key up.
-    Lookup { #[pin] get: St::Get, key: CacheKey, parts: Option<Parts>, body: Option<ReqBody<ReqB>>, svc: Option<S> },
+    Lookup {
+        #[pin]
+        get: St::Get,
+        key: CacheKey,
+        parts: Option<Parts>,
+        body: Option<ReqBody<ReqB>>,
+        svc: Option<S>,
+    },
     /// Bypassing: waiting for the inner service to be ready.
     Ready { svc: S, req: Option<Request<ReqB>> },
     /// Bypassing: the inner call.
-    Call { #[pin] fut: S::Future },
+    Call {
+        #[pin]
+        fut: S::Future,
+    },
     /// The miss path.
     Miss { fut: MissFuture<ResB> },
     /// Answered without the inner service.
-    Done { out: Option<Result<Response<CacheBody<ResB>>, BoxError>> },
+    Done {
+        out: Option<Result<Response<CacheBody<ResB>>, BoxError>>,
+    },
 }
 
 impl<S, ReqB, ResB, St> ResponseFuture<S, ReqB, ResB, St>
@@ -98,23 +116,37 @@ where
             },
             Plan::WithBody => match body.size_hint().upper() {
                 // Only bodies known to fit are read; anything else passes through unread.
-                Some(upper) if upper <= shared.max_request_body => {
-                    State::Collect { parts: Some(parts), body, chunks: Chunks::default(), svc: Some(svc) }
-                }
+                Some(upper) if upper <= shared.max_request_body => State::Collect {
+                    parts: Some(parts),
+                    body,
+                    chunks: Chunks::default(),
+                    svc: Some(svc),
+                },
                 _ => bypass(&shared, svc, Request::from_parts(parts, body)),
             },
         };
-        Self { state, shared, _res: PhantomData }
+        Self {
+            state,
+            shared,
+            _res: PhantomData,
+        }
     }
 }
 
-fn bypass<S, ReqB, ResB, St>(shared: &HttpShared<St>, svc: S, req: Request<ReqB>) -> State<S, ReqB, ResB, St>
+fn bypass<S, ReqB, ResB, St>(
+    shared: &HttpShared<St>,
+    svc: S,
+    req: Request<ReqB>,
+) -> State<S, ReqB, ResB, St>
 where
     S: Service<Request<ReqB>>,
     St: CacheStore<CachedResponse>,
 {
     shared.core.record(Outcome::Bypass);
-    State::Ready { svc, req: Some(req) }
+    State::Ready {
+        svc,
+        req: Some(req),
+    }
 }
 
 impl<S, ReqB, ResB, St> Future for ResponseFuture<S, ReqB, ResB, St>
@@ -135,16 +167,27 @@ where
             let this = self.as_mut().project();
             let shared = &**this.shared;
             let next = match this.state.project() {
-                StateProj::Collect { parts, mut body, chunks, svc } => {
+                StateProj::Collect {
+                    parts,
+                    mut body,
+                    chunks,
+                    svc,
+                } => {
                     match ready!(body.as_mut().poll_frame(cx)) {
-                        Some(Err(e)) => State::Done { out: Some(Err(CacheError::RequestBody(e.into()).into())) },
+                        Some(Err(e)) => State::Done {
+                            out: Some(Err(CacheError::RequestBody(e.into()).into())),
+                        },
                         Some(Ok(frame)) => {
                             // Request trailers cannot travel in a rebuilt body: they are dropped.
                             if let Ok(data) = frame.into_data() {
                                 chunks.push(data);
                                 if chunks.len as u64 > shared.max_request_body {
-                                    let e = CacheError::RequestBody("request body exceeded its declared size".into());
-                                    State::Done { out: Some(Err(e.into())) }
+                                    let e = CacheError::RequestBody(
+                                        "request body exceeded its declared size".into(),
+                                    );
+                                    State::Done {
+                                        out: Some(Err(e.into())),
+                                    }
                                 } else {
                                     continue;
                                 }
@@ -155,33 +198,49 @@ where
                         None => {
                             let bytes = std::mem::take(chunks).into_bytes();
                             match (parts.take(), svc.take()) {
-                                (Some(parts), Some(svc)) => match shared.key.key(&parts, Some(&bytes)) {
-                                    Some(key) => State::Lookup {
-                                        get: shared.core.store.get(&key),
-                                        key,
-                                        parts: Some(parts),
-                                        body: Some(ReqBody::Read(bytes)),
-                                        svc: Some(svc),
-                                    },
-                                    None => bypass(shared, svc, Request::from_parts(parts, ReqB::from(bytes))),
-                                },
+                                (Some(parts), Some(svc)) => {
+                                    match shared.key.key(&parts, Some(&bytes)) {
+                                        Some(key) => State::Lookup {
+                                            get: shared.core.store.get(&key),
+                                            key,
+                                            parts: Some(parts),
+                                            body: Some(ReqBody::Read(bytes)),
+                                            svc: Some(svc),
+                                        },
+                                        None => bypass(
+                                            shared,
+                                            svc,
+                                            Request::from_parts(parts, ReqB::from(bytes)),
+                                        ),
+                                    }
+                                }
                                 _ => return Poll::Ready(Err(polled_after_completion())),
                             }
                         }
                     }
                 }
-                StateProj::Lookup { get, key, parts, body, svc } => {
+                StateProj::Lookup {
+                    get,
+                    key,
+                    parts,
+                    body,
+                    svc,
+                } => {
                     let found = shared.core.classify(ready!(get.poll(cx)), Instant::now());
                     let stale = match found {
                         Found::Fresh(entry) => {
                             shared.core.record(Outcome::Hit);
-                            let age = Instant::now().saturating_duration_since(entry.stored_at()).as_secs();
+                            let age = Instant::now()
+                                .saturating_duration_since(entry.stored_at())
+                                .as_secs();
                             return Poll::Ready(Ok(entry.value().replay("HIT", Some(age))));
                         }
                         Found::Stale(entry) => Some(entry),
                         Found::Absent => None,
                     };
-                    let (Some(parts), Some(body), Some(svc)) = (parts.take(), body.take(), svc.take()) else {
+                    let (Some(parts), Some(body), Some(svc)) =
+                        (parts.take(), body.take(), svc.take())
+                    else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
                     let body = match body {
@@ -189,22 +248,32 @@ where
                         ReqBody::Unread(body) => body,
                     };
                     let req = Request::from_parts(parts, body);
-                    State::Miss { fut: Box::pin(miss(Arc::clone(this.shared), svc, req, *key, stale)) }
+                    State::Miss {
+                        fut: Box::pin(miss(Arc::clone(this.shared), svc, req, *key, stale)),
+                    }
                 }
                 StateProj::Ready { svc, req } => {
                     if let Err(e) = ready!(svc.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));
                     }
-                    let Some(req) = req.take() else { return Poll::Ready(Err(polled_after_completion())) };
+                    let Some(req) = req.take() else {
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
                     State::Call { fut: svc.call(req) }
                 }
                 StateProj::Call { fut } => {
-                    let mut res = ready!(fut.poll(cx)).map_err(Into::into)?.map(CacheBody::inner);
+                    let mut res = ready!(fut.poll(cx))
+                        .map_err(Into::into)?
+                        .map(CacheBody::inner);
                     mark(res.headers_mut(), "BYPASS", None);
                     return Poll::Ready(Ok(res));
                 }
                 StateProj::Miss { fut } => return fut.as_mut().poll(cx),
-                StateProj::Done { out } => return Poll::Ready(out.take().unwrap_or_else(|| Err(polled_after_completion()))),
+                StateProj::Done { out } => {
+                    return Poll::Ready(
+                        out.take().unwrap_or_else(|| Err(polled_after_completion())),
+                    );
+                }
             };
             self.as_mut().project().state.set(next);
         }
@@ -229,6 +298,8 @@ where
             State::Miss { .. } => "Miss",
             State::Done { .. } => "Done",
         };
-        f.debug_struct("ResponseFuture").field("state", &state).finish_non_exhaustive()
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
     }
 }

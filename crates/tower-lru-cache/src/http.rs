@@ -48,7 +48,10 @@ impl CacheError {
         body.push('}');
         let mut res = Response::new(B::from(Bytes::from(body)));
         *res.status_mut() = self.status_code();
-        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         insert_retry_after(res.headers_mut(), retry);
         res
     }
@@ -59,7 +62,10 @@ impl CacheError {
     pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
         let mut res = Response::new(B::default());
         let headers = res.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         headers.insert("grpc-status", HeaderValue::from(self.grpc_code()));
         if let Ok(message) = HeaderValue::from_str(&percent_encode(self.public_message())) {
             headers.insert("grpc-message", message);
@@ -71,11 +77,27 @@ impl CacheError {
     /// The gRPC form when the request's `content-type` starts with `application/grpc`,
     /// else the HTTP form.
     #[must_use]
-    pub fn to_response<B: Default + From<Bytes>>(&self, request_headers: &HeaderMap) -> Response<B> {
+    pub fn to_response<B: Default + From<Bytes>>(
+        &self,
+        request_headers: &HeaderMap,
+    ) -> Response<B> {
         let grpc = request_headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-        if grpc { self.to_grpc_response() } else { self.to_http_response() }
+        if grpc {
+            self.to_grpc_response()
+        } else {
+            self.to_http_response()
+        }
+    }
+
+    /// A short, client-safe description (no inner error text, which may hold internals).
+    fn public_message(&self) -> &'static str {
+        match self {
+            Self::RequestBody(_) => "request body could not be read",
+            Self::ResponseBody(_) => "upstream response body failed",
+            Self::Coalesced { .. } => "upstream call failed",
+        }
     }
 
     /// Whole seconds, rounded up, at least 1 when there is any wait.
@@ -124,7 +146,12 @@ mod tests {
     use http_body_util::{BodyExt, Full};
 
     async fn body_json(res: Response<Full<Bytes>>) -> serde_json::Value {
-        let bytes = res.into_body().collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
         serde_json::from_slice(&bytes).unwrap_or_default()
     }
 
@@ -135,9 +162,14 @@ mod tests {
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
         assert!(res.headers().get(header::RETRY_AFTER).is_none());
-        assert_eq!(body_json(res).await, serde_json::json!({"error": "request body could not be read"}));
+        assert_eq!(
+            body_json(res).await,
+            serde_json::json!({"error": "request body could not be read"})
+        );
 
-        let err = CacheError::Coalesced { message: "upstream down".into() };
+        let err = CacheError::Coalesced {
+            message: "upstream down".into(),
+        };
         let res: Response<Full<Bytes>> = err.to_http_response();
         assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     }
@@ -146,15 +178,24 @@ mod tests {
     fn grpc_forms() {
         let err = CacheError::ResponseBody("cut".into());
         let mut req = HeaderMap::new();
-        req.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        req.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
         let res: Response<Full<Bytes>> = err.to_response(&req);
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/grpc");
         assert_eq!(res.headers()["grpc-status"], "14");
-        assert_eq!(res.headers()["grpc-message"], "upstream response body failed");
+        assert_eq!(
+            res.headers()["grpc-message"],
+            "upstream response body failed"
+        );
         assert_eq!(CacheError::RequestBody("x".into()).grpc_code(), 3);
 
-        req.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        req.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         let res: Response<Full<Bytes>> = err.to_response(&req);
         assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     }

@@ -54,7 +54,12 @@ impl Partition {
     #[must_use]
     pub fn header(name: HeaderName) -> Self {
         Self::from_writer(move |parts, key| {
-            let mut values = parts.headers.get_all(&name).iter().filter(|v| !v.is_empty()).peekable();
+            let mut values = parts
+                .headers
+                .get_all(&name)
+                .iter()
+                .filter(|v| !v.is_empty())
+                .peekable();
             if values.peek().is_none() {
                 return false;
             }
@@ -165,7 +170,12 @@ pub struct RequestKey {
 
 impl Default for RequestKey {
     fn default() -> Self {
-        Self { methods: vec![Method::GET, Method::HEAD, Method::POST], vary: Vec::new(), partition: None, include_body: true }
+        Self {
+            methods: vec![Method::GET, Method::HEAD, Method::POST],
+            vary: Vec::new(),
+            partition: None,
+            include_body: true,
+        }
     }
 }
 
@@ -269,7 +279,9 @@ mod tests {
     #[test]
     fn fields_are_distinguished() {
         let k = RequestKey::new();
-        let a = k.key(&get("/a?b"), Some(b"")).unwrap_or(CacheKey::from_bytes([0; 32]));
+        let a = k
+            .key(&get("/a?b"), Some(b""))
+            .unwrap_or(CacheKey::from_bytes([0; 32]));
         assert_ne!(Some(a), k.key(&get("/a?"), Some(b"b")));
         assert_ne!(Some(a), k.key(&get("/a"), Some(b"")));
         assert_ne!(Some(a), k.key(&get("/a?b"), None));
@@ -281,10 +293,25 @@ mod tests {
     #[test]
     fn vary_headers_count() {
         let k = RequestKey::new().vary(http::header::ACCEPT_LANGUAGE);
-        let en = parts(Request::get("/").header("accept-language", "en").body(()).unwrap_or_default());
-        let fr = parts(Request::get("/").header("accept-language", "fr").body(()).unwrap_or_default());
+        let en = parts(
+            Request::get("/")
+                .header("accept-language", "en")
+                .body(())
+                .unwrap_or_default(),
+        );
+        let fr = parts(
+            Request::get("/")
+                .header("accept-language", "fr")
+                .body(())
+                .unwrap_or_default(),
+        );
         let none = get("/");
-        let empty = parts(Request::get("/").header("accept-language", "").body(()).unwrap_or_default());
+        let empty = parts(
+            Request::get("/")
+                .header("accept-language", "")
+                .body(())
+                .unwrap_or_default(),
+        );
         let keys = [&en, &fr, &none, &empty].map(|p| k.key(p, None));
         for i in 0..keys.len() {
             for j in i + 1..keys.len() {
@@ -292,15 +319,29 @@ mod tests {
             }
         }
         // Without vary, the header is ignored.
-        assert_eq!(RequestKey::new().key(&en, None), RequestKey::new().key(&fr, None));
+        assert_eq!(
+            RequestKey::new().key(&en, None),
+            RequestKey::new().key(&fr, None)
+        );
     }
 
     #[test]
     fn partition_isolates_and_bypasses() {
-        let k = RequestKey::new().partition(Partition::header(HeaderName::from_static("x-user-id")));
+        let k =
+            RequestKey::new().partition(Partition::header(HeaderName::from_static("x-user-id")));
         assert!(k.is_partitioned());
-        let a = parts(Request::get("/").header("x-user-id", "a").body(()).unwrap_or_default());
-        let b = parts(Request::get("/").header("x-user-id", "b").body(()).unwrap_or_default());
+        let a = parts(
+            Request::get("/")
+                .header("x-user-id", "a")
+                .body(())
+                .unwrap_or_default(),
+        );
+        let b = parts(
+            Request::get("/")
+                .header("x-user-id", "b")
+                .body(())
+                .unwrap_or_default(),
+        );
         assert_ne!(k.key(&a, None), k.key(&b, None));
         assert!(k.key(&a, None).is_some());
         assert_eq!(k.key(&get("/"), None), None);
@@ -308,11 +349,22 @@ mod tests {
 
     #[test]
     fn partition_fallbacks_never_collide() {
-        let p = Partition::header(HeaderName::from_static("x-user-id"))
-            .or(Partition::from_fn(|parts: &Parts| parts.headers.get("x-ip").map(|v| v.as_bytes().to_vec())));
+        let p = Partition::header(HeaderName::from_static("x-user-id")).or(Partition::from_fn(
+            |parts: &Parts| parts.headers.get("x-ip").map(|v| v.as_bytes().to_vec()),
+        ));
         let k = RequestKey::new().partition(p);
-        let user = parts(Request::get("/").header("x-user-id", "1.2.3.4").body(()).unwrap_or_default());
-        let ip = parts(Request::get("/").header("x-ip", "1.2.3.4").body(()).unwrap_or_default());
+        let user = parts(
+            Request::get("/")
+                .header("x-user-id", "1.2.3.4")
+                .body(())
+                .unwrap_or_default(),
+        );
+        let ip = parts(
+            Request::get("/")
+                .header("x-ip", "1.2.3.4")
+                .body(())
+                .unwrap_or_default(),
+        );
         assert!(k.key(&user, None).is_some() && k.key(&ip, None).is_some());
         assert_ne!(k.key(&user, None), k.key(&ip, None));
     }
@@ -334,7 +386,10 @@ mod tests {
     fn plans() {
         let k = RequestKey::new();
         assert_eq!(k.plan(&get("/")), Plan::WithBody);
-        assert_eq!(k.clone().include_body(false).plan(&get("/")), Plan::WithoutBody);
+        assert_eq!(
+            k.clone().include_body(false).plan(&get("/")),
+            Plan::WithoutBody
+        );
         let put = parts(Request::put("/").body(()).unwrap_or_default());
         assert_eq!(k.plan(&put), Plan::Bypass);
     }

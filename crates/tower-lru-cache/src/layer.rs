@@ -9,18 +9,13 @@ use crate::{
     cached::CachedResponse,
     core::Core,
     http_key::{KeyBuilder, Partition, RequestKey},
+    metrics::{DEFAULT_MAX_ENTRIES, DEFAULT_NAME, DEFAULT_TTL},
     service::CacheService,
     shared::{HttpShared, ResponsePredicate},
     stats::CacheHandle,
     store::{CacheStore, MokaStore},
 };
 
-/// The default cache name, used as the `cache` metrics label.
-pub const DEFAULT_NAME: &str = "default";
-/// Default bound: 100 entries.
-pub const DEFAULT_MAX_ENTRIES: u64 = 100;
-/// Default freshness: one hour.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// Default largest request body read to build a key: 1 MiB.
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
 /// Default largest response body buffered to be cached: 4 MiB.
@@ -65,13 +60,17 @@ impl<St: CacheStore<CachedResponse>> CacheLayer<St> {
 
 impl<St> Clone for CacheLayer<St> {
     fn clone(&self) -> Self {
-        Self { shared: Arc::clone(&self.shared) }
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
 impl<St> fmt::Debug for CacheLayer<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheLayer").field("cache", &self.shared).finish()
+        f.debug_struct("CacheLayer")
+            .field("cache", &self.shared)
+            .finish()
     }
 }
 
@@ -139,7 +138,9 @@ impl CacheLayerBuilder {
     /// [`CachedResponse::weight`] counts them), instead of a number of entries.
     #[must_use]
     pub fn max_bytes(mut self, bytes: u64) -> Self {
-        self.store = MokaStore::with_weigher(bytes, |res: &CachedResponse| u32::try_from(res.weight()).unwrap_or(u32::MAX));
+        self.store = MokaStore::with_weigher(bytes, |res: &CachedResponse| {
+            u32::try_from(res.weight()).unwrap_or(u32::MAX)
+        });
         self
     }
 }
@@ -256,6 +257,8 @@ impl<St: CacheStore<CachedResponse>> CacheLayerBuilder<St> {
             degraded: self.degraded,
             cache_control: self.cache_control,
         };
-        CacheLayer { shared: Arc::new(shared) }
+        CacheLayer {
+            shared: Arc::new(shared),
+        }
     }
 }

@@ -53,6 +53,7 @@ mod core;
 mod error;
 #[cfg(feature = "http")]
 mod future;
+mod generic;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "http")]
@@ -78,15 +79,17 @@ pub use crate::cached::{CachedResponse, X_CACHE};
 pub use crate::error::{BoxError, CacheError};
 #[cfg(feature = "http")]
 pub use crate::future::ResponseFuture;
+pub use crate::generic::{FnCacheFuture, FnCacheLayer, FnCacheLayerBuilder, FnCacheService};
 #[cfg(feature = "http")]
 pub use crate::http_key::{KeyBuilder, Partition, Plan, RequestKey};
 pub use crate::key::{CacheKey, KeyHasher};
 #[cfg(feature = "http")]
 pub use crate::layer::{
-    CacheLayer, CacheLayerBuilder, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_NAME,
-    DEFAULT_TTL,
+    CacheLayer, CacheLayerBuilder, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
 };
-pub use crate::metrics::{CACHE_ENTRIES, CACHE_REQUESTS_TOTAL};
+pub use crate::metrics::{
+    CACHE_ENTRIES, CACHE_REQUESTS_TOTAL, DEFAULT_MAX_ENTRIES, DEFAULT_NAME, DEFAULT_TTL,
+};
 #[cfg(feature = "http")]
 pub use crate::service::CacheService;
 pub use crate::stats::{CacheHandle, CacheSnapshot};

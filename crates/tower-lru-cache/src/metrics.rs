@@ -4,7 +4,16 @@
 //! pays one atomic increment, not a label lookup. **Install the `metrics` recorder
 //! before building the layer**: handles resolved before a recorder exists record nothing.
 
+use std::time::Duration;
+
 use metrics::{Counter, Gauge};
+
+/// The default cache name, used as the `cache` metrics label.
+pub const DEFAULT_NAME: &str = "default";
+/// Default bound: 100 entries.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100;
+/// Default freshness: one hour.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// Counter: requests seen by the cache, labelled `cache` (the layer's name) and `result`
 /// (`hit`, `miss`, `stale`, `coalesced`, `bypass`).
@@ -53,9 +62,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new(name: &str) -> Self {
-        let counter = |outcome: Outcome| {
-            metrics::counter!(CACHE_REQUESTS_TOTAL, "cache" => name.to_owned(), "result" => outcome.label())
-        };
+        let counter = |outcome: Outcome| metrics::counter!(CACHE_REQUESTS_TOTAL, "cache" => name.to_owned(), "result" => outcome.label());
         Self {
             hit: counter(Outcome::Hit),
             miss: counter(Outcome::Miss),

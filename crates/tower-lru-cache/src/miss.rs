@@ -26,7 +26,10 @@ enum Own<B> {
     /// Another flight had filled the entry just before this one started.
     Hit(Response<CacheBody<B>>),
     /// The inner answer; `failed` when degraded or a server error.
-    Response { res: Response<CacheBody<B>>, failed: bool },
+    Response {
+        res: Response<CacheBody<B>>,
+        failed: bool,
+    },
     /// The inner service's (or the response body's) error, unchanged.
     Error(BoxError),
 }
@@ -50,7 +53,9 @@ where
     let flight = shared
         .core
         .flight(key, async {
-            let Some((svc, req)) = call.take() else { return Flight::Alone };
+            let Some((svc, req)) = call.take() else {
+                return Flight::Alone;
+            };
             let (result, flight) = lead(&shared, svc, req, key).await;
             own = Some(result);
             flight
@@ -104,13 +109,19 @@ where
             Some(entry) => serve_stale(entry),
             None => {
                 core.record(Outcome::Coalesced);
-                Err(CacheError::Coalesced { message: Arc::clone(message) }.into())
+                Err(CacheError::Coalesced {
+                    message: Arc::clone(message),
+                }
+                .into())
             }
         },
         Flight::Alone => {
             // The leader's answer could not be buffered: call for ourselves, uncached.
             let Some((mut svc, req)) = call.take() else {
-                return Err(CacheError::Coalesced { message: "leading request's answer was not shared".into() }.into());
+                return Err(CacheError::Coalesced {
+                    message: "leading request's answer was not shared".into(),
+                }
+                .into());
             };
             core.record(Outcome::Miss);
             poll_fn(|cx| svc.poll_ready(cx)).await.map_err(Into::into)?;
@@ -123,7 +134,9 @@ where
 }
 
 fn age_secs<V>(entry: &Entry<V>) -> u64 {
-    Instant::now().saturating_duration_since(entry.stored_at()).as_secs()
+    Instant::now()
+        .saturating_duration_since(entry.stored_at())
+        .as_secs()
 }
 
 /// The leading request's inner call: its own result, and what followers share.
@@ -167,7 +180,13 @@ where
             tracing::debug!(cache = %core.name, "response too large to cache; streamed through");
             let mut res = Response::from_parts(parts, body);
             mark(res.headers_mut(), "MISS", None);
-            (Own::Response { res, failed: is_failure }, Flight::Alone)
+            (
+                Own::Response {
+                    res,
+                    failed: is_failure,
+                },
+                Flight::Alone,
+            )
         }
         Collected::Full { data, trailers } => {
             let cached = CachedResponse::from_parts(parts, data, trailers);
@@ -177,7 +196,16 @@ where
                     let entry = core.store(key, cached.for_storage(), ttl);
                     (Own::Response { res, failed: false }, Flight::Stored(entry))
                 }
-                None => (Own::Response { res, failed: is_failure }, Flight::Shared { value: cached, failed: is_failure }),
+                None => (
+                    Own::Response {
+                        res,
+                        failed: is_failure,
+                    },
+                    Flight::Shared {
+                        value: cached,
+                        failed: is_failure,
+                    },
+                ),
             }
         }
     }

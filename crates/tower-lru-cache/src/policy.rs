@@ -18,7 +18,12 @@ pub(crate) enum Freshness {
 
 /// Where an entry stored at `stored_at` with time-to-live `ttl` stands at `now`, given a
 /// stale-if-error `grace` period.
-pub(crate) fn freshness(stored_at: Instant, ttl: Duration, grace: Duration, now: Instant) -> Freshness {
+pub(crate) fn freshness(
+    stored_at: Instant,
+    ttl: Duration,
+    grace: Duration,
+    now: Instant,
+) -> Freshness {
     let age = now.saturating_duration_since(stored_at);
     if age < ttl {
         Freshness::Fresh
@@ -29,6 +34,7 @@ pub(crate) fn freshness(stored_at: Instant, ttl: Duration, grace: Duration, now:
     }
 }
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 /// The response `Cache-Control` directives a shared, server-side cache acts on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Directives {
@@ -39,6 +45,7 @@ pub(crate) struct Directives {
     pub(crate) s_maxage: Option<u64>,
 }
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 impl Directives {
     /// Parses every `Cache-Control` value given. Unknown directives are ignored; a
     /// malformed delta-seconds counts as `0` (RFC 9111 §1.2.2: treat as stale), an
@@ -49,7 +56,10 @@ impl Directives {
             for directive in value.split(|b| *b == b',') {
                 let directive = directive.trim_ascii();
                 let (name, arg) = match directive.iter().position(|b| *b == b'=') {
-                    Some(eq) => (directive[..eq].trim_ascii(), Some(directive[eq + 1..].trim_ascii())),
+                    Some(eq) => (
+                        directive[..eq].trim_ascii(),
+                        Some(directive[eq + 1..].trim_ascii()),
+                    ),
                     None => (directive, None),
                 };
                 if name.eq_ignore_ascii_case(b"no-store") {
@@ -88,14 +98,20 @@ impl Directives {
     }
 }
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 fn delta_seconds(arg: Option<&[u8]>) -> u64 {
     let Some(arg) = arg else { return 0 };
-    let arg = arg.strip_prefix(b"\"").and_then(|a| a.strip_suffix(b"\"")).unwrap_or(arg);
+    let arg = arg
+        .strip_prefix(b"\"")
+        .and_then(|a| a.strip_suffix(b"\""))
+        .unwrap_or(arg);
     if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
         return 0;
     }
     arg.iter()
-        .try_fold(0u64, |acc, d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .try_fold(0u64, |acc, d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
         .unwrap_or(u64::MAX)
 }
 
@@ -116,11 +132,23 @@ mod tests {
         let ttl = Duration::from_secs(10);
         let grace = Duration::from_secs(5);
         assert_eq!(freshness(t0, ttl, grace, t0), Freshness::Fresh);
-        assert_eq!(freshness(t0, ttl, grace, t0 + Duration::from_millis(9_999)), Freshness::Fresh);
+        assert_eq!(
+            freshness(t0, ttl, grace, t0 + Duration::from_millis(9_999)),
+            Freshness::Fresh
+        );
         assert_eq!(freshness(t0, ttl, grace, t0 + ttl), Freshness::Stale);
-        assert_eq!(freshness(t0, ttl, grace, t0 + Duration::from_millis(14_999)), Freshness::Stale);
-        assert_eq!(freshness(t0, ttl, grace, t0 + ttl + grace), Freshness::Expired);
-        assert_eq!(freshness(t0, ttl, Duration::ZERO, t0 + ttl), Freshness::Expired);
+        assert_eq!(
+            freshness(t0, ttl, grace, t0 + Duration::from_millis(14_999)),
+            Freshness::Stale
+        );
+        assert_eq!(
+            freshness(t0, ttl, grace, t0 + ttl + grace),
+            Freshness::Expired
+        );
+        assert_eq!(
+            freshness(t0, ttl, Duration::ZERO, t0 + ttl),
+            Freshness::Expired
+        );
     }
 
     #[test]
@@ -129,16 +157,34 @@ mod tests {
         assert_eq!(parse("no-store").storable_for(HOUR, true), None);
         assert_eq!(parse("No-Cache").storable_for(HOUR, true), None);
         assert_eq!(parse("private").storable_for(HOUR, false), None);
-        assert_eq!(parse("private, max-age=60").storable_for(HOUR, true), Some(Duration::from_secs(60)));
-        assert_eq!(parse("max-age=60").storable_for(HOUR, false), Some(Duration::from_secs(60)));
-        assert_eq!(parse("max-age=60, s-maxage=30").storable_for(HOUR, false), Some(Duration::from_secs(30)));
-        assert_eq!(parse("max-age=\"120\"").storable_for(HOUR, false), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse("private, max-age=60").storable_for(HOUR, true),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse("max-age=60").storable_for(HOUR, false),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse("max-age=60, s-maxage=30").storable_for(HOUR, false),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse("max-age=\"120\"").storable_for(HOUR, false),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse("max-age=99999").storable_for(HOUR, false), Some(HOUR));
         assert_eq!(parse("max-age=0").storable_for(HOUR, false), None);
         assert_eq!(parse("max-age=abc").storable_for(HOUR, false), None);
         assert_eq!(parse("max-age").storable_for(HOUR, false), None);
-        assert_eq!(parse("public, max-age=99999999999999999999999").storable_for(HOUR, false), Some(HOUR));
-        assert_eq!(Directives::parse([&b"max-age=5"[..], &b"no-store"[..]]).storable_for(HOUR, false), None);
+        assert_eq!(
+            parse("public, max-age=99999999999999999999999").storable_for(HOUR, false),
+            Some(HOUR)
+        );
+        assert_eq!(
+            Directives::parse([&b"max-age=5"[..], &b"no-store"[..]]).storable_for(HOUR, false),
+            None
+        );
     }
 
     proptest! {

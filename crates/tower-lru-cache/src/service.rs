@@ -72,13 +72,19 @@ impl<S, St: CacheStore<CachedResponse>> CacheService<S, St> {
 
 impl<S: Clone, St> Clone for CacheService<S, St> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), shared: Arc::clone(&self.shared) }
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
 impl<S: fmt::Debug, St> fmt::Debug for CacheService<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheService").field("inner", &self.inner).field("cache", &self.shared).finish()
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .field("cache", &self.shared)
+            .finish()
     }
 }
 

@@ -41,23 +41,33 @@ impl<St: CacheStore<CachedResponse>> HttpShared<St> {
     /// How long this response may be stored, or `None` if it must not be: degraded
     /// answers, answers the `cacheable` predicate refuses, `Vary: *`, and what
     /// `Cache-Control` forbids (when honoured).
-    pub(crate) fn storable_for(&self, parts: &Parts, degraded: bool) -> Option<std::time::Duration> {
+    pub(crate) fn storable_for(
+        &self,
+        parts: &Parts,
+        degraded: bool,
+    ) -> Option<std::time::Duration> {
         if degraded || !(self.cacheable)(parts) {
             return None;
         }
         if !self.cache_control {
             return Some(self.core.ttl);
         }
-        let vary_any = parts
-            .headers
-            .get_all(http::header::VARY)
-            .iter()
-            .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii() == b"*"));
+        let vary_any = parts.headers.get_all(http::header::VARY).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii() == b"*")
+        });
         if vary_any {
             return None;
         }
-        Directives::parse(parts.headers.get_all(http::header::CACHE_CONTROL).iter().map(http::HeaderValue::as_bytes))
-            .storable_for(self.core.ttl, self.key.is_partitioned())
+        Directives::parse(
+            parts
+                .headers
+                .get_all(http::header::CACHE_CONTROL)
+                .iter()
+                .map(http::HeaderValue::as_bytes),
+        )
+        .storable_for(self.core.ttl, self.key.is_partitioned())
     }
 }
 

@@ -41,7 +41,11 @@ impl Stats {
         let coalesced = self.coalesced.load(Relaxed);
         let lookups = hits + misses + stale + coalesced;
         #[allow(clippy::cast_precision_loss)]
-        let hit_rate = if lookups == 0 { 0.0 } else { hits as f64 / lookups as f64 };
+        let hit_rate = if lookups == 0 {
+            0.0
+        } else {
+            hits as f64 / lookups as f64
+        };
         CacheSnapshot {
             name: name.to_owned(),
             hits,
@@ -103,7 +107,9 @@ pub struct CacheHandle {
 
 impl fmt::Debug for CacheHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CacheHandle").field(&self.snapshot()).finish()
+        f.debug_tuple("CacheHandle")
+            .field(&self.snapshot())
+            .finish()
     }
 }
 
@@ -131,7 +137,11 @@ impl CacheHandle {
     /// Removes the entry that the request with these parts and body would hit, and
     /// returns its key; `None` when such a request bypasses the cache.
     #[cfg(feature = "http")]
-    pub fn invalidate_request(&self, parts: &http::request::Parts, body: &[u8]) -> Option<CacheKey> {
+    pub fn invalidate_request(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+    ) -> Option<CacheKey> {
         let key = self.ops.key_for(parts, body)?;
         self.ops.remove(&key);
         Some(key)

@@ -26,7 +26,12 @@ impl<V> Entry<V> {
     /// An entry stored at `stored_at`, fresh for `ttl`, then kept `grace` longer to answer
     /// for failed refills (stale-if-error).
     pub fn new(value: V, stored_at: Instant, ttl: Duration, grace: Duration) -> Self {
-        Self { value, stored_at, ttl, retain: ttl.saturating_add(grace) }
+        Self {
+            value,
+            stored_at,
+            ttl,
+            retain: ttl.saturating_add(grace),
+        }
     }
 
     /// The stored answer.
@@ -97,13 +102,17 @@ pub struct MokaStore<V> {
 
 impl<V> Clone for MokaStore<V> {
     fn clone(&self) -> Self {
-        Self { cache: self.cache.clone() }
+        Self {
+            cache: self.cache.clone(),
+        }
     }
 }
 
 impl<V> fmt::Debug for MokaStore<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MokaStore").field("entries", &self.cache.entry_count()).finish()
+        f.debug_struct("MokaStore")
+            .field("entries", &self.cache.entry_count())
+            .finish()
     }
 }
 
@@ -117,7 +126,10 @@ impl<V: Send + Sync + 'static> MokaStore<V> {
     /// A store bounded by total weight: `weigher` gives each value's weight (for example
     /// its size in bytes), and the weights add up to at most `max_weight`.
     #[must_use]
-    pub fn with_weigher(max_weight: u64, weigher: impl Fn(&V) -> u32 + Send + Sync + 'static) -> Self {
+    pub fn with_weigher(
+        max_weight: u64,
+        weigher: impl Fn(&V) -> u32 + Send + Sync + 'static,
+    ) -> Self {
         Self::build(max_weight, Some(Box::new(weigher)))
     }
 
@@ -130,7 +142,9 @@ impl<V: Send + Sync + 'static> MokaStore<V> {
         if let Some(weigher) = weigher {
             builder = builder.weigher(move |_key, entry: &Arc<Entry<V>>| weigher(entry.value()));
         }
-        Self { cache: builder.build_with_hasher(BuildHasherDefault::default()) }
+        Self {
+            cache: builder.build_with_hasher(BuildHasherDefault::default()),
+        }
     }
 }
 
@@ -163,7 +177,12 @@ impl<V: Send + Sync + 'static> CacheStore<V> for MokaStore<V> {
 struct RetainFor;
 
 impl<V> moka::Expiry<CacheKey, Arc<Entry<V>>> for RetainFor {
-    fn expire_after_create(&self, _key: &CacheKey, entry: &Arc<Entry<V>>, _at: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        entry: &Arc<Entry<V>>,
+        _at: std::time::Instant,
+    ) -> Option<Duration> {
         Some(entry.retain_for())
     }
 
@@ -214,16 +233,34 @@ mod tests {
     fn bounded_by_entries() {
         let store = MokaStore::with_max_entries(10);
         for n in 0..1_000 {
-            store.insert(key(n), Arc::new(Entry::new(n, Instant::now(), Duration::from_secs(60), Duration::ZERO)));
+            store.insert(
+                key(n),
+                Arc::new(Entry::new(
+                    n,
+                    Instant::now(),
+                    Duration::from_secs(60),
+                    Duration::ZERO,
+                )),
+            );
         }
         assert!(store.entry_count() <= 10, "{}", store.entry_count());
     }
 
     #[test]
     fn bounded_by_weight() {
-        let store = MokaStore::with_weigher(1_000, |v: &Vec<u8>| u32::try_from(v.len()).unwrap_or(u32::MAX));
+        let store = MokaStore::with_weigher(1_000, |v: &Vec<u8>| {
+            u32::try_from(v.len()).unwrap_or(u32::MAX)
+        });
         for n in 0..100 {
-            store.insert(key(n), Arc::new(Entry::new(vec![0; 100], Instant::now(), Duration::from_secs(60), Duration::ZERO)));
+            store.insert(
+                key(n),
+                Arc::new(Entry::new(
+                    vec![0; 100],
+                    Instant::now(),
+                    Duration::from_secs(60),
+                    Duration::ZERO,
+                )),
+            );
         }
         assert!(store.entry_count() <= 10, "{}", store.entry_count());
     }
@@ -231,10 +268,23 @@ mod tests {
     #[tokio::test]
     async fn get_insert_remove_clear() {
         let store = MokaStore::with_max_entries(10);
-        let entry = Arc::new(Entry::new("a", Instant::now(), Duration::from_secs(1), Duration::from_secs(2)));
+        let entry = Arc::new(Entry::new(
+            "a",
+            Instant::now(),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        ));
         assert_eq!(entry.retain_for(), Duration::from_secs(3));
         store.insert(key(1), entry);
-        store.insert(key(2), Arc::new(Entry::new("b", Instant::now(), Duration::from_secs(1), Duration::ZERO)));
+        store.insert(
+            key(2),
+            Arc::new(Entry::new(
+                "b",
+                Instant::now(),
+                Duration::from_secs(1),
+                Duration::ZERO,
+            )),
+        );
         assert_eq!(store.get(&key(1)).await.map(|e| *e.value()), Some("a"));
         store.remove(&key(1));
         assert!(store.get(&key(1)).await.is_none());

@@ -1,0 +1,605 @@
+//! Behaviour of the HTTP cache, driven as users drive it: clone, ready, call.
+
+use std::{
+    convert::Infallible,
+    fmt,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderName, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use tower::{BoxError, Service, ServiceExt, service_fn};
+use tower_lru_cache::{
+    CacheError, CacheLayer, CacheLayerBuilder, CacheSnapshot, Partition, RequestKey,
+};
+
+/// Marks an answer as degraded, as a fallback layer would.
+#[derive(Clone, Debug)]
+struct Degraded;
+
+#[derive(Debug)]
+struct UpstreamError;
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("upstream failed")
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+/// What the fake upstream does next.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Ok,
+    Fail,
+    Status(u16),
+    Degraded,
+}
+
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<AtomicUsize>,
+    mode: Arc<Mutex<Mode>>,
+    delay: Duration,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        Self {
+            calls: Arc::default(),
+            mode: Arc::new(Mutex::new(Mode::Ok)),
+            delay: Duration::ZERO,
+        }
+    }
+
+    fn slow(delay: Duration) -> Self {
+        Self {
+            delay,
+            ..Self::new()
+        }
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(SeqCst)
+    }
+
+    fn service<B>(
+        &self,
+    ) -> impl Service<Request<B>, Response = Response<Full<Bytes>>, Error = BoxError, Future: Send>
+    + Clone
+    + Send
+    + 'static
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: fmt::Debug,
+    {
+        let this = self.clone();
+        service_fn(move |req: Request<B>| {
+            let this = this.clone();
+            async move {
+                let n = this.calls.fetch_add(1, SeqCst) + 1;
+                if !this.delay.is_zero() {
+                    tokio::time::sleep(this.delay).await;
+                }
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?
+                    .to_bytes();
+                let mode = *this.mode.lock().unwrap();
+                let mut res = Response::new(Full::new(Bytes::from(format!(
+                    "answer {n} to {}",
+                    String::from_utf8_lossy(&body)
+                ))));
+                match mode {
+                    Mode::Ok => {}
+                    Mode::Fail => return Err(Box::new(UpstreamError) as BoxError),
+                    Mode::Status(s) => *res.status_mut() = StatusCode::from_u16(s).unwrap(),
+                    Mode::Degraded => {
+                        res.extensions_mut().insert(Degraded);
+                    }
+                }
+                Ok(res)
+            }
+        })
+    }
+}
+
+fn builder() -> CacheLayerBuilder {
+    CacheLayer::builder()
+        .name("test")
+        .degraded_if(|res| res.extensions.get::<Degraded>().is_some())
+}
+
+fn post(body: &'static str) -> Request<Full<Bytes>> {
+    Request::post("/analyze")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+async fn send<S>(svc: &S, req: Request<Full<Bytes>>) -> Result<(String, String), BoxError>
+where
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_lru_cache::CacheBody<Full<Bytes>>>,
+            Error = BoxError,
+        > + Clone,
+{
+    let res = svc.clone().ready().await?.call(req).await?;
+    let x_cache = res
+        .headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok((x_cache, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn counts(s: &CacheSnapshot) -> [u64; 5] {
+    [s.hits, s.misses, s.stale, s.coalesced, s.bypassed]
+}
+
+#[tokio::test(start_paused = true)]
+async fn hit_after_miss_with_identical_body() {
+    let up = Upstream::new();
+    let layer = builder().build();
+    let handle = layer.handle();
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(up.service());
+
+    assert_eq!(
+        send(&svc, post("a")).await.unwrap(),
+        ("MISS".into(), "answer 1 to a".into())
+    );
+    let res = svc.clone().oneshot(post("a")).await.unwrap();
+    assert_eq!(res.headers()["x-cache"], "HIT");
+    assert_eq!(res.headers()["age"], "0");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "answer 1 to a"
+    );
+    // A different body is a different key; the inner service still got the body.
+    assert_eq!(
+        send(&svc, post("b")).await.unwrap(),
+        ("MISS".into(), "answer 2 to b".into())
+    );
+    assert_eq!(up.calls(), 2);
+    let snap = handle.snapshot();
+    assert_eq!(counts(&snap), [1, 2, 0, 0, 0]);
+    assert_eq!(snap.entries, 2);
+    assert!((snap.hit_rate - 1.0 / 3.0).abs() < 1e-9);
+
+    tokio::time::advance(Duration::from_secs(42)).await;
+    let res = svc.clone().oneshot(post("a")).await.unwrap();
+    assert_eq!(res.headers()["age"], "42");
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_expire_after_ttl() {
+    let up = Upstream::new();
+    let svc = builder()
+        .ttl(Duration::from_secs(60))
+        .build()
+        .layer_service(up.service());
+    assert_eq!(send(&svc, post("a")).await.unwrap().0, "MISS");
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(send(&svc, post("a")).await.unwrap().0, "HIT");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        send(&svc, post("a")).await.unwrap(),
+        ("MISS".into(), "answer 2 to a".into())
+    );
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn partitions_isolate_users() {
+    let up = Upstream::new();
+    let layer = builder()
+        .partition(Partition::header(HeaderName::from_static("x-user-id")))
+        .build();
+    let handle = layer.handle();
+    let svc = layer.layer_service(up.service());
+    let as_user = |user: &'static str| {
+        Request::post("/analyze")
+            .header("x-user-id", user)
+            .body(Full::new(Bytes::from_static(b"same")))
+            .unwrap()
+    };
+    assert_eq!(
+        send(&svc, as_user("a")).await.unwrap(),
+        ("MISS".into(), "answer 1 to same".into())
+    );
+    assert_eq!(
+        send(&svc, as_user("b")).await.unwrap(),
+        ("MISS".into(), "answer 2 to same".into())
+    );
+    assert_eq!(
+        send(&svc, as_user("a")).await.unwrap(),
+        ("HIT".into(), "answer 1 to same".into())
+    );
+    assert_eq!(
+        send(&svc, as_user("b")).await.unwrap(),
+        ("HIT".into(), "answer 2 to same".into())
+    );
+    // No partition: never cached, never shared.
+    assert_eq!(
+        send(&svc, post("same")).await.unwrap(),
+        ("BYPASS".into(), "answer 3 to same".into())
+    );
+    assert_eq!(counts(&handle.snapshot()), [2, 2, 0, 0, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_identical_misses_make_one_inner_call() {
+    let up = Upstream::slow(Duration::from_secs(45));
+    let layer = builder().build();
+    let handle = layer.handle();
+    let svc = layer.layer_service(up.service());
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { send(&svc, post("a")).await.unwrap() })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().1, "answer 1 to a");
+    }
+    assert_eq!(up.calls(), 1);
+    assert_eq!(counts(&handle.snapshot()), [0, 1, 0, 99, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_takes_over_when_the_leader_is_dropped() {
+    let up = Upstream::slow(Duration::from_secs(10));
+    let svc = builder().build().layer_service(up.service());
+    let leader = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, post("a")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(up.calls(), 1);
+    let follower = tokio::spawn({
+        let svc = svc.clone();
+        async move { send(&svc, post("a")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    let (x_cache, body) = tokio::time::timeout(Duration::from_secs(60), follower)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((x_cache.as_str(), body.as_str()), ("MISS", "answer 2 to a"));
+    assert_eq!(up.calls(), 2);
+    // Nothing is left stuck: the next request hits.
+    assert_eq!(send(&svc, post("a")).await.unwrap().0, "HIT");
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_and_failures_are_not_cached() {
+    let up = Upstream::new();
+    let layer = builder().build();
+    let handle = layer.handle();
+    let svc = layer.layer_service(up.service());
+
+    up.set(Mode::Fail);
+    let err = send(&svc, post("a")).await.unwrap_err();
+    assert!(
+        err.downcast_ref::<UpstreamError>().is_some(),
+        "inner error passes through unchanged: {err}"
+    );
+    up.set(Mode::Status(500));
+    assert_eq!(
+        send(&svc, post("a")).await.unwrap(),
+        ("MISS".into(), "answer 2 to a".into())
+    );
+    up.set(Mode::Status(404));
+    assert_eq!(
+        send(&svc, post("a")).await.unwrap(),
+        ("MISS".into(), "answer 3 to a".into())
+    );
+    up.set(Mode::Degraded);
+    let res = svc.clone().oneshot(post("a")).await.unwrap();
+    assert!(
+        res.extensions().get::<Degraded>().is_some(),
+        "extensions reach the caller"
+    );
+    up.set(Mode::Ok);
+    assert_eq!(
+        send(&svc, post("a")).await.unwrap(),
+        ("MISS".into(), "answer 5 to a".into())
+    );
+    assert_eq!(
+        send(&svc, post("a")).await.unwrap(),
+        ("HIT".into(), "answer 5 to a".into())
+    );
+    assert_eq!(up.calls(), 5);
+    assert_eq!(handle.snapshot().entries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_control_is_honoured() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let n = calls.fetch_add(1, SeqCst);
+            let cc = req
+                .uri()
+                .query()
+                .unwrap_or_default()
+                .replace("cc=", "")
+                .replace('_', " ");
+            async move {
+                let res = Response::builder()
+                    .header("cache-control", cc)
+                    .body(Full::new(Bytes::from(n.to_string())))?;
+                Ok::<_, BoxError>(res)
+            }
+        })
+    };
+    let svc = builder().build().layer_service(inner);
+    let get = |q: &str| {
+        Request::get(format!("/?cc={q}"))
+            .body(Full::default())
+            .unwrap()
+    };
+    for (cc, cached) in [
+        ("no-store", false),
+        ("private", false),
+        ("no-cache", false),
+        ("max-age=0", false),
+        ("max-age=10", true),
+    ] {
+        send(&svc, get(cc)).await.unwrap();
+        assert_eq!(
+            send(&svc, get(cc)).await.unwrap().0 == "HIT",
+            cached,
+            "{cc}"
+        );
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(send(&svc, get("max-age=10")).await.unwrap().0, "MISS");
+}
+
+/// A body that declares a size and records whether anyone read it.
+struct Tracked {
+    polled: Arc<AtomicBool>,
+    hint: SizeHint,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.polled.store(true, SeqCst);
+        Poll::Ready(None)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+impl From<Bytes> for Tracked {
+    fn from(_: Bytes) -> Self {
+        Self {
+            polled: Arc::default(),
+            hint: SizeHint::with_exact(0),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_or_unknown_bodies_bypass_unread() {
+    let layer = builder().max_request_body(1024).build();
+    let handle = layer.handle();
+    let inner = service_fn(|req: Request<Tracked>| async move {
+        // The inner service gets the original, unread body.
+        assert!(!req.body().polled.load(SeqCst));
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let svc = layer.layer_service(inner);
+    let mut unknown = SizeHint::new();
+    unknown.set_lower(10);
+    for hint in [SizeHint::with_exact(1025), unknown] {
+        let polled = Arc::new(AtomicBool::new(false));
+        let req = Request::post("/")
+            .body(Tracked {
+                polled: polled.clone(),
+                hint,
+            })
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "BYPASS");
+        assert!(!polled.load(SeqCst));
+    }
+    assert_eq!(counts(&handle.snapshot()), [0, 0, 0, 0, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_is_served_on_failure_within_grace_only() {
+    let up = Upstream::new();
+    let layer = builder()
+        .ttl(Duration::from_secs(60))
+        .stale_if_error(Duration::from_secs(30))
+        .build();
+    let handle = layer.handle();
+    let svc = layer.layer_service(up.service());
+    assert_eq!(send(&svc, post("a")).await.unwrap().0, "MISS");
+
+    tokio::time::advance(Duration::from_secs(70)).await;
+    for mode in [Mode::Fail, Mode::Status(503), Mode::Degraded] {
+        up.set(mode);
+        let res = svc.clone().oneshot(post("a")).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "STALE", "{mode:?}");
+        assert_eq!(res.headers()["age"], "70");
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes(),
+            "answer 1 to a"
+        );
+    }
+    // A stale entry is not a hit: a success refreshes it.
+    up.set(Mode::Ok);
+    assert_eq!(
+        send(&svc, post("a")).await.unwrap(),
+        ("MISS".into(), "answer 5 to a".into())
+    );
+
+    tokio::time::advance(Duration::from_secs(91)).await;
+    up.set(Mode::Fail);
+    let err = send(&svc, post("a")).await.unwrap_err();
+    assert!(err.downcast_ref::<UpstreamError>().is_some());
+    assert_eq!(counts(&handle.snapshot()), [0, 3, 3, 0, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn coalesced_requests_share_a_failure_without_hanging() {
+    let up = Upstream::slow(Duration::from_secs(5));
+    up.set(Mode::Fail);
+    let svc = builder().build().layer_service(up.service());
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { send(&svc, post("a")).await })
+        })
+        .collect();
+    let mut original = 0;
+    let mut shared = 0;
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        if err.downcast_ref::<UpstreamError>().is_some() {
+            original += 1;
+        } else {
+            let err = err.downcast_ref::<CacheError>().unwrap();
+            assert!(matches!(err, CacheError::Coalesced { .. }));
+            assert_eq!(err.status_code(), StatusCode::BAD_GATEWAY);
+            shared += 1;
+        }
+    }
+    assert_eq!((original, shared, up.calls()), (1, 9, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn methods_vary_and_body_less_keys() {
+    let up = Upstream::new();
+    let key = RequestKey::new()
+        .vary(http::header::ACCEPT_LANGUAGE)
+        .include_body(false);
+    let svc = builder().key(key).build().layer_service(up.service());
+    let get = |lang: &'static str| {
+        Request::get("/r")
+            .header("accept-language", lang)
+            .body(Full::default())
+            .unwrap()
+    };
+    assert_eq!(send(&svc, get("en")).await.unwrap().0, "MISS");
+    assert_eq!(send(&svc, get("fr")).await.unwrap().0, "MISS");
+    assert_eq!(send(&svc, get("en")).await.unwrap().0, "HIT");
+    let delete = Request::delete("/r").body(Full::default()).unwrap();
+    assert_eq!(send(&svc, delete).await.unwrap().0, "BYPASS");
+}
+
+#[tokio::test(start_paused = true)]
+async fn handle_invalidates_and_serializes() {
+    let up = Upstream::new();
+    let layer = builder().build();
+    let handle = layer.handle();
+    let svc = layer.layer_service(up.service());
+    send(&svc, post("a")).await.unwrap();
+    send(&svc, post("b")).await.unwrap();
+    let (parts, ()) = Request::post("/analyze").body(()).unwrap().into_parts();
+    assert!(handle.invalidate_request(&parts, b"a").is_some());
+    assert_eq!(send(&svc, post("a")).await.unwrap().0, "MISS");
+    assert_eq!(send(&svc, post("b")).await.unwrap().0, "HIT");
+    handle.invalidate_all();
+    assert_eq!(send(&svc, post("b")).await.unwrap().0, "MISS");
+
+    let json = serde_json::to_value(handle.snapshot()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "name": "test", "hits": 1, "misses": 4, "stale": 0, "coalesced": 0,
+            "bypassed": 0, "entries": 1, "hitRate": 0.2
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_bounds_entries() {
+    let up = Upstream::new();
+    let layer = builder().max_entries(3).build();
+    let handle = layer.handle();
+    let svc = layer.layer_service(up.service());
+    for body in ["a", "b", "c", "d", "e", "f"] {
+        send(&svc, post(body)).await.unwrap();
+    }
+    assert!(handle.snapshot().entries <= 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_request_body_is_a_client_error() {
+    struct Broken;
+    impl Body for Broken {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(Some(Err("connection reset".into())))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(4)
+        }
+    }
+    impl From<Bytes> for Broken {
+        fn from(_: Bytes) -> Self {
+            Self
+        }
+    }
+    let inner = service_fn(|_: Request<Broken>| async {
+        Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+    });
+    let svc = builder().build().layer_service(inner);
+    let err = svc
+        .oneshot(Request::post("/").body(Broken).unwrap())
+        .await
+        .unwrap_err();
+    let err = err.downcast_ref::<CacheError>().unwrap();
+    assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+    let res: Response<Full<Bytes>> = err.to_http_response();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}
+
+/// `layer.layer(inner)` under a shorter name.
+trait LayerService {
+    fn layer_service<S>(&self, inner: S) -> tower_lru_cache::CacheService<S>;
+}
+
+impl LayerService for CacheLayer {
+    fn layer_service<S>(&self, inner: S) -> tower_lru_cache::CacheService<S> {
+        tower::Layer::layer(self, inner)
+    }
+}
