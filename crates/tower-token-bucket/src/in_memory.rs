@@ -30,6 +30,8 @@ pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 ///
 /// - Several quotas are checked in order and the first refusal wins; tokens already
 ///   taken from earlier quotas are given back, so a refused request spends nothing.
+///   A cost larger than the smallest burst is refused as [`Decision::CostTooLarge`]
+///   before any quota is checked.
 /// - A key type of size zero (such as the `()` of [`GlobalKey`](crate::GlobalKey)) is one
 ///   bucket without any map lookup.
 /// - Idle keys (whose bucket is full again, so that forgetting them changes nothing) are
@@ -81,6 +83,8 @@ struct Limiter<K: Hash + Eq + Clone> {
 struct Inner<K: Hash + Eq + Clone> {
     limiters: Box<[Limiter<K>]>,
     quotas: Box<[Quota]>,
+    /// The quota with the smallest burst: a larger cost can never fit.
+    smallest: Quota,
     max_keys: usize,
     prune_interval: Duration,
     pruner_running: AtomicBool,
@@ -128,10 +132,15 @@ where
                 Limiter { gov, store, t, tau }
             })
             .collect();
+        let smallest = *quotas
+            .iter()
+            .min_by_key(|q| q.burst())
+            .unwrap_or(&quotas[0]);
         Self {
             inner: Arc::new(Inner {
                 limiters,
                 quotas: quotas.into(),
+                smallest,
                 max_keys,
                 prune_interval,
                 pruner_running: AtomicBool::new(false),
@@ -150,6 +159,11 @@ where
         let inner = &*self.inner;
         if !inner.pruner_running.load(Ordering::Relaxed) {
             start_pruner(&self.inner);
+        }
+        if cost.get() > inner.smallest.burst() {
+            return Decision::CostTooLarge {
+                quota: inner.smallest,
+            };
         }
         for (i, lim) in inner.limiters.iter().enumerate() {
             if lim.store.is_full(inner.max_keys) && !lim.store.contains(key) {
