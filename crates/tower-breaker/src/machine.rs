@@ -162,6 +162,11 @@ impl Permit {
     pub(crate) fn is_probe(&self) -> bool {
         self.probe
     }
+
+    #[cfg(test)]
+    pub(crate) fn word(&self) -> u64 {
+        self.word
+    }
 }
 
 /// A refused call: the circuit is open (or half-open with every probe slot taken).
@@ -278,6 +283,11 @@ impl Machine {
             config,
             on_state,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn current_word(&self) -> u64 {
+        self.word.load(Ordering::Acquire)
     }
 
     /// Whether outcomes need the call's start time (slow-call detection is on).
@@ -425,7 +435,7 @@ impl Machine {
             let now = now.get();
             let mut inner = self.lock();
             if self.word.load(Ordering::Acquire) == word {
-                self.open_locked(&mut inner, word, now, false, hold, events);
+                self.open_locked(&mut inner, word, now, 0, hold, events);
             }
         }
     }
@@ -457,10 +467,12 @@ impl Machine {
                 }
             }
             Verdict::Success | Verdict::Failure => {
-                self.open_locked(&mut inner, word, now, true, None, events);
+                let reopens = inner.reopens.saturating_add(1);
+                self.open_locked(&mut inner, word, now, reopens, None, events);
             }
             Verdict::FailureRetryAfter(wait) => {
-                self.open_locked(&mut inner, word, now, true, Some(wait), events);
+                let reopens = inner.reopens.saturating_add(1);
+                self.open_locked(&mut inner, word, now, reopens, Some(wait), events);
             }
         }
     }
@@ -571,7 +583,9 @@ impl Machine {
                 State::HalfOpen => match self.config.max_half_open {
                     Some(max) if now >= inner.half_open_since + max => {
                         let at = inner.half_open_since + max;
-                        self.open_locked(inner, word, at, true, None, events);
+                        // No verdict came: reopen for as long as last time.
+                        let reopens = inner.reopens;
+                        self.open_locked(inner, word, at, reopens, None, events);
                     }
                     _ => return,
                 },
@@ -585,15 +599,11 @@ impl Machine {
         inner: &mut Inner,
         word: u64,
         now: Instant,
-        reopen: bool,
+        reopens: u32,
         hold: Option<Duration>,
         events: &mut Vec<Event>,
     ) {
-        if reopen {
-            inner.reopens = inner.reopens.saturating_add(1);
-        } else {
-            inner.reopens = 0;
-        }
+        inner.reopens = reopens;
         let mut open_for = self.config.open_duration(inner.reopens);
         if let Some(hold) = hold {
             open_for = open_for.max(hold);
@@ -967,5 +977,113 @@ mod tests {
             *seen.lock().expect("log"),
             [State::Closed, State::Open, State::HalfOpen, State::Closed]
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Acquire,
+        Complete(usize, Verdict),
+        Drop(usize),
+        Advance(u64),
+        ForceOpen,
+        Reset,
+    }
+
+    fn verdict() -> impl Strategy<Value = Verdict> {
+        prop_oneof![
+            Just(Verdict::Success),
+            Just(Verdict::Failure),
+            Just(Verdict::Ignored),
+            (1u64..30).prop_map(|s| Verdict::FailureRetryAfter(Duration::from_secs(s))),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => Just(Op::Acquire),
+            4 => (any::<usize>(), verdict()).prop_map(|(i, v)| Op::Complete(i, v)),
+            2 => any::<usize>().prop_map(Op::Drop),
+            3 => (0u64..90_000).prop_map(Op::Advance),
+            1 => Just(Op::ForceOpen),
+            1 => Just(Op::Reset),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens to calls (completed with any verdict, dropped, outlived by
+        /// their half-open period), there are never more than K probes in flight, the
+        /// machine's probe count equals the probes really outstanding, and once every call
+        /// is settled and the open duration has passed, a call is admitted: HALF_OPEN is
+        /// never stuck.
+        #[test]
+        fn probes_are_bounded_and_never_leak(
+            probes in 1u32..4,
+            max_half_open in proptest::option::of(1u64..120),
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            let t0 = Instant::now();
+            let config = Config {
+                half_open_probes: probes,
+                max_half_open: max_half_open.map(Duration::from_secs),
+                backoff: Some((2.0, Duration::from_secs(600))),
+                ..Config::default()
+            };
+            let machine = Machine::new(config, t0, Box::new(|_| {}));
+            let mut now = t0;
+            let mut outstanding: Vec<Permit> = Vec::new();
+            let mut events = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Acquire => {
+                        if let Ok(permit) = machine.acquire(|| now, &mut events) {
+                            outstanding.push(permit);
+                        }
+                    }
+                    Op::Complete(i, verdict) if !outstanding.is_empty() => {
+                        let permit = outstanding.swap_remove(i % outstanding.len());
+                        machine.record(permit, verdict, || now, &mut events);
+                    }
+                    Op::Drop(i) if !outstanding.is_empty() => {
+                        machine.release(outstanding.swap_remove(i % outstanding.len()));
+                    }
+                    Op::Advance(ms) => now += Duration::from_millis(ms),
+                    Op::ForceOpen => machine.force_open(&mut events),
+                    Op::Reset => machine.reset(&mut events),
+                    Op::Complete(..) | Op::Drop(_) => {}
+                }
+                let stats = machine.stats(now, &mut events);
+                let word = machine.current_word();
+                let live = outstanding
+                    .iter()
+                    .filter(|p| p.is_probe() && p.word() == word)
+                    .count();
+                prop_assert!(stats.probes_in_flight <= probes);
+                if stats.state == State::HalfOpen {
+                    prop_assert_eq!(stats.probes_in_flight as usize, live);
+                } else {
+                    prop_assert_eq!(stats.probes_in_flight, 0);
+                }
+            }
+            // Settle everything; leave any forced state; let any open period pass.
+            for permit in outstanding.drain(..) {
+                machine.release(permit);
+            }
+            if machine.stats(now, &mut events).forced {
+                machine.reset(&mut events);
+            }
+            // The longest open period is 600 s: within it a call must be admitted.
+            let admitted = (0..=601).any(|_| {
+                now += Duration::from_secs(1);
+                machine.acquire(|| now, &mut events).is_ok()
+            });
+            prop_assert!(admitted, "never admitted: {:?}", machine.stats(now, &mut events));
+        }
     }
 }
