@@ -194,6 +194,7 @@ impl Status {
     }
 }
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 /// Parses a `grpc-status` value: ASCII digits of a known code, else `UNKNOWN`.
 pub(crate) fn parse_grpc_status(value: &[u8]) -> u32 {
     if value.is_empty() || value.len() > 2 || !value.iter().all(u8::is_ascii_digit) {
