@@ -93,7 +93,7 @@ where
         self.metrics.record(outcome);
         match outcome {
             Outcome::Stale => {
-                tracing::warn!(cache = %self.name, "refill failed; served a stale entry")
+                tracing::warn!(cache = %self.name, "refill failed; served a stale entry");
             }
             Outcome::Bypass => tracing::debug!(cache = %self.name, "request bypassed the cache"),
             _ => tracing::trace!(cache = %self.name, result = outcome.label(), "cache lookup"),
