@@ -2,14 +2,21 @@
 //!
 //! Thin orchestration only: every command is a sequence of `cargo` invocations (and
 //! `cargo deny`), so that what CI runs is exactly what a developer runs. The library
-//! crates are never linked into this binary.
+//! crates are never linked into this binary: `loadtest` drives the demo gateway as a
+//! child process, over HTTP.
+
+mod bench;
+mod loadtest;
 
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "Project automation for the tower-health-ai workspace")]
+#[command(
+    name = "cargo xtask",
+    about = "Project automation for the tower-health-ai workspace"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -21,12 +28,17 @@ enum Task {
     Test,
     /// What CI runs: fmt check, clippy (-D warnings), tests, docs (-D warnings), cargo-deny.
     Ci,
-    /// Run every criterion bench.
+    /// Run every criterion bench, then summarize each layer against its baseline and peer.
     Bench {
+        /// Print the summary of the results already on disk, without running anything.
+        #[arg(long)]
+        summary_only: bool,
         /// Extra arguments passed to the bench binaries (after `--`), e.g. a filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure the demo gateway before and after the stack, under one realistic workload.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,7 +46,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Task::Test => test(),
         Task::Ci => ci(),
-        Task::Bench { args } => bench(&args),
+        Task::Bench { summary_only, args } => bench::run(summary_only, &args),
+        Task::Loadtest(args) => loadtest::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,21 +80,28 @@ fn ci() -> Result<(), String> {
     )?;
     test()?;
     cargo(
-        &["doc", "--workspace", "--all-features", "--no-deps", "--locked"],
+        &[
+            "doc",
+            "--workspace",
+            "--all-features",
+            "--no-deps",
+            "--locked",
+        ],
         &[("RUSTDOCFLAGS", "-Dwarnings")],
     )?;
     // Advisories need the advisory database from the network, which CI machines lack;
     // see deny.toml.
-    cargo(&["deny", "--all-features", "check", "bans", "licenses", "sources"], &[])
-}
-
-fn bench(args: &[String]) -> Result<(), String> {
-    let mut argv = vec!["bench", "--workspace", "--locked"];
-    if !args.is_empty() {
-        argv.push("--");
-        argv.extend(args.iter().map(String::as_str));
-    }
-    cargo(&argv, &[])
+    cargo(
+        &[
+            "deny",
+            "--all-features",
+            "check",
+            "bans",
+            "licenses",
+            "sources",
+        ],
+        &[],
+    )
 }
 
 /// Runs `cargo <args>` with extra environment variables, echoing the command first.

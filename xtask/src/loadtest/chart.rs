@@ -1,0 +1,290 @@
+//! The latency chart: the cumulative distribution of each run's latencies on a
+//! logarithmic time axis, as a hand-written SVG (a cache hit and a provider call are
+//! three decades apart; a linear axis would hide one of them).
+
+use std::fmt::Write as _;
+
+/// One curve of the chart.
+#[derive(Debug, Clone)]
+pub(crate) struct Series<'a> {
+    pub(crate) label: &'a str,
+    /// A CSS colour.
+    pub(crate) color: &'a str,
+    /// Latencies in seconds, any order.
+    pub(crate) latencies: Vec<f64>,
+}
+
+const WIDTH: f64 = 760.0;
+const HEIGHT: f64 = 440.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 24.0;
+const TOP: f64 = 56.0;
+const BOTTOM: f64 = 64.0;
+/// The shortest latency the axis shows: 1 ms.
+const FLOOR_DECADE: i32 = -3;
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The decades the x axis spans: from the one below the smallest latency to the one
+/// above the largest.
+fn decades(series: &[Series<'_>]) -> (i32, i32) {
+    let values = series
+        .iter()
+        .flat_map(|s| s.latencies.iter().copied())
+        .filter(|v| v.is_finite() && *v > 0.0);
+    let (min, max) = values.fold((f64::INFINITY, 0.0_f64), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if max <= 0.0 {
+        return (-2, 3);
+    }
+    // log10 of a finite positive f64 is within ±330: it fits an i32.
+    #[allow(clippy::cast_possible_truncation)]
+    let lo = (min.log10().floor() as i32).max(FLOOR_DECADE);
+    #[allow(clippy::cast_possible_truncation)]
+    let hi = (max.log10().ceil() as i32).max(lo + 1);
+    (lo, hi)
+}
+
+fn decade_label(decade: i32) -> String {
+    if decade >= 0 {
+        format!("{} s", 10_u64.pow(decade.unsigned_abs()))
+    } else {
+        let digits = decade.unsigned_abs() as usize;
+        format!("{:.*} s", digits, 10f64.powi(decade))
+    }
+}
+
+/// The chart as a complete SVG document.
+pub(crate) fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
+    let (lo, hi) = decades(series);
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let span = f64::from(hi - lo);
+    let x = |secs: f64| {
+        let d = secs.max(10f64.powi(lo)).log10();
+        LEFT + (d - f64::from(lo)) / span * plot_w
+    };
+    let y = |share: f64| TOP + (1.0 - share) * plot_h;
+
+    let mut svg = String::new();
+    // Writing to a String cannot fail: the results below are ignored on purpose.
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
+        WIDTH / 2.0,
+        escape(title)
+    );
+
+    // Grid: every decade labelled, 2..9 faint; every 25% of requests.
+    for decade in lo..=hi {
+        let base = 10f64.powi(decade);
+        let gx = x(base);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{gx:.1}" y1="{TOP}" x2="{gx:.1}" y2="{:.1}" stroke="#bbb"/>"##,
+            TOP + plot_h
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{gx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            TOP + plot_h + 18.0,
+            decade_label(decade)
+        );
+        if decade < hi {
+            for m in 2..10 {
+                let mx = x(base * f64::from(m));
+                let _ = writeln!(
+                    svg,
+                    r##"<line x1="{mx:.1}" y1="{TOP}" x2="{mx:.1}" y2="{:.1}" stroke="#eee"/>"##,
+                    TOP + plot_h
+                );
+            }
+        }
+    }
+    for quarter in 0..=4 {
+        let share = f64::from(quarter) / 4.0;
+        let gy = y(share);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#ddd"/>"##,
+            LEFT + plot_w
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}%</text>"#,
+            LEFT - 8.0,
+            gy + 4.0,
+            quarter * 25
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>"##
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">latency (unscaled, log scale)</text>"#,
+        LEFT + plot_w / 2.0,
+        HEIGHT - 16.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">answered within</text>"#,
+        TOP + plot_h / 2.0,
+        TOP + plot_h / 2.0
+    );
+
+    for (i, s) in series.iter().enumerate() {
+        let mut values: Vec<f64> = s
+            .latencies
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        values.sort_by(f64::total_cmp);
+        // Legend, top left inside the plot.
+        let ly = TOP + 18.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="3"/>"#,
+            LEFT + 12.0,
+            LEFT + 36.0,
+            escape(s.color)
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}">{} (n = {})</text>"#,
+            LEFT + 42.0,
+            ly + 4.0,
+            escape(s.label),
+            values.len()
+        );
+        if values.is_empty() {
+            continue;
+        }
+        // A step function: it rises by 1/n at each latency.
+        let n = values.len() as f64;
+        let mut points = format!("{:.1},{:.1}", x(values[0]), y(0.0));
+        for (k, v) in values.iter().enumerate() {
+            let (below, at) = (k as f64 / n, (k + 1) as f64 / n);
+            let _ = write!(
+                points,
+                " {:.1},{:.1} {:.1},{:.1}",
+                x(*v),
+                y(below),
+                x(*v),
+                y(at)
+            );
+        }
+        let _ = write!(points, " {:.1},{:.1}", LEFT + plot_w, y(1.0));
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{points}"/>"#,
+            escape(s.color)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn points(svg: &str) -> Vec<Vec<(f64, f64)>> {
+        svg.lines()
+            .filter(|l| l.starts_with("<polyline"))
+            .map(|l| {
+                let start = l.find("points=\"").map_or(0, |i| i + 8);
+                l[start..]
+                    .trim_end_matches("\"/>")
+                    .split(' ')
+                    .map(|p| {
+                        let (x, y) = p.split_once(',').unwrap_or(("nan", "nan"));
+                        (x.parse().unwrap_or(f64::NAN), y.parse().unwrap_or(f64::NAN))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_runs_give_two_rising_curves_inside_the_plot() {
+        let svg = cdf_svg(
+            "Latency <before & after>",
+            &[
+                Series {
+                    label: "before",
+                    color: "#c0392b",
+                    latencies: vec![70.0, 45.0, 90.0, 60.0],
+                },
+                Series {
+                    label: "after",
+                    color: "#2471a3",
+                    latencies: vec![0.05, 0.04, 60.0],
+                },
+            ],
+        );
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("Latency &lt;before &amp; after&gt;"));
+        assert!(svg.contains("before (n = 4)") && svg.contains("after (n = 3)"));
+        // Decades from 0.01 s to 100 s.
+        assert!(svg.contains(">0.01 s<") && svg.contains(">100 s<"));
+        assert!(!svg.contains(">0.001 s<") && !svg.contains(">1000 s<"));
+        let curves = points(&svg);
+        assert_eq!(curves.len(), 2);
+        assert_eq!(curves[0].len(), 2 + 2 * 4);
+        for curve in &curves {
+            for &(px, py) in curve {
+                assert!((LEFT..=WIDTH - RIGHT).contains(&px), "x {px}");
+                assert!((TOP..=HEIGHT - BOTTOM).contains(&py), "y {py}");
+            }
+            // Never goes left, never goes down (SVG y grows downwards).
+            assert!(
+                curve
+                    .windows(2)
+                    .all(|w| w[1].0 >= w[0].0 && w[1].1 <= w[0].1)
+            );
+            assert!((curve[0].1 - (HEIGHT - BOTTOM)).abs() < 0.1);
+            assert!((curve[curve.len() - 1].1 - TOP).abs() < 0.1);
+        }
+    }
+
+    #[test]
+    fn an_empty_run_still_draws_axes_and_legend() {
+        let svg = cdf_svg(
+            "empty",
+            &[Series {
+                label: "none",
+                color: "black",
+                latencies: Vec::new(),
+            }],
+        );
+        assert!(svg.contains("none (n = 0)"));
+        assert!(points(&svg).is_empty());
+        assert!(svg.contains(">1 s<"));
+    }
+
+    #[test]
+    fn decade_labels_read_naturally() {
+        assert_eq!(decade_label(-3), "0.001 s");
+        assert_eq!(decade_label(-1), "0.1 s");
+        assert_eq!(decade_label(0), "1 s");
+        assert_eq!(decade_label(2), "100 s");
+    }
+}

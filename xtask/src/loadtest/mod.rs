@@ -1,0 +1,357 @@
+//! `cargo xtask loadtest`: one realistic workload, twice, against the demo gateway over
+//! real HTTP: before (`--no-stack`, a direct call to the provider) and after (the
+//! `HealthAiStack` with its defaults), both in front of the simulated provider.
+//!
+//! The gateway runs as a child process (`cargo run`); nothing of the library crates is
+//! linked here. The workload and the statistics are pure functions (see `workload` and
+//! `stats`), tested on their own; this module only wires them to the processes, the
+//! network and the files.
+
+mod chart;
+mod client;
+mod gateway;
+mod stats;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use self::gateway::Gateway;
+use self::stats::{Observation, Outcome, Summary};
+use self::workload::{Arrival, PRIORITY_MIX, WorkloadConfig};
+
+/// The flags of `cargo xtask loadtest`. Every time and rate is unscaled: the real
+/// provider's.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct LoadtestArgs {
+    /// Multiplies every duration of the gateway and its provider, and divides every
+    /// rate: 0.01 runs a 45-90 s provider call in 0.45-0.9 s. Reported figures are
+    /// divided back.
+    #[arg(long, default_value_t = 0.01)]
+    time_scale: f64,
+
+    /// Seed of the workload and of the simulated provider.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+
+    /// Distinct users.
+    #[arg(long, default_value_t = 20)]
+    users: u32,
+
+    /// Records per user.
+    #[arg(long, default_value_t = 10)]
+    records_per_user: u32,
+
+    /// Zipf exponent of a user's record popularity (0 is uniform).
+    #[arg(long, default_value_t = 1.1)]
+    zipf_exponent: f64,
+
+    /// Mean arrivals per minute (Poisson, open loop).
+    #[arg(long, default_value_t = 12.0)]
+    rate_per_min: f64,
+
+    /// How long requests keep arriving, in minutes.
+    #[arg(long, default_value_t = 60.0)]
+    minutes: f64,
+
+    /// Simulated provider latency in milliseconds, `MIN-MAX`.
+    #[arg(long, default_value = "45000-90000")]
+    sim_latency_ms: String,
+
+    /// Share of simulated provider calls that fail.
+    #[arg(long, default_value_t = 0.3)]
+    sim_failure_rate: f64,
+
+    /// What one provider call costs, in US dollars.
+    #[arg(long, default_value_t = 0.01)]
+    cost_per_call_usd: f64,
+
+    /// How long the client waits for one answer, in seconds; no answer by then is
+    /// counted as an error.
+    #[arg(long, default_value_t = 3600)]
+    client_timeout_secs: u64,
+
+    /// Extra gateway flags for the "after" run, after `--`: e.g. `-- --queue-capacity 50`.
+    #[arg(last = true)]
+    gateway_args: Vec<String>,
+}
+
+impl LoadtestArgs {
+    fn validate(&self) -> Result<(), String> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("--{name} must be a positive number, not {v}"))
+            }
+        };
+        positive("time-scale", self.time_scale)?;
+        positive("rate-per-min", self.rate_per_min)?;
+        positive("minutes", self.minutes)?;
+        if self.users == 0 || self.records_per_user == 0 {
+            return Err("--users and --records-per-user must be at least 1".to_owned());
+        }
+        if !(self.zipf_exponent.is_finite() && self.zipf_exponent >= 0.0) {
+            return Err(format!(
+                "--zipf-exponent must be 0 or more, not {}",
+                self.zipf_exponent
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sim_failure_rate) {
+            return Err(format!(
+                "--sim-failure-rate must be within [0, 1], not {}",
+                self.sim_failure_rate
+            ));
+        }
+        if !(self.cost_per_call_usd.is_finite() && self.cost_per_call_usd >= 0.0) {
+            return Err(format!(
+                "--cost-per-call-usd must be 0 or more, not {}",
+                self.cost_per_call_usd
+            ));
+        }
+        if self.client_timeout_secs == 0 {
+            return Err("--client-timeout-secs must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+
+    fn workload(&self) -> WorkloadConfig {
+        WorkloadConfig {
+            seed: self.seed,
+            users: self.users,
+            records_per_user: self.records_per_user,
+            zipf_exponent: self.zipf_exponent,
+            rate_per_min: self.rate_per_min,
+            minutes: self.minutes,
+        }
+    }
+
+    /// The gateway flags of both runs.
+    fn common_flags(&self) -> Vec<String> {
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--time-scale",
+            &self.time_scale.to_string(),
+            "--sim-latency-ms",
+            &self.sim_latency_ms,
+            "--sim-failure-rate",
+            &self.sim_failure_rate.to_string(),
+            "--sim-seed",
+            &self.seed.to_string(),
+            "--cost-per-call-usd",
+            &self.cost_per_call_usd.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+/// The workspace root: xtask's parent directory.
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
+}
+
+/// One run's results.
+#[derive(Debug)]
+struct Run {
+    label: &'static str,
+    flags: Vec<String>,
+    observations: Vec<Observation>,
+    summary: Summary,
+    simulator: Value,
+    metrics: Value,
+}
+
+impl Run {
+    fn to_json(&self) -> Value {
+        json!({
+            "gatewayFlags": self.flags,
+            "summary": self.summary,
+            "simulator": self.simulator,
+            "metrics": self.metrics,
+            "requests": self.observations,
+        })
+    }
+
+    fn answered_latencies(&self) -> Vec<f64> {
+        self.observations
+            .iter()
+            .filter(|o| matches!(o.outcome, Outcome::Real | Outcome::Fallback))
+            .map(|o| o.latency_secs)
+            .collect()
+    }
+}
+
+fn run_once(
+    runtime: &tokio::runtime::Runtime,
+    args: &LoadtestArgs,
+    label: &'static str,
+    flags: Vec<String>,
+    arrivals: &[Arrival],
+    out_dir: &Path,
+) -> Result<Run, String> {
+    let log = out_dir.join(format!("gateway-{label}.log"));
+    let gateway = Gateway::start(&workspace_root(), &flags, &log)?;
+    let client = client::client();
+    let timeout = Duration::from_secs_f64(args.client_timeout_secs as f64 * args.time_scale);
+    let (mut observations, simulator, metrics) = runtime.block_on(async {
+        let observations = client::drive(
+            &client,
+            &gateway.base_url,
+            arrivals,
+            args.time_scale,
+            timeout,
+            label,
+        )
+        .await;
+        let simulator = client::get_json(&client, &gateway.base_url, "/api/simulator").await;
+        let metrics = client::get_json(&client, &gateway.base_url, "/api/metrics").await;
+        (observations, simulator, metrics)
+    });
+    gateway.stop()?;
+    observations.sort_by_key(|o| o.index);
+    let simulator = simulator?;
+    let Some(calls) = simulator["calls"].as_u64() else {
+        return Err(format!(
+            "/api/simulator should answer {{\"calls\": n, \"failures\": n}}, not {simulator}"
+        ));
+    };
+    let metrics = metrics.unwrap_or_else(|e| {
+        if label == "after" {
+            eprintln!("xtask: warning: no stack metrics: {e}");
+        }
+        Value::Null
+    });
+    let summary = stats::summarize(arrivals.len(), &observations, calls, args.cost_per_call_usd)
+        .map_err(|e| format!("{label} run: nothing may be lost, yet {e}"))?;
+    for o in observations.iter().filter(|o| o.detail.is_some()).take(3) {
+        eprintln!(
+            "xtask: {label}: request {} ended in an error: {}",
+            o.index,
+            o.detail.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(Run {
+        label,
+        flags,
+        observations,
+        summary,
+        simulator,
+        metrics,
+    })
+}
+
+/// What the table's figures mean, printed under it.
+fn notes(args: &LoadtestArgs, arrivals: usize) -> String {
+    let mix = PRIORITY_MIX
+        .map(|share| format!("{:.0}", share * 100.0))
+        .join("/");
+    format!(
+        "Every figure is unscaled: measured with `--time-scale {scale}` and divided by it (so one \
+         millisecond of local HTTP reads as {ms:.1} s).\n\
+         Workload: {arrivals} requests over {minutes} min (Poisson arrivals, {rate}/min, open loop), \
+         {users} users x {records} records each (Zipf exponent {zipf}), priorities \
+         {mix}% urgent/high/normal/low, seed {seed}.\n\
+         Provider: {latency} ms a call, {failure:.0}% failures, ${cost} a call; cost is provider \
+         calls x cost / requests sent.\n\
+         Latency is over answered requests (real or fallback); refusals and failures are counted \
+         in their own rows, and every request sent is in exactly one of Reliability, Fallback, \
+         Refused, Failed and Other errors.\n",
+        scale = args.time_scale,
+        ms = 0.001 / args.time_scale,
+        minutes = args.minutes,
+        rate = args.rate_per_min,
+        users = args.users,
+        records = args.records_per_user,
+        zipf = args.zipf_exponent,
+        seed = args.seed,
+        latency = args.sim_latency_ms,
+        failure = args.sim_failure_rate * 100.0,
+        cost = args.cost_per_call_usd,
+    )
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), String> {
+    std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Runs the loadtest: builds the gateway, runs the workload before and after, prints
+/// the table and writes `target/loadtest/{results.json,latency.svg,table.md}`.
+pub(crate) fn run(args: &LoadtestArgs) -> Result<(), String> {
+    args.validate()?;
+    let root = workspace_root();
+    let out_dir = root.join("target").join("loadtest");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let workload = args.workload();
+    let arrivals = workload::generate(&workload);
+    eprintln!(
+        "loadtest: {} requests over {} min unscaled ({:.0} s at time scale {}), twice",
+        arrivals.len(),
+        args.minutes,
+        args.minutes * 60.0 * args.time_scale,
+        args.time_scale
+    );
+
+    let mut build = vec!["build", "--quiet"];
+    build.extend(gateway::PACKAGE);
+    crate::cargo(&build, &[])?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let mut before_flags = args.common_flags();
+    before_flags.push("--no-stack".to_owned());
+    let before = run_once(&runtime, args, "before", before_flags, &arrivals, &out_dir)?;
+    let mut after_flags = args.common_flags();
+    after_flags.extend(args.gateway_args.iter().cloned());
+    let after = run_once(&runtime, args, "after", after_flags, &arrivals, &out_dir)?;
+
+    let table = stats::render_table(&before.summary, &after.summary);
+    let notes = notes(args, arrivals.len());
+    println!("\n{table}\n{notes}");
+
+    let results = json!({
+        "units": "seconds and US dollars, unscaled",
+        "timeScale": args.time_scale,
+        "provider": {
+            "latencyMs": args.sim_latency_ms,
+            "failureRate": args.sim_failure_rate,
+            "costPerCallUsd": args.cost_per_call_usd,
+        },
+        "workload": workload,
+        "priorityMix": { "urgent": PRIORITY_MIX[0], "high": PRIORITY_MIX[1], "normal": PRIORITY_MIX[2], "low": PRIORITY_MIX[3] },
+        "arrivals": arrivals,
+        "runs": { before.label: before.to_json(), after.label: after.to_json() },
+    });
+    let json_text = serde_json::to_string_pretty(&results)
+        .map_err(|e| format!("cannot encode the results: {e}"))?;
+    let svg = chart::cdf_svg(
+        "Latency of answered requests: before vs after",
+        &[
+            chart::Series {
+                label: "before: no stack",
+                color: "#c0392b",
+                latencies: before.answered_latencies(),
+            },
+            chart::Series {
+                label: "after: HealthAiStack",
+                color: "#1f6fb2",
+                latencies: after.answered_latencies(),
+            },
+        ],
+    );
+    write(&out_dir.join("results.json"), &json_text)?;
+    write(&out_dir.join("latency.svg"), &svg)?;
+    write(&out_dir.join("table.md"), &format!("{table}\n{notes}"))?;
+    eprintln!(
+        "loadtest: results in {}/{{results.json,latency.svg,table.md}}",
+        out_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,545 @@
+//! What the loadtest makes of the answers: one outcome per request, the summary figures
+//! and the Markdown table. Pure: no I/O, no clock.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Where one request ended. Every request sent ends in exactly one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Outcome {
+    /// 200 with a real analysis from the provider, fresh or cached.
+    Real,
+    /// 200 with the local fallback analysis (degraded).
+    Fallback,
+    /// Refused by the gateway before the provider was asked: 429 (rate limited) or 503
+    /// (queue full, circuit open without a fallback).
+    Refused,
+    /// The provider failed or timed out: 502 or 504.
+    Failed,
+    /// Anything else: a transport error, a client-side timeout, an unexpected status or
+    /// an answer that does not follow the contract.
+    Error,
+}
+
+/// Classifies an answer from its status and, for a 200, the body's `source`.
+/// `status` is `None` when no HTTP answer arrived at all.
+pub(crate) fn classify(status: Option<u16>, source: Option<&str>) -> Outcome {
+    match (status, source) {
+        (Some(200), Some("ai")) => Outcome::Real,
+        (Some(200), Some("fallback")) => Outcome::Fallback,
+        (Some(429 | 503), _) => Outcome::Refused,
+        (Some(502 | 504), _) => Outcome::Failed,
+        _ => Outcome::Error,
+    }
+}
+
+/// The `x-cache` header of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub(crate) enum CacheStatus {
+    Hit,
+    Miss,
+    Stale,
+}
+
+impl CacheStatus {
+    pub(crate) fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_uppercase().as_str() {
+            "HIT" => Some(Self::Hit),
+            "MISS" => Some(Self::Miss),
+            "STALE" => Some(Self::Stale),
+            _ => None,
+        }
+    }
+
+    /// A hit or a stale answer: served from the cache, no provider call.
+    pub(crate) const fn is_cached(self) -> bool {
+        matches!(self, Self::Hit | Self::Stale)
+    }
+}
+
+/// One request as the client saw it. Times are unscaled seconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Observation {
+    /// The request's index in the workload.
+    pub(crate) index: usize,
+    /// When it was really sent, from the start of the run.
+    pub(crate) sent_at_secs: f64,
+    pub(crate) latency_secs: f64,
+    pub(crate) status: Option<u16>,
+    pub(crate) outcome: Outcome,
+    pub(crate) cache: Option<CacheStatus>,
+    /// What went wrong, for [`Outcome::Error`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) detail: Option<String>,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Summary {
+    pub(crate) sent: usize,
+    pub(crate) real: usize,
+    pub(crate) fallback: usize,
+    pub(crate) refused: usize,
+    pub(crate) failed: usize,
+    pub(crate) errors: usize,
+    /// From the first request sent to the last answer, unscaled.
+    pub(crate) duration_secs: f64,
+    /// Over the answered requests (real or fallback).
+    pub(crate) avg_latency_secs: Option<f64>,
+    pub(crate) p95_latency_secs: Option<f64>,
+    /// Over the answers served from the cache (hit or stale).
+    pub(crate) avg_cached_latency_secs: Option<f64>,
+    pub(crate) upstream_calls: u64,
+    pub(crate) cost_usd: f64,
+    pub(crate) cost_per_request_usd: f64,
+    /// Share of requests sent answered with a real analysis, fresh or cached.
+    pub(crate) reliability: f64,
+    pub(crate) fallback_share: f64,
+    pub(crate) refused_share: f64,
+    pub(crate) failed_share: f64,
+    pub(crate) error_share: f64,
+    /// Real analyses per minute.
+    pub(crate) real_per_min: f64,
+    /// Answers (real or fallback) per minute.
+    pub(crate) answered_per_min: f64,
+    /// Requests answered from the cache (hit or stale).
+    pub(crate) cache_hits: usize,
+    /// Share of the requests sent that were answered from the cache.
+    pub(crate) cache_hit_rate: f64,
+}
+
+/// The nearest-rank percentile `p` (0-100] of `sorted` (ascending): the smallest value
+/// with at least `p`% of the values at or below it.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let n = sorted.len() as f64;
+    let rank = (p / 100.0 * n).ceil().clamp(1.0, n);
+    // `rank` is a whole number in [1, n].
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let index = rank as usize - 1;
+    sorted.get(index).copied()
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, count) = values.fold((0.0, 0u32), |(s, c), v| (s + v, c + 1));
+    (count > 0).then(|| sum / f64::from(count))
+}
+
+fn share(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// The figures of one run of `sent` requests.
+///
+/// # Errors
+///
+/// When the accounting does not close: a request without exactly one observation, or
+/// an observation for a request that was never sent. Nothing may be lost.
+pub(crate) fn summarize(
+    sent: usize,
+    observations: &[Observation],
+    upstream_calls: u64,
+    cost_per_call_usd: f64,
+) -> Result<Summary, String> {
+    let mut seen = vec![false; sent];
+    for o in observations {
+        match seen.get_mut(o.index) {
+            Some(seen @ false) => *seen = true,
+            Some(true) => return Err(format!("request {} was answered twice", o.index)),
+            None => return Err(format!("an answer to request {}, never sent", o.index)),
+        }
+    }
+    if let Some(missing) = seen.iter().position(|s| !s) {
+        let lost = seen.iter().filter(|s| !**s).count();
+        return Err(format!(
+            "{lost} of {sent} requests have no outcome (the first is request {missing})"
+        ));
+    }
+    let count = |outcome| observations.iter().filter(|o| o.outcome == outcome).count();
+    let (real, fallback, refused, failed, errors) = (
+        count(Outcome::Real),
+        count(Outcome::Fallback),
+        count(Outcome::Refused),
+        count(Outcome::Failed),
+        count(Outcome::Error),
+    );
+    if real + fallback + refused + failed + errors != sent {
+        return Err(format!(
+            "the columns add up to {} for {sent} requests sent",
+            real + fallback + refused + failed + errors
+        ));
+    }
+
+    let answered = |o: &&Observation| matches!(o.outcome, Outcome::Real | Outcome::Fallback);
+    let from_cache = |o: &&Observation| {
+        o.outcome == Outcome::Real && o.cache.is_some_and(CacheStatus::is_cached)
+    };
+    let mut latencies: Vec<f64> = observations
+        .iter()
+        .filter(answered)
+        .map(|o| o.latency_secs)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let cache_hits = observations.iter().filter(from_cache).count();
+    let duration_secs = observations
+        .iter()
+        .map(|o| o.sent_at_secs + o.latency_secs)
+        .fold(0.0, f64::max);
+    let minutes = duration_secs / 60.0;
+    let per_min = |n: usize| {
+        if minutes > 0.0 {
+            n as f64 / minutes
+        } else {
+            0.0
+        }
+    };
+    let cost_usd = upstream_calls as f64 * cost_per_call_usd;
+    let cost_per_request_usd = if sent == 0 {
+        0.0
+    } else {
+        cost_usd / sent as f64
+    };
+
+    Ok(Summary {
+        sent,
+        real,
+        fallback,
+        refused,
+        failed,
+        errors,
+        duration_secs,
+        avg_latency_secs: mean(latencies.iter().copied()),
+        p95_latency_secs: percentile(&latencies, 95.0),
+        avg_cached_latency_secs: mean(
+            observations
+                .iter()
+                .filter(from_cache)
+                .map(|o| o.latency_secs),
+        ),
+        upstream_calls,
+        cost_usd,
+        cost_per_request_usd,
+        reliability: share(real, sent),
+        fallback_share: share(fallback, sent),
+        refused_share: share(refused, sent),
+        failed_share: share(failed, sent),
+        error_share: share(errors, sent),
+        real_per_min: per_min(real),
+        answered_per_min: per_min(real + fallback),
+        cache_hits,
+        cache_hit_rate: share(cache_hits, sent),
+    })
+}
+
+fn secs(value: Option<f64>) -> String {
+    match value {
+        None => "n/a".to_owned(),
+        Some(s) if s < 10.0 => format!("{s:.2} s"),
+        Some(s) => format!("{s:.1} s"),
+    }
+}
+
+fn pct(value: f64) -> String {
+    format!("{:.1}%", value * 100.0)
+}
+
+/// `after` relative to `before`, as a signed percentage.
+fn relative(before: Option<f64>, after: Option<f64>) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) if b > 0.0 => format!("{:+.0}%", (a / b - 1.0) * 100.0),
+        _ => "n/a".to_owned(),
+    }
+}
+
+/// `after - before` for two shares, in percentage points.
+fn points(before: f64, after: f64) -> String {
+    format!("{:+.1} pp", (after - before) * 100.0)
+}
+
+fn times(before: f64, after: f64) -> String {
+    if before > 0.0 {
+        format!("×{:.1}", after / before)
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// The before/after table, in Markdown. Every figure is in unscaled units.
+pub(crate) fn render_table(before: &Summary, after: &Summary) -> String {
+    let rows: Vec<(&str, String, String, String)> = vec![
+        (
+            "Requests sent",
+            before.sent.to_string(),
+            after.sent.to_string(),
+            String::new(),
+        ),
+        (
+            "Average latency (answered)",
+            secs(before.avg_latency_secs),
+            secs(after.avg_latency_secs),
+            relative(before.avg_latency_secs, after.avg_latency_secs),
+        ),
+        (
+            "p95 latency (answered)",
+            secs(before.p95_latency_secs),
+            secs(after.p95_latency_secs),
+            relative(before.p95_latency_secs, after.p95_latency_secs),
+        ),
+        (
+            "Average latency (cached answers)",
+            secs(before.avg_cached_latency_secs),
+            secs(after.avg_cached_latency_secs),
+            String::new(),
+        ),
+        (
+            "Cost per request",
+            format!("${:.4}", before.cost_per_request_usd),
+            format!("${:.4}", after.cost_per_request_usd),
+            relative(
+                Some(before.cost_per_request_usd),
+                Some(after.cost_per_request_usd),
+            ),
+        ),
+        (
+            "Reliability (real analysis, fresh or cached)",
+            pct(before.reliability),
+            pct(after.reliability),
+            points(before.reliability, after.reliability),
+        ),
+        (
+            "Fallback answers",
+            pct(before.fallback_share),
+            pct(after.fallback_share),
+            points(before.fallback_share, after.fallback_share),
+        ),
+        (
+            "Refused (429, 503)",
+            pct(before.refused_share),
+            pct(after.refused_share),
+            points(before.refused_share, after.refused_share),
+        ),
+        (
+            "Failed (502, 504)",
+            pct(before.failed_share),
+            pct(after.failed_share),
+            points(before.failed_share, after.failed_share),
+        ),
+        (
+            "Other errors",
+            pct(before.error_share),
+            pct(after.error_share),
+            points(before.error_share, after.error_share),
+        ),
+        (
+            "Throughput (real analyses per minute)",
+            format!("{:.1}/min", before.real_per_min),
+            format!("{:.1}/min", after.real_per_min),
+            times(before.real_per_min, after.real_per_min),
+        ),
+        (
+            "Throughput (all answers per minute)",
+            format!("{:.1}/min", before.answered_per_min),
+            format!("{:.1}/min", after.answered_per_min),
+            times(before.answered_per_min, after.answered_per_min),
+        ),
+        (
+            "Cache hit rate (of requests sent)",
+            pct(before.cache_hit_rate),
+            pct(after.cache_hit_rate),
+            points(before.cache_hit_rate, after.cache_hit_rate),
+        ),
+        (
+            "Provider calls",
+            before.upstream_calls.to_string(),
+            after.upstream_calls.to_string(),
+            relative(
+                u64_f64(before.upstream_calls),
+                u64_f64(after.upstream_calls),
+            ),
+        ),
+    ];
+    let mut out = String::new();
+    out.push_str("| Metric | Before (no stack) | After (HealthAiStack) | Change |\n");
+    out.push_str("|---|---:|---:|---:|\n");
+    for (metric, b, a, change) in rows {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "| {metric} | {b} | {a} | {change} |");
+    }
+    out
+}
+
+fn u64_f64(n: u64) -> Option<f64> {
+    Some(n as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(
+        index: usize,
+        outcome: Outcome,
+        cache: Option<CacheStatus>,
+        latency: f64,
+    ) -> Observation {
+        Observation {
+            index,
+            sent_at_secs: 10.0 * f64::from(u32::try_from(index).unwrap_or(0)),
+            latency_secs: latency,
+            status: Some(match outcome {
+                Outcome::Real | Outcome::Fallback => 200,
+                Outcome::Refused => 429,
+                Outcome::Failed => 502,
+                Outcome::Error => 418,
+            }),
+            outcome,
+            cache,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn answers_are_classified_by_status_and_source() {
+        assert_eq!(classify(Some(200), Some("ai")), Outcome::Real);
+        assert_eq!(classify(Some(200), Some("fallback")), Outcome::Fallback);
+        assert_eq!(classify(Some(200), None), Outcome::Error);
+        assert_eq!(classify(Some(200), Some("oracle")), Outcome::Error);
+        assert_eq!(classify(Some(429), None), Outcome::Refused);
+        assert_eq!(classify(Some(503), None), Outcome::Refused);
+        assert_eq!(classify(Some(502), None), Outcome::Failed);
+        assert_eq!(classify(Some(504), None), Outcome::Failed);
+        assert_eq!(classify(Some(500), None), Outcome::Error);
+        assert_eq!(classify(Some(400), None), Outcome::Error);
+        assert_eq!(classify(None, None), Outcome::Error);
+    }
+
+    #[test]
+    fn cache_headers_parse() {
+        assert_eq!(CacheStatus::parse("HIT"), Some(CacheStatus::Hit));
+        assert_eq!(CacheStatus::parse(" stale"), Some(CacheStatus::Stale));
+        assert_eq!(CacheStatus::parse("MISS"), Some(CacheStatus::Miss));
+        assert_eq!(CacheStatus::parse("BYPASS"), None);
+        assert!(CacheStatus::Stale.is_cached());
+        assert!(!CacheStatus::Miss.is_cached());
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 95.0), Some(95.0));
+        assert_eq!(percentile(&v, 50.0), Some(50.0));
+        assert_eq!(percentile(&v, 100.0), Some(100.0));
+        assert_eq!(percentile(&v, 0.1), Some(1.0));
+        assert_eq!(percentile(&[3.0, 7.0], 95.0), Some(7.0));
+        assert_eq!(percentile(&[3.0, 7.0], 50.0), Some(3.0));
+        assert_eq!(percentile(&[4.0], 95.0), Some(4.0));
+        assert_eq!(percentile(&[], 95.0), None);
+        // 20 values: the 95th percentile is the 19th.
+        let w: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&w, 95.0), Some(19.0));
+    }
+
+    #[test]
+    fn every_request_lands_in_exactly_one_column() {
+        let observations = vec![
+            obs(0, Outcome::Real, Some(CacheStatus::Miss), 60.0),
+            obs(1, Outcome::Real, Some(CacheStatus::Hit), 0.05),
+            obs(2, Outcome::Real, Some(CacheStatus::Stale), 0.15),
+            obs(3, Outcome::Fallback, None, 0.5),
+            obs(4, Outcome::Refused, None, 0.01),
+            obs(5, Outcome::Failed, None, 70.0),
+            obs(6, Outcome::Error, None, 1.0),
+            obs(7, Outcome::Real, Some(CacheStatus::Miss), 80.0),
+        ];
+        let s = summarize(8, &observations, 4, 0.01).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (s.real, s.fallback, s.refused, s.failed, s.errors),
+            (4, 1, 1, 1, 1)
+        );
+        let shares =
+            s.reliability + s.fallback_share + s.refused_share + s.failed_share + s.error_share;
+        assert!((shares - 1.0).abs() < 1e-12);
+        assert!((s.reliability - 0.5).abs() < 1e-12);
+        assert_eq!(s.cache_hits, 2);
+        assert!((s.cache_hit_rate - 0.25).abs() < 1e-12);
+        // Answered: 60, 0.05, 0.15, 0.5, 80.
+        let avg = (60.0 + 0.05 + 0.15 + 0.5 + 80.0) / 5.0;
+        assert!((s.avg_latency_secs.unwrap_or_default() - avg).abs() < 1e-9);
+        assert_eq!(s.p95_latency_secs, Some(80.0));
+        assert!((s.avg_cached_latency_secs.unwrap_or_default() - 0.1).abs() < 1e-9);
+        assert!((s.cost_usd - 0.04).abs() < 1e-12);
+        assert!((s.cost_per_request_usd - 0.005).abs() < 1e-12);
+        // The last answer: request 7, sent at 70 s, answered 80 s later.
+        assert!((s.duration_secs - 150.0).abs() < 1e-9);
+        assert!((s.real_per_min - 4.0 / 2.5).abs() < 1e-9);
+        assert!((s.answered_per_min - 5.0 / 2.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_lost_or_doubled_request_is_an_error() {
+        let one = obs(0, Outcome::Real, None, 1.0);
+        let two = obs(1, Outcome::Refused, None, 1.0);
+        let lost = summarize(3, &[one.clone(), two.clone()], 0, 0.01);
+        assert!(lost.is_err_and(|e| e.contains("1 of 3 requests have no outcome")));
+        let doubled = summarize(2, &[one.clone(), two.clone(), one.clone()], 0, 0.01);
+        assert!(doubled.is_err_and(|e| e.contains("twice")));
+        let stray = summarize(1, &[one, two], 0, 0.01);
+        assert!(stray.is_err_and(|e| e.contains("never sent")));
+        let empty = summarize(0, &[], 0, 0.01).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(empty.sent, 0);
+        assert_eq!(empty.avg_latency_secs, None);
+    }
+
+    #[test]
+    fn the_table_shows_both_runs_and_the_change() {
+        let before = summarize(
+            2,
+            &[
+                obs(0, Outcome::Real, None, 60.0),
+                obs(1, Outcome::Failed, None, 70.0),
+            ],
+            2,
+            0.01,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let after = summarize(
+            2,
+            &[
+                obs(0, Outcome::Real, Some(CacheStatus::Miss), 60.0),
+                obs(1, Outcome::Real, Some(CacheStatus::Hit), 0.06),
+            ],
+            1,
+            0.01,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let table = render_table(&before, &after);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| Metric | Before (no stack) | After (HealthAiStack) | Change |"
+        );
+        assert_eq!(lines[1], "|---|---:|---:|---:|");
+        assert!(lines.iter().all(|l| l.starts_with('|') && l.ends_with('|')));
+        assert!(lines.iter().all(|l| l.matches('|').count() == 5));
+        assert!(table.contains("| Average latency (answered) | 60.0 s | 30.0 s | -50% |"));
+        assert!(table.contains("| p95 latency (answered) | 60.0 s | 60.0 s | +0% |"));
+        assert!(table.contains("| Average latency (cached answers) | n/a | 0.06 s |  |"));
+        assert!(table.contains("| Cost per request | $0.0100 | $0.0050 | -50% |"));
+        assert!(table.contains(
+            "| Reliability (real analysis, fresh or cached) | 50.0% | 100.0% | +50.0 pp |"
+        ));
+        assert!(table.contains("| Failed (502, 504) | 50.0% | 0.0% | -50.0 pp |"));
+        assert!(table.contains("| Cache hit rate (of requests sent) | 0.0% | 50.0% | +50.0 pp |"));
+        assert!(table.contains("| Provider calls | 2 | 1 | -50% |"));
+    }
+}
