@@ -113,12 +113,22 @@ fn percent_encode(message: &str) -> String {
     encoded
 }
 
+/// gRPC codes that mean the server failed (`UNKNOWN`, `DEADLINE_EXCEEDED`, `INTERNAL`,
+/// `UNAVAILABLE`, `DATA_LOSS`); the others are the caller's doing, like a 4xx.
+const GRPC_SERVER_FAILURES: [&[u8]; 5] = [b"2", b"4", b"13", b"14", b"15"];
+
 /// A 5xx status is an upstream failure; any other status (a 4xx is the client's doing)
-/// is a success. A `429` or `503` with `Retry-After` in seconds carries the upstream's
-/// wait.
+/// is a success. A trailers-only gRPC answer (a `grpc-status` header) is a failure when
+/// its code is a server failure (`UNKNOWN`, `DEADLINE_EXCEEDED`, `INTERNAL`,
+/// `UNAVAILABLE`, `DATA_LOSS`); a `grpc-status` sent in trailers after a body is not seen
+/// here. A `429` or `503` with `Retry-After` in seconds carries the upstream's wait.
 impl<B> ResponseVerdict for Response<B> {
     fn is_failure(&self) -> bool {
         self.status().is_server_error()
+            || self
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|code| GRPC_SERVER_FAILURES.contains(&code.as_bytes()))
     }
 
     fn upstream_retry_after(&self) -> Option<Duration> {
@@ -182,6 +192,23 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
         assert_eq!(retry_after_secs(Duration::from_millis(2_001)), 3);
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn grpc_status_header_is_classified() {
+        let with = |code: &'static str| {
+            let mut response = Response::new(());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static(code));
+            response.is_failure()
+        };
+        assert!(with("14"));
+        assert!(with("13"));
+        assert!(!with("0"));
+        assert!(!with("3"));
+        assert!(!with("5"));
+        assert!(!Response::new(()).is_failure());
     }
 
     #[test]

@@ -205,6 +205,15 @@ struct Inner {
     probes_succeeded: u32,
 }
 
+/// `at + wait`, saturating at about thirty years from `at` instead of overflowing (a
+/// configured or upstream-supplied wait can be arbitrarily large).
+fn later(at: Instant, wait: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    at.checked_add(wait.min(FAR))
+        .or_else(|| at.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(at)
+}
+
 /// Reads the clock at most once, and only if asked.
 struct LazyNow<F> {
     read: Option<F>,
@@ -577,12 +586,15 @@ impl Machine {
                     inner.half_open_since = inner.open_until;
                     inner.probes_in_flight = 0;
                     inner.probes_succeeded = 0;
-                    let deadline = self.config.max_half_open.map(|d| inner.half_open_since + d);
+                    let deadline = self
+                        .config
+                        .max_half_open
+                        .map(|d| later(inner.half_open_since, d));
                     self.set_state(word, State::HalfOpen, false, deadline, events);
                 }
                 State::HalfOpen => match self.config.max_half_open {
-                    Some(max) if now >= inner.half_open_since + max => {
-                        let at = inner.half_open_since + max;
+                    Some(max) if now >= later(inner.half_open_since, max) => {
+                        let at = later(inner.half_open_since, max);
                         // No verdict came: reopen for as long as last time.
                         let reopens = inner.reopens;
                         self.open_locked(inner, word, at, reopens, None, events);
@@ -609,7 +621,7 @@ impl Machine {
             open_for = open_for.max(hold);
         }
         inner.open_for = open_for;
-        inner.open_until = now + open_for;
+        inner.open_until = later(now, open_for);
         self.open_until
             .store(self.nanos(inner.open_until), Ordering::Release);
         self.set_state(word, State::Open, false, Some(inner.open_until), events);
@@ -919,6 +931,18 @@ mod tests {
         call(&m, t0, Verdict::FailureRetryAfter(Duration::from_secs(300)));
         let rejected = m.acquire(|| t0, &mut Vec::new()).expect_err("open");
         assert_eq!(rejected.retry_after, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn huge_waits_saturate_instead_of_overflowing() {
+        let (m, t0) = machine(Config {
+            open_duration: Duration::MAX,
+            max_half_open: Some(Duration::MAX),
+            ..Config::default()
+        });
+        call(&m, t0, Verdict::FailureRetryAfter(Duration::MAX));
+        let rejected = m.acquire(|| t0, &mut Vec::new()).expect_err("open");
+        assert!(rejected.retry_after > Some(Duration::from_secs(365 * 24 * 3600)));
     }
 
     #[test]
