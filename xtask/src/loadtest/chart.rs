@@ -148,6 +148,14 @@ pub(crate) fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
         TOP + plot_h / 2.0
     );
 
+    // The legend's backdrop, so that a curve passing under it stays readable.
+    let legend_h = 18.0 * series.len() as f64 + 10.0;
+    let _ = writeln!(
+        svg,
+        r#"<rect x="{:.1}" y="{:.1}" width="250" height="{legend_h:.1}" fill="white" fill-opacity="0.85"/>"#,
+        LEFT + 6.0,
+        TOP + 6.0
+    );
     for (i, s) in series.iter().enumerate() {
         let mut values: Vec<f64> = s
             .latencies

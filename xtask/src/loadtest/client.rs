@@ -115,33 +115,34 @@ async fn analyze(client: &HttpClient, base: &str, arrival: &Arrival) -> Result<A
 #[derive(Debug, Default)]
 struct Progress {
     sent: AtomicUsize,
-    done: [AtomicUsize; 5],
+    done: [AtomicUsize; 6],
     finished: AtomicBool,
 }
 
-const OUTCOMES: [Outcome; 5] = [
+const OUTCOMES: [Outcome; 6] = [
     Outcome::Real,
     Outcome::Fallback,
     Outcome::Refused,
     Outcome::Failed,
+    Outcome::TimedOut,
     Outcome::Error,
 ];
 
 fn slot(outcome: Outcome) -> usize {
-    OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(4)
+    OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(5)
 }
 
 impl Progress {
     fn line(&self, label: &str, total: usize, elapsed_secs: f64, scale: f64) -> String {
         let sent = self.sent.load(Ordering::Relaxed);
-        let [real, fallback, refused, failed, errors] =
+        let [real, fallback, refused, failed, timed_out, errors] =
             self.done.each_ref().map(|d| d.load(Ordering::Relaxed));
-        let done = real + fallback + refused + failed + errors;
+        let done = real + fallback + refused + failed + timed_out + errors;
         // Whole minutes of a run that lasts minutes (or days): no truncation in practice.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let unscaled_min = (elapsed_secs / scale / 60.0) as u64;
         format!(
-            "[{label}] {elapsed_secs:5.1} s ({unscaled_min} min unscaled) sent {sent}/{total}, in flight {}, real {real}, fallback {fallback}, refused {refused}, failed {failed}, errors {errors}",
+            "[{label}] {elapsed_secs:5.1} s ({unscaled_min} min unscaled) sent {sent}/{total}, in flight {}, real {real}, fallback {fallback}, refused {refused}, failed {failed}, timed out {timed_out}, errors {errors}",
             sent.saturating_sub(done)
         )
     }
@@ -212,7 +213,7 @@ pub(crate) async fn drive(
                     sent_at_secs,
                     latency_secs,
                     status: None,
-                    outcome: Outcome::Error,
+                    outcome: Outcome::TimedOut,
                     cache: None,
                     detail: Some(format!(
                         "no answer within {:.0} s (unscaled), the client's timeout",
@@ -281,6 +282,6 @@ mod tests {
         progress.done[slot(Outcome::Refused)].store(2, Ordering::Relaxed);
         let line = progress.line("after", 20, 30.0, 0.01);
         assert!(line.starts_with("[after]  30.0 s (50 min unscaled) sent 10/20, in flight 3,"));
-        assert!(line.contains("real 5, fallback 0, refused 2, failed 0, errors 0"));
+        assert!(line.contains("real 5, fallback 0, refused 2, failed 0, timed out 0, errors 0"));
     }
 }

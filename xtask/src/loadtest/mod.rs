@@ -68,8 +68,8 @@ pub(crate) struct LoadtestArgs {
     #[arg(long, default_value_t = 0.01)]
     cost_per_call_usd: f64,
 
-    /// How long the client waits for one answer, in seconds; no answer by then is
-    /// counted as an error.
+    /// How long the client waits for one answer, in seconds; a request with no answer
+    /// by then is counted in its own row.
     #[arg(long, default_value_t = 3600)]
     client_timeout_secs: u64,
 
@@ -87,7 +87,12 @@ impl LoadtestArgs {
                 Err(format!("--{name} must be a positive number, not {v}"))
             }
         };
-        positive("time-scale", self.time_scale)?;
+        if !(self.time_scale > 0.0 && self.time_scale <= 1.0) {
+            return Err(format!(
+                "--time-scale must be in (0, 1], not {}",
+                self.time_scale
+            ));
+        }
         positive("rate-per-min", self.rate_per_min)?;
         positive("minutes", self.minutes)?;
         if self.users == 0 || self.records_per_user == 0 {
@@ -260,7 +265,7 @@ fn notes(args: &LoadtestArgs, arrivals: usize) -> String {
          calls x cost / requests sent.\n\
          Latency is over answered requests (real or fallback); refusals and failures are counted \
          in their own rows, and every request sent is in exactly one of Reliability, Fallback, \
-         Refused, Failed and Other errors.\n",
+         Refused, Failed, No answer and Other errors.\n",
         scale = args.time_scale,
         ms = 0.001 / args.time_scale,
         minutes = args.minutes,

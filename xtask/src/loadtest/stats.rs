@@ -18,8 +18,11 @@ pub(crate) enum Outcome {
     Refused,
     /// The provider failed or timed out: 502 or 504.
     Failed,
-    /// Anything else: a transport error, a client-side timeout, an unexpected status or
-    /// an answer that does not follow the contract.
+    /// No answer within the client's own timeout.
+    #[serde(rename = "timed-out")]
+    TimedOut,
+    /// Anything else: a transport error, an unexpected status or an answer that does
+    /// not follow the contract.
     Error,
 }
 
@@ -85,6 +88,7 @@ pub(crate) struct Summary {
     pub(crate) fallback: usize,
     pub(crate) refused: usize,
     pub(crate) failed: usize,
+    pub(crate) timed_out: usize,
     pub(crate) errors: usize,
     /// From the first request sent to the last answer, unscaled.
     pub(crate) duration_secs: f64,
@@ -101,6 +105,7 @@ pub(crate) struct Summary {
     pub(crate) fallback_share: f64,
     pub(crate) refused_share: f64,
     pub(crate) failed_share: f64,
+    pub(crate) timed_out_share: f64,
     pub(crate) error_share: f64,
     /// Real analyses per minute.
     pub(crate) real_per_min: f64,
@@ -166,17 +171,18 @@ pub(crate) fn summarize(
         ));
     }
     let count = |outcome| observations.iter().filter(|o| o.outcome == outcome).count();
-    let (real, fallback, refused, failed, errors) = (
+    let (real, fallback, refused, failed, timed_out, errors) = (
         count(Outcome::Real),
         count(Outcome::Fallback),
         count(Outcome::Refused),
         count(Outcome::Failed),
+        count(Outcome::TimedOut),
         count(Outcome::Error),
     );
-    if real + fallback + refused + failed + errors != sent {
+    let total = real + fallback + refused + failed + timed_out + errors;
+    if total != sent {
         return Err(format!(
-            "the columns add up to {} for {sent} requests sent",
-            real + fallback + refused + failed + errors
+            "the columns add up to {total} for {sent} requests sent"
         ));
     }
 
@@ -216,6 +222,7 @@ pub(crate) fn summarize(
         fallback,
         refused,
         failed,
+        timed_out,
         errors,
         duration_secs,
         avg_latency_secs: mean(latencies.iter().copied()),
@@ -233,6 +240,7 @@ pub(crate) fn summarize(
         fallback_share: share(fallback, sent),
         refused_share: share(refused, sent),
         failed_share: share(failed, sent),
+        timed_out_share: share(timed_out, sent),
         error_share: share(errors, sent),
         real_per_min: per_min(real),
         answered_per_min: per_min(real + fallback),
@@ -335,6 +343,12 @@ pub(crate) fn render_table(before: &Summary, after: &Summary) -> String {
             points(before.failed_share, after.failed_share),
         ),
         (
+            "No answer within the client's timeout",
+            pct(before.timed_out_share),
+            pct(after.timed_out_share),
+            points(before.timed_out_share, after.timed_out_share),
+        ),
+        (
             "Other errors",
             pct(before.error_share),
             pct(after.error_share),
@@ -401,6 +415,17 @@ mod tests {
                 Outcome::Refused => 429,
                 Outcome::Failed => 502,
                 Outcome::Error => 418,
+                Outcome::TimedOut => {
+                    return Observation {
+                        index,
+                        sent_at_secs: 0.0,
+                        latency_secs: latency,
+                        status: None,
+                        outcome,
+                        cache,
+                        detail: Some("client timeout".to_owned()),
+                    };
+                }
             }),
             outcome,
             cache,
@@ -460,25 +485,37 @@ mod tests {
             obs(5, Outcome::Failed, None, 70.0),
             obs(6, Outcome::Error, None, 1.0),
             obs(7, Outcome::Real, Some(CacheStatus::Miss), 80.0),
+            obs(8, Outcome::TimedOut, None, 100.0),
         ];
-        let s = summarize(8, &observations, 4, 0.01).unwrap_or_else(|e| panic!("{e}"));
+        let s = summarize(9, &observations, 4, 0.01).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            (s.real, s.fallback, s.refused, s.failed, s.errors),
-            (4, 1, 1, 1, 1)
+            (
+                s.real,
+                s.fallback,
+                s.refused,
+                s.failed,
+                s.timed_out,
+                s.errors
+            ),
+            (4, 1, 1, 1, 1, 1)
         );
-        let shares =
-            s.reliability + s.fallback_share + s.refused_share + s.failed_share + s.error_share;
+        let shares = s.reliability
+            + s.fallback_share
+            + s.refused_share
+            + s.failed_share
+            + s.timed_out_share
+            + s.error_share;
         assert!((shares - 1.0).abs() < 1e-12);
-        assert!((s.reliability - 0.5).abs() < 1e-12);
+        assert!((s.reliability - 4.0 / 9.0).abs() < 1e-12);
         assert_eq!(s.cache_hits, 2);
-        assert!((s.cache_hit_rate - 0.25).abs() < 1e-12);
+        assert!((s.cache_hit_rate - 2.0 / 9.0).abs() < 1e-12);
         // Answered: 60, 0.05, 0.15, 0.5, 80.
         let avg = (60.0 + 0.05 + 0.15 + 0.5 + 80.0) / 5.0;
         assert!((s.avg_latency_secs.unwrap_or_default() - avg).abs() < 1e-9);
         assert_eq!(s.p95_latency_secs, Some(80.0));
         assert!((s.avg_cached_latency_secs.unwrap_or_default() - 0.1).abs() < 1e-9);
         assert!((s.cost_usd - 0.04).abs() < 1e-12);
-        assert!((s.cost_per_request_usd - 0.005).abs() < 1e-12);
+        assert!((s.cost_per_request_usd - 0.04 / 9.0).abs() < 1e-12);
         // The last answer: request 7, sent at 70 s, answered 80 s later.
         assert!((s.duration_secs - 150.0).abs() < 1e-9);
         assert!((s.real_per_min - 4.0 / 2.5).abs() < 1e-9);
