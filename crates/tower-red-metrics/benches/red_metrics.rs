@@ -1,2 +1,186 @@
-//! Placeholder, replaced by the real bench.
-fn main() {}
+//! Per-request overhead of the RED metrics layer, with the Prometheus recorder installed,
+//! against a bare `service_fn` baseline and against axum-prometheus's layer recording into
+//! the same recorder; rendering `/metrics` with 50 and 5,000 series; and two tasks on two
+//! workers hitting the same layer state.
+//!
+//! `cargo bench -p tower-red-metrics --bench red_metrics -- --measurement-time 3`
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use axum_prometheus::BaseMetricLayer;
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::{Empty, Full};
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_red_metrics::{
+    HttpClassify, MethodLabel, PrometheusConfig, RedMetricsBuilder, RedMetricsLayer, RequestLabels,
+};
+
+type Req = Request<Empty<Bytes>>;
+
+fn request() -> Req {
+    Request::get("/api/analyze").body(Empty::new()).unwrap()
+}
+
+fn bare() -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    service_fn(|_: Req| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    })
+}
+
+/// One request, as middleware users drive it: clone, wait until ready, call.
+async fn one<S>(service: &S)
+where
+    S: Service<Req> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let mut service = service.clone();
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap();
+    black_box(response);
+}
+
+fn single<S>(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, service: &S)
+where
+    S: Service<Req> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    c.bench_function(name, |b| b.to_async(runtime).iter(|| one(service)));
+}
+
+/// Two tasks on two workers, released together by a spin gate, each timing its own
+/// requests; returns the mean of the two tasks' times.
+fn contended<S>(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, service: &S)
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: Send,
+{
+    let same_worker = Arc::new(AtomicUsize::new(0));
+    let runs = Arc::new(AtomicUsize::new(0));
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let gate = Arc::new(AtomicUsize::new(2));
+                let tasks: Vec<_> = (0..2)
+                    .map(|_| {
+                        let gate = Arc::clone(&gate);
+                        let service = service.clone();
+                        tokio::spawn(async move {
+                            gate.fetch_sub(1, Ordering::AcqRel);
+                            while gate.load(Ordering::Acquire) != 0 {
+                                std::hint::spin_loop();
+                            }
+                            let thread: ThreadId = std::thread::current().id();
+                            let start = Instant::now();
+                            for _ in 0..iters {
+                                one(&service).await;
+                            }
+                            (start.elapsed(), thread)
+                        })
+                    })
+                    .collect();
+                let mut total = Duration::ZERO;
+                let mut threads = Vec::new();
+                for task in tasks {
+                    let (elapsed, thread) = task.await.unwrap();
+                    total += elapsed;
+                    threads.push(thread);
+                }
+                runs.fetch_add(1, Ordering::Relaxed);
+                if threads[0] == threads[1] {
+                    same_worker.fetch_add(1, Ordering::Relaxed);
+                }
+                total / 2
+            })
+        });
+    });
+    println!(
+        "{name}: {} of {} runs had both tasks on one worker",
+        same_worker.load(Ordering::Relaxed),
+        runs.load(Ordering::Relaxed)
+    );
+}
+
+fn benches(c: &mut Criterion) {
+    let prometheus = PrometheusConfig::new()
+        .install()
+        .expect("the bench installs the only recorder");
+    let single_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let multi_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let red = RedMetricsLayer::new().layer(bare());
+    let peer = BaseMetricLayer::new().layer(bare());
+
+    single(c, &single_rt, "baseline/start", &bare());
+    single(c, &single_rt, "red_metrics", &red);
+    single(c, &single_rt, "axum_prometheus", &peer);
+    contended(c, &multi_rt, "contended/baseline", &bare());
+    contended(c, &multi_rt, "contended/red_metrics", &red);
+    contended(c, &multi_rt, "contended/axum_prometheus", &peer);
+    single(c, &single_rt, "baseline/end", &bare());
+
+    // Rendering: a recorder of its own, with N distinct (method, route, status) series;
+    // each route also has an in-flight gauge and a 22-bucket duration histogram.
+    for series in [50usize, 5_000] {
+        let (recorder, rendered) = PrometheusConfig::new().build().unwrap();
+        let routes: Arc<[String]> = (0..series).map(|i| format!("/route/{i}")).collect();
+        let labels = {
+            let routes = Arc::clone(&routes);
+            move |req: &Req| RequestLabels {
+                method: MethodLabel::Get,
+                route: Some(
+                    routes[req.uri().path()[1..].parse::<usize>().unwrap()]
+                        .clone()
+                        .into(),
+                ),
+            }
+        };
+        let layer = RedMetricsBuilder::new(labels, HttpClassify)
+            .recorder(recorder)
+            .max_routes(series)
+            .build();
+        let service = layer.layer(bare());
+        single_rt.block_on(async {
+            for i in 0..series {
+                let req = Request::get(format!("/{i}")).body(Empty::new()).unwrap();
+                service.clone().oneshot(req).await.unwrap();
+            }
+        });
+        c.bench_function(&format!("render/{series}_series"), |b| {
+            b.iter(|| black_box(rendered.render()));
+        });
+    }
+    black_box(prometheus.render());
+}
+
+criterion_group! {
+    name = red_metrics;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(800))
+        .measurement_time(Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(red_metrics);
