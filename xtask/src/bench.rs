@@ -4,14 +4,25 @@
 //!
 //! The summary reads what criterion leaves behind:
 //! `<target dir>/criterion/<group>/<function>[/<param>]/new/{benchmark,estimates}.json`.
-//! It is generic over the benches: within a group, an id containing `baseline` is a
+//! It is generic over the benches. Within a group, an id containing `baseline` is a
 //! reference, an id naming a peer crate is a peer, and every other id is one of ours.
+//! A row is compared with the baseline its id names (`layer-axum-body` with
+//! `axum-baseline`), else with the last baseline measured before it in the run (a peer
+//! that needs other types is measured right after a matching baseline), else with the
+//! group's plain baseline. Ours is compared with the peer whose id shares a word with
+//! it (`retry` with `tower_retry`), else with the peers no row of ours claimed.
+//!
+//! Criterion's directory does not say which crate a result came from, and two crates
+//! with the same group name overwrite each other's results there. So a full run benches
+//! one crate at a time, reads its results at once, and keeps them, with their crate, in
+//! `<target dir>/xtask-bench.json` for `--summary-only`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Differences smaller than this many nanoseconds are noise on the project's machines.
@@ -20,18 +31,26 @@ const NOISE_NS: f64 = 10.0;
 const NOISE_RATIO: f64 = 0.20;
 /// A start and an end baseline further apart than this make the run noisy.
 const BASELINE_DRIFT: f64 = 0.10;
+/// Where a full run keeps its results, in the target directory.
+const SAVED: &str = "xtask-bench.json";
 
 /// One criterion result.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct Measurement {
+    /// The package whose bench measured it; empty when unknown.
+    #[serde(rename = "crate")]
+    pub(crate) krate: String,
     pub(crate) group: String,
     /// The function id, with `/param` when there is one.
     pub(crate) id: String,
     pub(crate) median_ns: f64,
+    /// When criterion wrote it, in nanoseconds since the epoch: the run's order.
+    pub(crate) written_ns: u128,
 }
 
 /// What an id is, within its group.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Baseline,
     Peer,
@@ -82,6 +101,30 @@ const OUR_CRATES: [&str; 6] = [
     "health_ai",
 ];
 
+/// Words that name a crate or the plumbing rather than what is measured: they do not
+/// pair one of ours with a peer.
+const NOT_PAIRING: [&str; 19] = [
+    "tower",
+    "peer",
+    "resilience",
+    "governor",
+    "axum",
+    "prometheus",
+    "layer",
+    "service",
+    "cache",
+    "breaker",
+    "token",
+    "bucket",
+    "lru",
+    "priority",
+    "queue",
+    "red",
+    "metrics",
+    "health",
+    "ai",
+];
+
 pub(crate) fn classify(id: &str) -> Kind {
     let id = normalize(id);
     if id.contains("baseline") {
@@ -91,7 +134,7 @@ pub(crate) fn classify(id: &str) -> Kind {
     } else if OUR_CRATES.iter().any(|m| id.contains(m)) {
         Kind::Ours
     } else if PEER_LAYERS.iter().any(|m| id.contains(m)) || id.split('_').any(|t| t == "tower") {
-        // tower's own layers: `tower::ConcurrencyLimit`, `tower load_shed`.
+        // tower's own layers: `tower::ConcurrencyLimit`, `tower_retry`.
         Kind::Peer
     } else {
         Kind::Ours
@@ -99,9 +142,9 @@ pub(crate) fn classify(id: &str) -> Kind {
 }
 
 /// A baseline's variant: its tokens less `baseline` and the words that place it in the
-/// run (start, end...). `baseline_start` and `baseline_end` share the variant "";
-/// `baseline_axum_body` is the variant "axum body", the matching baseline of a peer
-/// that wants axum's body type.
+/// run (start, end...). `baseline-start` and `baseline (end)` share the variant "";
+/// `axum-baseline` is the variant "axum", the matching baseline of a peer that wants
+/// axum's body type.
 fn variant(id: &str) -> Vec<String> {
     const PLACE: [&str; 9] = [
         "baseline", "start", "end", "begin", "first", "last", "final", "before", "after",
@@ -118,12 +161,15 @@ fn is_end(id: &str) -> bool {
         .any(|t| matches!(t.as_str(), "end" | "last" | "final" | "after"))
 }
 
-/// The reference of one variant of baseline: its start measurement and, if the run
-/// measured it again at the end, that one too.
+/// One variant of baseline in a group: its first measurement and, if the run measured
+/// it again at the end, that one too.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Baseline {
+    /// `crate: group/id` of the first measurement, for messages.
+    pub(crate) name: String,
     pub(crate) start_id: String,
     pub(crate) start_ns: f64,
+    start_written: u128,
     pub(crate) end: Option<(String, f64)>,
     variant: Vec<String>,
 }
@@ -142,6 +188,7 @@ impl Baseline {
 /// One row of the summary.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Row {
+    /// `crate: group`, or what of it is known.
     pub(crate) group: String,
     pub(crate) id: String,
     pub(crate) kind: Kind,
@@ -152,43 +199,49 @@ pub(crate) struct Row {
     pub(crate) delta_ns: Option<f64>,
     /// `median / baseline`.
     pub(crate) ratio: Option<f64>,
-    /// For ours: `(peer id, our delta - its delta, our delta / its delta)` per peer of
-    /// the group.
+    /// For ours: `(peer id, our delta - its delta, our delta / its delta)` for each peer
+    /// it is compared with.
     pub(crate) versus: Vec<(String, f64, Option<f64>)>,
 }
 
-/// The summary of every group, in group and id order.
+fn group_label(krate: &str, group: &str) -> String {
+    match (krate.is_empty(), group.is_empty()) {
+        (true, _) => group.to_owned(),
+        (false, true) => krate.to_owned(),
+        (false, false) => format!("{krate}: {group}"),
+    }
+}
+
+/// The summary of every group, in crate, group and run order.
 pub(crate) fn summarize(measurements: &[Measurement]) -> (Vec<Row>, Vec<Baseline>) {
-    let mut groups: Vec<&str> = measurements.iter().map(|m| m.group.as_str()).collect();
+    let mut groups: Vec<(&str, &str)> = measurements
+        .iter()
+        .map(|m| (m.krate.as_str(), m.group.as_str()))
+        .collect();
     groups.sort_unstable();
     groups.dedup();
     let mut rows = Vec::new();
     let mut all_baselines = Vec::new();
-    for group in groups {
-        let mut members: Vec<&Measurement> =
-            measurements.iter().filter(|m| m.group == group).collect();
-        members.sort_by(|a, b| a.id.cmp(&b.id));
-        let baselines = baselines_of(&members);
-        let reference = |id: &str| -> Option<&Baseline> {
-            let own = tokens(id);
-            baselines
-                .iter()
-                .filter(|b| b.variant.iter().all(|t| own.contains(t)))
-                .max_by_key(|b| b.variant.len())
-                .or_else(|| baselines.iter().find(|b| b.variant.is_empty()))
-                .or_else(|| baselines.first())
-        };
+    for (krate, group) in groups {
+        let mut members: Vec<&Measurement> = measurements
+            .iter()
+            .filter(|m| m.krate == krate && m.group == group)
+            .collect();
+        members.sort_by(|a, b| (a.written_ns, &a.id).cmp(&(b.written_ns, &b.id)));
+        let label = group_label(krate, group);
+        let baselines = baselines_of(&label, &members);
         let mut group_rows: Vec<Row> = members
             .iter()
             .map(|m| {
                 let kind = classify(&m.id);
                 let base = if kind == Kind::Baseline {
-                    baselines.iter().find(|b| b.variant == variant(&m.id))
+                    let own = variant(&m.id);
+                    baselines.iter().find(|b| b.variant == own)
                 } else {
-                    reference(&m.id)
+                    reference(&baselines, m)
                 };
                 Row {
-                    group: group.to_owned(),
+                    group: label.clone(),
                     id: m.id.clone(),
                     kind,
                     median_ns: m.median_ns,
@@ -201,39 +254,87 @@ pub(crate) fn summarize(measurements: &[Measurement]) -> (Vec<Row>, Vec<Baseline
                 }
             })
             .collect();
-        let peers: Vec<(String, f64)> = group_rows
-            .iter()
-            .filter(|r| r.kind == Kind::Peer)
-            .filter_map(|r| r.delta_ns.map(|d| (r.id.clone(), d)))
-            .collect();
-        for row in group_rows.iter_mut().filter(|r| r.kind == Kind::Ours) {
-            if let Some(ours) = row.delta_ns {
-                row.versus = peers
-                    .iter()
-                    .map(|(id, theirs)| {
-                        let ratio = (*theirs >= 1.0).then(|| ours / theirs);
-                        (id.clone(), ours - theirs, ratio)
-                    })
-                    .collect();
-            }
-        }
+        pair_with_peers(&mut group_rows);
         rows.extend(group_rows);
-        all_baselines.extend(baselines.into_iter().map(|mut b| {
-            b.start_id = format!("{group}/{}", b.start_id);
-            b
-        }));
+        all_baselines.extend(baselines);
     }
     (rows, all_baselines)
 }
 
-fn baselines_of(members: &[&Measurement]) -> Vec<Baseline> {
+/// The baseline a row is measured against: the one its id names, else the last one
+/// measured before it, else the plain one.
+fn reference<'b>(baselines: &'b [Baseline], m: &Measurement) -> Option<&'b Baseline> {
+    let own = tokens(&m.id);
+    let named = baselines
+        .iter()
+        .filter(|b| !b.variant.is_empty() && b.variant.iter().all(|t| own.contains(t)))
+        .max_by_key(|b| b.variant.len());
+    let before = baselines
+        .iter()
+        .filter(|b| b.start_written <= m.written_ns)
+        .max_by_key(|b| b.start_written);
+    named
+        .or(before)
+        .or_else(|| baselines.iter().find(|b| b.variant.is_empty()))
+        .or_else(|| baselines.first())
+}
+
+fn pairing_words(id: &str) -> Vec<String> {
+    tokens(id)
+        .into_iter()
+        .filter(|t| !NOT_PAIRING.contains(&t.as_str()))
+        .collect()
+}
+
+/// Fills `versus` of our rows: each is compared with the peers that share a word with
+/// it, or, sharing none, with the peers that no row of ours shares a word with.
+fn pair_with_peers(rows: &mut [Row]) {
+    let peers: Vec<(String, f64, Vec<String>)> = rows
+        .iter()
+        .filter(|r| r.kind == Kind::Peer)
+        .filter_map(|r| r.delta_ns.map(|d| (r.id.clone(), d, pairing_words(&r.id))))
+        .collect();
+    let ours_words: Vec<Vec<String>> = rows
+        .iter()
+        .filter(|r| r.kind == Kind::Ours)
+        .map(|r| pairing_words(&r.id))
+        .collect();
+    let shares = |a: &[String], b: &[String]| a.iter().any(|t| b.contains(t));
+    let unclaimed: Vec<&(String, f64, Vec<String>)> = peers
+        .iter()
+        .filter(|(_, _, words)| !ours_words.iter().any(|o| shares(o, words)))
+        .collect();
+    for row in rows.iter_mut().filter(|r| r.kind == Kind::Ours) {
+        let Some(ours) = row.delta_ns else { continue };
+        let words = pairing_words(&row.id);
+        let paired: Vec<&(String, f64, Vec<String>)> = peers
+            .iter()
+            .filter(|(_, _, theirs)| shares(&words, theirs))
+            .collect();
+        let chosen = if paired.is_empty() {
+            unclaimed.clone()
+        } else {
+            paired
+        };
+        row.versus = chosen
+            .into_iter()
+            .map(|(id, theirs, _)| {
+                // A multiple means something only when both add time.
+                let ratio = (ours > 0.0 && *theirs >= 1.0).then(|| ours / theirs);
+                (id.clone(), ours - theirs, ratio)
+            })
+            .collect();
+    }
+}
+
+fn baselines_of(label: &str, members: &[&Measurement]) -> Vec<Baseline> {
     let mut baselines: Vec<Baseline> = Vec::new();
-    // Starts first, so that an end finds its start whatever the names' order.
+    // Starts first, so that an end finds its start whatever the run order.
     let mut candidates: Vec<&&Measurement> = members
         .iter()
         .filter(|m| classify(&m.id) == Kind::Baseline)
         .collect();
-    candidates.sort_by_key(|m| is_end(&m.id));
+    candidates.sort_by_key(|m| (is_end(&m.id), m.written_ns));
     for m in candidates {
         let v = variant(&m.id);
         match baselines.iter_mut().find(|b| b.variant == v) {
@@ -241,8 +342,14 @@ fn baselines_of(members: &[&Measurement]) -> Vec<Baseline> {
             // A third measurement of the same variant: keep the first two.
             Some(_) => {}
             None => baselines.push(Baseline {
+                name: if label.is_empty() {
+                    m.id.clone()
+                } else {
+                    format!("{label}/{}", m.id)
+                },
                 start_id: m.id.clone(),
                 start_ns: m.median_ns,
+                start_written: m.written_ns,
                 end: None,
                 variant: v,
             }),
@@ -282,8 +389,14 @@ pub(crate) fn render(rows: &[Row], baselines: &[Baseline]) -> String {
             _ if is_reference => ("reference".to_owned(), String::new()),
             (Some(d), r) => {
                 let mark = if is_noise(d, r) { " ~" } else { "" };
+                let vs = match &row.baseline_id {
+                    Some(b) if row.kind != Kind::Baseline && variant(b) != Vec::<String>::new() => {
+                        format!(" (vs {b})")
+                    }
+                    _ => String::new(),
+                };
                 (
-                    format!("{}{}{mark}", if d >= 0.0 { "+" } else { "" }, ns(d)),
+                    format!("{}{}{mark}{vs}", if d >= 0.0 { "+" } else { "" }, ns(d)),
                     r.map_or_else(String::new, |r| format!("x{r:.2}")),
                 )
             }
@@ -311,8 +424,8 @@ pub(crate) fn render(rows: &[Row], baselines: &[Baseline]) -> String {
     out.push('\n');
     out.push_str(
         "Medians from criterion. `~`: under 10 ns or within 20% of the baseline, which is \
-         noise on these machines. \"vs peer\": our overhead minus the peer's, over each \
-         one's own baseline.\n",
+         noise on these machines. \"vs peer\": our overhead minus the peer's, each over its \
+         own baseline, and ours as a multiple of the peer's.\n",
     );
     let noisy: Vec<&Baseline> = baselines.iter().filter(|b| b.noisy()).collect();
     let checked = baselines.iter().filter(|b| b.end.is_some()).count();
@@ -322,7 +435,7 @@ pub(crate) fn render(rows: &[Row], baselines: &[Baseline]) -> String {
             .map(|b| {
                 format!(
                     "{} ({:+.0}%)",
-                    b.start_id,
+                    b.name,
                     b.drift().unwrap_or_default() * 100.0
                 )
             })
@@ -342,8 +455,24 @@ pub(crate) fn render(rows: &[Row], baselines: &[Baseline]) -> String {
     out
 }
 
+/// Splits a bench id registered without a group (`c.bench_function("contended/x")`,
+/// which criterion files as a group of its own) into a group and an id: the first
+/// path segment is the group, unless it is a baseline's (`baseline/start`).
+fn ungrouped(id: &str) -> (String, String) {
+    match id.split_once('/') {
+        Some((group, rest)) if !group.to_ascii_lowercase().contains("baseline") => {
+            (group.to_owned(), rest.to_owned())
+        }
+        _ => (String::new(), id.to_owned()),
+    }
+}
+
 /// Reads one result directory (the one holding `new/`).
-fn read_measurement(criterion: &Path, new_dir: &Path) -> Result<Measurement, String> {
+fn read_measurement(
+    criterion: &Path,
+    new_dir: &Path,
+    written: SystemTime,
+) -> Result<Measurement, String> {
     let read = |name: &str| -> Result<Value, String> {
         let path = new_dir.join(name);
         let text = std::fs::read_to_string(&path)
@@ -361,11 +490,17 @@ fn read_measurement(criterion: &Path, new_dir: &Path) -> Result<Measurement, Str
     // criterion's sanitized copies, used when it is missing.
     let (group, id) = match read("benchmark.json") {
         Ok(b) if b["group_id"].is_string() => {
-            let group = b["group_id"].as_str().unwrap_or_default().to_owned();
-            let mut id: Vec<&str> = Vec::new();
-            id.extend(b["function_id"].as_str());
-            id.extend(b["value_str"].as_str());
-            (group, id.join("/"))
+            let group = b["group_id"].as_str().unwrap_or_default();
+            match b["function_id"].as_str() {
+                Some(function) => {
+                    let mut id = function.to_owned();
+                    if let Some(value) = b["value_str"].as_str() {
+                        id = format!("{id}/{value}");
+                    }
+                    (group.to_owned(), id)
+                }
+                None => ungrouped(group),
+            }
         }
         _ => {
             let relative = new_dir
@@ -380,9 +515,13 @@ fn read_measurement(criterion: &Path, new_dir: &Path) -> Result<Measurement, Str
         }
     };
     Ok(Measurement {
+        krate: String::new(),
         group,
         id,
         median_ns,
+        written_ns: written
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
     })
 }
 
@@ -392,6 +531,9 @@ pub(crate) fn collect(
     since: Option<SystemTime>,
 ) -> Result<Vec<Measurement>, String> {
     let mut found = Vec::new();
+    if !criterion.is_dir() {
+        return Ok(found);
+    }
     let mut stack = vec![criterion.to_owned()];
     while let Some(dir) = stack.pop() {
         // A result directory holds `new/` (this run), and maybe `base/` and `change/`
@@ -399,13 +541,11 @@ pub(crate) fn collect(
         let new = dir.join("new");
         let estimates = new.join("estimates.json");
         if estimates.is_file() {
-            let fresh = since.is_none_or(|since| {
-                std::fs::metadata(&estimates)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|modified| modified >= since)
-            });
-            if fresh {
-                found.push(read_measurement(criterion, &new)?);
+            let written = std::fs::metadata(&estimates)
+                .and_then(|m| m.modified())
+                .unwrap_or(UNIX_EPOCH);
+            if since.is_none_or(|since| written >= since) {
+                found.push(read_measurement(criterion, &new, written)?);
             }
             continue;
         }
@@ -423,12 +563,28 @@ pub(crate) fn collect(
     Ok(found)
 }
 
-/// The target directory: `$CARGO_TARGET_DIR`, else what `cargo metadata` says (which
-/// follows `build.target-dir` in cargo's configuration).
-fn target_dir() -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
+/// `(group, id)` pairs that more than one crate measured: on disk, the last crate's
+/// results replaced the others'.
+pub(crate) fn collisions(measurements: &[Measurement]) -> Vec<String> {
+    let mut seen: Vec<(&str, &str, &str)> = Vec::new();
+    let mut clashes = Vec::new();
+    for m in measurements {
+        for (krate, group, id) in &seen {
+            if *group == m.group && *id == m.id && *krate != m.krate {
+                clashes.push(format!(
+                    "{group}/{id} (measured by {krate} and by {})",
+                    m.krate
+                ));
+            }
+        }
+        seen.push((&m.krate, &m.group, &m.id));
     }
+    clashes
+}
+
+/// What `cargo metadata` says: the target directory (unless `$CARGO_TARGET_DIR` says
+/// otherwise) and the workspace's packages that have bench targets.
+fn metadata() -> Result<(PathBuf, Vec<String>), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(&cargo)
         .args(["metadata", "--format-version", "1", "--no-deps"])
@@ -443,100 +599,184 @@ fn target_dir() -> Result<PathBuf, String> {
     }
     let metadata: Value = serde_json::from_slice(&output.stdout)
         .map_err(|e| format!("`cargo metadata` did not print JSON: {e}"))?;
-    metadata["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .ok_or_else(|| "`cargo metadata` gave no target_directory".to_owned())
+    let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => metadata["target_directory"]
+            .as_str()
+            .map(PathBuf::from)
+            .ok_or_else(|| "`cargo metadata` gave no target_directory".to_owned())?,
+    };
+    let mut packages: Vec<String> = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["targets"].as_array().into_iter().flatten().any(|t| {
+                t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "bench"))
+            })
+        })
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    packages.sort();
+    Ok((target, packages))
 }
 
-/// `cargo xtask bench [--summary-only] [-- ARGS]`.
-pub(crate) fn run(summary_only: bool, args: &[String]) -> Result<(), String> {
-    let criterion = target_dir()?.join("criterion");
-    let since = if summary_only {
-        None
-    } else {
-        // Results older than this run (renamed or filtered-out benches) are left out.
+fn newest(measurements: &[Measurement]) -> u128 {
+    measurements.iter().map(|m| m.written_ns).max().unwrap_or(0)
+}
+
+/// The results of a full run: each package's benches, one package at a time.
+fn run_benches(
+    criterion: &Path,
+    packages: &[String],
+    args: &[String],
+) -> (Vec<Measurement>, Vec<String>) {
+    let mut measurements = Vec::new();
+    let mut failures = Vec::new();
+    for package in packages {
         let started = SystemTime::now();
-        let mut argv = vec!["bench", "--workspace", "--locked"];
+        let mut argv = vec!["bench", "--locked", "-p", package, "--bench", "*"];
         if !args.is_empty() {
             argv.push("--");
             argv.extend(args.iter().map(String::as_str));
         }
-        crate::cargo(&argv, &[])?;
-        Some(started)
-    };
-    if !criterion.is_dir() {
-        return Err(format!(
-            "no criterion results in {}: run `cargo xtask bench` first",
-            criterion.display()
-        ));
+        if let Err(e) = crate::cargo(&argv, &[]) {
+            failures.push(e);
+        }
+        // Read at once: the next package may reuse a group name and overwrite these.
+        match collect(criterion, Some(started)) {
+            Ok(found) => measurements.extend(found.into_iter().map(|mut m| {
+                m.krate.clone_from(package);
+                m
+            })),
+            Err(e) => failures.push(e),
+        }
     }
-    let measurements = collect(&criterion, since)?;
+    (measurements, failures)
+}
+
+/// `cargo xtask bench [--summary-only] [-- ARGS]`.
+pub(crate) fn run(summary_only: bool, args: &[String]) -> Result<(), String> {
+    let (target, packages) = metadata()?;
+    let criterion = target.join("criterion");
+    let saved = target.join(SAVED);
+    let (measurements, failures) = if summary_only {
+        let on_disk = collect(&criterion, None)?;
+        let kept: Option<Vec<Measurement>> = std::fs::read_to_string(&saved)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
+        match kept {
+            // The last full run's results, with their crates, unless a bench ran since.
+            Some(kept) if newest(&kept) >= newest(&on_disk) => (kept, Vec::new()),
+            _ => (on_disk, Vec::new()),
+        }
+    } else {
+        if packages.is_empty() {
+            return Err("no package of the workspace has a bench target".to_owned());
+        }
+        let (measurements, failures) = run_benches(&criterion, &packages, args);
+        if !measurements.is_empty() {
+            let text = serde_json::to_string_pretty(&measurements)
+                .map_err(|e| format!("cannot encode the results: {e}"))?;
+            std::fs::write(&saved, text)
+                .map_err(|e| format!("cannot write {}: {e}", saved.display()))?;
+        }
+        (measurements, failures)
+    };
     if measurements.is_empty() {
         return Err(format!(
             "no criterion results{} in {}",
-            if since.is_some() {
-                " from this run"
-            } else {
-                ""
-            },
+            if summary_only { "" } else { " from this run" },
             criterion.display()
         ));
     }
     let (rows, baselines) = summarize(&measurements);
     println!("\n{}", render(&rows, &baselines));
-    Ok(())
+    let clashes = collisions(&measurements);
+    if !clashes.is_empty() {
+        println!(
+            "Note: these results share a criterion directory with another crate's, which \
+             overwrote them on disk (read here right after each crate ran); give the groups \
+             distinct names: {}",
+            clashes.join(", ")
+        );
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn m(group: &str, id: &str, median_ns: f64) -> Measurement {
-        Measurement {
-            group: group.to_owned(),
-            id: id.to_owned(),
-            median_ns,
-        }
+    /// Measurements of one crate-less run, in run order.
+    fn run_of(results: &[(&str, &str, f64)]) -> Vec<Measurement> {
+        results
+            .iter()
+            .zip(0u128..)
+            .map(|(&(group, id, median_ns), order)| Measurement {
+                krate: String::new(),
+                group: group.to_owned(),
+                id: id.to_owned(),
+                median_ns,
+                written_ns: order,
+            })
+            .collect()
+    }
+
+    fn row<'r>(rows: &'r [Row], id: &str) -> &'r Row {
+        rows.iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("no row {id} in {rows:?}"))
     }
 
     #[test]
     fn ids_are_baselines_peers_or_ours() {
         assert_eq!(classify("baseline"), Kind::Baseline);
         assert_eq!(classify("baseline_end"), Kind::Baseline);
-        assert_eq!(classify("Baseline (axum body)"), Kind::Baseline);
+        assert_eq!(classify("baseline (start)"), Kind::Baseline);
+        assert_eq!(classify("axum-baseline"), Kind::Baseline);
         assert_eq!(classify("tower_governor"), Kind::Peer);
-        assert_eq!(classify("tower_governor/global_key"), Kind::Peer);
+        assert_eq!(classify("tower_governor-global"), Kind::Peer);
+        assert_eq!(classify("tower-resilience-closed"), Kind::Peer);
         assert_eq!(classify("tower-resilience circuit breaker"), Kind::Peer);
-        assert_eq!(classify("resilience_cache"), Kind::Peer);
+        assert_eq!(
+            classify("peer tower-resilience-cache hit, path key"),
+            Kind::Peer
+        );
         assert_eq!(classify("tower::ConcurrencyLimit"), Kind::Peer);
         assert_eq!(classify("tower_concurrency_limit"), Kind::Peer);
+        assert_eq!(classify("tower_retry"), Kind::Peer);
         assert_eq!(classify("tower load_shed"), Kind::Peer);
-        assert_eq!(classify("axum-prometheus"), Kind::Peer);
+        assert_eq!(classify("axum_prometheus"), Kind::Peer);
         assert_eq!(classify("peer_moka_raw"), Kind::Peer);
-        assert_eq!(classify("token_bucket_global"), Kind::Ours);
+        assert_eq!(classify("layer-global"), Kind::Ours);
+        assert_eq!(classify("governor-check-global"), Kind::Ours);
         assert_eq!(classify("tower-token-bucket/per_key"), Kind::Ours);
-        assert_eq!(classify("tower_breaker_closed"), Kind::Ours);
+        assert_eq!(classify("breaker-closed"), Kind::Ours);
         assert_eq!(classify("priority_queue_concurrency_limit"), Kind::Ours);
-        assert_eq!(classify("cache_hit"), Kind::Ours);
+        assert_eq!(classify("retry"), Kind::Ours);
+        assert_eq!(classify("hit, no body"), Kind::Ours);
         assert_eq!(classify("red_metrics"), Kind::Ours);
     }
 
     #[test]
     fn each_layer_is_compared_with_its_baseline_and_its_peer() {
-        let (rows, baselines) = summarize(&[
-            m("limiter", "baseline", 30.0),
-            m("limiter", "token_bucket", 80.0),
-            m("limiter", "tower_governor", 95.0),
-            m("limiter", "baseline_end", 31.0),
-        ]);
+        let (rows, baselines) = summarize(&run_of(&[
+            ("limiter", "baseline", 30.0),
+            ("limiter", "token_bucket", 80.0),
+            ("limiter", "tower_governor", 95.0),
+            ("limiter", "baseline_end", 31.0),
+        ]));
         assert_eq!(baselines.len(), 1);
-        assert_eq!(baselines[0].start_id, "limiter/baseline");
+        assert_eq!(baselines[0].name, "limiter/baseline");
         assert!(!baselines[0].noisy());
-        let ours = rows.iter().find(|r| r.id == "token_bucket");
-        let Some(ours) = ours else {
-            panic!("no row for token_bucket: {rows:?}")
-        };
+        let ours = row(&rows, "token_bucket");
         assert_eq!(ours.kind, Kind::Ours);
         assert_eq!(ours.baseline_id.as_deref(), Some("baseline"));
         assert_eq!(ours.delta_ns, Some(50.0));
@@ -546,63 +786,87 @@ mod tests {
         assert_eq!(peer, "tower_governor");
         assert!((diff - (50.0 - 65.0)).abs() < 1e-12);
         assert!((ratio.unwrap_or_default() - 50.0 / 65.0).abs() < 1e-12);
-        let end = rows.iter().find(|r| r.id == "baseline_end");
-        assert_eq!(end.and_then(|r| r.delta_ns), Some(1.0));
+        assert_eq!(row(&rows, "baseline_end").delta_ns, Some(1.0));
+        assert_eq!(row(&rows, "tower_governor").kind, Kind::Peer);
     }
 
     #[test]
     fn a_drifting_baseline_flags_the_run() {
-        let (rows, baselines) = summarize(&[
-            m("g", "baseline_start", 30.0),
-            m("g", "baseline_end", 36.0),
-            m("g", "cache_hit", 200.0),
-        ]);
+        // The end baseline sorts first by name; the start one is still the reference.
+        let (rows, baselines) = summarize(&run_of(&[
+            ("g", "baseline (start)", 30.0),
+            ("g", "hit", 200.0),
+            ("g", "baseline (end)", 36.0),
+        ]));
         assert!(baselines[0].noisy());
         assert!((baselines[0].drift().unwrap_or_default() - 0.2).abs() < 1e-12);
         let table = render(&rows, &baselines);
         assert!(table.contains("NOISY RUN"), "{table}");
-        assert!(table.contains("g/baseline_start (+20%)"), "{table}");
-        // The start baseline is the reference, whatever the names' order.
-        let hit = rows.iter().find(|r| r.id == "cache_hit");
-        assert_eq!(hit.and_then(|r| r.delta_ns), Some(170.0));
+        assert!(table.contains("g/baseline (start) (+20%)"), "{table}");
+        assert_eq!(row(&rows, "hit").delta_ns, Some(170.0));
     }
 
     #[test]
-    fn a_peer_with_its_own_types_is_measured_over_its_matching_baseline() {
-        let (rows, _) = summarize(&[
-            m("g", "baseline", 30.0),
-            m("g", "baseline_axum_body", 50.0),
-            m("g", "tower_governor_axum_body", 115.0),
-            m("g", "token_bucket_axum_body", 90.0),
-            m("g", "token_bucket", 70.0),
-        ]);
-        let row = |id: &str| rows.iter().find(|r| r.id == id).cloned();
-        let peer = row("tower_governor_axum_body");
-        assert_eq!(peer.as_ref().and_then(|r| r.delta_ns), Some(65.0));
-        assert_eq!(
-            peer.and_then(|r| r.baseline_id).as_deref(),
-            Some("baseline_axum_body")
-        );
-        let ours_axum = row("token_bucket_axum_body");
-        assert_eq!(ours_axum.as_ref().and_then(|r| r.delta_ns), Some(40.0));
-        let ours = row("token_bucket");
-        assert_eq!(ours.as_ref().and_then(|r| r.delta_ns), Some(40.0));
-        // Deltas compare across baselines: both layers add 40 ns, the peer 65.
-        assert!(ours.is_some_and(|r| (r.versus[0].1 + 25.0).abs() < 1e-12));
-        // Both baselines are references: no end measurement, no drift.
-        let base = row("baseline_axum_body");
-        assert_eq!(base.and_then(|r| r.delta_ns), Some(0.0));
+    fn a_peer_with_its_own_types_is_measured_over_the_baseline_before_it() {
+        // The shape of the token bucket's bench: tower_governor wants axum's body, so
+        // it follows a baseline of that type; our layer is measured on both.
+        let (rows, baselines) = summarize(&run_of(&[
+            ("1-thread", "baseline-start", 30.0),
+            ("1-thread", "layer-global", 70.0),
+            ("1-thread", "layer-keys-1000", 120.0),
+            ("1-thread", "axum-baseline", 50.0),
+            ("1-thread", "tower_governor-global", 115.0),
+            ("1-thread", "layer-global-axum-body", 90.0),
+            ("1-thread", "baseline-end", 31.0),
+        ]));
+        assert_eq!(baselines.len(), 2);
+        let peer = row(&rows, "tower_governor-global");
+        assert_eq!(peer.baseline_id.as_deref(), Some("axum-baseline"));
+        assert_eq!(peer.delta_ns, Some(65.0));
+        let axum = row(&rows, "layer-global-axum-body");
+        assert_eq!(axum.baseline_id.as_deref(), Some("axum-baseline"));
+        assert_eq!(axum.delta_ns, Some(40.0));
+        let plain = row(&rows, "layer-global");
+        assert_eq!(plain.baseline_id.as_deref(), Some("baseline-start"));
+        assert_eq!(plain.delta_ns, Some(40.0));
+        // Deltas compare across baselines: both of ours add 40 ns, the peer 65.
+        assert_eq!(plain.versus.len(), 1);
+        assert!((plain.versus[0].1 + 25.0).abs() < 1e-12);
+        assert!((axum.versus[0].1 + 25.0).abs() < 1e-12);
+        // Keyed limiting has no peer here: tower_governor is paired by "global".
+        assert!(row(&rows, "layer-keys-1000").versus.is_empty());
+        assert_eq!(row(&rows, "baseline-end").delta_ns, Some(1.0));
+        assert_eq!(row(&rows, "axum-baseline").delta_ns, Some(0.0));
+        let table = render(&rows, &baselines);
+        assert!(table.contains("| +65.0 (vs axum-baseline) |"), "{table}");
+    }
+
+    #[test]
+    fn ours_pairs_with_the_peer_that_measures_the_same_thing() {
+        let (rows, _) = summarize(&run_of(&[
+            ("one_thread", "baseline_start", 30.0),
+            ("one_thread", "priority_queue", 150.0),
+            ("one_thread", "tower_concurrency_limit", 70.0),
+            ("one_thread", "retry", 90.0),
+            ("one_thread", "tower_retry", 110.0),
+            ("one_thread", "baseline_end", 30.0),
+        ]));
+        let peers = |id: &str| -> Vec<String> {
+            row(&rows, id).versus.iter().map(|v| v.0.clone()).collect()
+        };
+        assert_eq!(peers("retry"), ["tower_retry"]);
+        assert_eq!(peers("priority_queue"), ["tower_concurrency_limit"]);
     }
 
     #[test]
     fn the_table_has_one_line_per_result() {
-        let (rows, baselines) = summarize(&[
-            m("b", "baseline", 30.0),
-            m("b", "ours", 33.0),
-            m("a", "alone", 12.0),
-            m("b", "baseline_end", 31.0),
-            m("b", "tower ConcurrencyLimit", 70.0),
-        ]);
+        let (rows, baselines) = summarize(&run_of(&[
+            ("b", "baseline", 30.0),
+            ("b", "ours", 33.0),
+            ("a", "alone", 12.0),
+            ("b", "tower ConcurrencyLimit", 70.0),
+            ("b", "baseline_end", 31.0),
+        ]));
         let table = render(&rows, &baselines);
         let lines: Vec<&str> = table.lines().take_while(|l| l.starts_with('|')).collect();
         assert_eq!(lines.len(), 2 + 5);
@@ -611,12 +875,50 @@ mod tests {
             "| group | bench | kind | median (ns) | - baseline (ns) | / baseline | vs peer |"
         );
         assert!(lines.iter().all(|l| l.matches('|').count() == 8), "{table}");
-        // Groups in order; a group without a baseline says so.
+        // Groups in order, rows in run order; a group without a baseline says so.
         assert!(lines[2].starts_with("| a | alone | ours | 12.0 | no baseline |"));
         assert!(lines[3].starts_with("| b | baseline | baseline | 30.0 | reference |"));
         assert!(table.contains("| b | ours | ours | 33.0 | +3.0 ~ | x1.10 | `tower ConcurrencyLimit`: -37.0 ns, x0.07 its overhead |"), "{table}");
         assert!(table.contains("| b | tower ConcurrencyLimit | peer | 70.0 | +40.0 | x2.33 |  |"));
+        assert!(lines[6].starts_with("| b | baseline_end | baseline | 31.0 | +1.0 ~ |"));
         assert!(table.contains("agree within 10% in all 1 group(s)"));
+    }
+
+    #[test]
+    fn a_crate_names_its_groups() {
+        let mut ms = run_of(&[
+            ("1-thread", "baseline-start", 30.0),
+            ("1-thread", "x", 40.0),
+        ]);
+        ms[0].krate = "tower-breaker".to_owned();
+        ms[1].krate = "tower-breaker".to_owned();
+        let mut other = run_of(&[("1-thread", "baseline-start", 60.0)]);
+        other[0].krate = "tower-token-bucket".to_owned();
+        ms.extend(other);
+        let (rows, _) = summarize(&ms);
+        assert_eq!(rows[0].group, "tower-breaker: 1-thread");
+        assert_eq!(row(&rows, "x").delta_ns, Some(10.0));
+        assert_eq!(
+            collisions(&ms),
+            ["1-thread/baseline-start (measured by tower-breaker and by tower-token-bucket)"]
+        );
+        assert_eq!(group_label("tower-red-metrics", ""), "tower-red-metrics");
+    }
+
+    #[test]
+    fn ungrouped_ids_split_at_their_first_segment() {
+        assert_eq!(
+            ungrouped("contended/red_metrics"),
+            ("contended".to_owned(), "red_metrics".to_owned())
+        );
+        assert_eq!(
+            ungrouped("baseline/start"),
+            (String::new(), "baseline/start".to_owned())
+        );
+        assert_eq!(
+            ungrouped("red_metrics"),
+            (String::new(), "red_metrics".to_owned())
+        );
     }
 
     #[test]
@@ -648,6 +950,11 @@ mod tests {
             Some(r#"{"group_id":"cache","function_id":"hit","value_str":"100"}"#),
         );
         write(
+            criterion.join("contended_red_metrics"),
+            &estimates(80.0),
+            Some(r#"{"group_id":"contended/red_metrics","function_id":null,"value_str":null}"#),
+        );
+        write(
             criterion.join("queue").join("admit"),
             &estimates(61.0),
             None,
@@ -656,13 +963,22 @@ mod tests {
         write(criterion.join("report").join("x"), &estimates(1.0), None);
         let found = collect(&criterion, None).unwrap_or_else(|e| panic!("{e}"));
         let _ = std::fs::remove_dir_all(&root);
+        let found: Vec<(&str, &str, f64)> = found
+            .iter()
+            .map(|m| (m.group.as_str(), m.id.as_str(), m.median_ns))
+            .collect();
         assert_eq!(
             found,
-            vec![
-                m("cache", "hit/100", 150.0),
-                m("limiter", "tower_governor", 95.5),
-                m("queue", "admit", 61.0),
+            [
+                ("cache", "hit/100", 150.0),
+                ("contended", "red_metrics", 80.0),
+                ("limiter", "tower_governor", 95.5),
+                ("queue", "admit", 61.0),
             ]
+        );
+        assert!(
+            collect(&root.join("nowhere"), None).is_ok_and(|v| v.is_empty()),
+            "a missing directory has no results"
         );
     }
 }
