@@ -1,2 +1,291 @@
-//! Placeholder.
-fn main() {}
+//! Cost of the priority queue's admit path and of the retry layer, against a bare
+//! baseline and tower's own layers, plus the wait per priority under saturation.
+//!
+//! Run: `cargo bench -p tower-priority-queue --bench admission`.
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http_body_util::Full;
+use tower::limit::ConcurrencyLimitLayer;
+use tower::retry::Policy;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_priority_queue::retry::clone_request;
+use tower_priority_queue::{Priority, PriorityQueueLayer, QueueError, RetryLayer};
+
+type Request = http::Request<Full<Bytes>>;
+type Response = http::Response<()>;
+
+fn request() -> Request {
+    http::Request::builder()
+        .method("POST")
+        .uri("/api/health-records/7/analyze")
+        .header("x-priority", "high")
+        .body(Full::new(Bytes::from_static(b"{\"id\":7}")))
+        .expect("valid request")
+}
+
+fn bare() -> impl Service<Request, Response = Response, Error = Infallible, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static {
+    service_fn(|_request: Request| async { Ok::<_, Infallible>(Response::new(())) })
+}
+
+/// One request as middleware users send it: clone, ready, call, fresh request.
+async fn drive<S>(service: &S)
+where
+    S: Service<Request, Response = Response> + Clone,
+    S::Error: Debug,
+{
+    let mut service = service.clone();
+    let ready = service.ready().await.expect("ready");
+    black_box(ready.call(request()).await.expect("response"));
+}
+
+/// tower's `Retry` with a policy that keeps a copy of the request (as any retrying policy
+/// must) and never retries.
+#[derive(Clone)]
+struct NeverRetry;
+
+impl<E> Policy<Request, Response, E> for NeverRetry {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _: &mut Request, _: &mut Result<Response, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, request: &Request) -> Option<Request> {
+        Some(clone_request(request))
+    }
+}
+
+fn single_thread(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("one_thread");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+
+    let baseline = bare();
+    group.bench_function("baseline_start", |b| {
+        b.to_async(&runtime).iter(|| drive(&baseline));
+    });
+    let queue = PriorityQueueLayer::builder()
+        .max_in_flight(2)
+        .build()
+        .layer(bare());
+    group.bench_function("priority_queue", |b| {
+        b.to_async(&runtime).iter(|| drive(&queue));
+    });
+    // The same without reading the header: the cost of the extractor.
+    let fixed = PriorityQueueLayer::builder()
+        .max_in_flight(2)
+        .extractor(Priority::High)
+        .build()
+        .layer(bare());
+    group.bench_function("priority_queue_fixed_priority", |b| {
+        b.to_async(&runtime).iter(|| drive(&fixed));
+    });
+    let limit = ConcurrencyLimitLayer::new(2).layer(bare());
+    group.bench_function("tower_concurrency_limit", |b| {
+        b.to_async(&runtime).iter(|| drive(&limit));
+    });
+    let retry = RetryLayer::new().layer(bare());
+    group.bench_function("retry", |b| {
+        b.to_async(&runtime).iter(|| drive(&retry));
+    });
+    let tower_retry = tower::retry::RetryLayer::new(NeverRetry).layer(bare());
+    group.bench_function("tower_retry", |b| {
+        b.to_async(&runtime).iter(|| drive(&tower_retry));
+    });
+    group.bench_function("baseline_end", |b| {
+        b.to_async(&runtime).iter(|| drive(&baseline));
+    });
+    group.finish();
+}
+
+/// Two tasks on a two-worker runtime hammer the same layer state; the result is the
+/// per-thread time for `iters` requests. A spin gate starts them together.
+fn contend<S>(
+    runtime: &tokio::runtime::Runtime,
+    service: &S,
+    iters: u64,
+    same_thread: &AtomicUsize,
+) -> Duration
+where
+    S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+    S::Error: Debug,
+    S::Future: Send,
+{
+    runtime.block_on(async {
+        let gate = Arc::new(AtomicUsize::new(2));
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let service = service.clone();
+                let gate = Arc::clone(&gate);
+                tokio::spawn(async move {
+                    gate.fetch_sub(1, Ordering::SeqCst);
+                    while gate.load(Ordering::SeqCst) != 0 {
+                        std::hint::spin_loop();
+                    }
+                    let thread = std::thread::current().id();
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        drive(&service).await;
+                    }
+                    (start.elapsed(), thread)
+                })
+            })
+            .collect();
+        let mut total = Duration::ZERO;
+        let mut threads = Vec::new();
+        for task in tasks {
+            let (elapsed, thread) = task.await.expect("task");
+            total += elapsed;
+            threads.push(thread);
+        }
+        if threads[0] == threads[1] {
+            same_thread.fetch_add(1, Ordering::Relaxed);
+        }
+        total / 2
+    })
+}
+
+fn two_threads(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let same_thread = AtomicUsize::new(0);
+    let mut group = c.benchmark_group("two_threads");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+
+    let baseline = bare();
+    group.bench_function("baseline_start", |b| {
+        b.iter_custom(|iters| contend(&runtime, &baseline, iters, &same_thread));
+    });
+    let queue = PriorityQueueLayer::builder()
+        .max_in_flight(2)
+        .build()
+        .layer(bare());
+    group.bench_function("priority_queue", |b| {
+        b.iter_custom(|iters| contend(&runtime, &queue, iters, &same_thread));
+    });
+    let limit = ConcurrencyLimitLayer::new(2).layer(bare());
+    group.bench_function("tower_concurrency_limit", |b| {
+        b.iter_custom(|iters| contend(&runtime, &limit, iters, &same_thread));
+    });
+    let retry = RetryLayer::new().layer(bare());
+    group.bench_function("retry", |b| {
+        b.iter_custom(|iters| contend(&runtime, &retry, iters, &same_thread));
+    });
+    let tower_retry = tower::retry::RetryLayer::new(NeverRetry).layer(bare());
+    group.bench_function("tower_retry", |b| {
+        b.iter_custom(|iters| contend(&runtime, &tower_retry, iters, &same_thread));
+    });
+    group.bench_function("baseline_end", |b| {
+        b.iter_custom(|iters| contend(&runtime, &baseline, iters, &same_thread));
+    });
+    group.finish();
+    println!(
+        "two_threads: runs where both tasks shared one worker: {}",
+        same_thread.load(Ordering::Relaxed)
+    );
+}
+
+/// Saturation on paused time: 2 slots, 100 ms calls (20/s), 25 arrivals/s with uniformly
+/// random priorities for 200 s. Prints the wait percentiles per level and the sheds.
+fn saturation(_c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let waits: Arc<Mutex<[Vec<Duration>; 4]>> = Arc::default();
+        let inner = {
+            let waits = Arc::clone(&waits);
+            service_fn(
+                move |request: http::Request<(Priority, tokio::time::Instant)>| {
+                    let (priority, arrived) = *request.body();
+                    let index = Priority::ALL
+                        .iter()
+                        .position(|p| *p == priority)
+                        .unwrap_or(0);
+                    waits.lock().expect("waits")[index].push(arrived.elapsed());
+                    async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, Infallible>(())
+                    }
+                },
+            )
+        };
+        let service = PriorityQueueLayer::builder()
+            .max_in_flight(2)
+            .capacity(64)
+            .max_wait_all(Duration::from_secs(10))
+            .extractor(tower_priority_queue::priority_fn(
+                |request: &http::Request<(Priority, tokio::time::Instant)>| request.body().0,
+            ))
+            .build()
+            .layer(inner);
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut tasks = Vec::new();
+        for _ in 0..5_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let priority = Priority::ALL[usize::try_from(seed % 4).unwrap_or(0)];
+            let mut service = service.clone();
+            service.ready().await.expect("ready");
+            let request = http::Request::new((priority, tokio::time::Instant::now()));
+            tasks.push((priority, tokio::spawn(service.call(request))));
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let mut shed = [0usize; 4];
+        for (priority, task) in tasks {
+            if let Err(error) = task.await.expect("task") {
+                assert!(error.is::<QueueError>());
+                shed[Priority::ALL
+                    .iter()
+                    .position(|p| *p == priority)
+                    .unwrap_or(0)] += 1;
+            }
+        }
+        let mut waits = waits.lock().expect("waits");
+        for (index, level) in Priority::ALL.iter().enumerate() {
+            let served = &mut waits[index];
+            served.sort();
+            let percentile = |p: usize| {
+                served
+                    .get((served.len() * p / 100).min(served.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            println!(
+                "saturation {level:>6}: served {:>4}, shed {:>4}, wait p50 {:>8.3?}, p99 {:>8.3?}",
+                served.len(),
+                shed[index],
+                percentile(50),
+                percentile(99),
+            );
+        }
+    });
+}
+
+criterion_group!(benches, single_thread, two_threads, saturation);
+criterion_main!(benches);

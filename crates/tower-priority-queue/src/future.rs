@@ -36,12 +36,9 @@ where
     Failed {
         error: QueueError,
     },
+    // Boxed: only requests that queue pay for it, and it keeps the future small.
     Waiting {
-        guard: WaitGuard,
-        #[pin]
-        timeout: Option<Sleep>,
-        inner: Option<S>,
-        request: Option<Req>,
+        waiting: Pin<Box<Waiting<S, Req>>>,
     },
     Admitted {
         permit: Option<Permit>,
@@ -55,6 +52,15 @@ where
         future: S::Future,
     },
     Done,
+}
+
+#[pin_project(project = WaitingProj)]
+struct Waiting<S, Req> {
+    guard: WaitGuard,
+    #[pin]
+    timeout: Option<Sleep>,
+    inner: Option<S>,
+    request: Option<Req>,
 }
 
 impl<S, Req> ResponseFuture<S, Req>
@@ -88,10 +94,12 @@ where
             .map(tokio::time::sleep_until);
         ResponseFuture {
             state: State::Waiting {
-                guard,
-                timeout,
-                inner: Some(inner),
-                request: Some(request),
+                waiting: Box::pin(Waiting {
+                    guard,
+                    timeout,
+                    inner: Some(inner),
+                    request: Some(request),
+                }),
             },
         }
     }
@@ -117,12 +125,13 @@ where
                     state.set(State::Done);
                     return Poll::Ready(Err(error.into()));
                 }
-                StateProj::Waiting {
-                    guard,
-                    timeout,
-                    inner,
-                    request,
-                } => {
+                StateProj::Waiting { waiting } => {
+                    let WaitingProj {
+                        guard,
+                        timeout,
+                        inner,
+                        request,
+                    } = waiting.as_mut().project();
                     let outcome = match guard.poll_outcome(cx) {
                         Poll::Ready(outcome) => outcome,
                         Poll::Pending => {

@@ -1,5 +1,7 @@
 //! Behaviour of the priority queue service, driven as users drive it, on paused time.
 
+#![cfg(feature = "http")]
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

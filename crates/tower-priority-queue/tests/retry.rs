@@ -1,5 +1,7 @@
 //! Behaviour of the retry layer on paused time.
 
+#![cfg(feature = "http")]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
