@@ -1,7 +1,6 @@
 //! The service.
 
-use std::borrow::Cow;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -11,33 +10,7 @@ use crate::classify::Classify;
 use crate::future::ResponseFuture;
 use crate::labels::ExtractLabels;
 use crate::layer::Shared;
-use crate::metrics::RouteSeries;
-use crate::state::Recording;
-
-/// What one [`Layer::layer`](tower_layer::Layer::layer) call built: the shared state, and
-/// the route this service saw first (under axum's `Router::layer` each route gets its own
-/// service, so after the first request the route's handles are found without a lock).
-#[derive(Debug)]
-struct Instance {
-    shared: Arc<Shared>,
-    route: OnceLock<Arc<RouteSeries>>,
-}
-
-impl Instance {
-    fn series(&self, route: Option<Cow<'_, str>>) -> Arc<RouteSeries> {
-        let Some(route) = route else {
-            return Arc::clone(self.shared.registry.unmatched());
-        };
-        if let Some(cached) = self.route.get() {
-            if cached.route() == route {
-                return Arc::clone(cached);
-            }
-            return self.shared.registry.route(route);
-        }
-        let series = self.shared.registry.route(route);
-        Arc::clone(self.route.get_or_init(|| series))
-    }
-}
+use crate::state::Instance;
 
 /// Records rate, errors and duration of every request through `S`. Built by
 /// [`RedMetricsLayer`](crate::RedMetricsLayer).
@@ -56,10 +29,7 @@ impl<S, L, C> RedMetrics<S, L, C> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, labels: L, classify: C) -> Self {
         Self {
             inner,
-            instance: Arc::new(Instance {
-                shared,
-                route: OnceLock::new(),
-            }),
+            instance: Arc::new(Instance::new(shared)),
             labels,
             classify,
         }
@@ -98,9 +68,7 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let labels = self.labels.extract(&request);
-        let method = labels.method;
-        let series = self.instance.series(labels.route);
-        let recording = Recording::start(series, method);
+        let recording = Instance::start(&self.instance, labels.route, labels.method);
         ResponseFuture::new(self.inner.call(request), recording, self.classify.clone())
     }
 }

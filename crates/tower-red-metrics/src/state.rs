@@ -1,22 +1,41 @@
 //! The layer's shared in-process state, and the guard that records each request once.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::classify::{Class, Status};
 use crate::labels::MethodLabel;
+use crate::layer::Shared;
 use crate::metrics::RouteSeries;
 use crate::sketch::{Counts, WindowedSketch};
 use crate::snapshot::{DurationStats, RedSnapshot, RequestStats};
 
+/// Number of per-class counter shards: threads spread over them, so that two cores
+/// counting requests do not write the same cache line.
+const SHARDS: usize = 8;
+
+/// One shard of per-class counters, alone on its cache line(s).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct ClassShard([AtomicU64; 4]);
+
+/// Next shard to hand to a thread.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
 /// Per-class totals and the duration window, shared by every clone of a layer.
 #[derive(Debug)]
 pub(crate) struct Core {
-    classes: [AtomicU64; 4],
+    classes: [ClassShard; SHARDS],
     window: WindowedSketch,
     base: Instant,
 }
@@ -31,7 +50,8 @@ impl Core {
     }
 
     fn record(&self, class: Class, now: Instant, elapsed: Duration) {
-        self.classes[class.index()].fetch_add(1, Ordering::Relaxed);
+        let shard = SHARD.try_with(|shard| *shard).unwrap_or(0);
+        self.classes[shard].0[class.index()].fetch_add(1, Ordering::Relaxed);
         self.window
             .record(now.saturating_duration_since(self.base), elapsed);
     }
@@ -50,7 +70,13 @@ impl Core {
             Class::RateLimited,
             Class::Error,
         ]
-        .map(|class| self.classes[class.index()].load(Ordering::Relaxed));
+        .map(|class| {
+            let index = class.index();
+            self.classes
+                .iter()
+                .map(|shard| shard.0[index].load(Ordering::Relaxed))
+                .sum::<u64>()
+        });
         let total = success + client_errors + rate_limited + errors;
         let counts = self.counts(now);
         let millis = |nanos: Option<f64>| nanos.map_or(0.0, |n| n / 1e6);
@@ -82,8 +108,81 @@ impl Core {
     }
 }
 
+/// What one [`Layer::layer`](tower_layer::Layer::layer) call built: the shared state,
+/// and the route its service saw first. Under axum's `Router::layer` each route gets its
+/// own service, so after the first request a route's handles are found without a lock,
+/// and a request holds one reference count (this one) rather than two.
+#[derive(Debug)]
+pub(crate) struct Instance {
+    shared: Arc<Shared>,
+    route: OnceLock<Arc<RouteSeries>>,
+}
+
+impl Instance {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            route: OnceLock::new(),
+        }
+    }
+
+    /// Starts recording a request of `method` on `route` (marks it in flight).
+    pub(crate) fn start(
+        this: &Arc<Self>,
+        route: Option<Cow<'_, str>>,
+        method: MethodLabel,
+    ) -> Recording {
+        let owner = match route {
+            None => Owner::Unmatched(Arc::clone(this)),
+            Some(route) => match this.route.get() {
+                Some(cached) if cached.route() == route => Owner::Cached(Arc::clone(this)),
+                Some(_) => Owner::Route(this.shared.registry.route(route)),
+                None => {
+                    let series = this.shared.registry.route(route);
+                    if Arc::ptr_eq(this.route.get_or_init(|| Arc::clone(&series)), &series) {
+                        Owner::Cached(Arc::clone(this))
+                    } else {
+                        Owner::Route(series)
+                    }
+                }
+            },
+        };
+        owner.series().series(method).in_flight.increment(1.0);
+        Recording {
+            armed: Some(Armed {
+                owner,
+                method,
+                start: Instant::now(),
+            }),
+        }
+    }
+}
+
+/// Who keeps a request's route handles alive while it is recorded.
+enum Owner {
+    /// The layer's `unmatched` route.
+    Unmatched(Arc<Instance>),
+    /// The route cached in the instance.
+    Cached(Arc<Instance>),
+    /// Any other route.
+    Route(Arc<RouteSeries>),
+}
+
+impl Owner {
+    fn series(&self) -> &RouteSeries {
+        match self {
+            Self::Unmatched(instance) => instance.shared.registry.unmatched(),
+            Self::Cached(instance) => match instance.route.get() {
+                Some(route) => route,
+                None => instance.shared.registry.unmatched(),
+            },
+            Self::Route(route) => route,
+        }
+    }
+}
+
 struct Armed {
-    route: Arc<RouteSeries>,
+    owner: Owner,
     method: MethodLabel,
     start: Instant,
 }
@@ -101,18 +200,6 @@ pub struct Recording {
 }
 
 impl Recording {
-    /// Starts recording a request of `method` on `route` (marks it in flight).
-    pub(crate) fn start(route: Arc<RouteSeries>, method: MethodLabel) -> Self {
-        route.series(method).in_flight.increment(1.0);
-        Self {
-            armed: Some(Armed {
-                route,
-                method,
-                start: Instant::now(),
-            }),
-        }
-    }
-
     /// A recording that records nothing.
     pub(crate) const fn disarmed() -> Self {
         Self { armed: None }
@@ -125,13 +212,14 @@ impl Recording {
 
     fn record(&mut self, status: Status) {
         let Some(Armed {
-            route,
+            owner,
             method,
             start,
         }) = self.armed.take()
         else {
             return;
         };
+        let route = owner.series();
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(start);
         let series = route.series(method);
@@ -159,7 +247,7 @@ impl fmt::Debug for Recording {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut f = f.debug_struct("Recording");
         if let Some(armed) = &self.armed {
-            f.field("route", &armed.route.route())
+            f.field("route", &armed.owner.series().route())
                 .field("method", &armed.method);
         }
         f.finish_non_exhaustive()

@@ -641,3 +641,35 @@ proptest! {
         prop_assert!(metrics.gauge_sum(HTTP_REQUESTS_IN_FLIGHT).abs() < f64::EPSILON);
     }
 }
+
+#[tokio::test]
+async fn one_service_can_see_many_routes() {
+    let (recorder, snapshotter) = recorder();
+    let labels = |req: &Request<Empty<Bytes>>| RequestLabels {
+        method: MethodLabel::from(req.method()),
+        route: Some(req.uri().path().to_owned().into()),
+    };
+    let layer = tower_red_metrics::RedMetricsBuilder::new(labels, tower_red_metrics::HttpClassify)
+        .recorder(recorder)
+        .max_routes(2)
+        .build();
+    let service = layer.layer(service_fn(|_: Request<Empty<Bytes>>| async {
+        Ok::<_, Infallible>(respond(200))
+    }));
+    for path in ["/a", "/b", "/a", "/c", "/b", "/a", "/d"] {
+        let request = Request::get(path).body(Empty::new()).unwrap();
+        service.clone().oneshot(request).await.unwrap();
+    }
+    let metrics = Taken::take(&snapshotter);
+    let count = |route| {
+        metrics.counter(
+            HTTP_REQUESTS_TOTAL,
+            &[("method", "GET"), ("route", route), ("status", "200")],
+        )
+    };
+    assert_eq!(count("/a"), 3);
+    assert_eq!(count("/b"), 2);
+    assert_eq!(count("overflow"), 2, "routes past the cap of 2");
+    assert_eq!(metrics.counter_sum(HTTP_REQUESTS_TOTAL), 7);
+    assert!(metrics.gauge_sum(HTTP_REQUESTS_IN_FLIGHT).abs() < f64::EPSILON);
+}
