@@ -53,6 +53,49 @@
 //! # }
 //! ```
 //!
+//! ## With axum
+//!
+//! Apply the layer inside the router (`Router::layer`), where axum has set `MatchedPath`.
+//! axum wants an infallible service there, so put a `HandleErrorLayer` in front: errors
+//! reaching the layer are recorded (as `error`) before it turns them into responses.
+//!
+//! ```
+//! # #[cfg(feature = "axum")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::{Router, error_handling::HandleErrorLayer, http::StatusCode, routing::get};
+//! use tower::ServiceBuilder;
+//! use tower_red_metrics::{PrometheusConfig, RedMetricsLayer, metrics_route};
+//!
+//! // `install()` in an application; a local recorder here.
+//! let (recorder, prometheus) = PrometheusConfig::new().build()?;
+//! let red = RedMetricsLayer::builder().recorder(recorder).build();
+//! let handle = red.handle(); // serve `handle.snapshot()` as JSON
+//!
+//! let app: Router = Router::new()
+//!     .route("/users/{id}", get(|| async { "user" }))
+//!     .route("/metrics", metrics_route(prometheus))
+//!     .layer(
+//!         ServiceBuilder::new()
+//!             .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+//!                 StatusCode::INTERNAL_SERVER_ERROR
+//!             }))
+//!             .layer(red),
+//!     );
+//! # let _ = (app, handle);
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "axum"))]
+//! # fn main() {}
+//! ```
+//!
+//! ## When a request is recorded
+//!
+//! Plain HTTP responses and trailers-only gRPC responses are recorded when the response
+//! head comes back from the inner service; streaming gRPC responses when their trailers
+//! go by (so drive or drop the body). A request whose future is dropped first is recorded
+//! as `cancelled`, and so is a gRPC body dropped before its trailers: every request is
+//! recorded once, whatever happens, and `http_requests_in_flight` returns to zero.
+//!
 //! [tower]: https://docs.rs/tower
 //! [metrics]: https://docs.rs/metrics
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
