@@ -146,6 +146,21 @@ const COMMON_HTTP: [u16; 34] = [
 ];
 
 /// Number of pre-allocated status slots: `error`, `cancelled`, 17 gRPC codes, common HTTP.
+/// Marks an HTTP code without a pre-allocated slot in [`HTTP_SLOTS`].
+const NO_SLOT: u8 = u8::MAX;
+
+/// HTTP code -> index in [`COMMON_HTTP`], for codes below 600: a lookup per request.
+#[allow(clippy::cast_possible_truncation)] // COMMON_HTTP has fewer than 255 codes
+const HTTP_SLOTS: [u8; 600] = {
+    let mut slots = [NO_SLOT; 600];
+    let mut index = 0;
+    while index < COMMON_HTTP.len() {
+        slots[COMMON_HTTP[index] as usize] = index as u8;
+        index += 1;
+    }
+    slots
+};
+
 pub(crate) const STATUS_SLOTS: usize = 2 + GRPC_NAMES.len() + COMMON_HTTP.len();
 
 impl Status {
@@ -186,10 +201,10 @@ impl Status {
             Self::Error => Some(0),
             Self::Cancelled => Some(1),
             Self::Grpc(code) => Some(2 + code as usize),
-            Self::Http(code) => COMMON_HTTP
-                .binary_search(&code)
-                .ok()
-                .map(|index| 2 + GRPC_NAMES.len() + index),
+            Self::Http(code) => match HTTP_SLOTS.get(usize::from(code)) {
+                Some(&index) if index != NO_SLOT => Some(2 + GRPC_NAMES.len() + usize::from(index)),
+                _ => None,
+            },
         }
     }
 }
