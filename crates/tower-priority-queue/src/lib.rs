@@ -107,7 +107,7 @@ pub use crate::layer::{PriorityQueueLayer, QueueBuilder};
 pub use crate::priority::{Priority, PriorityExtractor, PriorityFn, priority_fn};
 pub use crate::retry::{
     Classify, ClassifyFn, CloneReplay, Replay, Retry, RetryBuilder, RetryDecision, RetryErrors,
-    RetryLayer, RetryPolicy, classify_fn,
+    RetryHandle, RetryLayer, RetryPolicy, RetrySnapshot, classify_fn,
 };
 #[cfg(feature = "http")]
 pub use crate::retry::{HttpClassifier, HttpReplay};

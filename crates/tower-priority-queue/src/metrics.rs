@@ -13,11 +13,13 @@
 //! | [`RETRY_ATTEMPTS_TOTAL`] | counter | `outcome` |
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
 use crate::priority::Priority;
+use crate::retry::RetryStats;
 
 /// Waiting requests per level (gauge; labels `queue`, `priority`).
 pub const QUEUE_DEPTH: &str = "queue_depth";
@@ -198,15 +200,17 @@ impl RetryOutcome {
     }
 }
 
-/// The retry layer's pre-resolved metric handles.
+/// The retry layer's pre-resolved metric handles, and the counts its handle reads.
 #[derive(Debug)]
 pub(crate) struct RetryMetrics {
     attempts: [Counter; 6],
+    pub(crate) stats: Arc<RetryStats>,
 }
 
 impl RetryMetrics {
     pub(crate) fn new() -> Self {
         RetryMetrics {
+            stats: Arc::default(),
             attempts: RetryOutcome::ALL.map(
                 |outcome| metrics::counter!(RETRY_ATTEMPTS_TOTAL, "outcome" => outcome.as_str()),
             ),
@@ -215,5 +219,13 @@ impl RetryMetrics {
 
     pub(crate) fn record(&self, outcome: RetryOutcome) {
         self.attempts[outcome as usize].increment(1);
+        match outcome {
+            RetryOutcome::Returned => {}
+            RetryOutcome::Retried => self.stats.retried(),
+            RetryOutcome::Exhausted => self.stats.exhausted(),
+            RetryOutcome::BudgetExhausted => self.stats.budget_exhausted(),
+            RetryOutcome::DeadlineExceeded => self.stats.deadline_exceeded(),
+            RetryOutcome::NotReplayable => self.stats.not_replayable(),
+        }
     }
 }

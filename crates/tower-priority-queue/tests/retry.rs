@@ -231,6 +231,18 @@ async fn an_exhausted_budget_stops_retries_and_is_shared_by_clones() {
     assert_eq!(script.calls().len(), 4, "the budget is spent");
     first.oneshot(request()).await.expect("response");
     assert_eq!(script.calls().len(), 5);
+    let snapshot = layer.handle().snapshot();
+    assert_eq!((snapshot.retried, snapshot.budget_exhausted), (2, 2));
+    assert_eq!(
+        serde_json::to_value(snapshot).expect("serializable"),
+        serde_json::json!({
+            "retried": 2,
+            "exhausted": 1,
+            "budgetExhausted": 2,
+            "deadlineExceeded": 0,
+            "notReplayable": 0
+        })
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,6 +8,7 @@ use tower::retry::budget::TpsBudget;
 use tower_layer::Layer;
 
 use super::backoff::FullJitterBackoffMaker;
+use super::handle::RetryHandle;
 use super::policy::{RetryPolicy, RetryShared};
 use super::service::Retry;
 use crate::metrics::RetryMetrics;
@@ -39,6 +40,14 @@ impl RetryLayer<super::HttpClassifier, super::HttpReplay> {
 impl Default for RetryLayer<super::HttpClassifier, super::HttpReplay> {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl<C, R> RetryLayer<C, R> {
+    /// A handle on the layer's retry counts, shared with every service it builds.
+    #[must_use]
+    pub fn handle(&self) -> RetryHandle {
+        RetryHandle::new(Arc::clone(&self.shared.metrics.stats))
     }
 }
 

@@ -16,12 +16,15 @@ mod replay;
 mod service;
 
 mod future;
+mod handle;
 
 pub use self::backoff::{FullJitterBackoff, FullJitterBackoffMaker};
 pub use self::classify::{
     Classify, ClassifyFn, RetryDecision, RetryErrors, classify_fn, is_queue_refusal,
 };
 pub use self::future::ResponseFuture;
+pub(crate) use self::handle::RetryStats;
+pub use self::handle::{RetryHandle, RetrySnapshot};
 #[cfg(feature = "http")]
 pub use self::http::{HttpClassifier, HttpReplay, clone_request, retry_after};
 pub use self::layer::{RetryBuilder, RetryLayer};
