@@ -97,7 +97,7 @@ pub(crate) struct Series {
     method: &'static str,
     pub(crate) duration: Histogram,
     pub(crate) in_flight: Gauge,
-    statuses: [OnceLock<Counter>; STATUS_SLOTS],
+    statuses: Box<[OnceLock<Counter>; STATUS_SLOTS]>,
     /// Uncommon statuses (bounded: at most 900 HTTP codes).
     rare: Mutex<Vec<(Status, Counter)>>,
 }
@@ -152,7 +152,7 @@ impl RouteSeries {
                     &Key::from_parts(HTTP_REQUESTS_IN_FLIGHT, labels()),
                     &METADATA,
                 ),
-                statuses: std::array::from_fn(|_| OnceLock::new()),
+                statuses: Box::new(std::array::from_fn(|_| OnceLock::new())),
                 rare: Mutex::new(Vec::new()),
             })
         })
