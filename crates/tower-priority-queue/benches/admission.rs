@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::Full;
+use metrics_util::debugging::DebuggingRecorder;
 use tower::limit::ConcurrencyLimitLayer;
 use tower::retry::Policy;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -87,6 +88,15 @@ fn single_thread(c: &mut Criterion) {
         .layer(bare());
     group.bench_function("priority_queue", |b| {
         b.to_async(&runtime).iter(|| drive(&queue));
+    });
+    // The same with a metrics recorder behind the pre-resolved handles.
+    let recorder = DebuggingRecorder::new();
+    let recorded = metrics::with_local_recorder(&recorder, || {
+        PriorityQueueLayer::builder().max_in_flight(2).build()
+    })
+    .layer(bare());
+    group.bench_function("priority_queue_with_recorder", |b| {
+        b.to_async(&runtime).iter(|| drive(&recorded));
     });
     // The same without reading the header: the cost of the extractor.
     let fixed = PriorityQueueLayer::builder()
@@ -184,6 +194,14 @@ fn two_threads(c: &mut Criterion) {
         .layer(bare());
     group.bench_function("priority_queue", |b| {
         b.iter_custom(|iters| contend(&runtime, &queue, iters, &same_thread));
+    });
+    let recorder = DebuggingRecorder::new();
+    let recorded = metrics::with_local_recorder(&recorder, || {
+        PriorityQueueLayer::builder().max_in_flight(2).build()
+    })
+    .layer(bare());
+    group.bench_function("priority_queue_with_recorder", |b| {
+        b.iter_custom(|iters| contend(&runtime, &recorded, iters, &same_thread));
     });
     let limit = ConcurrencyLimitLayer::new(2).layer(bare());
     group.bench_function("tower_concurrency_limit", |b| {

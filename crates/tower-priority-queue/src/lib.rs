@@ -72,6 +72,32 @@
 //! # }
 //! ```
 //!
+//! # Where the layers go
+//!
+//! - **Retry outside the queue** (and outside a circuit breaker): a request that backs off
+//!   between attempts then holds no slot, and an open circuit stops retries at once.
+//! - **The classifier decides what is retried.** The defaults ([`HttpClassifier`],
+//!   [`RetryErrors`]) retry errors (transport failures, timeouts), 5xx and 429, never
+//!   other 4xx, and never this crate's [`QueueError`]. They cannot know the refusal types
+//!   of other layers: when a circuit breaker or a rate limiter sits below the retry layer,
+//!   wrap the default with [`classify_fn`] and return [`RetryDecision::Return`] for their
+//!   errors, as the example above does for `std::io::Error`.
+//! - **The queue outside whatever paces or times the upstream call.** A slot is held from
+//!   admission until the inner response future completes or is dropped (like tower's
+//!   `ConcurrencyLimit`; a streaming response body is not covered), and that includes
+//!   waiting for the inner service's readiness: a rate limiter in wait mode below the
+//!   queue paces the requests that hold slots, in priority order. A request waiting in the
+//!   queue holds no slot, and a call timeout below the queue does not count queueing time.
+//!
+//! # Starvation
+//!
+//! Priorities age: each level counts `aging` (default 10 s) earlier than the one below
+//! it, so an urgent request is served before a low one that arrived less than
+//! `3 × aging` before it, but not before one that has waited longer. Under any amount of
+//! urgent traffic, a low request's wait is bounded by `3 × aging` plus the work already
+//! ahead of it (and by its level's maximum wait). [`QueueBuilder::aging`] sets it;
+//! `Duration::MAX` gives strict priority.
+//!
 //! # Features
 //!
 //! - `http` (default): [`HeaderPriority`], [`ExtensionPriority`], the HTTP and gRPC
