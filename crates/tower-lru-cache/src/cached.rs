@@ -3,12 +3,15 @@
 use std::fmt;
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, HeaderValue, Response, StatusCode, Version, response::Parts};
+use http::{
+    Extensions, HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version, header::AGE,
+    response::Parts,
+};
 
 use crate::body::CacheBody;
 
 /// Response header saying how the cache answered: `HIT`, `MISS`, `STALE` or `BYPASS`.
-pub const X_CACHE: &str = "x-cache";
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// A buffered HTTP response: status, version, headers, body bytes and trailers.
 ///
@@ -55,12 +58,15 @@ impl CachedResponse {
         }
     }
 
-    /// A copy without extensions, to store.
+    /// A copy to store: without extensions, and with the `x-cache: HIT` and `age`
+    /// headers already in place, so that a hit only rewrites the age.
     pub(crate) fn for_storage(&self) -> Self {
+        let mut headers = self.headers.clone();
+        mark(&mut headers, "HIT", Some(0));
         Self::new(
             self.status,
             self.version,
-            self.headers.clone(),
+            headers,
             self.body.clone(),
             self.trailers.clone(),
         )
@@ -78,7 +84,8 @@ impl CachedResponse {
         self.version
     }
 
-    /// The headers (without `x-cache` and `age`, which are added on replay).
+    /// The headers. A stored response also holds the `x-cache` and `age` headers that
+    /// the cache rewrites on each replay.
     #[must_use]
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
@@ -124,11 +131,24 @@ impl CachedResponse {
     }
 }
 
-/// Sets `x-cache` and, when given, `age`.
+/// Sets `x-cache`, and `age` when given (else removes it), in place when present.
 pub(crate) fn mark(headers: &mut HeaderMap, x_cache: &'static str, age_secs: Option<u64>) {
-    headers.insert(X_CACHE, HeaderValue::from_static(x_cache));
-    if let Some(age) = age_secs {
-        headers.insert(http::header::AGE, HeaderValue::from(age));
+    set(headers, X_CACHE, HeaderValue::from_static(x_cache));
+    match age_secs {
+        Some(0) => set(headers, AGE, HeaderValue::from_static("0")),
+        Some(age) => set(headers, AGE, HeaderValue::from(age)),
+        None => {
+            headers.remove(AGE);
+        }
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    match headers.get_mut(&name) {
+        Some(slot) => *slot = value,
+        None => {
+            headers.insert(name, value);
+        }
     }
 }
 

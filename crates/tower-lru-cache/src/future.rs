@@ -114,6 +114,17 @@ where
                 },
                 None => bypass(&shared, svc, Request::from_parts(parts, body)),
             },
+            // An empty body needs no reading: key it as empty and pass it on untouched.
+            Plan::WithBody if body.is_end_stream() => match shared.key.key(&parts, Some(&[])) {
+                Some(key) => State::Lookup {
+                    get: shared.core.store.get(&key),
+                    key,
+                    parts: Some(parts),
+                    body: Some(ReqBody::Unread(body)),
+                    svc: Some(svc),
+                },
+                None => bypass(&shared, svc, Request::from_parts(parts, body)),
+            },
             Plan::WithBody => match body.size_hint().upper() {
                 // Only bodies known to fit are read; anything else passes through unread.
                 Some(upper) if upper <= shared.max_request_body => State::Collect {
@@ -226,13 +237,11 @@ where
                     body,
                     svc,
                 } => {
-                    let found = shared.core.classify(ready!(get.poll(cx)), Instant::now());
-                    let stale = match found {
+                    let now = Instant::now();
+                    let stale = match shared.core.classify(ready!(get.poll(cx)), now) {
                         Found::Fresh(entry) => {
                             shared.core.record(Outcome::Hit);
-                            let age = Instant::now()
-                                .saturating_duration_since(entry.stored_at())
-                                .as_secs();
+                            let age = now.saturating_duration_since(entry.stored_at()).as_secs();
                             return Poll::Ready(Ok(entry.value().replay("HIT", Some(age))));
                         }
                         Found::Stale(entry) => Some(entry),

@@ -236,7 +236,8 @@ impl KeyBuilder for RequestKey {
 
     fn key(&self, parts: &Parts, body: Option<&[u8]>) -> Option<CacheKey> {
         let mut key = KeyHasher::new();
-        key.field(TAG_VERSION, b"tower-lru-cache/1");
+        // Encoding version: bump when the encoding changes, so old shared entries miss.
+        key.count(TAG_VERSION, 1);
         key.field(TAG_METHOD, parts.method.as_str().as_bytes());
         key.field(TAG_PATH, parts.uri.path().as_bytes());
         key.optional(TAG_QUERY, parts.uri.query().map(str::as_bytes));
