@@ -57,8 +57,8 @@ impl Verdict {
 /// assert_eq!(classifier.classify(&refused), Verdict::Ignored);
 /// ```
 ///
-/// The breaker clones its classifier into every call's future: keep it cheap to clone (a
-/// closure that captures nothing is free; put large state behind an `Arc`).
+/// A breaker keeps one classifier, shared by all its calls: it is never cloned, and must
+/// be `Send + Sync + 'static`.
 pub trait Classify<Res> {
     /// The verdict on one call's result.
     fn classify(&self, result: &Result<Res, BoxError>) -> Verdict;

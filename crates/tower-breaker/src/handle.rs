@@ -16,13 +16,54 @@ use crate::window::WindowCounts;
 
 pub(crate) type TransitionCallback = Arc<dyn Fn(Transition) + Send + Sync>;
 
-/// Everything the clones of one breaker share.
+/// One breaker: its state and its classifier, shared by the layer, its services, their
+/// clones and every call's future.
+pub(crate) struct Breaker<C> {
+    pub(crate) shared: Shared,
+    pub(crate) classifier: C,
+}
+
+impl<C> fmt::Debug for Breaker<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+impl<C: Send + Sync + 'static> Breaker<C> {
+    pub(crate) fn new(
+        name: Cow<'static, str>,
+        config: Config,
+        on_transition: Option<TransitionCallback>,
+        classifier: C,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this: &Weak<Self>| {
+            let this: Weak<dyn HasShared> = this.clone();
+            Self {
+                shared: Shared::new(name, config, on_transition, this),
+                classifier,
+            }
+        })
+    }
+}
+
+/// The classifier-free view of a [`Breaker`], for handles and timers.
+pub(crate) trait HasShared: Send + Sync {
+    fn shared(&self) -> &Shared;
+}
+
+impl<C: Send + Sync> HasShared for Breaker<C> {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// A breaker's state, metrics and callback.
 pub(crate) struct Shared {
     machine: Machine,
     name: Cow<'static, str>,
     metrics: BreakerMetrics,
     on_transition: Option<TransitionCallback>,
-    this: Weak<Shared>,
+    this: Weak<dyn HasShared>,
 }
 
 impl fmt::Debug for Shared {
@@ -35,46 +76,57 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(
+    fn new(
         name: Cow<'static, str>,
         config: Config,
         on_transition: Option<TransitionCallback>,
-    ) -> Arc<Self> {
+        this: Weak<dyn HasShared>,
+    ) -> Self {
         let metrics = BreakerMetrics::new(name.clone());
         let gauge = metrics.state.clone();
         let on_state = Box::new(move |state: State| gauge.set(f64::from(state.as_gauge())));
-        Arc::new_cyclic(|this| Self {
+        Self {
             machine: Machine::new(config, Instant::now(), on_state),
             name,
             metrics,
             on_transition,
-            this: this.clone(),
-        })
+            this,
+        }
     }
 
     /// Leave to call, or the refusal to return.
+    #[inline]
     pub(crate) fn acquire(&self) -> Result<Permit, BreakerError> {
         let mut events = Vec::new();
         let result = self.machine.acquire(Instant::now, &mut events);
         self.emit(&events);
-        result.map_err(|rejected| {
-            self.metrics.call(Outcome::Rejected);
-            tracing::debug!(
-                breaker = %self.name,
-                retry_after_ms = rejected.retry_after.map(|d| d.as_millis()),
-                "circuit breaker refused a call",
-            );
-            BreakerError::CircuitOpen {
-                retry_after: rejected.retry_after,
-            }
-        })
+        result.map_err(|rejected| self.refused(rejected.retry_after))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refused(&self, retry_after: Option<Duration>) -> BreakerError {
+        self.metrics.call(Outcome::Rejected);
+        tracing::debug!(
+            breaker = %self.name,
+            retry_after_ms = retry_after.map(|d| d.as_millis()),
+            "circuit breaker refused a call",
+        );
+        BreakerError::CircuitOpen { retry_after }
     }
 
     /// Whether permits need the call's start time.
+    #[inline]
     pub(crate) fn times_calls(&self) -> bool {
         self.machine.times_calls()
     }
 
+    /// Restarts a timed permit's clock at the start of the call.
+    pub(crate) fn restart(&self, permit: &mut Permit) {
+        self.machine.restart(permit, Instant::now());
+    }
+
+    #[inline]
     pub(crate) fn record(&self, permit: Permit, verdict: Verdict) {
         self.metrics.call(match verdict {
             Verdict::Success => Outcome::Success,
@@ -108,7 +160,16 @@ impl Shared {
 
     /// Publishes state changes: metrics, tracing, the user's callback, and a timer for
     /// the next timed transition so that the gauge changes even without traffic.
+    #[inline]
     fn emit(&self, events: &[Event]) {
+        if !events.is_empty() {
+            self.publish(events);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn publish(&self, events: &[Event]) {
         for event in events {
             let Transition { from, to } = event.transition;
             self.metrics.transition(event.transition);
@@ -140,8 +201,8 @@ impl Shared {
         let this = self.this.clone();
         runtime.spawn(async move {
             tokio::time::sleep_until(deadline).await;
-            if let Some(shared) = this.upgrade() {
-                shared.state();
+            if let Some(breaker) = this.upgrade() {
+                breaker.shared().state();
             }
         });
     }
@@ -154,33 +215,37 @@ impl Shared {
 /// reports [`State::HalfOpen`] without waiting for traffic.
 #[derive(Clone)]
 pub struct CircuitBreakerHandle {
-    shared: Arc<Shared>,
+    breaker: Arc<dyn HasShared>,
 }
 
 impl fmt::Debug for CircuitBreakerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerHandle")
-            .field("name", &self.shared.name)
+            .field("name", &self.shared().name)
             .field("state", &self.state())
             .finish()
     }
 }
 
 impl CircuitBreakerHandle {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(breaker: Arc<dyn HasShared>) -> Self {
+        Self { breaker }
+    }
+
+    fn shared(&self) -> &Shared {
+        self.breaker.shared()
     }
 
     /// The breaker's name (the `breaker` metric label).
     #[must_use]
     pub fn name(&self) -> &str {
-        &self.shared.name
+        &self.shared().name
     }
 
     /// The state now.
     #[must_use]
     pub fn state(&self) -> State {
-        self.shared.state()
+        self.shared().state()
     }
 
     /// Time left until the circuit turns half-open; `None` unless it is open (and not
@@ -199,23 +264,23 @@ impl CircuitBreakerHandle {
     /// Opens the circuit and holds it open (no half-open probes) until
     /// [`force_closed`](Self::force_closed) or [`reset`](Self::reset).
     pub fn force_open(&self) {
-        self.shared.with_events(Machine::force_open);
+        self.shared().with_events(Machine::force_open);
     }
 
     /// Closes the circuit and holds it closed (outcomes are not counted) until
     /// [`force_open`](Self::force_open) or [`reset`](Self::reset).
     pub fn force_closed(&self) {
-        self.shared.with_events(Machine::force_closed);
+        self.shared().with_events(Machine::force_closed);
     }
 
     /// Returns to normal operation: closed, counts cleared, open duration back to its
     /// base. Probes in flight no longer count.
     pub fn reset(&self) {
-        self.shared.with_events(Machine::reset);
+        self.shared().with_events(Machine::reset);
     }
 
     fn snapshot_parts(&self) -> crate::machine::Stats {
-        self.shared
+        self.shared()
             .with_events(|machine, events| machine.stats(Instant::now(), events))
     }
 
@@ -225,7 +290,7 @@ impl CircuitBreakerHandle {
         let stats = self.snapshot_parts();
         let window = stats.window;
         CircuitBreakerSnapshot {
-            name: self.shared.name.to_string(),
+            name: self.shared().name.to_string(),
             state: stats.state,
             forced: stats.forced,
             consecutive_failures: stats.consecutive_failures,

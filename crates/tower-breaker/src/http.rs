@@ -73,7 +73,7 @@ impl BreakerError {
         let mut response = Response::new(B::default());
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert("grpc-status", HeaderValue::from(self.grpc_code()));
+        headers.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
         if let Ok(message) = HeaderValue::from_str(&percent_encode(self.message())) {
             headers.insert("grpc-message", message);
         }
@@ -113,6 +113,8 @@ fn percent_encode(message: &str) -> String {
     encoded
 }
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// gRPC codes that mean the server failed (`UNKNOWN`, `DEADLINE_EXCEEDED`, `INTERNAL`,
 /// `UNAVAILABLE`, `DATA_LOSS`); the others are the caller's doing, like a 4xx.
 const GRPC_SERVER_FAILURES: [&[u8]; 5] = [b"2", b"4", b"13", b"14", b"15"];
@@ -127,7 +129,7 @@ impl<B> ResponseVerdict for Response<B> {
         self.status().is_server_error()
             || self
                 .headers()
-                .get("grpc-status")
+                .get(&GRPC_STATUS)
                 .is_some_and(|code| GRPC_SERVER_FAILURES.contains(&code.as_bytes()))
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::classify::DefaultClassifier;
-use crate::handle::{CircuitBreakerHandle, Shared, TransitionCallback};
+use crate::handle::{Breaker, CircuitBreakerHandle, TransitionCallback};
 use crate::machine::{Config, SlowCalls, Transition, WindowConfig};
 use crate::service::CircuitBreaker;
 
@@ -23,17 +23,23 @@ pub const DEFAULT_NAME: &str = "default";
 ///
 /// Defaults (the seed's): opens after 3 consecutive failures, stays open 60 s, then lets
 /// one half-open probe through, whose verdict closes or reopens it.
-#[derive(Clone)]
 pub struct CircuitBreakerLayer<C = DefaultClassifier> {
-    shared: Arc<Shared>,
-    classifier: C,
+    breaker: Arc<Breaker<C>>,
+}
+
+impl<C> Clone for CircuitBreakerLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            breaker: Arc::clone(&self.breaker),
+        }
+    }
 }
 
 impl<C> fmt::Debug for CircuitBreakerLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
-            .field("breaker", &self.shared)
-            .finish_non_exhaustive()
+            .field("breaker", &self.breaker)
+            .finish()
     }
 }
 
@@ -65,19 +71,19 @@ impl CircuitBreakerLayer {
     }
 }
 
-impl<C> CircuitBreakerLayer<C> {
+impl<C: Send + Sync + 'static> CircuitBreakerLayer<C> {
     /// A handle on this layer's breaker.
     #[must_use]
     pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(Arc::clone(&self.shared))
+        CircuitBreakerHandle::new(self.breaker.clone())
     }
 }
 
-impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
+impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker::new(inner, Arc::clone(&self.shared), self.classifier.clone())
+        CircuitBreaker::new(inner, Arc::clone(&self.breaker))
     }
 }
 
@@ -235,7 +241,8 @@ impl<C> CircuitBreakerBuilder<C> {
 
     /// How results are judged (default [`DefaultClassifier`]): any
     /// [`Classify`](crate::Classify), including a closure
-    /// `Fn(&Result<Res, BoxError>) -> Verdict`.
+    /// `Fn(&Result<Res, BoxError>) -> Verdict`. The breaker keeps one classifier, shared
+    /// by every call (it is never cloned).
     #[must_use]
     pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2> {
         CircuitBreakerBuilder {
@@ -249,10 +256,12 @@ impl<C> CircuitBreakerBuilder<C> {
     /// Builds the layer: creates the breaker's shared state and resolves its metric
     /// handles (install the `metrics` recorder first).
     #[must_use]
-    pub fn build(self) -> CircuitBreakerLayer<C> {
+    pub fn build(self) -> CircuitBreakerLayer<C>
+    where
+        C: Send + Sync + 'static,
+    {
         CircuitBreakerLayer {
-            shared: Shared::new(self.name, self.config, self.on_transition),
-            classifier: self.classifier,
+            breaker: Breaker::new(self.name, self.config, self.on_transition, self.classifier),
         }
     }
 }

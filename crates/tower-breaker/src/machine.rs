@@ -141,30 +141,52 @@ impl Config {
 }
 
 /// Leave to call the inner service, taken before the call and settled after it.
+///
+/// Eight bytes, so that a call's future stays small: the low 32 bits of the state word it
+/// was admitted under (state, forced flag and 29 bits of generation; a permit admitted
+/// half-open is a probe) and, when calls are timed, its start in milliseconds since the
+/// machine's epoch, wrapping (0 when untimed). A stale permit could pass for a current
+/// one only if 2^29 state changes happened during its call; a call is timed correctly up
+/// to 49 days.
 #[derive(Debug)]
 #[must_use]
 pub(crate) struct Permit {
-    word: u64,
-    probe: bool,
-    start: Option<Instant>,
+    word: u32,
+    start: u32,
+}
+
+/// The permit-sized part of a state word.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "permits keep the low 32 bits of the state word on purpose"
+)]
+const fn low(word: u64) -> u32 {
+    word as u32
 }
 
 impl Permit {
-    /// Restarts the call's clock (when it is timed), so that the wait for the inner
-    /// service's readiness does not count toward a slow call.
-    pub(crate) fn restart(&mut self, now: Instant) {
-        if self.start.is_some() {
-            self.start = Some(now);
-        }
+    /// A word no permit can hold: its state bits are `0b11`, which no state uses. Marks a
+    /// permit as settled.
+    pub(crate) const SETTLED: Self = Self {
+        word: u32::MAX,
+        start: 0,
+    };
+
+    pub(crate) fn is_settled(&self) -> bool {
+        self.word == u32::MAX
+    }
+
+    fn is_probe_word(word: u32) -> bool {
+        State::from_word(u64::from(word)) == State::HalfOpen
     }
 
     #[cfg(test)]
     pub(crate) fn is_probe(&self) -> bool {
-        self.probe
+        Self::is_probe_word(self.word)
     }
 
     #[cfg(test)]
-    pub(crate) fn word(&self) -> u64 {
+    pub(crate) fn word(&self) -> u32 {
         self.word
     }
 }
@@ -295,11 +317,12 @@ impl Machine {
     }
 
     #[cfg(test)]
-    pub(crate) fn current_word(&self) -> u64 {
-        self.word.load(Ordering::Acquire)
+    pub(crate) fn current_word(&self) -> u32 {
+        low(self.word.load(Ordering::Acquire))
     }
 
     /// Whether outcomes need the call's start time (slow-call detection is on).
+    #[inline]
     pub(crate) fn times_calls(&self) -> bool {
         self.config.slow_threshold().is_some()
     }
@@ -314,21 +337,64 @@ impl Machine {
         u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Milliseconds since the epoch, wrapping at 2^32.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "call start stamps wrap; elapsed times are taken with wrapping arithmetic"
+    )]
+    fn millis(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
+    /// The start stamp of a permit admitted at `now`: milliseconds since the epoch plus
+    /// one, wrapping, so that 0 can mean "not timed".
+    fn stamp(&self, now: Instant) -> u32 {
+        if self.times_calls() {
+            // Off by a millisecond once every 49 days, when the stamp would wrap to 0.
+            self.millis(now).wrapping_add(1).max(1)
+        } else {
+            0
+        }
+    }
+
+    /// Restarts a permit's clock (when calls are timed), so that the wait for the inner
+    /// service's readiness does not count toward a slow call.
+    pub(crate) fn restart(&self, permit: &mut Permit, now: Instant) {
+        if permit.start != 0 {
+            permit.start = self.stamp(now);
+        }
+    }
+
     /// Asks leave to call. Closed: one atomic load, and the clock is read only when slow
     /// calls are detected.
+    #[inline]
     pub(crate) fn acquire(
         &self,
         now: impl FnOnce() -> Instant,
         events: &mut Vec<Event>,
     ) -> Result<Permit, Rejected> {
         let word = self.word.load(Ordering::Acquire);
-        let mut now = LazyNow::new(now);
-        if State::from_word(word) == State::Closed {
-            let start = self.times_calls().then(|| now.get());
+        if State::from_word(word) == State::Closed && !self.times_calls() {
             return Ok(Permit {
-                word,
-                probe: false,
-                start,
+                word: low(word),
+                start: 0,
+            });
+        }
+        self.acquire_slow(word, now(), events)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn acquire_slow(
+        &self,
+        word: u64,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> Result<Permit, Rejected> {
+        if State::from_word(word) == State::Closed {
+            return Ok(Permit {
+                word: low(word),
+                start: self.stamp(now),
             });
         }
         if State::from_word(word) == State::Open {
@@ -336,20 +402,18 @@ impl Machine {
                 return Err(self.reject(None));
             }
             let until = self.open_until.load(Ordering::Acquire);
-            let at = self.nanos(now.get());
+            let at = self.nanos(now);
             if at < until {
                 return Err(self.reject(Some(Duration::from_nanos(until - at))));
             }
         }
-        let now = now.get();
         let mut inner = self.lock();
         self.advance_locked(&mut inner, now, events);
         let word = self.word.load(Ordering::Acquire);
         match State::from_word(word) {
             State::Closed => Ok(Permit {
-                word,
-                probe: false,
-                start: self.times_calls().then_some(now),
+                word: low(word),
+                start: self.stamp(now),
             }),
             State::Open => {
                 let retry_after =
@@ -363,9 +427,8 @@ impl Machine {
                 {
                     inner.probes_in_flight += 1;
                     Ok(Permit {
-                        word,
-                        probe: true,
-                        start: self.times_calls().then_some(now),
+                        word: low(word),
+                        start: self.stamp(now),
                     })
                 } else {
                     Err(self.reject(None))
@@ -384,6 +447,7 @@ impl Machine {
         clippy::needless_pass_by_value,
         reason = "a permit is settled once: taking it by value makes a second settlement a compile error"
     )]
+    #[inline]
     pub(crate) fn record(
         &self,
         permit: Permit,
@@ -391,22 +455,25 @@ impl Machine {
         now: impl FnOnce() -> Instant,
         events: &mut Vec<Event>,
     ) {
-        let Permit { word, probe, start } = permit;
+        let Permit {
+            word: admitted,
+            start,
+        } = permit;
         let mut now = LazyNow::new(now);
-        let slow = match (start, self.config.slow_threshold()) {
+        let slow = match self.config.slow_threshold() {
             // A call exactly at the threshold is not slow.
-            (Some(start), Some(threshold)) => {
-                now.get().saturating_duration_since(start) > threshold
+            Some(threshold) if start != 0 => {
+                let elapsed = self.millis(now.get()).wrapping_add(1).wrapping_sub(start);
+                Duration::from_millis(u64::from(elapsed)) > threshold
             }
             _ => false,
         };
-        if probe {
-            self.record_probe(word, verdict, slow, now.get(), events);
+        if Permit::is_probe_word(admitted) {
+            self.record_probe(admitted, verdict, slow, now.get(), events);
             return;
         }
-        let admitted = word;
         let word = self.word.load(Ordering::Acquire);
-        if word != admitted || word & FORCED != 0 {
+        if low(word) != admitted || word & FORCED != 0 {
             // Admitted under an earlier state, or forced closed: not counted.
             return;
         }
@@ -441,17 +508,23 @@ impl Machine {
             }
         }
         if trip {
-            let now = now.get();
-            let mut inner = self.lock();
-            if self.word.load(Ordering::Acquire) == word {
-                self.open_locked(&mut inner, word, now, 0, hold, events);
-            }
+            self.trip(word, now.get(), hold, events);
+        }
+    }
+
+    /// Opens a closed circuit, unless another call already changed its state.
+    #[cold]
+    #[inline(never)]
+    fn trip(&self, word: u64, now: Instant, hold: Option<Duration>, events: &mut Vec<Event>) {
+        let mut inner = self.lock();
+        if self.word.load(Ordering::Acquire) == word {
+            self.open_locked(&mut inner, word, now, 0, hold, events);
         }
     }
 
     fn record_probe(
         &self,
-        admitted: u64,
+        admitted: u32,
         verdict: Verdict,
         slow: bool,
         now: Instant,
@@ -460,7 +533,7 @@ impl Machine {
         let mut inner = self.lock();
         self.advance_locked(&mut inner, now, events);
         let word = self.word.load(Ordering::Acquire);
-        if word != admitted {
+        if low(word) != admitted {
             // The half-open period this probe belonged to has ended; its slot went with it.
             return;
         }
@@ -493,12 +566,12 @@ impl Machine {
         reason = "a permit is settled once: taking it by value makes a second settlement a compile error"
     )]
     pub(crate) fn release(&self, permit: Permit) {
-        let Permit { word, probe, .. } = permit;
-        if !probe {
+        let Permit { word, .. } = permit;
+        if !Permit::is_probe_word(word) {
             return;
         }
         let mut inner = self.lock();
-        if self.word.load(Ordering::Acquire) == word {
+        if low(self.word.load(Ordering::Acquire)) == word {
             inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
         }
     }

@@ -3,13 +3,12 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::BreakerError;
 use crate::classify::{BoxError, Classify};
 use crate::future::{PermitGuard, ResponseFuture};
-use crate::handle::{CircuitBreakerHandle, Shared};
+use crate::handle::{Breaker, CircuitBreakerHandle};
 use crate::machine::Permit;
 
 /// A circuit breaker around a service; built by
@@ -20,28 +19,30 @@ use crate::machine::Permit;
 /// [`BreakerError::CircuitOpen`], so an open circuit never waits on (or touches) the inner
 /// service. When admitted, `poll_ready` waits on the inner service's readiness.
 ///
-/// Clones share the breaker; each clone has its own admission.
+/// Clones share the breaker; each clone has its own admission. A clone dropped after
+/// `poll_ready` admitted it gives its admission back (a half-open probe slot is freed).
 pub struct CircuitBreaker<S, C> {
     inner: S,
-    shared: Arc<Shared>,
-    classifier: C,
+    breaker: Arc<Breaker<C>>,
     admission: Option<Result<Permit, BreakerError>>,
 }
 
 impl<S, C> CircuitBreaker<S, C> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+    pub(crate) fn new(inner: S, breaker: Arc<Breaker<C>>) -> Self {
         Self {
             inner,
-            shared,
-            classifier,
+            breaker,
             admission: None,
         }
     }
 
     /// A handle on the breaker this service shares.
     #[must_use]
-    pub fn handle(&self) -> CircuitBreakerHandle {
-        CircuitBreakerHandle::new(Arc::clone(&self.shared))
+    pub fn handle(&self) -> CircuitBreakerHandle
+    where
+        C: Send + Sync + 'static,
+    {
+        CircuitBreakerHandle::new(self.breaker.clone())
     }
 
     /// The inner service.
@@ -55,13 +56,9 @@ impl<S, C> CircuitBreaker<S, C> {
     }
 }
 
-impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
+impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
-        Self::new(
-            self.inner.clone(),
-            Arc::clone(&self.shared),
-            self.classifier.clone(),
-        )
+        Self::new(self.inner.clone(), Arc::clone(&self.breaker))
     }
 }
 
@@ -69,7 +66,7 @@ impl<S: std::fmt::Debug, C> std::fmt::Debug for CircuitBreaker<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("breaker", &self.shared)
+            .field("breaker", &self.breaker)
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +75,7 @@ impl<S, C> Drop for CircuitBreaker<S, C> {
     fn drop(&mut self) {
         // Admitted in `poll_ready` but never called: give the permit back.
         if let Some(Ok(permit)) = self.admission.take() {
-            self.shared.release(permit);
+            self.breaker.shared.release(permit);
         }
     }
 }
@@ -87,14 +84,18 @@ impl<S, C, Req> Service<Req> for CircuitBreaker<S, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    C: Classify<S::Response> + Clone,
+    C: Classify<S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let admission = self.admission.get_or_insert_with(|| self.shared.acquire());
+        let breaker = &self.breaker;
+        let admission = self
+            .admission
+            .get_or_insert_with(|| breaker.shared.acquire());
         if admission.is_err() {
             // `call` returns the refusal; the inner service is not polled.
             return Poll::Ready(Ok(()));
@@ -105,27 +106,28 @@ where
             Poll::Ready(Err(error)) => {
                 let result: Result<S::Response, BoxError> = Err(error.into());
                 if let Some(Ok(permit)) = self.admission.take() {
-                    self.shared
-                        .record(permit, self.classifier.classify(&result));
+                    let verdict = self.breaker.classifier.classify(&result);
+                    self.breaker.shared.record(permit, verdict);
                 }
                 Poll::Ready(result.map(|_| ()))
             }
         }
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let admission = self
-            .admission
-            .take()
-            .unwrap_or_else(|| self.shared.acquire());
+        let admission = match self.admission.take() {
+            Some(admission) => admission,
+            None => self.breaker.shared.acquire(),
+        };
         match admission {
             Ok(mut permit) => {
-                if self.shared.times_calls() {
+                if self.breaker.shared.times_calls() {
                     // Time the call itself, not the wait for readiness.
-                    permit.restart(Instant::now());
+                    self.breaker.shared.restart(&mut permit);
                 }
-                let guard = PermitGuard::new(Arc::clone(&self.shared), permit);
-                ResponseFuture::called(self.inner.call(request), guard, self.classifier.clone())
+                let guard = PermitGuard::new(Arc::clone(&self.breaker), permit);
+                ResponseFuture::called(self.inner.call(request), guard)
             }
             Err(error) => ResponseFuture::refused(error),
         }
