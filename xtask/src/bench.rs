@@ -14,15 +14,16 @@
 //!
 //! Criterion's directory does not say which crate a result came from, and two crates
 //! with the same group name overwrite each other's results there. So a full run benches
-//! one crate at a time, reads its results at once, and keeps them, with their crate, in
-//! `<target dir>/xtask-bench.json` for `--summary-only`.
+//! one crate at a time, each with its own criterion directory,
+//! `<target dir>/xtask-bench/<crate>/` (criterion's `CRITERION_HOME`), which
+//! `--summary-only` reads back; without them it falls back to `<target dir>/criterion/`,
+//! where plain `cargo bench` writes, and where the crates are unknown.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Differences smaller than this many nanoseconds are noise on the project's machines.
@@ -31,15 +32,13 @@ const NOISE_NS: f64 = 10.0;
 const NOISE_RATIO: f64 = 0.20;
 /// A start and an end baseline further apart than this make the run noisy.
 const BASELINE_DRIFT: f64 = 0.10;
-/// Where a full run keeps its results, in the target directory.
-const SAVED: &str = "xtask-bench.json";
+/// Where a full run keeps each crate's results, in the target directory.
+const HOME: &str = "xtask-bench";
 
 /// One criterion result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Measurement {
     /// The package whose bench measured it; empty when unknown.
-    #[serde(rename = "crate")]
     pub(crate) krate: String,
     pub(crate) group: String,
     /// The function id, with `/param` when there is one.
@@ -563,23 +562,22 @@ pub(crate) fn collect(
     Ok(found)
 }
 
-/// `(group, id)` pairs that more than one crate measured: on disk, the last crate's
-/// results replaced the others'.
+/// The `group/id`s that more than one crate measured, each with its crates.
 pub(crate) fn collisions(measurements: &[Measurement]) -> Vec<String> {
-    let mut seen: Vec<(&str, &str, &str)> = Vec::new();
-    let mut clashes = Vec::new();
+    let mut by_id: Vec<(String, Vec<&str>)> = Vec::new();
     for m in measurements {
-        for (krate, group, id) in &seen {
-            if *group == m.group && *id == m.id && *krate != m.krate {
-                clashes.push(format!(
-                    "{group}/{id} (measured by {krate} and by {})",
-                    m.krate
-                ));
-            }
+        let id = format!("{}/{}", m.group, m.id);
+        match by_id.iter_mut().find(|(seen, _)| *seen == id) {
+            Some((_, crates)) if !crates.contains(&m.krate.as_str()) => crates.push(&m.krate),
+            Some(_) => {}
+            None => by_id.push((id, vec![&m.krate])),
         }
-        seen.push((&m.krate, &m.group, &m.id));
     }
-    clashes
+    by_id
+        .into_iter()
+        .filter(|(_, crates)| crates.len() > 1)
+        .map(|(id, crates)| format!("{id} ({})", crates.join(", ")))
+        .collect()
 }
 
 /// What `cargo metadata` says: the target directory (unless `$CARGO_TARGET_DIR` says
@@ -623,30 +621,32 @@ fn metadata() -> Result<(PathBuf, Vec<String>), String> {
     Ok((target, packages))
 }
 
-fn newest(measurements: &[Measurement]) -> u128 {
-    measurements.iter().map(|m| m.written_ns).max().unwrap_or(0)
-}
-
-/// The results of a full run: each package's benches, one package at a time.
+/// Runs each package's benches, one package at a time, each in its own criterion
+/// directory under `home`, and returns this run's results with their crate.
 fn run_benches(
-    criterion: &Path,
+    home: &Path,
     packages: &[String],
     args: &[String],
 ) -> (Vec<Measurement>, Vec<String>) {
     let mut measurements = Vec::new();
     let mut failures = Vec::new();
     for package in packages {
+        let dir = home.join(package);
+        let Some(dir_str) = dir.to_str() else {
+            failures.push(format!("{} is not valid UTF-8", dir.display()));
+            continue;
+        };
         let started = SystemTime::now();
         let mut argv = vec!["bench", "--locked", "-p", package, "--bench", "*"];
         if !args.is_empty() {
             argv.push("--");
             argv.extend(args.iter().map(String::as_str));
         }
-        if let Err(e) = crate::cargo(&argv, &[]) {
+        if let Err(e) = crate::cargo(&argv, &[("CRITERION_HOME", dir_str)]) {
             failures.push(e);
         }
-        // Read at once: the next package may reuse a group name and overwrite these.
-        match collect(criterion, Some(started)) {
+        // Only this run's: a filter leaves older results of other benches in place.
+        match collect(&dir, Some(started)) {
             Ok(found) => measurements.extend(found.into_iter().map(|mut m| {
                 m.krate.clone_from(package);
                 m
@@ -657,49 +657,60 @@ fn run_benches(
     (measurements, failures)
 }
 
+/// The results a full run left under `home`, one directory per crate.
+fn collect_per_crate(home: &Path) -> Result<Vec<Measurement>, String> {
+    let mut measurements = Vec::new();
+    let Ok(entries) = std::fs::read_dir(home) else {
+        return Ok(measurements);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let krate = entry.file_name().to_string_lossy().into_owned();
+            measurements.extend(collect(&path, None)?.into_iter().map(|mut m| {
+                m.krate.clone_from(&krate);
+                m
+            }));
+        }
+    }
+    Ok(measurements)
+}
+
 /// `cargo xtask bench [--summary-only] [-- ARGS]`.
 pub(crate) fn run(summary_only: bool, args: &[String]) -> Result<(), String> {
     let (target, packages) = metadata()?;
-    let criterion = target.join("criterion");
-    let saved = target.join(SAVED);
-    let (measurements, failures) = if summary_only {
-        let on_disk = collect(&criterion, None)?;
-        let kept: Option<Vec<Measurement>> = std::fs::read_to_string(&saved)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok());
-        match kept {
-            // The last full run's results, with their crates, unless a bench ran since.
-            Some(kept) if newest(&kept) >= newest(&on_disk) => (kept, Vec::new()),
-            _ => (on_disk, Vec::new()),
+    let home = target.join(HOME);
+    let (measurements, failures, source) = if summary_only {
+        let per_crate = collect_per_crate(&home)?;
+        if per_crate.is_empty() {
+            let criterion = target.join("criterion");
+            (collect(&criterion, None)?, Vec::new(), criterion)
+        } else {
+            (per_crate, Vec::new(), home)
         }
     } else {
         if packages.is_empty() {
             return Err("no package of the workspace has a bench target".to_owned());
         }
-        let (measurements, failures) = run_benches(&criterion, &packages, args);
-        if !measurements.is_empty() {
-            let text = serde_json::to_string_pretty(&measurements)
-                .map_err(|e| format!("cannot encode the results: {e}"))?;
-            std::fs::write(&saved, text)
-                .map_err(|e| format!("cannot write {}: {e}", saved.display()))?;
-        }
-        (measurements, failures)
+        let (measurements, failures) = run_benches(&home, &packages, args);
+        (measurements, failures, home)
     };
     if measurements.is_empty() {
         return Err(format!(
             "no criterion results{} in {}",
             if summary_only { "" } else { " from this run" },
-            criterion.display()
+            source.display()
         ));
     }
     let (rows, baselines) = summarize(&measurements);
     println!("\n{}", render(&rows, &baselines));
+    println!("Results from {}.", source.display());
     let clashes = collisions(&measurements);
     if !clashes.is_empty() {
         println!(
-            "Note: these results share a criterion directory with another crate's, which \
-             overwrote them on disk (read here right after each crate ran); give the groups \
-             distinct names: {}",
+            "Note: crates share these criterion ids, so under plain `cargo bench` their \
+             results overwrite each other in {}; distinct group names would avoid it: {}",
+            target.join("criterion").display(),
             clashes.join(", ")
         );
     }
@@ -900,7 +911,7 @@ mod tests {
         assert_eq!(row(&rows, "x").delta_ns, Some(10.0));
         assert_eq!(
             collisions(&ms),
-            ["1-thread/baseline-start (measured by tower-breaker and by tower-token-bucket)"]
+            ["1-thread/baseline-start (tower-breaker, tower-token-bucket)"]
         );
         assert_eq!(group_label("tower-red-metrics", ""), "tower-red-metrics");
     }

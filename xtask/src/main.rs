@@ -109,9 +109,9 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let shown: Vec<String> = env
         .iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{k}={}", shell_word(v)))
         .chain(std::iter::once("cargo".to_owned()))
-        .chain(args.iter().map(|a| (*a).to_owned()))
+        .chain(args.iter().map(|a| shell_word(a)))
         .collect();
     eprintln!("\n$ {}", shown.join(" "));
     let status = Command::new(&cargo)
@@ -123,5 +123,30 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`{}` failed ({status})", shown.join(" ")))
+    }
+}
+
+/// `arg` as a shell would need it typed: quoted when it holds anything but plain
+/// characters (`--bench '*'`), so that the echoed command can be pasted.
+fn shell_word(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn echoed_commands_can_be_pasted() {
+        assert_eq!(shell_word("--locked"), "--locked");
+        assert_eq!(shell_word("*"), "'*'");
+        assert_eq!(shell_word("cache/1 thread"), "'cache/1 thread'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 }
