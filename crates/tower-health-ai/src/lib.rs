@@ -1,10 +1,93 @@
 //! Resilience for tower services that call slow, expensive upstreams.
 //!
 //! This umbrella crate re-exports the suite's five concern crates and stacks them in one
-//! preset layer, `HealthAiStack`, with production defaults: RED metrics, a per-user rate
-//! limit, a response cache, a fallback, retries, a circuit breaker, a priority queue, a
-//! global pace and a call timeout, in that order from the outside in.
+//! preset layer, [`HealthAiStack`], with the seed's production defaults: RED metrics, a
+//! per-user rate limit, a response cache, a fallback, retries, a circuit breaker, a
+//! priority queue, a global pace and a call timeout, in that order from the outside in
+//! (each position's reason is in [`HealthAiStack`]'s docs).
 //!
-//! Public shape: the modules `token_bucket`, `lru_cache`, `priority_queue`, `breaker` and
-//! `red_metrics`, a `prelude`, the `HealthAiStack` layer and its builder, and operator
-//! handles with ready-made axum handlers for `/api/health`, `/api/metrics` and `/metrics`.
+//! ```
+//! use std::time::Duration;
+//!
+//! use axum::{Router, body::Body};
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use tower::{BoxError, ServiceExt, service_fn};
+//! use tower_health_ai::{HealthAiStack, UpstreamRequest};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! // The expensive upstream call (here a stand-in).
+//! let upstream = service_fn(|_req: UpstreamRequest| async {
+//!     Ok::<_, BoxError>(Response::new(Body::from(r#"{"analysis":"..."}"#)))
+//! });
+//!
+//! let stack = HealthAiStack::builder()
+//!     .call_timeout(Duration::from_secs(90))
+//!     // What to answer when the upstream fails for good or the circuit is open.
+//!     .fallback(|_request, _error| Some(Response::new(Bytes::from(r#"{"analysis":"local"}"#))))
+//!     .build();
+//! let handle = stack.handle();
+//! let app: Router = Router::new()
+//!     .route_service("/analyze", tower::Layer::layer(&stack, upstream))
+//!     .merge(handle.router()); // GET /api/health and /api/metrics
+//!
+//! let ask = || Request::post("/analyze").header("x-user-id", "ada").body(Body::empty());
+//! let first = app.clone().oneshot(ask()?).await?;
+//! let second = app.clone().oneshot(ask()?).await?;
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! assert_eq!(second.headers()["x-cache"], "HIT");
+//! assert_eq!(handle.upstream_calls(), 1);
+//! assert_eq!(handle.metrics().requests.total, 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The concern crates are re-exported as modules, for à la carte use:
+//! [`token_bucket`], [`lru_cache`], [`priority_queue`], [`breaker`], [`red_metrics`];
+//! [`prelude`] brings the common names into scope.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+#[cfg(feature = "axum")]
+mod axum;
+mod body;
+mod count;
+mod handle;
+mod policy;
+mod prometheus;
+mod refusal;
+mod stack;
+
+pub use tower_breaker as breaker;
+pub use tower_lru_cache as lru_cache;
+pub use tower_priority_queue as priority_queue;
+pub use tower_red_metrics as red_metrics;
+pub use tower_token_bucket as token_bucket;
+
+#[cfg(feature = "axum")]
+pub use crate::axum::{health_handler, metrics_handler};
+pub use crate::body::{BufferBody, BufferBodyFuture, RequestCheck, RequestRejected};
+pub use crate::count::CountCalls;
+pub use crate::handle::{
+    CircuitBreakers, Cost, Health, HealthAiHandle, HealthStatus, MetricsReport, RateLimits,
+};
+pub use crate::policy::{
+    BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, RetryClassifier,
+    is_local_refusal,
+};
+pub use crate::prometheus::install_prometheus;
+pub use crate::refusal::{Refusals, RefusalsFuture, refusal_response};
+pub use crate::stack::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_USER_HEADER, HealthAi, HealthAiFuture, HealthAiStack,
+    HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME, UpstreamRequest,
+};
+
+/// The names most users need, in one import.
+pub mod prelude {
+    pub use crate::{HealthAiHandle, HealthAiStack, RequestRejected, UpstreamRequest};
+    pub use tower_breaker::{CircuitBreakerLayer, Degraded, FallbackLayer, State, TimeoutLayer};
+    pub use tower_lru_cache::{CacheLayer, Partition};
+    pub use tower_priority_queue::{Priority, PriorityQueueLayer, RetryLayer};
+    pub use tower_red_metrics::{PrometheusConfig, RedMetricsLayer};
+    pub use tower_token_bucket::{Quota, RateLimitLayer};
+}

@@ -1,0 +1,361 @@
+//! Buffering the request body, with a size limit and an optional check of the whole
+//! request, before the layers that need the body whole: the cache hashes it and the
+//! retry layer sends it again.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body::Body;
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use pin_project::pin_project;
+use tower::BoxError;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// A request refused before it reached the protected call: its body is too large or
+/// unreadable, or the request check refused it.
+///
+/// The preset answers it with its status and a short JSON body (gRPC: 3
+/// `INVALID_ARGUMENT`, or 8 `RESOURCE_EXHAUSTED` for a body over the limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRejected {
+    status: StatusCode,
+    message: String,
+}
+
+impl RequestRejected {
+    /// A refusal with this status (a 4xx) and a message for the client.
+    #[must_use]
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// `400 Bad Request` with this message.
+    #[must_use]
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// The HTTP status of the answer.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message for the client.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for RequestRejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RequestRejected {}
+
+/// A check run on each request once its body is buffered: it sees the request's parts
+/// and whole body, and may refuse the request or add extensions that the layers below
+/// read.
+pub type RequestCheck =
+    Arc<dyn Fn(&mut http::request::Parts, &Bytes) -> Result<(), RequestRejected> + Send + Sync>;
+
+/// Buffers request bodies up to `limit` bytes and runs the request check.
+#[derive(Clone)]
+pub(crate) struct BufferBodyLayer {
+    limit: usize,
+    check: Option<RequestCheck>,
+}
+
+impl BufferBodyLayer {
+    pub(crate) fn new(limit: usize, check: Option<RequestCheck>) -> Self {
+        Self { limit, check }
+    }
+}
+
+impl fmt::Debug for BufferBodyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferBodyLayer")
+            .field("limit", &self.limit)
+            .field("check", &self.check.is_some())
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for BufferBodyLayer {
+    type Service = BufferBody<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BufferBody {
+            inner,
+            limit: self.limit,
+            check: self.check.clone(),
+        }
+    }
+}
+
+/// The service of [`BufferBodyLayer`]: hands the inner service a
+/// `Request<Full<Bytes>>`.
+#[derive(Clone)]
+pub struct BufferBody<S> {
+    inner: S,
+    limit: usize,
+    check: Option<RequestCheck>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for BufferBody<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferBody")
+            .field("inner", &self.inner)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<Request<B>> for BufferBody<S>
+where
+    S: Service<Request<Full<Bytes>>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BufferBodyFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The ready service goes with this request; a fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        // A body that declares more than the limit (Content-Length) is refused unread.
+        if request.body().size_hint().lower() > self.limit as u64 {
+            return BufferBodyFuture {
+                state: State::Refused(Some(too_large(self.limit))),
+            };
+        }
+        let (parts, body) = request.into_parts();
+        BufferBodyFuture {
+            state: State::Collect {
+                collect: Limited::new(body, self.limit).collect(),
+                parts: Some(parts),
+                inner: Some(inner),
+                limit: self.limit,
+                check: self.check.clone(),
+            },
+        }
+    }
+}
+
+fn too_large(limit: usize) -> RequestRejected {
+    RequestRejected::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than {limit} bytes"),
+    )
+}
+
+/// The future of [`BufferBody`].
+#[pin_project]
+pub struct BufferBodyFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    #[pin]
+    state: State<S, B>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<S, B>
+where
+    S: Service<Request<Full<Bytes>>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    Refused(Option<RequestRejected>),
+    Collect {
+        #[pin]
+        collect: Collect<Limited<B>>,
+        parts: Option<http::request::Parts>,
+        inner: Option<S>,
+        limit: usize,
+        check: Option<RequestCheck>,
+    },
+    Call {
+        #[pin]
+        future: S::Future,
+    },
+}
+
+impl<S, B> fmt::Debug for BufferBodyFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferBodyFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Future for BufferBodyFuture<S, B>
+where
+    S: Service<Request<Full<Bytes>>>,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Refused(refusal) => {
+                    let refusal = refusal.take().unwrap_or_else(|| {
+                        RequestRejected::bad_request("request polled after completion")
+                    });
+                    return Poll::Ready(Err(refusal.into()));
+                }
+                StateProj::Collect {
+                    collect,
+                    parts,
+                    inner,
+                    limit,
+                    check,
+                } => {
+                    let collected = match ready!(collect.poll(cx)) {
+                        Ok(collected) => collected.to_bytes(),
+                        Err(error) => {
+                            let refusal = if error.is::<LengthLimitError>() {
+                                too_large(*limit)
+                            } else {
+                                RequestRejected::bad_request(format!(
+                                    "request body could not be read: {error}"
+                                ))
+                            };
+                            return Poll::Ready(Err(refusal.into()));
+                        }
+                    };
+                    let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
+                        return Poll::Ready(Err(RequestRejected::bad_request(
+                            "request polled after completion",
+                        )
+                        .into()));
+                    };
+                    if let Some(check) = check {
+                        if let Err(refusal) = check(&mut parts, &collected) {
+                            return Poll::Ready(Err(refusal.into()));
+                        }
+                    }
+                    State::Call {
+                        future: inner.call(Request::from_parts(parts, Full::new(collected))),
+                    }
+                }
+                StateProj::Call { future } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{ServiceExt, service_fn};
+
+    async fn echo(req: Request<Full<Bytes>>) -> Result<Bytes, BoxError> {
+        Ok(req.into_body().collect().await?.to_bytes())
+    }
+
+    fn rejected(err: &BoxError) -> &RequestRejected {
+        err.downcast_ref::<RequestRejected>()
+            .expect("a RequestRejected")
+    }
+
+    #[tokio::test]
+    async fn bodies_within_the_limit_reach_the_inner_service_whole() {
+        let svc = BufferBodyLayer::new(8, None).layer(service_fn(echo));
+        let out = svc
+            .oneshot(Request::new(Full::new(Bytes::from_static(b"12345678"))))
+            .await
+            .unwrap();
+        assert_eq!(out, Bytes::from_static(b"12345678"));
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_get_413_without_a_call() {
+        let svc =
+            BufferBodyLayer::new(8, None).layer(service_fn(|_: Request<Full<Bytes>>| async {
+                panic!("the inner service must not be called");
+                #[allow(unreachable_code)]
+                Ok::<_, BoxError>(())
+            }));
+        let err = svc
+            .clone()
+            .oneshot(Request::new(Full::new(Bytes::from_static(b"123456789"))))
+            .await
+            .unwrap_err();
+        assert_eq!(rejected(&err).status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // A streamed body of unknown length is cut off at the limit too.
+        let stream = http_body_util::StreamBody::new(futures_stream(vec![
+            Bytes::from_static(b"12345"),
+            Bytes::from_static(b"67890"),
+        ]));
+        let err = svc.oneshot(Request::new(stream)).await.unwrap_err();
+        assert_eq!(rejected(&err).status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn the_check_may_refuse_or_annotate() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Seen(usize);
+        let check: RequestCheck = Arc::new(|parts: &mut http::request::Parts, body: &Bytes| {
+            if parts.uri.path() == "/bad" {
+                return Err(RequestRejected::bad_request("bad path"));
+            }
+            parts.extensions.insert(Seen(body.len()));
+            Ok(())
+        });
+        let svc = BufferBodyLayer::new(64, Some(check)).layer(service_fn(
+            |req: Request<Full<Bytes>>| async move {
+                Ok::<_, BoxError>(req.extensions().get::<Seen>().cloned())
+            },
+        ));
+        let req = Request::builder()
+            .uri("/bad")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert_eq!(rejected(&err).message(), "bad path");
+        let out = svc
+            .oneshot(Request::new(Full::new(Bytes::from_static(b"abc"))))
+            .await
+            .unwrap();
+        assert_eq!(out, Some(Seen(3)));
+    }
+
+    fn futures_stream(
+        chunks: Vec<Bytes>,
+    ) -> impl futures_util::Stream<Item = Result<http_body::Frame<Bytes>, BoxError>> {
+        futures_util::stream::iter(chunks.into_iter().map(|c| Ok(http_body::Frame::data(c))))
+    }
+}

@@ -1,0 +1,154 @@
+//! How the preset's layers judge each other's outcomes: which errors are local refusals
+//! (not upstream failures), what the breaker counts, what the retry layer retries, and
+//! what the fallback answers.
+
+use std::fmt;
+use std::future::{Ready, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use tower::BoxError;
+use tower_breaker::fallback::{FallbackCause, FallbackPolicy, FallbackRequest};
+use tower_breaker::{BreakerError, DefaultClassifier, Verdict};
+use tower_lru_cache::CacheError;
+use tower_priority_queue::{HttpClassifier, QueueError, RetryDecision};
+use tower_service::Service;
+use tower_token_bucket::RateLimitError;
+
+use crate::body::RequestRejected;
+
+/// Whether an error is a refusal made by this suite's own layers (rate limited, queue
+/// full or timed out, malformed input): about local load or the client, never about the
+/// upstream.
+#[must_use]
+pub fn is_local_refusal(error: &BoxError) -> bool {
+    error.is::<QueueError>()
+        || error.is::<RateLimitError>()
+        || error.is::<RequestRejected>()
+        || error.is::<CacheError>()
+}
+
+/// The preset breaker's classifier: local refusals are ignored (they say nothing about
+/// the upstream); everything else as [`DefaultClassifier`] (5xx, errors and timeouts are
+/// failures, 4xx successes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BreakerClassifier {
+    default: DefaultClassifier,
+}
+
+impl<B> tower_breaker::Classify<Response<B>> for BreakerClassifier {
+    fn classify(&self, result: &Result<Response<B>, BoxError>) -> Verdict {
+        match result {
+            Err(error) if is_local_refusal(error) => Verdict::Ignored,
+            other => self.default.classify(other),
+        }
+    }
+}
+
+/// The preset retry classifier: never retries a local refusal or an open circuit (an open
+/// circuit stops retries at once); everything else as [`HttpClassifier`] (errors,
+/// timeouts and 5xx are retried, honouring `Retry-After`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryClassifier {
+    http: HttpClassifier,
+}
+
+impl<B> tower_priority_queue::Classify<Response<B>> for RetryClassifier {
+    fn classify(&self, result: &Result<Response<B>, BoxError>) -> RetryDecision {
+        match result {
+            Err(error)
+                if is_local_refusal(error)
+                    || error
+                        .downcast_ref::<BreakerError>()
+                        .is_some_and(BreakerError::is_circuit_open) =>
+            {
+                RetryDecision::Return
+            }
+            other => self.http.classify(other),
+        }
+    }
+}
+
+/// The preset fallback policy: the fallback answers upstream failures (after retries), an
+/// open circuit and timeouts; local refusals reach the client as refusals, with their
+/// status and `Retry-After`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FallbackOnUpstreamFailure;
+
+impl<Res> FallbackPolicy<Res> for FallbackOnUpstreamFailure {
+    fn should_fall_back(&self, result: &Result<Res, BoxError>) -> bool {
+        matches!(result, Err(error) if !is_local_refusal(error))
+    }
+}
+
+/// The function that answers for a failed upstream call: it sees the request's head and
+/// the error, and answers with a response, or `None` to let the error through.
+pub type FallbackFn =
+    Arc<dyn Fn(&http::request::Parts, &BoxError) -> Option<Response<Bytes>> + Send + Sync>;
+
+/// The preset's fallback service: calls the user's [`FallbackFn`], or hands the error
+/// back when there is none or it declines.
+#[derive(Clone)]
+pub struct PresetFallback {
+    answer: Option<FallbackFn>,
+}
+
+impl PresetFallback {
+    pub(crate) fn new(answer: Option<FallbackFn>) -> Self {
+        Self { answer }
+    }
+}
+
+impl fmt::Debug for PresetFallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresetFallback")
+            .field("answer", &self.answer.is_some())
+            .finish()
+    }
+}
+
+impl<B> Service<FallbackRequest<http::request::Parts, Response<B>>> for PresetFallback
+where
+    B: From<Bytes>,
+{
+    type Response = Response<B>;
+    type Error = BoxError;
+    type Future = Ready<Result<Response<B>, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(
+        &mut self,
+        request: FallbackRequest<http::request::Parts, Response<B>>,
+    ) -> Self::Future {
+        let error: BoxError = match request.cause {
+            FallbackCause::Error(error) => error,
+            FallbackCause::Response(response) => return ready(Ok(response)),
+            _ => Box::new(UnknownCause),
+        };
+        let answer = self
+            .answer
+            .as_ref()
+            .and_then(|answer| answer(&request.context, &error));
+        ready(match answer {
+            Some(response) => Ok(response.map(B::from)),
+            None => Err(error),
+        })
+    }
+}
+
+/// A fallback cause this version does not know.
+#[derive(Debug)]
+struct UnknownCause;
+
+impl fmt::Display for UnknownCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the upstream call failed")
+    }
+}
+
+impl std::error::Error for UnknownCause {}

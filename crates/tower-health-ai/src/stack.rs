@@ -1,0 +1,609 @@
+//! The `HealthAiStack` preset: the five concerns stacked in one layer.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, Request, Response};
+use http_body_util::{Either, Full};
+use pin_project::pin_project;
+use tower::BoxError;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use tower_breaker::fallback::FallbackLayer;
+use tower_breaker::{
+    CaptureHead, CircuitBreaker, CircuitBreakerLayer, Degraded, Timeout, TimeoutLayer,
+};
+use tower_lru_cache::{CacheLayer, CacheService, Partition};
+use tower_priority_queue::{
+    HeaderPriority, HttpReplay, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer,
+};
+use tower_red_metrics::{HttpClassify, HttpLabels, PrometheusMetrics, RedMetrics, RedMetricsLayer};
+use tower_token_bucket::http::{HeaderKey, PeerIp};
+use tower_token_bucket::{
+    ExtractKeyExt, GlobalKey, InMemoryBackend, Or, Quota, RateLimit, RateLimitLayer,
+};
+
+use crate::body::{BufferBody, BufferBodyLayer, RequestCheck, RequestRejected};
+use crate::count::CountCalls;
+use crate::handle::HealthAiHandle;
+use crate::policy::{
+    BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, RetryClassifier,
+};
+use crate::refusal::{GLOBAL_LIMITER, Refusals, RefusalsLayer, is_grpc, refusal_response};
+
+/// The header that names the user, by default (a stand-in for what authentication
+/// middleware would put in a request extension).
+pub const DEFAULT_USER_HEADER: &str = "x-user-id";
+/// The per-user limiter's name (its `limiter` metric label).
+pub const PER_USER_LIMITER: &str = "per-user";
+/// The name of the cache, the queue and the breaker (their metric label).
+pub const UPSTREAM_NAME: &str = "ai-service";
+/// The largest request body read, by default: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The per-user key: the user header, else the client IP.
+pub(crate) type UserKey = Or<HeaderKey, PeerIp>;
+
+/// The stack inside [`HealthAi`], outermost first.
+type Stacked<S> = RedMetrics<
+    Refusals<
+        RateLimit<
+            BufferBody<
+                CacheService<
+                    tower_breaker::fallback::Fallback<
+                        Retry<
+                            CircuitBreaker<
+                                PriorityQueue<
+                                    RateLimit<
+                                        Timeout<CountCalls<S>>,
+                                        GlobalKey,
+                                        InMemoryBackend<()>,
+                                    >,
+                                    HeaderPriority,
+                                >,
+                                BreakerClassifier,
+                            >,
+                            RetryClassifier,
+                            HttpReplay,
+                        >,
+                        CaptureHead,
+                        PresetFallback,
+                        FallbackOnUpstreamFailure,
+                    >,
+                >,
+            >,
+            UserKey,
+            InMemoryBackend<<UserKey as tower_token_bucket::KeyExtractor>::Key>,
+        >,
+    >,
+    HttpLabels,
+    HttpClassify,
+>;
+
+/// The preset: RED metrics, a per-user rate limit, a response cache, a fallback, retries,
+/// a circuit breaker, a priority queue, a global pace and a call timeout, outermost
+/// first, with the seed's production defaults.
+///
+/// Why each sits where it does:
+///
+/// 1. **RED metrics** is outermost so that it sees every request, including those refused
+///    further in: every refusal is turned into its response (429, 503, 504, 400, 413)
+///    just inside it, so its totals equal what clients saw.
+/// 2. **Per-user token bucket** (reject, 5 req/s, burst 5, keyed by the `x-user-id`
+///    header, else the client IP): protects the server from one client before any work
+///    is done for it, cached answers included. A refusal is 429 with `Retry-After`.
+/// 3. The request body is read here (at most 1 MiB, else 413), once: the cache hashes it
+///    and the retry layer sends it again. An optional [request check](HealthAiStackBuilder::request_check)
+///    runs on the whole request and may refuse it with a 4xx.
+/// 4. **Response cache** (100 entries, 1 h TTL, SHA-256 keys partitioned by user,
+///    single-flight, stale-if-error): a hit costs no upstream call. It sits above the
+///    fallback so that a stale real answer beats a fallback, and degraded answers are
+///    never stored.
+/// 5. **Fallback**: when the call below fails for good (after retries) or the circuit is
+///    open, answers from the user's local function, marked [`Degraded`] (and
+///    `x-degraded: true`). Local refusals (queue full, rate limited) are not failures of
+///    the upstream: they reach the client as such, with `Retry-After`.
+/// 6. **Retry** (3 calls in all, full-jitter 2^n backoff from 1 s, a retry budget):
+///    outside the breaker and the queue, so that an open circuit stops retries at once
+///    and a request backing off holds no queue slot.
+/// 7. **Circuit breaker** (opens after 3 consecutive failures, 60 s open, then one
+///    half-open probe): outside the queue, so an open circuit fails fast without
+///    queueing. Local refusals are ignored, not counted as failures.
+/// 8. **Priority queue** (`x-priority`: urgent, high, normal, low; 2 in flight; a bounded
+///    waiting room): bounds the concurrency towards the upstream.
+/// 9. **Global token bucket** (wait mode, 2 req/s): paces the calls that really reach the
+///    upstream; waits at most 30 s, else 503.
+/// 10. **Call timeout** (120 s), innermost, so that time spent queueing or waiting for
+///     the pace never counts as upstream slowness.
+///
+/// Every layer's state is created once, when the stack is built: every `layer()` call
+/// and every clone of the resulting service share it, and so does the
+/// [`HealthAiHandle`].
+#[derive(Clone)]
+pub struct HealthAiStack {
+    red: RedMetricsLayer<HttpLabels, HttpClassify>,
+    per_user: RateLimitLayer<UserKey>,
+    body: BufferBodyLayer,
+    cache: CacheLayer,
+    fallback: FallbackLayer<CaptureHead, PresetFallback, FallbackOnUpstreamFailure>,
+    retry: RetryLayer<RetryClassifier, HttpReplay>,
+    breaker: CircuitBreakerLayer<BreakerClassifier>,
+    queue: PriorityQueueLayer<HeaderPriority>,
+    global: RateLimitLayer<GlobalKey>,
+    timeout: TimeoutLayer,
+    upstream_calls: Arc<AtomicU64>,
+    handle: HealthAiHandle,
+}
+
+impl fmt::Debug for HealthAiStack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthAiStack")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for HealthAiStack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HealthAiStack {
+    /// The preset with every default, and no fallback function.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder to change the defaults.
+    #[must_use]
+    pub fn builder() -> HealthAiStackBuilder {
+        HealthAiStackBuilder::default()
+    }
+
+    /// The operator's handle: health, metrics JSON, and (with the `axum` feature) the
+    /// ready-made routes.
+    #[must_use]
+    pub fn handle(&self) -> HealthAiHandle {
+        self.handle.clone()
+    }
+}
+
+impl<S> Layer<S> for HealthAiStack {
+    type Service = HealthAi<S>;
+
+    fn layer(&self, upstream: S) -> Self::Service {
+        let inner = CountCalls::new(upstream, Arc::clone(&self.upstream_calls));
+        let inner = self.timeout.layer(inner);
+        let inner = self.global.layer(inner);
+        let inner = self.queue.layer(inner);
+        let inner = self.breaker.layer(inner);
+        let inner = self.retry.layer(inner);
+        let inner = self.fallback.layer(inner);
+        let inner = self.cache.layer(inner);
+        let inner = self.body.layer(inner);
+        let inner = self.per_user.layer(inner);
+        let inner = RefusalsLayer.layer(inner);
+        HealthAi {
+            inner: self.red.layer(inner),
+            not_ready: None,
+        }
+    }
+}
+
+/// Configures a [`HealthAiStack`]. Every setting has the seed's default.
+#[must_use]
+pub struct HealthAiStackBuilder {
+    user_header: &'static str,
+    per_user_quota: Quota,
+    max_body_bytes: usize,
+    request_check: Option<RequestCheck>,
+    cache_capacity: u64,
+    cache_ttl: Duration,
+    cache_stale_grace: Duration,
+    fallback: Option<FallbackFn>,
+    retry_attempts: u32,
+    retry_base_delay: Duration,
+    retry_max_delay: Duration,
+    breaker_failures: u32,
+    breaker_open_for: Duration,
+    max_in_flight: usize,
+    queue_capacity: usize,
+    max_queue_wait: Option<Duration>,
+    global_quota: Quota,
+    global_max_wait: Duration,
+    call_timeout: Duration,
+    cost_per_call_usd: f64,
+    prometheus: Option<PrometheusMetrics>,
+}
+
+impl Default for HealthAiStackBuilder {
+    fn default() -> Self {
+        Self {
+            user_header: DEFAULT_USER_HEADER,
+            per_user_quota: Quota::per_second(5),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            request_check: None,
+            cache_capacity: 100,
+            cache_ttl: Duration::from_secs(3600),
+            cache_stale_grace: Duration::from_secs(3600),
+            fallback: None,
+            retry_attempts: 3,
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(30),
+            breaker_failures: 3,
+            breaker_open_for: Duration::from_secs(60),
+            max_in_flight: 2,
+            queue_capacity: 100,
+            max_queue_wait: None,
+            global_quota: Quota::per_second(2),
+            global_max_wait: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(120),
+            cost_per_call_usd: 0.01,
+            prometheus: None,
+        }
+    }
+}
+
+impl fmt::Debug for HealthAiStackBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthAiStackBuilder")
+            .field("user_header", &self.user_header)
+            .field("per_user_quota", &self.per_user_quota)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("retry_attempts", &self.retry_attempts)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_open_for", &self.breaker_open_for)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("global_quota", &self.global_quota)
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HealthAiStackBuilder {
+    /// The header that names the user, for the per-user limit and the cache partition
+    /// (default `x-user-id`). Without it, the client IP (axum's `ConnectInfo`, or a
+    /// `SocketAddr` extension) is the user. Put the id your authentication middleware
+    /// vouches for there: the header itself is whatever the client sent.
+    pub fn user_header(mut self, header: &'static str) -> Self {
+        self.user_header = header;
+        self
+    }
+
+    /// The per-user quota (default 5 requests a second, burst 5).
+    pub fn per_user_quota(mut self, quota: Quota) -> Self {
+        self.per_user_quota = quota;
+        self
+    }
+
+    /// The largest request body read (default 1 MiB); larger bodies get 413.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// A check run on every request once its body is read (after the per-user limit,
+    /// before the cache): it may refuse the request with a [`RequestRejected`] (a 4xx)
+    /// or add extensions that the upstream service and the fallback read.
+    pub fn request_check<F>(mut self, check: F) -> Self
+    where
+        F: Fn(&mut http::request::Parts, &Bytes) -> Result<(), RequestRejected>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.request_check = Some(Arc::new(check));
+        self
+    }
+
+    /// Cache capacity in entries (default 100).
+    pub fn cache_capacity(mut self, entries: u64) -> Self {
+        self.cache_capacity = entries;
+        self
+    }
+
+    /// Cache time to live (default 1 h).
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// How long past its TTL an entry may still answer when the upstream fails
+    /// (stale-if-error; default 1 h, zero disables).
+    pub fn cache_stale_grace(mut self, grace: Duration) -> Self {
+        self.cache_stale_grace = grace;
+        self
+    }
+
+    /// The local answer for a failed upstream call or an open circuit: it sees the
+    /// request's head (with the extensions the request check added) and the error, and
+    /// returns a response, or `None` to let the error through (502/503/504). The
+    /// response is marked [`Degraded`] and never cached. Without one, failures reach
+    /// the client as errors.
+    pub fn fallback<F>(mut self, answer: F) -> Self
+    where
+        F: Fn(&http::request::Parts, &BoxError) -> Option<Response<Bytes>> + Send + Sync + 'static,
+    {
+        self.fallback = Some(Arc::new(answer));
+        self
+    }
+
+    /// Calls per request, the first included (default 3; 1 disables retries).
+    pub fn retry_attempts(mut self, attempts: u32) -> Self {
+        self.retry_attempts = attempts;
+        self
+    }
+
+    /// Retry backoff: retry `n` waits a random time below `min(max, base · 2^n)`
+    /// (default base 1 s, max 30 s).
+    pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.retry_base_delay = base;
+        self.retry_max_delay = max;
+        self
+    }
+
+    /// Consecutive upstream failures that open the circuit (default 3).
+    pub fn breaker_failures(mut self, failures: u32) -> Self {
+        self.breaker_failures = failures;
+        self
+    }
+
+    /// How long the circuit stays open before a probe (default 60 s).
+    pub fn breaker_open_for(mut self, duration: Duration) -> Self {
+        self.breaker_open_for = duration;
+        self
+    }
+
+    /// Upstream calls in flight at once (default 2).
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.max_in_flight = calls;
+        self
+    }
+
+    /// Requests that may wait for a slot, over all priorities (default 100).
+    pub fn queue_capacity(mut self, requests: usize) -> Self {
+        self.queue_capacity = requests;
+        self
+    }
+
+    /// The longest a request waits for a slot, at every priority (default: the
+    /// queue's own per-level defaults).
+    pub fn max_queue_wait(mut self, wait: Duration) -> Self {
+        self.max_queue_wait = Some(wait);
+        self
+    }
+
+    /// The global pace of upstream calls (default 2 a second).
+    pub fn global_quota(mut self, quota: Quota) -> Self {
+        self.global_quota = quota;
+        self
+    }
+
+    /// The longest a call waits for the global pace (default 30 s); a longer wait is
+    /// refused at once with 503.
+    pub fn global_max_wait(mut self, wait: Duration) -> Self {
+        self.global_max_wait = wait;
+        self
+    }
+
+    /// The timeout of one upstream call (default 120 s).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// What one upstream call costs, in US dollars, for the cost figures (default 0.01).
+    pub fn cost_per_call_usd(mut self, usd: f64) -> Self {
+        self.cost_per_call_usd = usd;
+        self
+    }
+
+    /// The Prometheus recorder's handle, served by the handle's `/metrics` route.
+    /// Install the recorder (`tower_red_metrics::PrometheusConfig::install`, or
+    /// [`install_prometheus`](crate::install_prometheus)) **before** building the stack:
+    /// the layers resolve their metric handles when they are built.
+    pub fn prometheus(mut self, metrics: PrometheusMetrics) -> Self {
+        self.prometheus = Some(metrics);
+        self
+    }
+
+    /// Builds the stack and its shared state.
+    pub fn build(self) -> HealthAiStack {
+        let user_header = self.user_header;
+        let red = RedMetricsLayer::builder().build();
+        let per_user = RateLimitLayer::builder(self.per_user_quota)
+            .name(PER_USER_LIMITER)
+            .key(HeaderKey::from_static(user_header).or(PeerIp))
+            .build();
+        let body = BufferBodyLayer::new(self.max_body_bytes, self.request_check);
+        let cache = CacheLayer::builder()
+            .name(UPSTREAM_NAME)
+            .max_entries(self.cache_capacity)
+            .ttl(self.cache_ttl)
+            .stale_if_error(self.cache_stale_grace)
+            .max_request_body(self.max_body_bytes)
+            .partition(Partition::from_fn(move |parts| user_of(parts, user_header)))
+            .degraded_if(|parts| parts.extensions.get::<Degraded>().is_some())
+            .build();
+        let fallback = FallbackLayer::new(CaptureHead, PresetFallback::new(self.fallback))
+            .policy(FallbackOnUpstreamFailure);
+        let retry = RetryLayer::builder()
+            .max_attempts(self.retry_attempts)
+            .backoff(self.retry_base_delay, self.retry_max_delay)
+            .classifier(RetryClassifier::default())
+            .build();
+        let breaker = CircuitBreakerLayer::builder()
+            .name(UPSTREAM_NAME)
+            .consecutive_failures(self.breaker_failures)
+            .open_duration(self.breaker_open_for)
+            .classifier(BreakerClassifier::default())
+            .build();
+        let mut queue = PriorityQueueLayer::builder()
+            .name(UPSTREAM_NAME)
+            .max_in_flight(self.max_in_flight)
+            .capacity(self.queue_capacity);
+        if let Some(wait) = self.max_queue_wait {
+            queue = queue.max_wait_all(wait);
+        }
+        let queue = queue.build();
+        let global = RateLimitLayer::builder(self.global_quota)
+            .name(GLOBAL_LIMITER)
+            .wait(self.global_max_wait)
+            .build();
+        let timeout = TimeoutLayer::new(self.call_timeout);
+        let upstream_calls = Arc::new(AtomicU64::new(0));
+        let handle = HealthAiHandle::new(crate::handle::Parts {
+            red: red.handle(),
+            per_user: per_user.handle(),
+            global: global.handle(),
+            cache: cache.handle(),
+            queue: queue.handle(),
+            breaker: breaker.handle(),
+            upstream_calls: Arc::clone(&upstream_calls),
+            cost_per_call_usd: self.cost_per_call_usd,
+            prometheus: self.prometheus,
+        });
+        HealthAiStack {
+            red,
+            per_user,
+            body,
+            cache,
+            fallback,
+            retry,
+            breaker,
+            queue,
+            global,
+            timeout,
+            upstream_calls,
+            handle,
+        }
+    }
+}
+
+/// The cache partition: the user header, else the client IP; `None` (no caching) when
+/// neither is known.
+fn user_of(parts: &http::request::Parts, user_header: &'static str) -> Option<Vec<u8>> {
+    if let Some(user) = parts.headers.get(HeaderName::from_static(user_header)) {
+        let mut partition = b"user:".to_vec();
+        partition.extend_from_slice(user.as_bytes());
+        return Some(partition);
+    }
+    peer_ip(parts).map(|ip| format!("ip:{ip}").into_bytes())
+}
+
+fn peer_ip(parts: &http::request::Parts) -> Option<std::net::IpAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(addr.ip());
+    }
+    parts.extensions.get::<SocketAddr>().map(SocketAddr::ip)
+}
+
+/// The service of [`HealthAiStack`]: never fails (every error is a response), so it
+/// drops straight into axum's `Router::route_service` or tonic's `Server::layer`.
+pub struct HealthAi<S> {
+    inner: Stacked<S>,
+    not_ready: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for HealthAi<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            not_ready: None,
+        }
+    }
+}
+
+impl<S> fmt::Debug for HealthAi<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthAi").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HealthAi<S>
+where
+    Stacked<S>: Service<Request<ReqBody>, Response = Response<ResBody>, Error = BoxError>,
+{
+    type Response = Response<Either<ResBody, Full<Bytes>>>;
+    type Error = Infallible;
+    type Future = HealthAiFuture<<Stacked<S> as Service<Request<ReqBody>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A readiness error is answered, like any other, by the next call's response.
+        if let Err(error) = ready!(self.inner.poll_ready(cx)) {
+            self.not_ready = Some(error);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let grpc = is_grpc(request.headers());
+        let state = match self.not_ready.take() {
+            Some(error) => Outcome::NotReady(Some(error)),
+            None => Outcome::Called(self.inner.call(request)),
+        };
+        HealthAiFuture { state, grpc }
+    }
+}
+
+/// The future of [`HealthAi`].
+#[pin_project]
+pub struct HealthAiFuture<F> {
+    #[pin]
+    state: Outcome<F>,
+    grpc: bool,
+}
+
+#[pin_project(project = OutcomeProj)]
+enum Outcome<F> {
+    NotReady(Option<BoxError>),
+    Called(#[pin] F),
+}
+
+impl<F> fmt::Debug for HealthAiFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthAiFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody> Future for HealthAiFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, BoxError>>,
+{
+    type Output = Result<Response<Either<ResBody, Full<Bytes>>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.state.project() {
+            OutcomeProj::NotReady(error) => Err(error
+                .take()
+                .unwrap_or_else(|| "the stack was not ready".into())),
+            OutcomeProj::Called(future) => ready!(future.poll(cx)),
+        };
+        Poll::Ready(Ok(match result {
+            Ok(response) => response.map(Either::Left),
+            Err(error) => refusal_response(&error, *this.grpc).map(Either::Right),
+        }))
+    }
+}
+
+/// The request type the upstream service receives: the body is read whole.
+pub type UpstreamRequest = Request<Full<Bytes>>;
