@@ -11,7 +11,6 @@ use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tower_service::Service;
 
-use crate::error::QueueError;
 use crate::shared::{Permit, WaitGuard};
 
 /// The response future of [`PriorityQueue`](crate::PriorityQueue).
@@ -33,18 +32,17 @@ enum State<S, Req>
 where
     S: Service<Req>,
 {
+    /// Refused before reaching the inner service.
     Failed {
-        error: QueueError,
+        error: Option<BoxError>,
     },
-    // Boxed: only requests that queue pay for it, and it keeps the future small.
-    Waiting {
-        waiting: Pin<Box<Waiting<S, Req>>>,
+    /// Waiting for a slot or for the inner service's readiness. Boxed: only requests that
+    /// cannot be called at once pay for it, and the future stays as small as the inner
+    /// one on the common path.
+    Pending {
+        pending: Pin<Box<Pending<S, Req>>>,
     },
-    Admitted {
-        permit: Option<Permit>,
-        inner: S,
-        request: Option<Req>,
-    },
+    /// Calling the inner service.
     Calling {
         // Held until the inner future completes; released on drop.
         _permit: Permit,
@@ -54,12 +52,15 @@ where
     Done,
 }
 
-#[pin_project(project = WaitingProj)]
-struct Waiting<S, Req> {
-    guard: WaitGuard,
+#[pin_project(project = PendingProj)]
+struct Pending<S, Req> {
+    /// The place in the waiting room, until a slot is granted.
+    guard: Option<WaitGuard>,
     #[pin]
     timeout: Option<Sleep>,
-    inner: Option<S>,
+    /// The slot, once granted.
+    permit: Option<Permit>,
+    inner: S,
     request: Option<Req>,
 }
 
@@ -67,22 +68,33 @@ impl<S, Req> ResponseFuture<S, Req>
 where
     S: Service<Req>,
 {
-    pub(crate) fn failed(error: QueueError) -> Self {
+    pub(crate) fn failed(error: BoxError) -> Self {
         ResponseFuture {
-            state: State::Failed { error },
+            state: State::Failed { error: Some(error) },
         }
     }
 
-    pub(crate) fn admitted(permit: Permit, inner: S, request: Req) -> Self {
+    pub(crate) fn calling(permit: Permit, future: S::Future) -> Self {
         ResponseFuture {
-            state: State::Admitted {
-                permit: Some(permit),
-                inner,
-                request: Some(request),
+            state: State::Calling {
+                _permit: permit,
+                future,
             },
         }
     }
 
+    /// Holds a slot; the inner service was not ready yet.
+    pub(crate) fn admitted(permit: Permit, inner: S, request: Req) -> Self {
+        Self::pending(Pending {
+            guard: None,
+            timeout: None,
+            permit: Some(permit),
+            inner,
+            request: Some(request),
+        })
+    }
+
+    /// In the waiting room.
     pub(crate) fn waiting(
         guard: WaitGuard,
         max_wait: Option<Duration>,
@@ -92,14 +104,19 @@ where
         let timeout = max_wait
             .and_then(|wait| guard.enqueued().checked_add(wait))
             .map(tokio::time::sleep_until);
+        Self::pending(Pending {
+            guard: Some(guard),
+            timeout,
+            permit: None,
+            inner,
+            request: Some(request),
+        })
+    }
+
+    fn pending(pending: Pending<S, Req>) -> Self {
         ResponseFuture {
-            state: State::Waiting {
-                waiting: Box::pin(Waiting {
-                    guard,
-                    timeout,
-                    inner: Some(inner),
-                    request: Some(request),
-                }),
+            state: State::Pending {
+                pending: Box::pin(pending),
             },
         }
     }
@@ -107,6 +124,51 @@ where
 
 fn polled_after_completion() -> BoxError {
     "priority queue response future polled after completion".into()
+}
+
+impl<S, Req> Pending<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    /// Waits for a slot, then for the inner service; then calls it.
+    fn poll_call(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(Permit, S::Future), BoxError>> {
+        let PendingProj {
+            guard,
+            timeout,
+            permit,
+            inner,
+            request,
+        } = self.project();
+        if permit.is_none() {
+            let Some(waiter) = guard.as_ref() else {
+                return Poll::Ready(Err(polled_after_completion()));
+            };
+            let outcome = match waiter.poll_outcome(cx) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => {
+                    let timed_out = timeout
+                        .as_pin_mut()
+                        .is_some_and(|sleep| sleep.poll(cx).is_ready());
+                    if !timed_out {
+                        return Poll::Pending;
+                    }
+                    waiter.time_out(Instant::now())
+                }
+            };
+            tracing::trace!(priority = %waiter.priority(), admitted = outcome.is_ok(), "priority queue: wait over");
+            *permit = Some(outcome?);
+            *guard = None;
+        }
+        ready!(inner.poll_ready(cx)).map_err(Into::into)?;
+        match (permit.take(), request.take()) {
+            (Some(permit), Some(request)) => Poll::Ready(Ok((permit, inner.call(request)))),
+            _ => Poll::Ready(Err(polled_after_completion())),
+        }
+    }
 }
 
 impl<S, Req> Future for ResponseFuture<S, Req>
@@ -121,66 +183,21 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Failed { error } => {
-                    let error = error.clone();
+                    let error = error.take().unwrap_or_else(polled_after_completion);
                     state.set(State::Done);
-                    return Poll::Ready(Err(error.into()));
+                    return Poll::Ready(Err(error));
                 }
-                StateProj::Waiting { waiting } => {
-                    let WaitingProj {
-                        guard,
-                        timeout,
-                        inner,
-                        request,
-                    } = waiting.as_mut().project();
-                    let outcome = match guard.poll_outcome(cx) {
-                        Poll::Ready(outcome) => outcome,
-                        Poll::Pending => {
-                            let timed_out = timeout
-                                .as_pin_mut()
-                                .is_some_and(|sleep| sleep.poll(cx).is_ready());
-                            if !timed_out {
-                                return Poll::Pending;
-                            }
-                            guard.time_out(Instant::now())
-                        }
-                    };
-                    let permit = match outcome {
-                        Ok(permit) => permit,
-                        Err(error) => {
-                            state.set(State::Done);
-                            return Poll::Ready(Err(error.into()));
-                        }
-                    };
-                    tracing::trace!(priority = %guard.priority(), "priority queue: waiter admitted");
-                    let (Some(inner), Some(request)) = (inner.take(), request.take()) else {
-                        state.set(State::Done);
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    state.set(State::Admitted {
-                        permit: Some(permit),
-                        inner,
-                        request: Some(request),
-                    });
-                }
-                StateProj::Admitted {
-                    permit,
-                    inner,
-                    request,
-                } => {
-                    if let Err(error) = ready!(inner.poll_ready(cx)) {
-                        state.set(State::Done);
-                        return Poll::Ready(Err(error.into()));
-                    }
-                    let (Some(permit), Some(request)) = (permit.take(), request.take()) else {
-                        state.set(State::Done);
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    let future = inner.call(request);
-                    state.set(State::Calling {
+                StateProj::Pending { pending } => match ready!(pending.as_mut().poll_call(cx)) {
+                    Ok((permit, future)) => state.set(State::Calling {
                         _permit: permit,
                         future,
-                    });
-                }
+                    }),
+                    Err(error) => {
+                        // Leaves the room or frees the slot.
+                        state.set(State::Done);
+                        return Poll::Ready(Err(error));
+                    }
+                },
                 StateProj::Calling { future, .. } => {
                     let output = ready!(future.poll(cx));
                     // Frees the slot before the caller sees the response.
@@ -200,8 +217,8 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Failed { .. } => "failed",
-            State::Waiting { .. } => "waiting",
-            State::Admitted { .. } => "admitted",
+            State::Pending { pending } if pending.permit.is_none() => "waiting",
+            State::Pending { .. } => "admitted",
             State::Calling { .. } => "calling",
             State::Done => "done",
         };

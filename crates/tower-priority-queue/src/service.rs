@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::time::Instant;
 use tower::BoxError;
@@ -19,9 +19,10 @@ use crate::shared::{Admission, Permit, Shared};
 ///
 /// `poll_ready` is always ready: a request's priority is only known when it arrives, so
 /// the wait for a slot happens in the response future, and a request that cannot wait is
-/// refused with an error rather than held back. Once a request holds a slot, its future
-/// drives a clone of the inner service to readiness and calls it, so `S` must be `Clone`
-/// (as under `tower::buffer`, axum and tonic).
+/// refused with an error rather than held back. Once a request holds a slot, the inner
+/// service is called at once if it is ready; otherwise (or after waiting in the queue) the
+/// response future drives a clone of it to readiness and then calls it, so `S` must be
+/// `Clone` (as under `tower::buffer`, axum and tonic).
 ///
 /// A slot is held from admission until the inner service's response future completes, or
 /// until the response future is dropped, like tower's `ConcurrencyLimit`: a streaming
@@ -85,6 +86,28 @@ impl<S: fmt::Debug, E> fmt::Debug for PriorityQueue<S, E> {
     }
 }
 
+impl<S, E> PriorityQueue<S, E> {
+    /// Calls the inner service with a slot just taken.
+    ///
+    /// If the inner service is ready now (checked without registering a waker), it is
+    /// called at once and the response future is just the inner one plus the slot: no
+    /// allocation, no copy of the request into the future. Otherwise a clone of it is
+    /// driven to readiness by the response future.
+    fn call_admitted<Req>(&mut self, request: Req) -> ResponseFuture<S, Req>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        let permit = Permit::new(Arc::clone(&self.shared));
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.inner.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => ResponseFuture::calling(permit, self.inner.call(request)),
+            Poll::Ready(Err(error)) => ResponseFuture::failed(error.into()),
+            Poll::Pending => ResponseFuture::admitted(permit, self.inner.clone(), request),
+        }
+    }
+}
+
 impl<S, E, Req> Service<Req> for PriorityQueue<S, E>
 where
     S: Service<Req> + Clone,
@@ -107,23 +130,19 @@ where
                     self.shared.metrics.invalid();
                     tracing::debug!(queue = %self.shared.settings.name, "invalid priority: request refused");
                 }
-                return ResponseFuture::failed(error);
+                return ResponseFuture::failed(error.into());
             }
         };
         if self.shared.try_acquire() {
-            let permit = Permit::new(Arc::clone(&self.shared));
-            return ResponseFuture::admitted(permit, self.inner.clone(), request);
+            return self.call_admitted(request);
         }
         match self.shared.acquire_or_wait(priority, Instant::now()) {
-            Admission::Admitted => {
-                let permit = Permit::new(Arc::clone(&self.shared));
-                ResponseFuture::admitted(permit, self.inner.clone(), request)
-            }
+            Admission::Admitted => self.call_admitted(request),
             Admission::Waiting(guard) => {
                 let max_wait = self.shared.settings.max_wait[priority.index()];
                 ResponseFuture::waiting(guard, max_wait, self.inner.clone(), request)
             }
-            Admission::Refused(error) => ResponseFuture::failed(error),
+            Admission::Refused(error) => ResponseFuture::failed(error.into()),
         }
     }
 }

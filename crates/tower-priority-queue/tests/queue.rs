@@ -286,6 +286,62 @@ async fn a_dropped_waiter_leaves_and_a_dropped_call_frees_its_slot() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_slot_is_held_while_the_inner_service_gets_ready() {
+    let log = Log::default();
+    let layer = PriorityQueueLayer::builder().max_in_flight(2).build();
+    let handle = layer.handle();
+    // The inner service admits one call at a time: the second request holds a queue slot
+    // while it waits for the inner service's readiness.
+    let inner =
+        tower::limit::ConcurrencyLimitLayer::new(1).layer(upstream(&log, Duration::from_secs(1)));
+    let service = layer.layer(inner);
+    let first = send(&service, request("first", "normal")).await;
+    let second = send(&service, request("second", "normal")).await;
+    let third = send(&service, request("third", "urgent")).await;
+    settle().await;
+    let snapshot = handle.snapshot();
+    assert_eq!((snapshot.processing, snapshot.queue_size), (2, 1));
+    assert_eq!(*log.lock().expect("log"), ["first"]);
+    let start = Instant::now();
+    for task in [first, second, third] {
+        task.await.expect("task").expect("served");
+    }
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(*log.lock().expect("log"), ["first", "second", "third"]);
+    assert_eq!(handle.snapshot(), QueueSnapshot::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_readiness_errors_pass_through_and_free_the_slot() {
+    #[derive(Clone)]
+    struct Broken;
+    impl Service<Request> for Broken {
+        type Response = &'static str;
+        type Error = std::io::Error;
+        type Future = std::future::Ready<Result<&'static str, std::io::Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("inner closed")))
+        }
+        fn call(&mut self, _: Request) -> Self::Future {
+            unreachable!("never ready")
+        }
+    }
+    let layer = PriorityQueueLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(Broken);
+    let error = send(&service, request("x", "low"))
+        .await
+        .await
+        .expect("task")
+        .expect_err("broken");
+    assert!(error.is::<std::io::Error>());
+    assert_eq!(handle.snapshot(), QueueSnapshot::default());
+}
+
+#[tokio::test(start_paused = true)]
 async fn inner_errors_pass_through_unchanged() {
     #[derive(Debug)]
     struct UpstreamDown;
