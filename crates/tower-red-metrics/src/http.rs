@@ -46,11 +46,15 @@ fn route<B>(_request: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {
 
 /// Classifies `http::Response`s, gRPC-aware.
 ///
-/// - A response whose `content-type` starts with `application/grpc` is gRPC: its outcome
-///   is its `grpc-status`. In the headers (trailers-only responses), it is recorded at
-///   once; otherwise the body is watched and the request recorded at the trailers. A body
-///   that ends without a `grpc-status` records `UNKNOWN`, a body error records `error`,
-///   and a body dropped before its status records `cancelled`.
+/// - A response whose `content-type` is `application/grpc` (or `application/grpc+...`) is
+///   gRPC: its outcome is its `grpc-status`. In the headers (trailers-only responses), it
+///   is recorded at once; otherwise the body is watched and the request recorded at the
+///   trailers. A body that ends without a `grpc-status` records `UNKNOWN`, a body error
+///   records `error`, and a body dropped before its status records `cancelled`. A gRPC
+///   response whose HTTP status is not 200 (a proxy's answer) is recorded by that status.
+/// - gRPC-Web responses (`application/grpc-web...`) are recorded at once, by a
+///   `grpc-status` header when there is one, else by their HTTP status (their trailers
+///   travel inside the body, which is not parsed).
 /// - Any other response is recorded at once, by its HTTP status; the body is passed
 ///   through.
 ///
@@ -64,29 +68,49 @@ impl<B: Body> Classify<Response<B>> for HttpClassify {
 
     fn classify(&self, response: Response<B>, recording: Recording) -> Self::Output {
         let headers = response.headers();
-        let recording = if is_grpc(headers) {
-            if headers.contains_key("grpc-status") {
-                recording.finish(grpc_status(headers));
-                Recording::disarmed()
-            } else if response.body().is_end_stream() {
-                recording.finish(Status::Grpc(GRPC_UNKNOWN));
-                Recording::disarmed()
-            } else {
-                recording
+        let http_status = Status::Http(response.status().as_u16());
+        let status = match grpc_kind(headers) {
+            _ if headers.contains_key("grpc-status") => Some(grpc_status(headers)),
+            // A gRPC answer without the HTTP 200 that gRPC requires (e.g. from a proxy).
+            GrpcKind::Grpc | GrpcKind::GrpcWeb if response.status() != http::StatusCode::OK => {
+                Some(http_status)
             }
-        } else {
-            recording.finish(Status::Http(response.status().as_u16()));
-            Recording::disarmed()
+            GrpcKind::Grpc if response.body().is_end_stream() => Some(Status::Grpc(GRPC_UNKNOWN)),
+            // The status comes in the trailers: record when the body gets there.
+            GrpcKind::Grpc => None,
+            // gRPC-Web carries its trailers inside the body, where they are not read.
+            GrpcKind::GrpcWeb | GrpcKind::None => Some(http_status),
+        };
+        let recording = match status {
+            Some(status) => {
+                recording.finish(status);
+                Recording::disarmed()
+            }
+            None => recording,
         };
         response.map(|body| RedBody::new(body, recording))
     }
 }
 
-/// Whether `headers` say the message is gRPC.
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+/// What `content-type` says about a response.
+enum GrpcKind {
+    /// `application/grpc`, `application/grpc+proto`, `application/grpc;...`
+    Grpc,
+    /// `application/grpc-web...`
+    GrpcWeb,
+    /// Anything else.
+    None,
+}
+
+fn grpc_kind(headers: &HeaderMap) -> GrpcKind {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return GrpcKind::None;
+    };
+    match value.as_bytes().strip_prefix(b"application/grpc") {
+        Some([] | [b'+' | b';', ..]) => GrpcKind::Grpc,
+        Some([b'-', ..]) => GrpcKind::GrpcWeb,
+        _ => GrpcKind::None,
+    }
 }
 
 /// The gRPC status in `headers` (or trailers); `UNKNOWN` when missing or unreadable.

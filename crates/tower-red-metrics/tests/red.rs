@@ -260,14 +260,43 @@ async fn grpc_outcomes_from_headers_and_missing_statuses() {
             "/ok" => grpc_response(Frames::default(), Some("0")),
             "/limited" => grpc_response(Frames::default(), Some("8")),
             "/garbage" => grpc_response(Frames::default(), Some("not-a-number")),
+            // A proxy's answer to a gRPC call: recorded by its HTTP status.
+            "/proxy" => {
+                let mut response = grpc_response(Frames::grpc("m", None), None);
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response
+            }
+            // gRPC-Web keeps its trailers in the body: recorded at once, by HTTP status.
+            "/web" => {
+                let mut response = grpc_response(Frames::grpc("m", None), None);
+                response.headers_mut().insert(
+                    "content-type",
+                    "application/grpc-web+proto".parse().unwrap(),
+                );
+                response
+            }
             // A stream that ends without any status is an error (UNKNOWN).
             _ => grpc_response(Frames::grpc("m", None), None),
         })
     }));
 
-    for path in ["/ok", "/limited", "/garbage", "/no-status"] {
+    for path in [
+        "/ok",
+        "/limited",
+        "/garbage",
+        "/proxy",
+        "/web",
+        "/no-status",
+    ] {
         let request = Request::post(path).body(Empty::new()).unwrap();
         let response = service.clone().oneshot(request).await.unwrap();
+        if path == "/web" {
+            assert_eq!(
+                handle.snapshot().requests.success,
+                2,
+                "recorded at the head"
+            );
+        }
         response.into_body().collect().await.unwrap();
     }
 
@@ -279,7 +308,7 @@ async fn grpc_outcomes_from_headers_and_missing_statuses() {
             requests.rate_limited,
             requests.errors
         ),
-        (4, 1, 1, 2)
+        (6, 2, 1, 3)
     );
     let metrics = Taken::take(&snapshotter);
     let count = |status| {
@@ -295,6 +324,8 @@ async fn grpc_outcomes_from_headers_and_missing_statuses() {
     assert_eq!(count("OK"), 1);
     assert_eq!(count("RESOURCE_EXHAUSTED"), 1);
     assert_eq!(count("UNKNOWN"), 2);
+    assert_eq!(count("503"), 1);
+    assert_eq!(count("200"), 1);
 }
 
 #[tokio::test]
