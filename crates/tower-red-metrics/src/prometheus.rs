@@ -98,10 +98,10 @@ impl PrometheusConfig {
         self.describe(Kind::Gauge, name, None, help)
     }
 
-    /// Describes a histogram whose values are seconds (its `# HELP` line).
+    /// Describes a histogram (its `# HELP` line).
     #[must_use]
     pub fn describe_histogram(self, name: &'static str, help: &'static str) -> Self {
-        self.describe(Kind::Histogram, name, Some(Unit::Seconds), help)
+        self.describe(Kind::Histogram, name, None, help)
     }
 
     fn describe(
