@@ -331,7 +331,12 @@ pub(crate) fn run(args: &LoadtestArgs) -> Result<(), String> {
         },
         "workload": workload,
         "priorityMix": { "urgent": PRIORITY_MIX[0], "high": PRIORITY_MIX[1], "normal": PRIORITY_MIX[2], "low": PRIORITY_MIX[3] },
-        "arrivals": arrivals,
+        "arrivals": arrivals.iter().map(|a| json!({
+            "atSecs": a.at_secs,
+            "userId": a.user_id(),
+            "recordId": a.record_id(),
+            "priority": a.priority,
+        })).collect::<Vec<_>>(),
         "runs": { before.label: before.to_json(), after.label: after.to_json() },
     });
     let json_text = serde_json::to_string_pretty(&results)

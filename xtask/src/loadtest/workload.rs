@@ -141,6 +141,7 @@ fn priority(rng: &mut SplitMix64) -> Priority {
 
 /// What the workload looks like. Times are unscaled: the provider's real time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct WorkloadConfig {
     pub(crate) seed: u64,
     /// Distinct users, each equally active.
@@ -157,7 +158,7 @@ pub(crate) struct WorkloadConfig {
 }
 
 /// One request of the workload.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Arrival {
     /// When it is sent, in unscaled seconds from the start of the run.
     pub(crate) at_secs: f64,
