@@ -13,6 +13,7 @@ mod gateway;
 mod stats;
 mod workload;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -233,11 +234,21 @@ fn run_once(
     });
     let summary = stats::summarize(arrivals.len(), &observations, calls, args.cost_per_call_usd)
         .map_err(|e| format!("{label} run: nothing may be lost, yet {e}"))?;
-    for o in observations.iter().filter(|o| o.detail.is_some()).take(3) {
+    let mut details: BTreeMap<&str, usize> = BTreeMap::new();
+    for detail in observations.iter().filter_map(|o| o.detail.as_deref()) {
+        *details.entry(detail).or_default() += 1;
+    }
+    for (detail, count) in details {
+        eprintln!("xtask: {label}: {count} request(s): {detail}");
+    }
+    // The gateway's own count must match the client's: nothing lost on either side.
+    if let Some(total) = metrics["requests"]["total"].as_u64()
+        && usize::try_from(total).ok() != Some(arrivals.len())
+    {
         eprintln!(
-            "xtask: {label}: request {} ended in an error: {}",
-            o.index,
-            o.detail.as_deref().unwrap_or_default()
+            "xtask: warning: {label}: the gateway's metrics count {total} requests, the client \
+             sent {}",
+            arrivals.len()
         );
     }
     Ok(Run {
