@@ -187,31 +187,28 @@ where
                 Step::Done => return Poll::Pending,
             };
             *this.step = Step::Done;
-            match decision {
-                Decision::Allowed => {
-                    if *this.slept {
-                        shared.recorder.waited();
-                    } else {
-                        shared.recorder.allowed();
-                    }
-                    if let Some(admitted) = this.admitted.take() {
-                        return Poll::Ready(Ok(admitted));
-                    }
-                    return Poll::Pending;
-                }
-                Decision::Limited { retry_after, .. }
-                    if matches!(shared.mode, Mode::Wait { .. })
-                        && Instant::now() + retry_after <= *this.deadline =>
-                {
+            if let Decision::Limited { retry_after, .. } = decision {
+                let now = Instant::now();
+                if matches!(shared.mode, Mode::Wait { .. }) && now + retry_after <= *this.deadline {
                     tracing::trace!(limiter = %shared.name, ?retry_after, "request waits for tokens");
-                    this.sleep.as_mut().reset(Instant::now() + retry_after);
+                    this.sleep.as_mut().reset(now + retry_after);
                     *this.step = Step::Sleeping;
-                }
-                decision => {
-                    let error = refusal(shared, decision, this.cost.get(), *this.slept);
-                    return Poll::Ready(Err(error));
+                    continue;
                 }
             }
+            if let Some(error) = refusal(shared, decision, this.cost.get()) {
+                return Poll::Ready(Err(error));
+            }
+            if *this.slept {
+                shared.recorder.waited();
+            } else {
+                shared.recorder.allowed();
+            }
+            return match this.admitted.take() {
+                Some(admitted) => Poll::Ready(Ok(admitted)),
+                // Polled after completion.
+                None => Poll::Pending,
+            };
         }
     }
 }

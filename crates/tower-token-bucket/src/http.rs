@@ -394,24 +394,36 @@ impl FromStr for IpNet {
 
 /// The client IP behind trusted reverse proxies.
 ///
-/// When the peer is one of the trusted proxies, the `Forwarded` header (RFC 7239; or
-/// `X-Forwarded-For` when there is no `Forwarded`) is read from the right: trusted hops
-/// are skipped and the first untrusted one is the client. Entries further left were
+/// When the peer is one of the trusted proxies, `X-Forwarded-For` (or, after
+/// [`rfc7239`](Self::rfc7239), the `Forwarded` header) is read from the right: trusted
+/// hops are skipped and the first untrusted one is the client. Entries further left were
 /// written by the client and are never believed. When the peer is not trusted, the
-/// headers are ignored and the peer is the key. An entry that does not parse
-/// (`unknown`, an obfuscated name, garbage) stops the walk at the last trusted hop.
+/// headers are ignored and the peer is the key. An entry that does not parse (`unknown`,
+/// an obfuscated name, garbage) stops the walk at the last trusted hop.
+///
+/// Read only the header your proxies write: a proxy that appends to `X-Forwarded-For`
+/// passes a client's made-up `Forwarded` header through untouched.
 #[derive(Clone, Debug)]
 pub struct ForwardedIp {
     trusted: Vec<IpNet>,
+    rfc7239: bool,
 }
 
 impl ForwardedIp {
-    /// Trusts the proxies in `trusted`.
+    /// Trusts the proxies in `trusted`, which write `X-Forwarded-For`.
     #[must_use]
     pub fn new(trusted: impl IntoIterator<Item = IpNet>) -> Self {
         Self {
             trusted: trusted.into_iter().collect(),
+            rfc7239: false,
         }
+    }
+
+    /// Reads the `Forwarded` header (RFC 7239) instead of `X-Forwarded-For`.
+    #[must_use]
+    pub fn rfc7239(mut self) -> Self {
+        self.rfc7239 = true;
+        self
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -423,8 +435,7 @@ impl ForwardedIp {
         if !self.is_trusted(peer) {
             return peer;
         }
-        let forwarded = headers.contains_key(FORWARDED);
-        let name = if forwarded {
+        let name = if self.rfc7239 {
             FORWARDED
         } else {
             X_FORWARDED_FOR
@@ -435,7 +446,7 @@ impl ForwardedIp {
                 return last;
             };
             for element in line.rsplit(',') {
-                let node = if forwarded {
+                let node = if self.rfc7239 {
                     forwarded_for(element)
                 } else {
                     Some(element)
@@ -621,7 +632,20 @@ mod tests {
         let r = req("203.0.113.9:5000", &[("x-forwarded-for", "1.1.1.1")]);
         assert_eq!(proxies().extract_key(&r), Ok(ip("203.0.113.9")));
         let r = req("203.0.113.9:5000", &[("forwarded", "for=1.1.1.1")]);
-        assert_eq!(proxies().extract_key(&r), Ok(ip("203.0.113.9")));
+        assert_eq!(proxies().rfc7239().extract_key(&r), Ok(ip("203.0.113.9")));
+    }
+
+    #[test]
+    fn a_forwarded_header_is_not_read_when_proxies_write_x_forwarded_for() {
+        // The client sent `Forwarded`; the proxy appended its peer to X-Forwarded-For.
+        let r = req(
+            "10.0.0.2:80",
+            &[
+                ("forwarded", "for=1.1.1.1"),
+                ("x-forwarded-for", "198.51.100.7"),
+            ],
+        );
+        assert_eq!(proxies().extract_key(&r), Ok(ip("198.51.100.7")));
     }
 
     #[test]
@@ -652,7 +676,7 @@ mod tests {
                 "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.1.1.1",
             )],
         );
-        assert_eq!(proxies().extract_key(&r), Ok(ip("2001:db8::7")));
+        assert_eq!(proxies().rfc7239().extract_key(&r), Ok(ip("2001:db8::7")));
     }
 
     #[test]
@@ -663,7 +687,7 @@ mod tests {
         );
         assert_eq!(proxies().extract_key(&r), Ok(ip("10.0.0.1")));
         let r = req("10.0.0.2:80", &[("forwarded", "for=unknown")]);
-        assert_eq!(proxies().extract_key(&r), Ok(ip("10.0.0.2")));
+        assert_eq!(proxies().rfc7239().extract_key(&r), Ok(ip("10.0.0.2")));
         let r = req("10.0.0.2:80", &[]);
         assert_eq!(proxies().extract_key(&r), Ok(ip("10.0.0.2")));
     }

@@ -172,7 +172,12 @@ where
                     retry_after: inner.prune_interval,
                 };
             }
-            match lim.gov.check_key_n(key, cost) {
+            let checked = if cost == NonZeroU32::MIN {
+                Ok(lim.gov.check_key(key))
+            } else {
+                lim.gov.check_key_n(key, cost)
+            };
+            match checked {
                 Ok(Ok(())) => {}
                 Ok(Err(not_until)) => {
                     inner.give_back(key, cost, i);

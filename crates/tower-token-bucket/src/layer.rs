@@ -18,8 +18,12 @@ pub enum Mode {
     /// Refuse it at once with [`RateLimitError::RateLimited`](crate::RateLimitError).
     Reject,
     /// Hold it until its tokens are there, for at most `max_wait`. A request whose wait
-    /// would be longer is refused at once, not after waiting. A waiting request that is
-    /// dropped spends nothing.
+    /// would be longer is refused at once, not after waiting.
+    ///
+    /// A waiting request holds no reservation, so one that is dropped spends nothing.
+    /// The price: waiters race for each token as it comes back, in no particular order,
+    /// and one that loses waits again for the next token if that still fits in its
+    /// `max_wait`, and is refused otherwise.
     Wait {
         /// The longest a request is held.
         max_wait: Duration,

@@ -72,7 +72,6 @@
 //! [tower]: https://docs.rs/tower
 //! [governor]: https://docs.rs/governor
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod backend;
 mod clock;

@@ -126,9 +126,14 @@ where
             }
             (Mode::Wait { max_wait }, None) => max_wait,
             (Mode::Reject, None) => Duration::ZERO,
-            (mode, Some(decision)) => {
-                let waited = matches!(mode, Mode::Wait { .. });
-                return ResponseFuture::failed(refusal(shared, decision, cost.get(), waited));
+            (_, Some(decision)) => {
+                return match refusal(shared, decision, cost.get()) {
+                    Some(error) => ResponseFuture::failed(error),
+                    None => {
+                        shared.recorder.allowed();
+                        ResponseFuture::called(self.inner.call(request))
+                    }
+                };
             }
         };
         // Take the service that was made ready; leave a clone for the next poll_ready.
@@ -150,15 +155,15 @@ where
     }
 }
 
-/// Counts and logs a refusal and turns it into the error the caller sees.
+/// Counts and logs a refusal and turns it into the error the caller sees; `None` if the
+/// decision was to admit.
 pub(crate) fn refusal<X: KeyExtractor, B>(
     shared: &Shared<X, B>,
     decision: Decision,
     cost: u32,
-    over_max_wait: bool,
-) -> RateLimitError {
-    shared.recorder.rejected();
+) -> Option<RateLimitError> {
     let error = match decision {
+        Decision::Allowed => return None,
         Decision::Limited { retry_after, quota } => RateLimitError::RateLimited {
             retry_after,
             quota,
@@ -169,16 +174,13 @@ pub(crate) fn refusal<X: KeyExtractor, B>(
             tracing::warn!(limiter = %shared.name, "rate limiter key cap reached; new keys refused");
             RateLimitError::KeyCapacity { retry_after }
         }
-        Decision::Allowed => RateLimitError::KeyCapacity {
-            retry_after: Duration::ZERO,
-        },
     };
+    shared.recorder.rejected();
     tracing::debug!(
         limiter = %shared.name,
         retry_after_ms = error.retry_after().map(|d| d.as_millis()),
-        over_max_wait,
         %error,
         "request refused by rate limiter"
     );
-    error
+    Some(error)
 }
