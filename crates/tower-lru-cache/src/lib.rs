@@ -41,6 +41,92 @@
 //! # }
 //! ```
 //!
+//!
+//! # Keys, and who shares an answer
+//!
+//! [`RequestKey`] (the default [`KeyBuilder`]) hashes, with SHA-256 and length-prefixed
+//! fields so that no two requests encode alike: the method, path and query, the request
+//! headers you list with [`RequestKey::vary`], the body, and the [`Partition`].
+//!
+//! **Without a partition, cached answers are shared between all users**: user B is
+//! served the answer to user A's identical request. Partition by user whenever an answer
+//! depends on who asks ([`Partition::header`], [`Partition::extension`],
+//! [`Partition::from_fn`], combined with [`Partition::or`]); a request whose partition
+//! cannot be found bypasses the cache. Replace the key entirely by implementing
+//! [`KeyBuilder`]; [`CacheHandle::invalidate_request`] uses the same builder.
+//!
+//! By default `GET`, `HEAD` and `POST` are cached; other methods bypass.
+//!
+//! # Bodies
+//!
+//! - **Request bodies** are read only when the key needs them, and only when their
+//!   `size_hint` promises at most [`CacheLayerBuilder::max_request_body`] bytes (1 MiB by
+//!   default): a larger body, or one of unknown size, bypasses the cache unread, so
+//!   nothing is buffered beyond the limit. A read body is hashed once and handed to the
+//!   inner service as a request of the same body type, rebuilt with `From<Bytes>` (so a
+//!   retry layer further in can still clone it). Request trailers are not carried over.
+//!   A body that fails, or sends more than it promised, is a [`CacheError::RequestBody`]
+//!   (400).
+//! - **Response bodies** of any `http_body::Body<Data = Bytes>` are collected into
+//!   `Bytes` once (with their trailers, so unary gRPC answers replay whole) and replayed
+//!   as [`CacheBody`]. A body larger than [`CacheLayerBuilder::max_response_body`] is
+//!   streamed through uncached after at most that many bytes were buffered.
+//!
+//! # What is stored
+//!
+//! Only answers the [`cacheable`](CacheLayerBuilder::cacheable) predicate accepts (`2xx`
+//! by default), that are not [degraded](CacheLayerBuilder::degraded_if), and that their
+//! `Cache-Control` allows: `no-store` and `no-cache` are never stored; `private` only
+//! when the key is partitioned; `s-maxage`, else `max-age`, shortens the TTL (never
+//! lengthens it); `Vary: *` is never stored. Errors are never stored.
+//!
+//! Entries are bounded by [`max_entries`](CacheLayerBuilder::max_entries) (100 by default)
+//! or by [`max_bytes`](CacheLayerBuilder::max_bytes), evicted least-recently-used, fresh
+//! for the [`ttl`](CacheLayerBuilder::ttl) (one hour by default).
+//!
+//! # Single-flight
+//!
+//! Concurrent misses for one key make exactly one inner call, through moka's
+//! `try_get_with` coalescing: the others wait and get the same answer (counted as
+//! `coalesced`). If the leading request is dropped, a waiting one takes over with its
+//! own inner call. If the inner call fails, the leader gets the inner error unchanged and
+//! each waiter gets a [`CacheError::Coalesced`] carrying its message (no request hangs,
+//! and a failing upstream is not hit again by every waiter). An uncacheable answer (a
+//! `404`, a degraded one) is shared with the waiters as well.
+//!
+//! # Stale-if-error
+//!
+//! With [`stale_if_error`](CacheLayerBuilder::stale_if_error), an expired entry is kept
+//! for that grace period. A request that finds one calls the inner service; if the call
+//! fails, answers with a server error (`5xx`), or answers degraded, the stale entry is
+//! served instead, marked `x-cache: STALE`.
+//!
+//! # Headers and counts
+//!
+//! Responses carry `x-cache: HIT | MISS | STALE | BYPASS`, and `age` (seconds since
+//! stored) on hits and stale answers. A [`CacheHandle`] gives a serializable
+//! [`CacheSnapshot`] (hits, misses, stale, coalesced, bypassed, entries, hit rate) and
+//! invalidation; metrics [`CACHE_REQUESTS_TOTAL`] and [`CACHE_ENTRIES`] are recorded
+//! through handles resolved when the layer is built, so **install the `metrics`
+//! recorder before building the layer**.
+//!
+//! # Readiness
+//!
+//! The services are always ready: a hit never waits for the inner service's capacity. A
+//! miss or a bypass drives its own clone of the inner service to readiness before
+//! calling it, so backpressure from inside still applies to the requests that need it.
+//!
+//! # Other request types
+//!
+//! [`FnCacheLayer`] caches any service whose response is `Clone` (an AI SDK call, for
+//! example), keyed by a function returning a [`CacheKey`] built with a [`KeyHasher`].
+//!
+//! # Storage
+//!
+//! Entries live in a [`CacheStore`]; [`MokaStore`] is the in-process default. Lookups
+//! are asynchronous so that a shared store (Redis) can implement the trait; the moka
+//! store answers with a ready future, so the seam costs nothing on the hit path.
+//!
 //! [tower]: https://docs.rs/tower
 //! [moka]: https://docs.rs/moka
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]

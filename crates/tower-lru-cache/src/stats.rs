@@ -135,7 +135,9 @@ impl CacheHandle {
     }
 
     /// Removes the entry that the request with these parts and body would hit, and
-    /// returns its key; `None` when such a request bypasses the cache.
+    /// returns its key; `None` when such a request bypasses the cache, and always for the
+    /// handle of an [`FnCacheLayer`](crate::FnCacheLayer), whose keys come from your own
+    /// function (use [`invalidate`](Self::invalidate) there).
     #[cfg(feature = "http")]
     pub fn invalidate_request(
         &self,
