@@ -277,7 +277,7 @@ fn points(before: f64, after: f64) -> String {
 
 fn times(before: f64, after: f64) -> String {
     if before > 0.0 {
-        format!("×{:.1}", after / before)
+        format!("x{:.1}", after / before)
     } else {
         "n/a".to_owned()
     }
