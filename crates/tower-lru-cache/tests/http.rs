@@ -603,3 +603,158 @@ impl LayerService for CacheLayer {
         tower::Layer::layer(self, inner)
     }
 }
+
+/// A response body that yields its chunks one by one, sleeping before each.
+fn slow_body(
+    chunks: &'static [&'static [u8]],
+    pause: Duration,
+) -> http_body_util::StreamBody<
+    impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send,
+> {
+    use futures_util::StreamExt;
+    http_body_util::StreamBody::new(futures_util::stream::iter(chunks.iter()).then(
+        move |chunk| async move {
+            tokio::time::sleep(pause).await;
+            Ok(Frame::data(Bytes::from_static(chunk)))
+        },
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn leader_dropped_while_reading_the_response_body() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |_: Request<Full<Bytes>>| {
+            calls.fetch_add(1, SeqCst);
+            async move {
+                Ok::<_, Infallible>(Response::new(slow_body(
+                    &[b"ab", b"cd"],
+                    Duration::from_secs(5),
+                )))
+            }
+        })
+    };
+    let svc = builder().build().layer_service(inner);
+    let collect = |svc: tower_lru_cache::CacheService<_>| async move {
+        let res = svc.oneshot(post("a")).await?;
+        let x_cache = res.headers()["x-cache"].clone();
+        Ok::<_, BoxError>((x_cache, res.into_body().collect().await?.to_bytes()))
+    };
+    let leader = tokio::spawn(collect(svc.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let follower = tokio::spawn(collect(svc.clone()));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The leader has the first chunk buffered when it is dropped.
+    leader.abort();
+    let (x_cache, body) = follower.await.unwrap().unwrap();
+    assert_eq!(
+        (x_cache.to_str().unwrap(), &body[..]),
+        ("MISS", &b"abcd"[..])
+    );
+    assert_eq!(calls.load(SeqCst), 2);
+    let (x_cache, body) = collect(svc.clone()).await.unwrap();
+    assert_eq!(
+        (x_cache.to_str().unwrap(), &body[..]),
+        ("HIT", &b"abcd"[..])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_responses_stream_through_uncached() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |_: Request<Full<Bytes>>| {
+            calls.fetch_add(1, SeqCst);
+            async move {
+                Ok::<_, Infallible>(Response::new(slow_body(
+                    &[b"0123", b"4567", b"89"],
+                    Duration::from_millis(1),
+                )))
+            }
+        })
+    };
+    let svc = builder().max_response_body(5).build().layer_service(inner);
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(post("a")).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], "MISS");
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes(),
+            "0123456789"
+        );
+    }
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_answers_replay_with_trailers() {
+    let inner = service_fn(|_: Request<Full<Bytes>>| async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x01x"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let res = Response::builder()
+            .header("content-type", "application/grpc")
+            .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+                frames,
+            )))?;
+        Ok::<_, BoxError>(res)
+    });
+    let svc = builder().build().layer_service(inner);
+    let req = || {
+        Request::post("/pkg.Svc/Get")
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::from_static(b"q")))
+            .unwrap()
+    };
+    for expected in ["MISS", "HIT"] {
+        let res = svc.clone().oneshot(req()).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], expected);
+        let collected = res.into_body().collect().await.unwrap();
+        assert_eq!(
+            collected.trailers().map(|t| t["grpc-status"].clone()),
+            Some(http::HeaderValue::from_static("0"))
+        );
+        assert_eq!(collected.to_bytes(), &b"\0\0\0\0\x01x"[..]);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_longer_than_declared_is_refused() {
+    struct Liar(u8);
+    impl Body for Liar {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0 += 1;
+            Poll::Ready((self.0 < 100).then(|| Ok(Frame::data(Bytes::from_static(&[0; 64])))))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(10)
+        }
+    }
+    impl From<Bytes> for Liar {
+        fn from(_: Bytes) -> Self {
+            Self(100)
+        }
+    }
+    let inner = service_fn(|_: Request<Liar>| async {
+        Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+    });
+    let svc = builder().max_request_body(100).build().layer_service(inner);
+    let err = svc
+        .oneshot(Request::post("/").body(Liar(0)).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<CacheError>()
+            .map(CacheError::status_code),
+        Some(StatusCode::BAD_REQUEST)
+    );
+}
