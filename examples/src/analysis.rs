@@ -184,6 +184,9 @@ mod tests {
             analysis: json!({}),
         };
         let text = serde_json::to_string(&answer).unwrap();
-        assert_eq!(text, r#"{"recordId":"r1","source":"fallback","analysis":{}}"#);
+        assert_eq!(
+            text,
+            r#"{"recordId":"r1","source":"fallback","analysis":{}}"#
+        );
     }
 }

@@ -5,5 +5,7 @@
 //! preset.
 
 pub mod analysis;
+pub mod cli;
+pub mod gateway;
 pub mod simulator;
 pub mod upstream;

@@ -55,7 +55,9 @@ impl FromStr for LatencyRange {
             None => (ms(s)?, ms(s)?),
         };
         if min > max {
-            return Err(format!("latency range `{s}` has its minimum above its maximum"));
+            return Err(format!(
+                "latency range `{s}` has its minimum above its maximum"
+            ));
         }
         Ok(Self { min, max })
     }

@@ -87,8 +87,17 @@ pub fn ai_answer(record_id: &str, analysis: Value) -> Result<Response<Body>, Box
 ///
 /// Fails if the answer cannot be serialized.
 pub fn json_answer(answer: &AnalyzeAnswer) -> Result<Response<Body>, BoxError> {
+    json_bytes(answer).map(|response| response.map(Body::from))
+}
+
+/// A JSON answer with status 200, its body as bytes.
+///
+/// # Errors
+///
+/// Fails if the answer cannot be serialized.
+pub fn json_bytes(answer: &AnalyzeAnswer) -> Result<Response<Bytes>, BoxError> {
     let body = serde_json::to_vec(answer)?;
-    let mut response = Response::new(Body::from(body));
+    let mut response = Response::new(Bytes::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -181,6 +181,9 @@ where
     state: State<S, B>,
 }
 
+// The future lives while the body is read, so it holds the request head whatever the
+// variant; boxing the large variant would only add an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[pin_project(project = StateProj)]
 enum State<S, B>
 where
@@ -259,10 +262,10 @@ where
                         )
                         .into()));
                     };
-                    if let Some(check) = check {
-                        if let Err(refusal) = check(&mut parts, &collected) {
-                            return Poll::Ready(Err(refusal.into()));
-                        }
+                    if let Some(check) = check
+                        && let Err(refusal) = check(&mut parts, &collected)
+                    {
+                        return Poll::Ready(Err(refusal.into()));
                     }
                     State::Call {
                         future: inner.call(Request::from_parts(parts, Full::new(collected))),

@@ -126,16 +126,15 @@ pub fn refusal_response<B: Default + From<Bytes>>(error: &BoxError, grpc: bool) 
             retry_after,
             ..
         } = e
+            && limiter == GLOBAL_LIMITER
         {
-            if limiter == GLOBAL_LIMITER {
-                return simple(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    14,
-                    "upstream capacity exhausted: try again later",
-                    Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)),
-                    grpc,
-                );
-            }
+            return simple(
+                StatusCode::SERVICE_UNAVAILABLE,
+                14,
+                "upstream capacity exhausted: try again later",
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)),
+                grpc,
+            );
         }
         return respond!(e);
     }

@@ -166,7 +166,6 @@ impl HealthAiStack {
     }
 
     /// A builder to change the defaults.
-    #[must_use]
     pub fn builder() -> HealthAiStackBuilder {
         HealthAiStackBuilder::default()
     }

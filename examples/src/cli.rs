@@ -1,0 +1,147 @@
+//! The demo gateway's command-line flags. Every flag is optional; the defaults are the
+//! seed's production settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::simulator::LatencyRange;
+
+/// Serve the demo gateway: an AI-backed analyze endpoint behind the `HealthAiStack`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway", version, about)]
+pub struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+
+    /// Base URL of the AI provider (plain http), called as `POST {upstream}/v1/analyze`.
+    /// Without it, a simulated provider is started in-process.
+    #[arg(long)]
+    pub upstream: Option<String>,
+
+    /// Per-user rate limit, in requests per second.
+    #[arg(long, default_value_t = 5)]
+    pub per_user_rps: u32,
+
+    /// Per-user burst (defaults to the per-user rate).
+    #[arg(long)]
+    pub per_user_burst: Option<u32>,
+
+    /// Global pace of calls to the provider, in requests per second.
+    #[arg(long, default_value_t = 2)]
+    pub global_rps: u32,
+
+    /// Response cache capacity, in entries.
+    #[arg(long, default_value_t = 100)]
+    pub cache_capacity: u64,
+
+    /// Response cache time to live, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub cache_ttl_secs: u64,
+
+    /// Calls to the provider in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub max_in_flight: usize,
+
+    /// Requests that may wait for a slot, over all priorities.
+    #[arg(long, default_value_t = 100)]
+    pub queue_capacity: usize,
+
+    /// Calls per request, the first included (1 disables retries).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retry_attempts: u32,
+
+    /// Consecutive provider failures that open the circuit.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_failures: u32,
+
+    /// How long the circuit stays open before a probe, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub breaker_open_secs: u64,
+
+    /// Timeout of one provider call, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub call_timeout_secs: u64,
+
+    /// What one provider call costs, in US dollars.
+    #[arg(long, default_value_t = 0.01)]
+    pub cost_per_call_usd: f64,
+
+    /// Simulated provider latency in milliseconds: `MS` or `MIN-MAX`. The seed's
+    /// provider takes 45000-90000; the default is shorter so that the demo answers
+    /// while you watch.
+    #[arg(long, default_value = "2000-4000")]
+    pub sim_latency_ms: LatencyRange,
+
+    /// Share of simulated provider calls that fail, in [0, 1].
+    #[arg(long, default_value_t = 0.3, value_parser = probability)]
+    pub sim_failure_rate: f64,
+
+    /// Seed of the simulated provider's latencies and failures.
+    #[arg(long, default_value_t = 42)]
+    pub sim_seed: u64,
+
+    /// Multiplies every duration (provider latency, timeouts, open time, TTL, waits) and
+    /// divides every rate by this factor: `0.01` runs the seed's minutes in seconds.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_fraction)]
+    pub time_scale: f64,
+
+    /// Answer the analyze route with a direct call to the provider, without the stack:
+    /// the "before" of the load test. A failed call gives 502.
+    #[arg(long)]
+    pub no_stack: bool,
+}
+
+impl GatewayArgs {
+    /// `duration` on this gateway's time scale.
+    #[must_use]
+    pub fn scaled(&self, duration: Duration) -> Duration {
+        duration.mul_f64(self.time_scale)
+    }
+
+    /// `seconds` on this gateway's time scale.
+    #[must_use]
+    pub fn scaled_secs(&self, seconds: u64) -> Duration {
+        self.scaled(Duration::from_secs(seconds))
+    }
+
+    /// A rate per second on this gateway's time scale, rounded, at least 1.
+    #[must_use]
+    pub fn scaled_rate(&self, per_second: u32) -> u32 {
+        let scaled = (f64::from(per_second) / self.time_scale).round();
+        if scaled >= f64::from(u32::MAX) {
+            u32::MAX
+        } else if scaled < 1.0 {
+            1
+        } else {
+            // In range by the checks above.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let rate = scaled as u32;
+            rate
+        }
+    }
+}
+
+fn positive_fraction(s: &str) -> Result<f64, String> {
+    let value: f64 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    if value.is_finite() && value > 0.0 && value <= 1.0 {
+        Ok(value)
+    } else {
+        Err(format!("`{s}` must be in (0, 1]"))
+    }
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    let value: f64 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a number: {e}"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("`{s}` must be in [0, 1]"))
+    }
+}

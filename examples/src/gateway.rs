@@ -1,0 +1,383 @@
+//! The demo gateway: the seed's API served behind the `HealthAiStack` preset.
+//!
+//! - `POST /api/health-records/{id}/analyze`: an AI analysis of a health record, behind
+//!   the stack. The user is the `x-user-id` header, a stand-in for real authentication
+//!   (put your auth middleware's user id there instead); without it, the client IP.
+//!   The priority is the `x-priority` header. The body, if any, is JSON context (at most
+//!   1 MiB).
+//! - `GET /api/health`, `GET /api/metrics` (JSON) and `GET /metrics` (Prometheus text),
+//!   outside the stack.
+//! - `GET /api/simulator`: the embedded simulated provider's call counts, when it runs.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower::{BoxError, Service, ServiceExt};
+use tower_health_ai::red_metrics::PrometheusMetrics;
+use tower_health_ai::token_bucket::Quota;
+use tower_health_ai::{HealthAiHandle, HealthAiStack, RequestRejected};
+
+use crate::analysis::{
+    AnalyzeAnswer, AnalyzeInput, MAX_CONTEXT_BYTES, Source, check_record_id, local_analysis,
+    parse_context,
+};
+use crate::cli::GatewayArgs;
+use crate::simulator::{Simulator, SimulatorConfig};
+use crate::upstream::{InProcessUpstream, UpstreamClient, json_bytes};
+
+/// The analyze route's template.
+pub const ANALYZE_ROUTE: &str = "/api/health-records/{id}/analyze";
+
+/// The header that names the user (a stand-in for real authentication).
+pub const USER_HEADER: &str = "x-user-id";
+
+/// The longest accepted user id.
+const MAX_USER_ID_LEN: usize = 128;
+
+/// A built gateway: its router, the operator handle, and the simulator if one runs.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The routes, ready for `axum::serve` (with connect info, for the client IP).
+    pub router: Router,
+    /// The stack's operator handle (absent with `--no-stack`).
+    pub handle: Option<HealthAiHandle>,
+}
+
+/// Builds the preset from the command line's settings. Install the Prometheus recorder
+/// first (see [`run`]) to have `/metrics`.
+#[must_use]
+pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> HealthAiStack {
+    let mut builder = HealthAiStack::builder();
+    if let Some(prometheus) = prometheus {
+        builder = builder.prometheus(prometheus);
+    }
+    builder
+        .per_user_quota(
+            Quota::new(
+                args.scaled_rate(args.per_user_rps),
+                std::time::Duration::from_secs(1),
+            )
+            .with_burst(args.per_user_burst.unwrap_or(args.per_user_rps).max(1)),
+        )
+        .global_quota(Quota::new(
+            args.scaled_rate(args.global_rps),
+            std::time::Duration::from_secs(1),
+        ))
+        .global_max_wait(args.scaled_secs(30))
+        .cache_capacity(args.cache_capacity)
+        .cache_ttl(args.scaled_secs(args.cache_ttl_secs))
+        .max_in_flight(args.max_in_flight)
+        .queue_capacity(args.queue_capacity)
+        .max_queue_wait(args.scaled_secs(300))
+        .retry_attempts(args.retry_attempts)
+        .retry_backoff(args.scaled_secs(1), args.scaled_secs(30))
+        .breaker_failures(args.breaker_failures)
+        .breaker_open_for(args.scaled_secs(args.breaker_open_secs))
+        .call_timeout(args.scaled_secs(args.call_timeout_secs))
+        .cost_per_call_usd(args.cost_per_call_usd)
+        .max_body_bytes(MAX_CONTEXT_BYTES)
+        .request_check(check_analyze_request)
+        .fallback(fallback_answer)
+        .build()
+}
+
+/// Builds the gateway's routes around `upstream`, the service that calls the provider.
+pub fn build<U>(
+    args: &GatewayArgs,
+    upstream: U,
+    simulator: Option<Arc<Simulator>>,
+    prometheus: Option<PrometheusMetrics>,
+) -> Gateway
+where
+    U: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    U::Future: Send + 'static,
+{
+    let mut router = Router::new();
+    let handle = if args.no_stack {
+        router = router.route_service(ANALYZE_ROUTE, direct(upstream));
+        None
+    } else {
+        let stack = stack(args, prometheus);
+        let handle = stack.handle();
+        router = router
+            .route_service(ANALYZE_ROUTE, tower::Layer::layer(&stack, upstream))
+            .merge(handle.router());
+        Some(handle)
+    };
+    if let Some(simulator) = simulator {
+        router = router.route(
+            "/api/simulator",
+            get(move || {
+                let simulator = Arc::clone(&simulator);
+                async move {
+                    axum::Json(json!({
+                        "calls": simulator.calls(),
+                        "failures": simulator.failures(),
+                    }))
+                }
+            }),
+        );
+    }
+    Gateway { router, handle }
+}
+
+/// Checks an analyze request once its body is buffered, and puts its [`AnalyzeInput`]
+/// in the extensions for the layers below.
+///
+/// # Errors
+///
+/// A 400 refusal for a malformed record id, user id or JSON body.
+pub fn check_analyze_request(
+    parts: &mut http::request::Parts,
+    body: &Bytes,
+) -> Result<(), RequestRejected> {
+    let record_id = record_id_of(parts.uri.path())
+        .ok_or_else(|| RequestRejected::bad_request("not an analyze route"))?;
+    check_record_id(record_id).map_err(RequestRejected::bad_request)?;
+    let record_id = record_id.to_owned();
+    let user_id = user_of(parts)?;
+    let context = parse_context(body).map_err(RequestRejected::bad_request)?;
+    parts.extensions.insert(AnalyzeInput {
+        record_id,
+        user_id,
+        context,
+    });
+    Ok(())
+}
+
+/// The record id in an analyze path: `/api/health-records/{id}/analyze`.
+fn record_id_of(path: &str) -> Option<&str> {
+    path.strip_prefix("/api/health-records/")?
+        .strip_suffix("/analyze")
+}
+
+/// The user: the `x-user-id` header, else the client IP.
+fn user_of(parts: &http::request::Parts) -> Result<String, RequestRejected> {
+    if let Some(value) = parts.headers.get(USER_HEADER) {
+        let user = value
+            .to_str()
+            .ok()
+            .filter(|u| !u.is_empty() && u.len() <= MAX_USER_ID_LEN)
+            .ok_or_else(|| {
+                RequestRejected::bad_request(format!(
+                    "{USER_HEADER} must be 1 to {MAX_USER_ID_LEN} visible ASCII characters"
+                ))
+            })?;
+        return Ok(user.to_owned());
+    }
+    Ok(parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(
+            || "anonymous".to_owned(),
+            |ConnectInfo(addr)| addr.ip().to_string(),
+        ))
+}
+
+/// The local analysis, served when the provider fails for good or the circuit is open.
+fn fallback_answer(request: &http::request::Parts, error: &BoxError) -> Option<Response<Bytes>> {
+    let input = request.extensions.get::<AnalyzeInput>()?;
+    tracing::info!(record = %input.record_id, %error, "answering from the local analysis");
+    json_bytes(&AnalyzeAnswer {
+        record_id: input.record_id.clone(),
+        source: Source::Fallback,
+        analysis: local_analysis(input),
+    })
+    .ok()
+}
+
+/// The analyze route without the stack: buffer, check, call, and answer 502 when the
+/// provider fails.
+fn direct<U>(
+    upstream: U,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static
+where
+    U: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    U::Future: Send + 'static,
+{
+    tower::service_fn(move |request: Request<Body>| {
+        let upstream = upstream.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let bytes = match http_body_util::Limited::new(body, MAX_CONTEXT_BYTES)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    return Ok(error_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large or unreadable",
+                    ));
+                }
+            };
+            let mut parts = parts;
+            if let Err(refusal) = check_analyze_request(&mut parts, &bytes) {
+                return Ok(error_response(refusal.status(), refusal.message()));
+            }
+            let request = Request::from_parts(parts, Full::new(bytes));
+            Ok(match upstream.oneshot(request).await {
+                Ok(response) => response,
+                Err(error) => error_response(StatusCode::BAD_GATEWAY, &error.to_string()),
+            })
+        }
+    })
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = (status, axum::Json(json!({ "error": message }))).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Starts the simulated provider on an ephemeral loopback port, serving until the
+/// process ends; returns it and its base URL.
+///
+/// # Errors
+///
+/// Binding the port.
+pub async fn start_simulator(args: &GatewayArgs) -> Result<(Arc<Simulator>, String), BoxError> {
+    let simulator = Simulator::new(SimulatorConfig {
+        latency: crate::simulator::LatencyRange {
+            min: args.scaled(args.sim_latency_ms.min),
+            max: args.scaled(args.sim_latency_ms.max),
+        },
+        failure_rate: args.sim_failure_rate,
+        seed: args.sim_seed,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let router = simulator.router();
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "the simulated provider stopped");
+        }
+    });
+    tracing::info!(%url, "simulated AI provider started");
+    Ok((simulator, url))
+}
+
+/// Builds the gateway the command line describes: with a real HTTP client to
+/// `--upstream`, or to a simulated provider started on loopback.
+///
+/// # Errors
+///
+/// A bad `--upstream` URL, or binding the simulator's port.
+pub async fn from_args(
+    args: &GatewayArgs,
+    prometheus: Option<PrometheusMetrics>,
+) -> Result<Gateway, BoxError> {
+    Ok(match &args.upstream {
+        Some(url) => build(args, UpstreamClient::new(url)?, None, prometheus),
+        None => {
+            let (simulator, url) = start_simulator(args).await?;
+            build(
+                args,
+                UpstreamClient::new(&url)?,
+                Some(simulator),
+                prometheus,
+            )
+        }
+    })
+}
+
+/// Serves `router` on `listener` (with the client address as `ConnectInfo`) until
+/// `shutdown` resolves, then lets in-flight requests finish.
+///
+/// # Errors
+///
+/// An I/O error of the listener.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Runs the gateway until Ctrl-C or SIGTERM, then lets in-flight requests finish.
+///
+/// Prints `listening on http://ADDR` as its first line on stdout.
+///
+/// # Errors
+///
+/// Binding the listener, installing the metrics recorder, or a bad `--upstream` URL.
+pub async fn run(args: GatewayArgs) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(args.listen).await?;
+    // Before any layer is built: layers resolve their metric handles when built.
+    let prometheus = tower_health_ai::install_prometheus()?;
+    let gateway = from_args(&args, Some(prometheus)).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    serve(listener, gateway.router, shutdown_signal()).await?;
+    tracing::info!("shut down: every in-flight request was answered");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// The in-process upstream over `simulator`, for tests on paused time.
+#[must_use]
+pub fn in_process(simulator: &Arc<Simulator>) -> InProcessUpstream {
+    InProcessUpstream::new(Arc::clone(simulator))
+}
