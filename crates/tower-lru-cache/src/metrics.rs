@@ -26,7 +26,7 @@ pub const CACHE_ENTRIES: &str = "cache_entries";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Answered from a fresh entry, without an inner call.
-    Hit,
+    Hit = 0,
     /// Answered by its own inner call.
     Miss,
     /// Answered from an expired entry because the refill failed.

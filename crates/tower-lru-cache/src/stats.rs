@@ -12,33 +12,47 @@ use serde::Serialize;
 
 use crate::{key::CacheKey, metrics::Outcome};
 
-/// Per-outcome request counters.
+/// How many independent counter sets [`Stats`] keeps, so that threads counting at the
+/// same time mostly write different cache lines.
+const SHARDS: usize = 8;
+
+/// One shard's per-outcome counters, alone on its cache line(s).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard([AtomicU64; 5]);
+
+/// Per-outcome request counters, sharded by thread.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    stale: AtomicU64,
-    coalesced: AtomicU64,
-    bypassed: AtomicU64,
+    shards: [Shard; SHARDS],
+}
+
+fn shard_index() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
 }
 
 impl Stats {
     pub(crate) fn record(&self, outcome: Outcome) {
-        match outcome {
-            Outcome::Hit => &self.hits,
-            Outcome::Miss => &self.misses,
-            Outcome::Stale => &self.stale,
-            Outcome::Coalesced => &self.coalesced,
-            Outcome::Bypass => &self.bypassed,
-        }
-        .fetch_add(1, Relaxed);
+        self.shards[shard_index()].0[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    fn total(&self, outcome: Outcome) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0[outcome as usize].load(Relaxed))
+            .sum()
     }
 
     pub(crate) fn snapshot(&self, name: &str, entries: u64) -> CacheSnapshot {
-        let hits = self.hits.load(Relaxed);
-        let misses = self.misses.load(Relaxed);
-        let stale = self.stale.load(Relaxed);
-        let coalesced = self.coalesced.load(Relaxed);
+        let hits = self.total(Outcome::Hit);
+        let misses = self.total(Outcome::Miss);
+        let stale = self.total(Outcome::Stale);
+        let coalesced = self.total(Outcome::Coalesced);
         let lookups = hits + misses + stale + coalesced;
         #[allow(clippy::cast_precision_loss)]
         let hit_rate = if lookups == 0 {
@@ -52,7 +66,7 @@ impl Stats {
             misses,
             stale,
             coalesced,
-            bypassed: self.bypassed.load(Relaxed),
+            bypassed: self.total(Outcome::Bypass),
             entries,
             hit_rate,
         }
