@@ -26,6 +26,7 @@
 //! use tower::{Layer, ServiceExt, service_fn};
 //! use tower_red_metrics::{PrometheusConfig, RedMetricsLayer};
 //!
+//! # #[cfg(feature = "http")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower::BoxError> {
 //! // In an application: `PrometheusConfig::new().install()?` once, before building layers.
@@ -51,6 +52,8 @@
 //! assert!(text.contains(r#"http_requests_total{method="GET",route="unmatched",status="200"} 1"#));
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "http"))]
+//! # fn main() {}
 //! ```
 //!
 //! ## With axum
