@@ -7,7 +7,6 @@ use std::task::{Context, Poll, ready};
 
 use pin_project::pin_project;
 
-use crate::BoxError;
 use crate::classify::{Classify, Status};
 use crate::state::Recording;
 
@@ -36,10 +35,9 @@ impl<F, C> ResponseFuture<F, C> {
 impl<F, C, Res, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<Res, E>>,
-    E: Into<BoxError>,
     C: Classify<Res>,
 {
-    type Output = Result<C::Output, BoxError>;
+    type Output = Result<C::Output, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -49,7 +47,7 @@ where
             Ok(response) => Ok(this.classify.classify(response, recording)),
             Err(error) => {
                 recording.finish(Status::Error);
-                Err(error.into())
+                Err(error)
             }
         })
     }

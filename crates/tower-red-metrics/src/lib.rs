@@ -59,14 +59,13 @@
 //! ## With axum
 //!
 //! Apply the layer inside the router (`Router::layer`), where axum has set `MatchedPath`.
-//! axum wants an infallible service there, so put a `HandleErrorLayer` in front: errors
-//! reaching the layer are recorded (as `error`) before it turns them into responses.
+//! The layer passes its inner service's error type through unchanged (an error reaching
+//! it is recorded as `error`), so it goes straight onto an axum router.
 //!
 //! ```
 //! # #[cfg(feature = "axum")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use axum::{Router, error_handling::HandleErrorLayer, http::StatusCode, routing::get};
-//! use tower::ServiceBuilder;
+//! use axum::{Router, routing::get};
 //! use tower_red_metrics::{PrometheusConfig, RedMetricsLayer, metrics_route};
 //!
 //! // `install()` in an application; a local recorder here.
@@ -77,13 +76,7 @@
 //! let app: Router = Router::new()
 //!     .route("/users/{id}", get(|| async { "user" }))
 //!     .route("/metrics", metrics_route(prometheus))
-//!     .layer(
-//!         ServiceBuilder::new()
-//!             .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-//!                 StatusCode::INTERNAL_SERVER_ERROR
-//!             }))
-//!             .layer(red),
-//!     );
+//!     .layer(red);
 //! # let _ = (app, handle);
 //! # Ok(())
 //! # }

@@ -5,7 +5,6 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::BoxError;
 use crate::classify::Classify;
 use crate::future::ResponseFuture;
 use crate::labels::ExtractLabels;
@@ -54,16 +53,17 @@ impl<S, L, C> RedMetrics<S, L, C> {
 impl<S, L, C, Req> Service<Req> for RedMetrics<S, L, C>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
     L: ExtractLabels<Req>,
     C: Classify<S::Response> + Clone,
 {
     type Response = C::Output;
-    type Error = BoxError;
+    // Recording never fails: the inner service's errors pass through as they are, so
+    // the layer fits where an `Infallible` service is required (axum's `Router::layer`).
+    type Error = S::Error;
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {

@@ -186,13 +186,7 @@ async fn the_axum_route_serves_the_text() {
             axum::routing::get(tower_red_metrics::metrics_handler),
         )
         .with_state(prometheus)
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(axum::error_handling::HandleErrorLayer::new(
-                    |_: tower::BoxError| async { StatusCode::INTERNAL_SERVER_ERROR },
-                ))
-                .layer(layer),
-        );
+        .layer(layer);
 
     for path in ["/metrics", "/metrics", "/state"] {
         let response = app
