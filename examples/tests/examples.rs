@@ -1,0 +1,135 @@
+//! Each runnable example, exercised: the code a user copies is the code that is tested.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+#[path = "../axum_a_la_carte.rs"]
+#[allow(dead_code)]
+mod axum_a_la_carte;
+#[path = "../axum_preset.rs"]
+#[allow(dead_code)]
+mod axum_preset;
+#[path = "../tonic_health.rs"]
+#[allow(dead_code)]
+mod tonic_example;
+
+fn from(ip: [u8; 4]) -> axum::extract::ConnectInfo<SocketAddr> {
+    axum::extract::ConnectInfo(SocketAddr::from((ip, 40_000)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_la_carte_limits_each_client_and_counts_the_refusals() {
+    let (router, metrics) = axum_a_la_carte::app();
+    let get = |path: &str, ip: [u8; 4]| {
+        let mut request = Request::get(path).body(Body::empty()).unwrap();
+        request.extensions_mut().insert(from(ip));
+        request
+    };
+    for _ in 0..10 {
+        let response = router
+            .clone()
+            .oneshot(get("/api/hello", [10, 0, 0, 1]))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // The limit is shared by both API routes.
+    let refused = router
+        .clone()
+        .oneshot(get("/api/time", [10, 0, 0, 1]))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let other = router
+        .clone()
+        .oneshot(get("/api/time", [10, 0, 0, 2]))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.requests.total, 12);
+    assert_eq!(snapshot.requests.rate_limited, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_preset_example_caches_and_reports() {
+    let (router, handle) = axum_preset::app(None);
+    let summarize = || {
+        Request::post("/api/summarize")
+            .header("x-user-id", "ada")
+            .body(Body::from("some text"))
+            .unwrap()
+    };
+    let first = router.clone().oneshot(summarize()).await.unwrap();
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let second = router.clone().oneshot(summarize()).await.unwrap();
+    assert_eq!(second.headers()["x-cache"], "HIT");
+    let body = second.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "9 bytes, summarized");
+    assert_eq!(handle.upstream_calls(), 1);
+
+    let health = router
+        .clone()
+        .oneshot(Request::get("/api/health").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let health: serde_json::Value =
+        serde_json::from_slice(&health.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["circuitBreaker"]["aiService"], "CLOSED");
+    let ping = router
+        .oneshot(Request::get("/api/ping").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_tonic_health_service_answers_resource_exhausted_past_its_burst() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tonic_example::serve(incoming, 3, async {
+        let _ = stopped.await;
+    }));
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let code = match client.check(HealthCheckRequest::default()).await {
+            Ok(response) => {
+                assert_eq!(
+                    response.into_inner().status,
+                    tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                );
+                tonic::Code::Ok
+            }
+            Err(status) => status.code(),
+        };
+        codes.push(code);
+    }
+    assert_eq!(&codes[..3], [tonic::Code::Ok; 3]);
+    assert_eq!(codes[3], tonic::Code::ResourceExhausted, "{codes:?}");
+
+    drop(client);
+    stop.send(()).unwrap();
+    let metrics = server.await.unwrap().unwrap();
+    let snapshot = metrics.snapshot();
+    assert_eq!(snapshot.requests.total, 5);
+    assert_eq!(snapshot.requests.rate_limited, 2);
+}
