@@ -52,10 +52,25 @@ impl Priority {
     /// Returns `None` for anything but `urgent`, `high`, `normal` or `low`.
     #[must_use]
     pub fn from_bytes(value: &[u8]) -> Option<Self> {
+        // Runs on every request: pack the (at most 6) bytes into a word, fold ASCII case by
+        // setting bit 5 of each byte, compare with the four names. Setting bit 5 maps a
+        // byte to a given lowercase letter only if it is that letter in either case, and
+        // the names are letters only, so this is exact.
         let value = value.trim_ascii();
-        Priority::ALL
-            .into_iter()
-            .find(|level| value.eq_ignore_ascii_case(level.as_str().as_bytes()))
+        if value.is_empty() || value.len() > 6 {
+            return None;
+        }
+        let mut word = [0u8; 8];
+        for (slot, byte) in word.iter_mut().zip(value) {
+            *slot = byte | 0x20;
+        }
+        match u64::from_le_bytes(word) {
+            URGENT => Some(Priority::Urgent),
+            HIGH => Some(Priority::High),
+            NORMAL => Some(Priority::Normal),
+            LOW => Some(Priority::Low),
+            _ => None,
+        }
     }
 
     /// Dense index, 0 for urgent to 3 for low.
@@ -73,6 +88,11 @@ impl Priority {
         self.index() as u64
     }
 }
+
+const URGENT: u64 = u64::from_le_bytes(*b"urgent\0\0");
+const HIGH: u64 = u64::from_le_bytes(*b"high\0\0\0\0");
+const NORMAL: u64 = u64::from_le_bytes(*b"normal\0\0");
+const LOW: u64 = u64::from_le_bytes(*b"low\0\0\0\0\0");
 
 impl fmt::Display for Priority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -164,8 +184,43 @@ mod tests {
         assert_eq!(Priority::from_bytes(b"lOw"), Some(Priority::Low));
         assert_eq!(Priority::from_bytes(b""), None);
         assert_eq!(Priority::from_bytes(b"lowest"), None);
+        assert_eq!(Priority::from_bytes(b"urgenT"), Some(Priority::Urgent));
+        assert_eq!(Priority::from_bytes(b"nOrMaL"), Some(Priority::Normal));
+        for wrong in [&b"lox"[..], b"hig!", b"urgend", b"xormal", b"u", b"highs"] {
+            assert_eq!(Priority::from_bytes(wrong), None);
+        }
         assert_eq!(Priority::from_bytes(&[0xff, 0xfe]), None);
         assert!("critical".parse::<Priority>().is_err());
+    }
+
+    proptest::proptest! {
+        /// Exactly the four names, in any case, with optional surrounding blanks.
+        #[test]
+        fn parses_exactly_the_four_names(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10)) {
+            let expected = Priority::ALL
+                .into_iter()
+                .find(|level| value.trim_ascii().eq_ignore_ascii_case(level.as_str().as_bytes()));
+            proptest::prop_assert_eq!(Priority::from_bytes(&value), expected);
+        }
+
+        /// Near misses: a name with its case flipped at random and maybe one byte changed.
+        #[test]
+        fn rejects_near_misses(level in 0usize..4, case in proptest::prelude::any::<u8>(), change in proptest::option::of((0usize..6, proptest::prelude::any::<u8>()))) {
+            let mut value = Priority::ALL[level].as_str().as_bytes().to_vec();
+            for (index, byte) in value.iter_mut().enumerate() {
+                if case & (1 << index) != 0 {
+                    byte.make_ascii_uppercase();
+                }
+            }
+            if let Some((index, byte)) = change {
+                let index = index % value.len();
+                value[index] = byte;
+            }
+            let expected = Priority::ALL
+                .into_iter()
+                .find(|level| value.trim_ascii().eq_ignore_ascii_case(level.as_str().as_bytes()));
+            proptest::prop_assert_eq!(Priority::from_bytes(&value), expected);
+        }
     }
 
     #[test]
