@@ -573,9 +573,14 @@ pub(crate) fn collisions(measurements: &[Measurement]) -> Vec<String> {
             None => by_id.push((id, vec![&m.krate])),
         }
     }
+    by_id.sort_unstable();
     by_id
         .into_iter()
         .filter(|(_, crates)| crates.len() > 1)
+        .map(|(id, mut crates)| {
+            crates.sort_unstable();
+            (id, crates)
+        })
         .map(|(id, crates)| format!("{id} ({})", crates.join(", ")))
         .collect()
 }
