@@ -343,8 +343,8 @@ criterion_group! {
 }
 
 fn main() {
-    // Not while profiling or running a filtered subset.
-    if std::env::args().skip(1).all(|a| a.starts_with('-')) {
+    // Not while profiling.
+    if !std::env::args().any(|a| a == "--profile-time") {
         memory_report();
     }
     benches();

@@ -109,6 +109,7 @@ impl KeyHasher {
     }
 
     /// Writes one field: `tag`, the length of `bytes`, then `bytes`.
+    #[inline]
     pub fn field(&mut self, tag: u8, bytes: &[u8]) -> &mut Self {
         self.count(tag, bytes.len());
         self.write(bytes);
@@ -116,6 +117,7 @@ impl KeyHasher {
     }
 
     /// Writes a field that may be absent: absent and empty encode differently.
+    #[inline]
     pub fn optional(&mut self, tag: u8, bytes: Option<&[u8]>) -> &mut Self {
         match bytes {
             None => self.count(tag, 0),
@@ -124,12 +126,14 @@ impl KeyHasher {
     }
 
     /// Writes a count (for example how many values a header has) under `tag`.
+    #[inline]
     pub fn count(&mut self, tag: u8, n: usize) -> &mut Self {
         let (buf, len) = prefix(tag, n);
         self.write(&buf[..len]);
         self
     }
 
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
             room.copy_from_slice(bytes);
@@ -148,13 +152,16 @@ impl KeyHasher {
 
     /// The digest of everything written.
     #[must_use]
+    #[inline]
     pub fn finish(mut self) -> CacheKey {
         self.sha.update(&self.buf[..self.len]);
-        CacheKey(self.sha.finalize().into())
+        // Finalizing in place spares a copy of the hash state.
+        CacheKey(self.sha.finalize_reset().into())
     }
 }
 
 /// `tag`, then `n` in LEB128: seven bits per byte, the high bit set on all but the last.
+#[inline]
 fn prefix(tag: u8, n: usize) -> ([u8; 11], usize) {
     let mut buf = [0u8; 11];
     buf[0] = tag;
