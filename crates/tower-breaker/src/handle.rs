@@ -8,9 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::BreakerError;
 use crate::classify::Verdict;
-use crate::machine::{Config, Event, Machine, Permit, State, Transition};
+use crate::machine::{Admission, Config, Event, Machine, Permit, State, Transition};
 use crate::metrics::{BreakerMetrics, Outcome};
 use crate::window::WindowCounts;
 
@@ -94,25 +93,23 @@ impl Shared {
         }
     }
 
-    /// Leave to call, or the refusal to return.
+    /// Leave to call, or a refusal (counted here).
     #[inline]
-    pub(crate) fn acquire(&self) -> Result<Permit, BreakerError> {
+    pub(crate) fn admit(&self) -> Admission {
         let mut events = Vec::new();
-        let result = self.machine.acquire(Instant::now, &mut events);
+        let admission = self.machine.admit(Instant::now, &mut events);
         self.emit(&events);
-        result.map_err(|rejected| self.refused(rejected.retry_after))
+        if admission.is_refused() {
+            self.refused();
+        }
+        admission
     }
 
     #[cold]
     #[inline(never)]
-    fn refused(&self, retry_after: Option<Duration>) -> BreakerError {
+    fn refused(&self) {
         self.metrics.call(Outcome::Rejected);
-        tracing::debug!(
-            breaker = %self.name,
-            retry_after_ms = retry_after.map(|d| d.as_millis()),
-            "circuit breaker refused a call",
-        );
-        BreakerError::CircuitOpen { retry_after }
+        tracing::debug!(breaker = %self.name, "circuit breaker refused a call");
     }
 
     /// Whether permits need the call's start time.

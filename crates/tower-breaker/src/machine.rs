@@ -142,38 +142,110 @@ impl Config {
 
 /// Leave to call the inner service, taken before the call and settled after it.
 ///
-/// Eight bytes, so that a call's future stays small: the low 32 bits of the state word it
-/// was admitted under (state, forced flag and 29 bits of generation; a permit admitted
+/// Eight bytes, moved in one register, so that a call's future stays small: the permit
+/// form of the state word it was admitted under (state, forced flag, 28 bits of
+/// generation and a marker bit that makes a permit never zero; a permit admitted
 /// half-open is a probe) and, when calls are timed, its start in milliseconds since the
 /// machine's epoch, wrapping (0 when untimed). A stale permit could pass for a current
-/// one only if 2^29 state changes happened during its call; a call is timed correctly up
+/// one only if 2^28 state changes happened during its call; a call is timed correctly up
 /// to 49 days.
 #[derive(Debug)]
 #[must_use]
 pub(crate) struct Permit {
-    word: u32,
-    start: u32,
+    /// Start stamp in the high half, state word in the low half: one register to move.
+    bits: u64,
 }
 
-/// The permit-sized part of a state word.
+/// The permit form of a state word: its low 31 bits and a marker bit, so never zero.
 #[allow(
     clippy::cast_possible_truncation,
-    reason = "permits keep the low 32 bits of the state word on purpose"
+    reason = "permits keep the low bits of the state word on purpose"
 )]
 const fn low(word: u64) -> u32 {
-    word as u32
+    (word as u32) | PERMIT_MARK
+}
+
+const PERMIT_MARK: u32 = 1 << 31;
+
+/// The low bits that mark a refusal in an [`Admission`]: `0b11`, a state no permit has.
+const REFUSED: u64 = 0b11;
+
+/// The answer to a request for leave, packed in one word so that storing it in a service
+/// between `poll_ready` and `call` costs one store and one load: 0 when not asked yet, a
+/// permit's bits, or a refusal (low bits `0b11`, then the retry-after in nanoseconds plus
+/// one, 0 for unknown).
+#[derive(Debug)]
+pub(crate) struct Admission(u64);
+
+impl Admission {
+    pub(crate) const UNCHECKED: Self = Self(0);
+
+    fn refused(rejected: Rejected) -> Self {
+        let nanos = rejected.retry_after.map_or(0, |wait| {
+            u64::try_from(wait.as_nanos())
+                .unwrap_or(u64::MAX)
+                .min(u64::MAX >> 3)
+                + 1
+        });
+        Self(nanos << 2 | REFUSED)
+    }
+
+    pub(crate) fn is_unchecked(&self) -> bool {
+        self.0 == 0
+    }
+
+    pub(crate) fn is_refused(&self) -> bool {
+        self.0 & REFUSED == REFUSED
+    }
+
+    /// The permit or the refusal; `None` if leave was not asked.
+    pub(crate) fn into_result(self) -> Option<Result<Permit, Rejected>> {
+        match self.0 {
+            0 => None,
+            bits if bits & REFUSED == REFUSED => Some(Err(Rejected {
+                retry_after: match bits >> 2 {
+                    0 => None,
+                    nanos => Some(Duration::from_nanos(nanos - 1)),
+                },
+            })),
+            bits => Some(Ok(Permit { bits })),
+        }
+    }
 }
 
 impl Permit {
     /// A word no permit can hold: its state bits are `0b11`, which no state uses. Marks a
     /// permit as settled.
-    pub(crate) const SETTLED: Self = Self {
-        word: u32::MAX,
-        start: 0,
-    };
+    pub(crate) const SETTLED: Self = Self::new(u32::MAX, 0);
+
+    const fn new(word: u32, start: u32) -> Self {
+        Self {
+            bits: (start as u64) << 32 | word as u64,
+        }
+    }
+
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the low half holds the permit's word"
+    )]
+    const fn word(&self) -> u32 {
+        self.bits as u32
+    }
+
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the high half holds a 32-bit stamp"
+    )]
+    const fn start(&self) -> u32 {
+        (self.bits >> 32) as u32
+    }
+
+    fn into_admission(self) -> Admission {
+        Admission(self.bits)
+    }
 
     pub(crate) fn is_settled(&self) -> bool {
-        self.word == u32::MAX
+        self.word() == u32::MAX
     }
 
     fn is_probe_word(word: u32) -> bool {
@@ -182,12 +254,12 @@ impl Permit {
 
     #[cfg(test)]
     pub(crate) fn is_probe(&self) -> bool {
-        Self::is_probe_word(self.word)
+        Self::is_probe_word(self.word())
     }
 
     #[cfg(test)]
-    pub(crate) fn word(&self) -> u32 {
-        self.word
+    pub(crate) fn admitted_word(&self) -> u32 {
+        self.word()
     }
 }
 
@@ -360,27 +432,38 @@ impl Machine {
     /// Restarts a permit's clock (when calls are timed), so that the wait for the inner
     /// service's readiness does not count toward a slow call.
     pub(crate) fn restart(&self, permit: &mut Permit, now: Instant) {
-        if permit.start != 0 {
-            permit.start = self.stamp(now);
+        if permit.start() != 0 {
+            *permit = Permit::new(permit.word(), self.stamp(now));
         }
     }
 
     /// Asks leave to call. Closed: one atomic load, and the clock is read only when slow
     /// calls are detected.
     #[inline]
+    pub(crate) fn admit(
+        &self,
+        now: impl FnOnce() -> Instant,
+        events: &mut Vec<Event>,
+    ) -> Admission {
+        let word = self.word.load(Ordering::Acquire);
+        if State::from_word(word) == State::Closed && !self.times_calls() {
+            return Permit::new(low(word), 0).into_admission();
+        }
+        match self.acquire_slow(word, now(), events) {
+            Ok(permit) => permit.into_admission(),
+            Err(rejected) => Admission::refused(rejected),
+        }
+    }
+
+    #[cfg(test)]
     pub(crate) fn acquire(
         &self,
         now: impl FnOnce() -> Instant,
         events: &mut Vec<Event>,
     ) -> Result<Permit, Rejected> {
-        let word = self.word.load(Ordering::Acquire);
-        if State::from_word(word) == State::Closed && !self.times_calls() {
-            return Ok(Permit {
-                word: low(word),
-                start: 0,
-            });
-        }
-        self.acquire_slow(word, now(), events)
+        self.admit(now, events)
+            .into_result()
+            .expect("admit always answers")
     }
 
     #[cold]
@@ -392,10 +475,7 @@ impl Machine {
         events: &mut Vec<Event>,
     ) -> Result<Permit, Rejected> {
         if State::from_word(word) == State::Closed {
-            return Ok(Permit {
-                word: low(word),
-                start: self.stamp(now),
-            });
+            return Ok(Permit::new(low(word), self.stamp(now)));
         }
         if State::from_word(word) == State::Open {
             if word & FORCED != 0 {
@@ -411,10 +491,7 @@ impl Machine {
         self.advance_locked(&mut inner, now, events);
         let word = self.word.load(Ordering::Acquire);
         match State::from_word(word) {
-            State::Closed => Ok(Permit {
-                word: low(word),
-                start: self.stamp(now),
-            }),
+            State::Closed => Ok(Permit::new(low(word), self.stamp(now))),
             State::Open => {
                 let retry_after =
                     (word & FORCED == 0).then(|| inner.open_until.saturating_duration_since(now));
@@ -426,10 +503,7 @@ impl Machine {
                         < self.config.half_open_probes
                 {
                     inner.probes_in_flight += 1;
-                    Ok(Permit {
-                        word: low(word),
-                        start: self.stamp(now),
-                    })
+                    Ok(Permit::new(low(word), self.stamp(now)))
                 } else {
                     Err(self.reject(None))
                 }
@@ -455,10 +529,7 @@ impl Machine {
         now: impl FnOnce() -> Instant,
         events: &mut Vec<Event>,
     ) {
-        let Permit {
-            word: admitted,
-            start,
-        } = permit;
+        let (admitted, start) = (permit.word(), permit.start());
         let mut now = LazyNow::new(now);
         let slow = match self.config.slow_threshold() {
             // A call exactly at the threshold is not slow.
@@ -566,7 +637,7 @@ impl Machine {
         reason = "a permit is settled once: taking it by value makes a second settlement a compile error"
     )]
     pub(crate) fn release(&self, permit: Permit) {
-        let Permit { word, .. } = permit;
+        let word = permit.word();
         if !Permit::is_probe_word(word) {
             return;
         }
@@ -1007,6 +1078,25 @@ mod tests {
     }
 
     #[test]
+    fn admission_round_trips_permits_and_refusals() {
+        assert!(Admission::UNCHECKED.into_result().is_none());
+        for wait in [None, Some(Duration::ZERO), Some(Duration::new(45, 123))] {
+            let refused = Admission::refused(Rejected { retry_after: wait });
+            assert!(refused.is_refused() && !refused.is_unchecked());
+            assert_eq!(
+                refused.into_result().map(Result::err),
+                Some(Some(Rejected { retry_after: wait }))
+            );
+        }
+        for (word, start) in [(0, 0), (2, 7), (u64::MAX << 3 | 1, u32::MAX)] {
+            let permit = Permit::new(low(word), start).into_admission();
+            assert!(!permit.is_refused() && !permit.is_unchecked());
+            let permit = permit.into_result().expect("asked").expect("admitted");
+            assert_eq!((permit.word(), permit.start()), (low(word), start));
+        }
+    }
+
+    #[test]
     fn huge_waits_saturate_instead_of_overflowing() {
         let (m, t0) = machine(Config {
             open_duration: Duration::MAX,
@@ -1159,7 +1249,7 @@ mod properties {
                 let word = machine.current_word();
                 let live = outstanding
                     .iter()
-                    .filter(|p| p.is_probe() && p.word() == word)
+                    .filter(|p| p.is_probe() && p.admitted_word() == word)
                     .count();
                 prop_assert!(stats.probes_in_flight <= probes);
                 if stats.state == State::HalfOpen {

@@ -9,7 +9,7 @@ use crate::BreakerError;
 use crate::classify::{BoxError, Classify};
 use crate::future::{PermitGuard, ResponseFuture};
 use crate::handle::{Breaker, CircuitBreakerHandle};
-use crate::machine::Permit;
+use crate::machine::Admission;
 
 /// A circuit breaker around a service; built by
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
@@ -24,7 +24,7 @@ use crate::machine::Permit;
 pub struct CircuitBreaker<S, C> {
     inner: S,
     breaker: Arc<Breaker<C>>,
-    admission: Option<Result<Permit, BreakerError>>,
+    admission: Admission,
 }
 
 impl<S, C> CircuitBreaker<S, C> {
@@ -32,7 +32,7 @@ impl<S, C> CircuitBreaker<S, C> {
         Self {
             inner,
             breaker,
-            admission: None,
+            admission: Admission::UNCHECKED,
         }
     }
 
@@ -74,7 +74,8 @@ impl<S: std::fmt::Debug, C> std::fmt::Debug for CircuitBreaker<S, C> {
 impl<S, C> Drop for CircuitBreaker<S, C> {
     fn drop(&mut self) {
         // Admitted in `poll_ready` but never called: give the permit back.
-        if let Some(Ok(permit)) = self.admission.take() {
+        let admission = std::mem::replace(&mut self.admission, Admission::UNCHECKED);
+        if let Some(Ok(permit)) = admission.into_result() {
             self.breaker.shared.release(permit);
         }
     }
@@ -92,11 +93,10 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let breaker = &self.breaker;
-        let admission = self
-            .admission
-            .get_or_insert_with(|| breaker.shared.acquire());
-        if admission.is_err() {
+        if self.admission.is_unchecked() {
+            self.admission = self.breaker.shared.admit();
+        }
+        if self.admission.is_refused() {
             // `call` returns the refusal; the inner service is not polled.
             return Poll::Ready(Ok(()));
         }
@@ -105,7 +105,8 @@ where
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(error)) => {
                 let result: Result<S::Response, BoxError> = Err(error.into());
-                if let Some(Ok(permit)) = self.admission.take() {
+                let admission = std::mem::replace(&mut self.admission, Admission::UNCHECKED);
+                if let Some(Ok(permit)) = admission.into_result() {
                     let verdict = self.breaker.classifier.classify(&result);
                     self.breaker.shared.record(permit, verdict);
                 }
@@ -116,12 +117,13 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let admission = match self.admission.take() {
-            Some(admission) => admission,
-            None => self.breaker.shared.acquire(),
-        };
-        match admission {
-            Ok(mut permit) => {
+        let mut admission = std::mem::replace(&mut self.admission, Admission::UNCHECKED);
+        if admission.is_unchecked() {
+            // `call` without `poll_ready`: decide now.
+            admission = self.breaker.shared.admit();
+        }
+        match admission.into_result() {
+            Some(Ok(mut permit)) => {
                 if self.breaker.shared.times_calls() {
                     // Time the call itself, not the wait for readiness.
                     self.breaker.shared.restart(&mut permit);
@@ -129,7 +131,10 @@ where
                 let guard = PermitGuard::new(Arc::clone(&self.breaker), permit);
                 ResponseFuture::called(self.inner.call(request), guard)
             }
-            Err(error) => ResponseFuture::refused(error),
+            Some(Err(rejected)) => ResponseFuture::refused(BreakerError::CircuitOpen {
+                retry_after: rejected.retry_after,
+            }),
+            None => ResponseFuture::refused(BreakerError::CircuitOpen { retry_after: None }),
         }
     }
 }
