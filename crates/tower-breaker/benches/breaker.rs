@@ -1,7 +1,8 @@
 //! The circuit breaker's closed path and open (rejection) path against a bare
 //! `service_fn`, and tower-resilience's circuit breaker (closed) on the same workload; on
-//! one thread and with two threads contending. The call timeout and the fallback's
-//! pass-through path are measured for reference.
+//! one thread and with two threads contending. For reference: tower's `load_shed` (the
+//! emptiest real layer), the call timeout next to tower's, and the fallback's
+//! pass-through path.
 //!
 //! Run: `cargo bench -p tower-breaker --bench breaker -- --warm-up-time 0.5 --measurement-time 3`
 
@@ -117,9 +118,18 @@ fn single_thread(c: &mut Criterion, rt: &tokio::runtime::Runtime, tag: &str) {
     g.bench_function("tower-resilience-closed", |b| {
         b.to_async(rt).iter(|| drive(&peer, 1));
     });
+    let load_shed = tower::load_shed::LoadShedLayer::new().layer(baseline());
+    g.bench_function("tower-load-shed", |b| {
+        b.to_async(rt).iter(|| drive(&load_shed, 1));
+    });
     let timeout = TimeoutLayer::default().layer(baseline());
     g.bench_function("timeout", |b| {
         b.to_async(rt).iter(|| drive(&timeout, 1));
+    });
+    let tower_timeout =
+        tower::timeout::TimeoutLayer::new(Duration::from_secs(120)).layer(baseline());
+    g.bench_function("tower-timeout", |b| {
+        b.to_async(rt).iter(|| drive(&tower_timeout, 1));
     });
     let fallback = fallback_layer().layer(baseline());
     g.bench_function("fallback-pass-through", |b| {
