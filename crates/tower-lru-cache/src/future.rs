@@ -27,12 +27,16 @@ use crate::{
     metrics::Outcome,
     miss::miss,
     shared::HttpShared,
-    store::CacheStore,
+    store::{CacheStore, Entry},
 };
 
 type MissFuture<B> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, BoxError>> + Send>>;
 
 /// The future of [`CacheService`](crate::CacheService).
+///
+/// When the key needs no body (or the body is empty) and the store answers at once (the
+/// in-process store does), a hit is decided in `call` itself: the future is born ready,
+/// and neither the inner service nor the shared state is cloned.
 #[pin_project]
 pub struct ResponseFuture<S, ReqB, ResB, St>
 where
@@ -41,7 +45,6 @@ where
 {
     #[pin]
     state: State<S, ReqB, ResB, St>,
-    shared: Arc<HttpShared<St>>,
     _res: PhantomData<fn() -> ResB>,
 }
 
@@ -59,14 +62,16 @@ where
 {
     /// Reading the request body to hash it.
     Collect {
+        shared: Arc<HttpShared<St>>,
         parts: Option<Parts>,
         #[pin]
         body: ReqB,
         chunks: Chunks,
         svc: Option<S>,
     },
-    /// Looking the key up.
+    /// Waiting for the store's answer.
     Lookup {
+        shared: Arc<HttpShared<St>>,
         #[pin]
         get: St::Get,
         key: CacheKey,
@@ -91,7 +96,7 @@ where
 
 impl<S, ReqB, ResB, St> ResponseFuture<S, ReqB, ResB, St>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
     ReqB: Body + From<Bytes> + Send + 'static,
@@ -100,45 +105,37 @@ where
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
-    pub(crate) fn new(shared: Arc<HttpShared<St>>, svc: S, req: Request<ReqB>) -> Self {
+    pub(crate) fn new(shared: &Arc<HttpShared<St>>, inner: &S, req: Request<ReqB>) -> Self {
         let (parts, body) = req.into_parts();
-        let state = match shared.key.plan(&parts) {
-            Plan::Bypass => bypass(&shared, svc, Request::from_parts(parts, body)),
-            Plan::WithoutBody => match shared.key.key(&parts, None) {
-                Some(key) => State::Lookup {
-                    get: shared.core.store.get(&key),
-                    key,
-                    parts: Some(parts),
-                    body: Some(ReqBody::Unread(body)),
-                    svc: Some(svc),
-                },
-                None => bypass(&shared, svc, Request::from_parts(parts, body)),
-            },
+        let key = match shared.key.plan(&parts) {
+            Plan::Bypass => None,
+            Plan::WithoutBody => shared.key.key(&parts, None),
             // An empty body needs no reading: key it as empty and pass it on untouched.
-            Plan::WithBody if body.is_end_stream() => match shared.key.key(&parts, Some(&[])) {
-                Some(key) => State::Lookup {
-                    get: shared.core.store.get(&key),
-                    key,
-                    parts: Some(parts),
-                    body: Some(ReqBody::Unread(body)),
-                    svc: Some(svc),
-                },
-                None => bypass(&shared, svc, Request::from_parts(parts, body)),
-            },
-            Plan::WithBody => match body.size_hint().upper() {
-                // Only bodies known to fit are read; anything else passes through unread.
-                Some(upper) if upper <= shared.max_request_body => State::Collect {
-                    parts: Some(parts),
-                    body,
-                    chunks: Chunks::default(),
-                    svc: Some(svc),
-                },
-                _ => bypass(&shared, svc, Request::from_parts(parts, body)),
-            },
+            Plan::WithBody if body.is_end_stream() => shared.key.key(&parts, Some(&[])),
+            Plan::WithBody => {
+                let state = match body.size_hint().upper() {
+                    // Only bodies known to fit are read; anything else passes through unread.
+                    Some(upper) if upper <= shared.max_request_body => State::Collect {
+                        shared: Arc::clone(shared),
+                        parts: Some(parts),
+                        body,
+                        chunks: Chunks::default(),
+                        svc: Some(inner.clone()),
+                    },
+                    _ => bypass(shared, inner.clone(), Request::from_parts(parts, body)),
+                };
+                return Self::with(state);
+            }
         };
+        Self::with(match key {
+            Some(key) => lookup(shared, || inner.clone(), key, parts, ReqBody::Unread(body)),
+            None => bypass(shared, inner.clone(), Request::from_parts(parts, body)),
+        })
+    }
+
+    fn with(state: State<S, ReqB, ResB, St>) -> Self {
         Self {
             state,
-            shared,
             _res: PhantomData,
         }
     }
@@ -160,6 +157,76 @@ where
     }
 }
 
+/// Looks `key` up: at once when the store can answer synchronously, else in the future.
+fn lookup<S, ReqB, ResB, St>(
+    shared: &Arc<HttpShared<St>>,
+    svc: impl FnOnce() -> S,
+    key: CacheKey,
+    parts: Parts,
+    body: ReqBody<ReqB>,
+) -> State<S, ReqB, ResB, St>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ReqB: Body + From<Bytes> + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+    St: CacheStore<CachedResponse>,
+{
+    match shared.core.store.get_now(&key) {
+        Some(found) => decide(shared, found, svc, key, parts, body),
+        None => State::Lookup {
+            shared: Arc::clone(shared),
+            get: shared.core.store.get(&key),
+            key,
+            parts: Some(parts),
+            body: Some(body),
+            svc: Some(svc()),
+        },
+    }
+}
+
+/// A fresh entry answers; anything else takes the miss path.
+fn decide<S, ReqB, ResB, St>(
+    shared: &Arc<HttpShared<St>>,
+    found: Option<Arc<Entry<CachedResponse>>>,
+    svc: impl FnOnce() -> S,
+    key: CacheKey,
+    parts: Parts,
+    body: ReqBody<ReqB>,
+) -> State<S, ReqB, ResB, St>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ReqB: Body + From<Bytes> + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+    St: CacheStore<CachedResponse>,
+{
+    let now = Instant::now();
+    let stale = match shared.core.classify(found, now) {
+        Found::Fresh(entry) => {
+            shared.core.record(Outcome::Hit);
+            let age = now.saturating_duration_since(entry.stored_at()).as_secs();
+            return State::Done {
+                out: Some(Ok(entry.value().replay("HIT", Some(age)))),
+            };
+        }
+        Found::Stale(entry) => Some(entry),
+        Found::Absent => None,
+    };
+    let body = match body {
+        ReqBody::Read(bytes) => ReqB::from(bytes),
+        ReqBody::Unread(body) => body,
+    };
+    let req = Request::from_parts(parts, body);
+    State::Miss {
+        fut: Box::pin(miss(Arc::clone(shared), svc(), req, key, stale)),
+    }
+}
+
 impl<S, ReqB, ResB, St> Future for ResponseFuture<S, ReqB, ResB, St>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
@@ -175,91 +242,65 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            let this = self.as_mut().project();
-            let shared = &**this.shared;
-            let next = match this.state.project() {
+            let next = match self.as_mut().project().state.project() {
                 StateProj::Collect {
+                    shared,
                     parts,
                     mut body,
                     chunks,
                     svc,
-                } => {
-                    match ready!(body.as_mut().poll_frame(cx)) {
-                        Some(Err(e)) => State::Done {
-                            out: Some(Err(CacheError::RequestBody(e.into()).into())),
-                        },
-                        Some(Ok(frame)) => {
-                            // Request trailers cannot travel in a rebuilt body: they are dropped.
-                            if let Ok(data) = frame.into_data() {
-                                chunks.push(data);
-                                if chunks.len as u64 > shared.max_request_body {
-                                    let e = CacheError::RequestBody(
-                                        "request body exceeded its declared size".into(),
-                                    );
-                                    State::Done {
-                                        out: Some(Err(e.into())),
-                                    }
-                                } else {
-                                    continue;
+                } => match ready!(body.as_mut().poll_frame(cx)) {
+                    Some(Err(e)) => State::Done {
+                        out: Some(Err(CacheError::RequestBody(e.into()).into())),
+                    },
+                    Some(Ok(frame)) => {
+                        // Request trailers cannot travel in a rebuilt body: they are dropped.
+                        if let Ok(data) = frame.into_data() {
+                            chunks.push(data);
+                            if chunks.len as u64 > shared.max_request_body {
+                                let e = CacheError::RequestBody(
+                                    "request body exceeded its declared size".into(),
+                                );
+                                State::Done {
+                                    out: Some(Err(e.into())),
                                 }
                             } else {
                                 continue;
                             }
+                        } else {
+                            continue;
                         }
-                        None => {
-                            let bytes = std::mem::take(chunks).into_bytes();
-                            match (parts.take(), svc.take()) {
-                                (Some(parts), Some(svc)) => {
-                                    match shared.key.key(&parts, Some(&bytes)) {
-                                        Some(key) => State::Lookup {
-                                            get: shared.core.store.get(&key),
-                                            key,
-                                            parts: Some(parts),
-                                            body: Some(ReqBody::Read(bytes)),
-                                            svc: Some(svc),
-                                        },
-                                        None => bypass(
-                                            shared,
-                                            svc,
-                                            Request::from_parts(parts, ReqB::from(bytes)),
-                                        ),
-                                    }
-                                }
-                                _ => return Poll::Ready(Err(polled_after_completion())),
+                    }
+                    None => {
+                        let bytes = std::mem::take(chunks).into_bytes();
+                        let (Some(parts), Some(svc)) = (parts.take(), svc.take()) else {
+                            return Poll::Ready(Err(polled_after_completion()));
+                        };
+                        match shared.key.key(&parts, Some(&bytes)) {
+                            Some(key) => {
+                                lookup(shared, move || svc, key, parts, ReqBody::Read(bytes))
+                            }
+                            None => {
+                                bypass(shared, svc, Request::from_parts(parts, ReqB::from(bytes)))
                             }
                         }
                     }
-                }
+                },
                 StateProj::Lookup {
+                    shared,
                     get,
                     key,
                     parts,
                     body,
                     svc,
                 } => {
-                    let now = Instant::now();
-                    let stale = match shared.core.classify(ready!(get.poll(cx)), now) {
-                        Found::Fresh(entry) => {
-                            shared.core.record(Outcome::Hit);
-                            let age = now.saturating_duration_since(entry.stored_at()).as_secs();
-                            return Poll::Ready(Ok(entry.value().replay("HIT", Some(age))));
-                        }
-                        Found::Stale(entry) => Some(entry),
-                        Found::Absent => None,
-                    };
+                    let found = ready!(get.poll(cx));
                     let (Some(parts), Some(body), Some(svc)) =
                         (parts.take(), body.take(), svc.take())
                     else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let body = match body {
-                        ReqBody::Read(bytes) => ReqB::from(bytes),
-                        ReqBody::Unread(body) => body,
-                    };
-                    let req = Request::from_parts(parts, body);
-                    State::Miss {
-                        fut: Box::pin(miss(Arc::clone(this.shared), svc, req, *key, stale)),
-                    }
+                    decide(shared, found, move || svc, *key, parts, body)
                 }
                 StateProj::Ready { svc, req } => {
                     if let Err(e) = ready!(svc.poll_ready(cx)) {

@@ -313,39 +313,82 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let svc = self.inner.clone();
         let core = &self.shared.core;
         let state = match (self.shared.key)(&req) {
-            Some(key) => FnState::Lookup {
-                get: core.store.get(&key),
-                key,
-                call: Some((svc, req)),
+            // The store answers at once: a hit clones neither the service nor the state.
+            Some(key) => match core.store.get_now(&key) {
+                Some(found) => match Arc::clone(&self.shared).hit_or_miss(
+                    found,
+                    key,
+                    || self.inner.clone(),
+                    req,
+                ) {
+                    Ok(hit) => FnState::Done { out: Some(hit) },
+                    Err(fut) => FnState::Miss { fut },
+                },
+                None => FnState::Lookup {
+                    get: core.store.get(&key),
+                    key,
+                    call: Some((self.inner.clone(), req)),
+                    shared: self.shared.clone(),
+                },
             },
             None => {
                 core.record(Outcome::Bypass);
                 FnState::Ready {
-                    svc,
+                    svc: self.inner.clone(),
                     req: Some(req),
                 }
             }
         };
-        let shared: Arc<dyn FnMiss<S, Req, Res>> = self.shared.clone();
-        FnCacheFuture { state, shared }
+        FnCacheFuture { state }
     }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The type-erased part of the shared state a future needs: the store's lookups are
-/// typed by `St`, the rest is reached through this.
+/// The type-erased part of the shared state that a pending lookup needs: the store's
+/// lookups are typed by `St`, the rest is reached through this.
 trait FnMiss<S, Req, Res>: Send + Sync {
-    fn hit_or_miss(
+    fn hit_or_miss_with(
         self: Arc<Self>,
         found: Option<Arc<Entry<Res>>>,
         key: CacheKey,
         svc: S,
         req: Req,
     ) -> Result<Res, BoxFuture<Result<Res, BoxError>>>;
+}
+
+impl<K, Res, St> FnShared<K, Res, St>
+where
+    K: Send + Sync + 'static,
+    Res: Clone + Send + Sync + 'static,
+    St: CacheStore<Res>,
+{
+    /// A fresh entry answers; anything else takes the miss path, with `svc()`.
+    fn hit_or_miss<S, Req>(
+        self: Arc<Self>,
+        found: Option<Arc<Entry<Res>>>,
+        key: CacheKey,
+        svc: impl FnOnce() -> S,
+        req: Req,
+    ) -> Result<Res, BoxFuture<Result<Res, BoxError>>>
+    where
+        S: Service<Req, Response = Res> + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+        Req: Send + 'static,
+    {
+        let stale = match self.core.classify(found, Instant::now()) {
+            Found::Fresh(entry) => {
+                self.core.record(Outcome::Hit);
+                return Ok(entry.value().clone());
+            }
+            Found::Stale(entry) => Some(entry),
+            Found::Absent => None,
+        };
+        Err(Box::pin(fn_miss(self, svc(), req, key, stale)))
+    }
 }
 
 impl<S, K, Req, Res, St> FnMiss<S, Req, Res> for FnShared<K, Res, St>
@@ -358,22 +401,14 @@ where
     Res: Clone + Send + Sync + 'static,
     St: CacheStore<Res>,
 {
-    fn hit_or_miss(
+    fn hit_or_miss_with(
         self: Arc<Self>,
         found: Option<Arc<Entry<Res>>>,
         key: CacheKey,
         svc: S,
         req: Req,
     ) -> Result<Res, BoxFuture<Result<Res, BoxError>>> {
-        let stale = match self.core.classify(found, Instant::now()) {
-            Found::Fresh(entry) => {
-                self.core.record(Outcome::Hit);
-                return Ok(entry.value().clone());
-            }
-            Found::Stale(entry) => Some(entry),
-            Found::Absent => None,
-        };
-        Err(Box::pin(fn_miss(self, svc, req, key, stale)))
+        self.hit_or_miss(found, key, move || svc, req)
     }
 }
 
@@ -505,7 +540,6 @@ where
 {
     #[pin]
     state: FnState<S, Req, Res, St>,
-    shared: Arc<dyn FnMiss<S, Req, Res>>,
 }
 
 #[pin_project(project = FnStateProj)]
@@ -519,6 +553,7 @@ where
         get: St::Get,
         key: CacheKey,
         call: Option<(S, Req)>,
+        shared: Arc<dyn FnMiss<S, Req, Res>>,
     },
     Ready {
         svc: S,
@@ -530,6 +565,9 @@ where
     },
     Miss {
         fut: BoxFuture<Result<Res, BoxError>>,
+    },
+    Done {
+        out: Option<Res>,
     },
 }
 
@@ -543,14 +581,18 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            let this = self.as_mut().project();
-            let next = match this.state.project() {
-                FnStateProj::Lookup { get, key, call } => {
+            let next = match self.as_mut().project().state.project() {
+                FnStateProj::Lookup {
+                    get,
+                    key,
+                    call,
+                    shared,
+                } => {
                     let found = ready!(get.poll(cx));
                     let Some((svc, req)) = call.take() else {
-                        return Poll::Ready(Err("cache future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
-                    match Arc::clone(this.shared).hit_or_miss(found, *key, svc, req) {
+                    match Arc::clone(shared).hit_or_miss_with(found, *key, svc, req) {
                         Ok(hit) => return Poll::Ready(Ok(hit)),
                         Err(fut) => FnState::Miss { fut },
                     }
@@ -560,16 +602,23 @@ where
                         return Poll::Ready(Err(e.into()));
                     }
                     let Some(req) = req.take() else {
-                        return Poll::Ready(Err("cache future polled after completion".into()));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     FnState::Call { fut: svc.call(req) }
                 }
                 FnStateProj::Call { fut } => return fut.poll(cx).map_err(Into::into),
                 FnStateProj::Miss { fut } => return fut.as_mut().poll(cx),
+                FnStateProj::Done { out } => {
+                    return Poll::Ready(out.take().ok_or_else(polled_after_completion));
+                }
             };
             self.as_mut().project().state.set(next);
         }
     }
+}
+
+fn polled_after_completion() -> BoxError {
+    "cache future polled after completion".into()
 }
 
 impl<S, Req, Res, St> fmt::Debug for FnCacheFuture<S, Req, Res, St>

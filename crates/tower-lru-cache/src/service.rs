@@ -108,6 +108,6 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        ResponseFuture::new(Arc::clone(&self.shared), self.inner.clone(), req)
+        ResponseFuture::new(&self.shared, &self.inner, req)
     }
 }

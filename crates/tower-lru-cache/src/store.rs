@@ -81,6 +81,14 @@ pub trait CacheStore<V>: Send + Sync + 'static {
     /// Looks up `key`.
     fn get(&self, key: &CacheKey) -> Self::Get;
 
+    /// Looks up `key` without waiting, when the store can (the in-process store always
+    /// can): `Some(answer)`. `None` (the default) means "call [`get`](Self::get)". With
+    /// it, a hit is answered in `Service::call` without cloning the inner service.
+    fn get_now(&self, key: &CacheKey) -> Option<Option<Arc<Entry<V>>>> {
+        let _ = key;
+        None
+    }
+
     /// Stores `entry` under `key`, replacing any previous one.
     fn insert(&self, key: CacheKey, entry: Arc<Entry<V>>);
 
@@ -153,6 +161,10 @@ impl<V: Send + Sync + 'static> CacheStore<V> for MokaStore<V> {
 
     fn get(&self, key: &CacheKey) -> Self::Get {
         ready(self.cache.get(key))
+    }
+
+    fn get_now(&self, key: &CacheKey) -> Option<Option<Arc<Entry<V>>>> {
+        Some(self.cache.get(key))
     }
 
     fn insert(&self, key: CacheKey, entry: Arc<Entry<V>>) {

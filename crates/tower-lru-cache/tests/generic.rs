@@ -223,3 +223,54 @@ proptest! {
         })?;
     }
 }
+
+/// A store that answers lookups only after a yield, as a remote store would.
+struct RemoteLike(tower_lru_cache::MokaStore<String>);
+
+impl tower_lru_cache::CacheStore<String> for RemoteLike {
+    type Get = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Option<Arc<tower_lru_cache::Entry<String>>>> + Send>,
+    >;
+
+    fn get(&self, key: &CacheKey) -> Self::Get {
+        let found = self.0.get_now(key).flatten();
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            found
+        })
+    }
+
+    fn insert(&self, key: CacheKey, entry: Arc<tower_lru_cache::Entry<String>>) {
+        self.0.insert(key, entry);
+    }
+
+    fn remove(&self, key: &CacheKey) {
+        self.0.remove(key);
+    }
+
+    fn clear(&self) {
+        self.0.clear();
+    }
+
+    fn entry_count(&self) -> u64 {
+        self.0.entry_count()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_asynchronous_store_behaves_the_same() {
+    let sdk = Sdk::default();
+    let layer = FnCacheLayer::builder(key_of)
+        .store(RemoteLike(tower_lru_cache::MokaStore::with_max_entries(10)))
+        .build();
+    let handle = layer.handle();
+    let svc = layer.layer(sdk.service(Duration::ZERO));
+    assert_eq!(svc.clone().oneshot("a".to_owned()).await.unwrap(), "a#1");
+    assert_eq!(svc.clone().oneshot("a".to_owned()).await.unwrap(), "a#1");
+    assert_eq!(
+        svc.clone().oneshot("nocache".to_owned()).await.unwrap(),
+        "nocache#2"
+    );
+    let s = handle.snapshot();
+    assert_eq!((s.hits, s.misses, s.bypassed, s.entries), (1, 1, 1, 1));
+}

@@ -758,3 +758,71 @@ async fn a_body_longer_than_declared_is_refused() {
         Some(StatusCode::BAD_REQUEST)
     );
 }
+
+/// A store that answers lookups only after a yield, as a remote store would.
+struct RemoteLike(tower_lru_cache::MokaStore<tower_lru_cache::CachedResponse>);
+
+impl tower_lru_cache::CacheStore<tower_lru_cache::CachedResponse> for RemoteLike {
+    type Get = Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Option<Arc<tower_lru_cache::Entry<tower_lru_cache::CachedResponse>>>,
+                > + Send,
+        >,
+    >;
+
+    fn get(&self, key: &tower_lru_cache::CacheKey) -> Self::Get {
+        let found = self.0.get_now(key).flatten();
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            found
+        })
+    }
+
+    fn insert(
+        &self,
+        key: tower_lru_cache::CacheKey,
+        entry: Arc<tower_lru_cache::Entry<tower_lru_cache::CachedResponse>>,
+    ) {
+        self.0.insert(key, entry);
+    }
+
+    fn remove(&self, key: &tower_lru_cache::CacheKey) {
+        self.0.remove(key);
+    }
+
+    fn clear(&self) {
+        self.0.clear();
+    }
+
+    fn entry_count(&self) -> u64 {
+        self.0.entry_count()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_asynchronous_store_behaves_the_same() {
+    let up = Upstream::new();
+    let layer = builder()
+        .ttl(Duration::from_secs(60))
+        .stale_if_error(Duration::from_secs(30))
+        .store(RemoteLike(tower_lru_cache::MokaStore::with_max_entries(10)))
+        .build();
+    let handle = layer.handle();
+    let svc = tower::Layer::layer(&layer, up.service());
+    let empty = || Request::get("/r").body(Full::default()).unwrap();
+    assert_eq!(send(&svc, post("a")).await.unwrap().0, "MISS");
+    assert_eq!(
+        send(&svc, post("a")).await.unwrap(),
+        ("HIT".into(), "answer 1 to a".into())
+    );
+    assert_eq!(send(&svc, empty()).await.unwrap().0, "MISS");
+    assert_eq!(send(&svc, empty()).await.unwrap().0, "HIT");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    up.set(Mode::Fail);
+    assert_eq!(
+        send(&svc, post("a")).await.unwrap(),
+        ("STALE".into(), "answer 1 to a".into())
+    );
+    assert_eq!(counts(&handle.snapshot()), [2, 2, 1, 0, 0]);
+}
