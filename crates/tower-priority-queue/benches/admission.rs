@@ -207,6 +207,18 @@ fn two_threads(c: &mut Criterion) {
     group.bench_function("tower_concurrency_limit", |b| {
         b.iter_custom(|iters| contend(&runtime, &limit, iters, &same_thread));
     });
+    // One slot for two threads: every other request queues (the slow path).
+    let saturated = PriorityQueueLayer::builder()
+        .max_in_flight(1)
+        .build()
+        .layer(bare());
+    group.bench_function("priority_queue_one_slot", |b| {
+        b.iter_custom(|iters| contend(&runtime, &saturated, iters, &same_thread));
+    });
+    let limit_saturated = ConcurrencyLimitLayer::new(1).layer(bare());
+    group.bench_function("tower_concurrency_limit_one_slot", |b| {
+        b.iter_custom(|iters| contend(&runtime, &limit_saturated, iters, &same_thread));
+    });
     let retry = RetryLayer::new().layer(bare());
     group.bench_function("retry", |b| {
         b.iter_custom(|iters| contend(&runtime, &retry, iters, &same_thread));
