@@ -4,7 +4,7 @@
 //! pays one atomic add, not a label lookup. Install the `metrics` recorder **before**
 //! building the layer: handles resolved earlier stay bound to the no-op recorder.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use metrics::Counter;
 
@@ -22,19 +22,47 @@ pub const REJECTED: &str = "rejected";
 /// Admitted after waiting for tokens (wait mode).
 pub const WAITED: &str = "waited";
 
-/// A counter on its own cache line, so that the three counts do not contend.
+/// A counter on its own cache line.
 #[derive(Debug, Default)]
 #[repr(align(64))]
 struct Padded(AtomicU64);
+
+/// A count split over a few cache lines, each thread adding to its own, so that threads
+/// admitting requests at the same time do not fight over one line.
+#[derive(Debug, Default)]
+struct Striped([Padded; STRIPES]);
+
+const STRIPES: usize = 8;
+
+impl Striped {
+    #[inline]
+    fn add(&self) {
+        self.0[stripe()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.0.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// This thread's stripe, assigned round-robin on first use.
+#[inline]
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
 
 #[derive(Debug)]
 pub(crate) struct Recorder {
     allowed: Counter,
     rejected: Counter,
     waited: Counter,
-    n_allowed: Padded,
-    n_rejected: Padded,
-    n_waited: Padded,
+    n_allowed: Striped,
+    n_rejected: Striped,
+    n_waited: Striped,
 }
 
 impl Recorder {
@@ -50,34 +78,34 @@ impl Recorder {
             allowed: counter(ALLOWED),
             rejected: counter(REJECTED),
             waited: counter(WAITED),
-            n_allowed: Padded::default(),
-            n_rejected: Padded::default(),
-            n_waited: Padded::default(),
+            n_allowed: Striped::default(),
+            n_rejected: Striped::default(),
+            n_waited: Striped::default(),
         }
     }
 
     #[inline]
     pub(crate) fn allowed(&self) {
-        self.n_allowed.0.fetch_add(1, Ordering::Relaxed);
+        self.n_allowed.add();
         self.allowed.increment(1);
     }
 
     pub(crate) fn rejected(&self) {
-        self.n_rejected.0.fetch_add(1, Ordering::Relaxed);
+        self.n_rejected.add();
         self.rejected.increment(1);
     }
 
     pub(crate) fn waited(&self) {
-        self.n_waited.0.fetch_add(1, Ordering::Relaxed);
+        self.n_waited.add();
         self.waited.increment(1);
     }
 
     /// (allowed, rejected, waited)
     pub(crate) fn counts(&self) -> (u64, u64, u64) {
         (
-            self.n_allowed.0.load(Ordering::Relaxed),
-            self.n_rejected.0.load(Ordering::Relaxed),
-            self.n_waited.0.load(Ordering::Relaxed),
+            self.n_allowed.sum(),
+            self.n_rejected.sum(),
+            self.n_waited.sum(),
         )
     }
 }
