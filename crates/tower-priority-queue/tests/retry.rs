@@ -338,3 +338,14 @@ async fn decisions_are_counted_by_outcome() {
     assert_eq!(count("exhausted"), Some(1));
     assert_eq!(count("budget_exhausted"), Some(0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_policy_drives_towers_own_retry() {
+    let script = Script::new(vec![Ok(response(502, None)), Ok(response(200, None))]);
+    let layer = RetryLayer::new();
+    let service = tower::retry::Retry::new(layer.policy(), script.service());
+    let response = service.oneshot(request()).await.expect("response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(script.calls().len(), 2);
+    assert_eq!(layer.handle().snapshot().retried, 1);
+}

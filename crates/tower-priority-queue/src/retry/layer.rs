@@ -49,6 +49,14 @@ impl<C, R> RetryLayer<C, R> {
     pub fn handle(&self) -> RetryHandle {
         RetryHandle::new(Arc::clone(&self.shared.metrics.stats))
     }
+
+    /// The layer's policy, for use with tower's own [`tower::retry::Retry`] around a
+    /// service whose error type is already [`tower::BoxError`]. It shares the layer's
+    /// settings, budget and counts.
+    #[must_use]
+    pub fn policy(&self) -> RetryPolicy<C, R> {
+        RetryPolicy::new(Arc::clone(&self.shared))
+    }
 }
 
 impl<C, R> Clone for RetryLayer<C, R> {
