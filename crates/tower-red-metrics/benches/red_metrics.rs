@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use axum_prometheus::BaseMetricLayer;
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::{Empty, Full};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -55,8 +56,12 @@ where
     black_box(response);
 }
 
-fn single<S>(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, service: &S)
-where
+fn single<S>(
+    c: &mut BenchmarkGroup<'_, WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    service: &S,
+) where
     S: Service<Req> + Clone,
     S::Error: std::fmt::Debug,
 {
@@ -65,8 +70,12 @@ where
 
 /// Two tasks on two workers, released together by a spin gate, each timing its own
 /// requests; returns the mean of the two tasks' times.
-fn contended<S>(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, service: &S)
-where
+fn contended<S>(
+    c: &mut BenchmarkGroup<'_, WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    service: &S,
+) where
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: std::fmt::Debug,
     S::Future: Send,
@@ -118,6 +127,8 @@ where
 }
 
 fn benches(c: &mut Criterion) {
+    let mut c = c.benchmark_group("red_metrics");
+    let c = &mut c;
     let prometheus = PrometheusConfig::new()
         .install()
         .expect("the bench installs the only recorder");
@@ -134,13 +145,13 @@ fn benches(c: &mut Criterion) {
     let red = RedMetricsLayer::new().layer(bare());
     let peer = BaseMetricLayer::new().layer(bare());
 
-    single(c, &single_rt, "baseline/start", &bare());
-    single(c, &single_rt, "red_metrics", &red);
+    single(c, &single_rt, "baseline_start", &bare());
+    single(c, &single_rt, "layer", &red);
     single(c, &single_rt, "axum_prometheus", &peer);
-    contended(c, &multi_rt, "contended/baseline", &bare());
-    contended(c, &multi_rt, "contended/red_metrics", &red);
-    contended(c, &multi_rt, "contended/axum_prometheus", &peer);
-    single(c, &single_rt, "baseline/end", &bare());
+    contended(c, &multi_rt, "contended_baseline", &bare());
+    contended(c, &multi_rt, "contended_layer", &red);
+    contended(c, &multi_rt, "contended_axum_prometheus", &peer);
+    single(c, &single_rt, "baseline_end", &bare());
 
     // Rendering: a recorder of its own, with N distinct (method, route, status) series;
     // each route also has an in-flight gauge and a 22-bucket duration histogram.
@@ -169,7 +180,7 @@ fn benches(c: &mut Criterion) {
                 service.clone().oneshot(req).await.unwrap();
             }
         });
-        c.bench_function(&format!("render/{series}_series"), |b| {
+        c.bench_function(format!("render_{series}_series"), |b| {
             b.iter(|| black_box(rendered.render()));
         });
     }
