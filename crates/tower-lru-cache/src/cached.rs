@@ -25,6 +25,8 @@ pub struct CachedResponse {
     body: Bytes,
     trailers: Option<HeaderMap>,
     extensions: Extensions,
+    /// The headers already hold `x-cache: HIT` and `age: 0`.
+    marked_hit: bool,
 }
 
 impl CachedResponse {
@@ -44,6 +46,7 @@ impl CachedResponse {
             body,
             trailers,
             extensions: Extensions::new(),
+            marked_hit: false,
         }
     }
 
@@ -55,6 +58,7 @@ impl CachedResponse {
             body,
             trailers,
             extensions: parts.extensions,
+            marked_hit: false,
         }
     }
 
@@ -63,13 +67,15 @@ impl CachedResponse {
     pub(crate) fn for_storage(&self) -> Self {
         let mut headers = self.headers.clone();
         mark(&mut headers, "HIT", Some(0));
-        Self::new(
+        let mut stored = Self::new(
             self.status,
             self.version,
             headers,
             self.body.clone(),
             self.trailers.clone(),
-        )
+        );
+        stored.marked_hit = true;
+        stored
     }
 
     /// The status.
@@ -126,7 +132,12 @@ impl CachedResponse {
         *res.version_mut() = self.version;
         *res.headers_mut() = self.headers.clone();
         *res.extensions_mut() = self.extensions.clone();
-        mark(res.headers_mut(), x_cache, age_secs);
+        match (self.marked_hit, x_cache, age_secs) {
+            // Already in place.
+            (true, "HIT", Some(0)) => {}
+            (true, "HIT", Some(age)) => set(res.headers_mut(), AGE, HeaderValue::from(age)),
+            _ => mark(res.headers_mut(), x_cache, age_secs),
+        }
         res
     }
 }

@@ -128,8 +128,13 @@ impl KeyHasher {
     /// Writes a count (for example how many values a header has) under `tag`.
     #[inline]
     pub fn count(&mut self, tag: u8, n: usize) -> &mut Self {
-        let (buf, len) = prefix(tag, n);
-        self.write(&buf[..len]);
+        if self.len + 11 <= BUF {
+            self.len += prefix_into(tag, n, &mut self.buf[self.len..]);
+        } else {
+            let mut buf = [0u8; 11];
+            let len = prefix_into(tag, n, &mut buf);
+            self.write(&buf[..len]);
+        }
         self
     }
 
@@ -160,21 +165,21 @@ impl KeyHasher {
     }
 }
 
-/// `tag`, then `n` in LEB128: seven bits per byte, the high bit set on all but the last.
+/// Writes `tag`, then `n` in LEB128 (seven bits per byte, the high bit set on all but
+/// the last) at the start of `out`, which has room for 11 bytes; returns the length.
 #[inline]
-fn prefix(tag: u8, n: usize) -> ([u8; 11], usize) {
-    let mut buf = [0u8; 11];
-    buf[0] = tag;
+fn prefix_into(tag: u8, n: usize, out: &mut [u8]) -> usize {
+    out[0] = tag;
     let mut n = n as u64;
     let mut len = 1;
     loop {
         let low = (n & 0x7f) as u8;
         n >>= 7;
         if n == 0 {
-            buf[len] = low;
-            return (buf, len + 1);
+            out[len] = low;
+            return len + 1;
         }
-        buf[len] = low | 0x80;
+        out[len] = low | 0x80;
         len += 1;
     }
 }
@@ -227,7 +232,8 @@ mod tests {
     fn encode(fields: &[(u8, Vec<u8>)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (tag, bytes) in fields {
-            let (buf, len) = prefix(*tag, bytes.len());
+            let mut buf = [0u8; 11];
+            let len = prefix_into(*tag, bytes.len(), &mut buf);
             out.extend_from_slice(&buf[..len]);
             out.extend_from_slice(bytes);
         }
