@@ -72,16 +72,27 @@ impl std::error::Error for RequestRejected {}
 pub type RequestCheck =
     Arc<dyn Fn(&mut http::request::Parts, &Bytes) -> Result<(), RequestRejected> + Send + Sync>;
 
-/// Buffers request bodies up to `limit` bytes and runs the request check.
+/// Reads request bodies whole, up to a limit (413 beyond it, before reading when the
+/// declared length is over), and runs an optional [`RequestCheck`]; the inner service
+/// gets a `Request<Full<Bytes>>`, which layers below can hash and clone.
 #[derive(Clone)]
-pub(crate) struct BufferBodyLayer {
+pub struct BufferBodyLayer {
     limit: usize,
     check: Option<RequestCheck>,
 }
 
 impl BufferBodyLayer {
-    pub(crate) fn new(limit: usize, check: Option<RequestCheck>) -> Self {
-        Self { limit, check }
+    /// Reads bodies of at most `limit` bytes.
+    #[must_use]
+    pub fn new(limit: usize) -> Self {
+        Self { limit, check: None }
+    }
+
+    /// Runs `check` on every request once its body is read.
+    #[must_use]
+    pub fn check(mut self, check: RequestCheck) -> Self {
+        self.check = Some(check);
+        self
     }
 }
 
@@ -296,7 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_within_the_limit_reach_the_inner_service_whole() {
-        let svc = BufferBodyLayer::new(8, None).layer(service_fn(echo));
+        let svc = BufferBodyLayer::new(8).layer(service_fn(echo));
         let out = svc
             .oneshot(Request::new(Full::new(Bytes::from_static(b"12345678"))))
             .await
@@ -306,12 +317,11 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_over_the_limit_get_413_without_a_call() {
-        let svc =
-            BufferBodyLayer::new(8, None).layer(service_fn(|_: Request<Full<Bytes>>| async {
-                panic!("the inner service must not be called");
-                #[allow(unreachable_code)]
-                Ok::<_, BoxError>(())
-            }));
+        let svc = BufferBodyLayer::new(8).layer(service_fn(|_: Request<Full<Bytes>>| async {
+            panic!("the inner service must not be called");
+            #[allow(unreachable_code)]
+            Ok::<_, BoxError>(())
+        }));
         let err = svc
             .clone()
             .oneshot(Request::new(Full::new(Bytes::from_static(b"123456789"))))
@@ -338,7 +348,7 @@ mod tests {
             parts.extensions.insert(Seen(body.len()));
             Ok(())
         });
-        let svc = BufferBodyLayer::new(64, Some(check)).layer(service_fn(
+        let svc = BufferBodyLayer::new(64).check(check).layer(service_fn(
             |req: Request<Full<Bytes>>| async move {
                 Ok::<_, BoxError>(req.extensions().get::<Seen>().cloned())
             },

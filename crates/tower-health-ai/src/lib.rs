@@ -66,7 +66,9 @@ pub use tower_token_bucket as token_bucket;
 
 #[cfg(feature = "axum")]
 pub use crate::axum::{health_handler, metrics_handler};
-pub use crate::body::{BufferBody, BufferBodyFuture, RequestCheck, RequestRejected};
+pub use crate::body::{
+    BufferBody, BufferBodyFuture, BufferBodyLayer, RequestCheck, RequestRejected,
+};
 pub use crate::count::CountCalls;
 pub use crate::handle::{
     CircuitBreakers, Cost, Health, HealthAiHandle, HealthStatus, MetricsReport, RateLimits,
@@ -76,7 +78,7 @@ pub use crate::policy::{
     is_local_refusal,
 };
 pub use crate::prometheus::install_prometheus;
-pub use crate::refusal::{Refusals, RefusalsFuture, refusal_response};
+pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
 pub use crate::stack::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_USER_HEADER, HealthAi, HealthAiFuture, HealthAiStack,
     HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME, UpstreamRequest,

@@ -24,9 +24,11 @@ use tower_token_bucket::RateLimitError;
 /// server's capacity, not the client's rate: they answer 503, like a full queue.
 pub(crate) const GLOBAL_LIMITER: &str = "upstream";
 
-/// Turns the stack's errors into responses.
+/// Turns every error of the services below into its response, per the rejection table
+/// (see [`refusal_response`]): use it under RED metrics so that refusals are counted as
+/// what clients see.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RefusalsLayer;
+pub struct RefusalsLayer;
 
 impl<S> Layer<S> for RefusalsLayer {
     type Service = Refusals<S>;

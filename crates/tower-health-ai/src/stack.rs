@@ -428,7 +428,10 @@ impl HealthAiStackBuilder {
             .name(PER_USER_LIMITER)
             .key(HeaderKey::from_static(user_header).or(PeerIp))
             .build();
-        let body = BufferBodyLayer::new(self.max_body_bytes, self.request_check);
+        let mut body = BufferBodyLayer::new(self.max_body_bytes);
+        if let Some(check) = self.request_check {
+            body = body.check(check);
+        }
         let cache = CacheLayer::builder()
             .name(UPSTREAM_NAME)
             .max_entries(self.cache_capacity)
