@@ -88,6 +88,11 @@ pub(crate) fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
         WIDTH / 2.0,
         escape(title)
     );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{}" y="42" text-anchor="middle" fill="#555">share of each run's answered requests (real or fallback) answered within a given time</text>"##,
+        WIDTH / 2.0
+    );
 
     // Grid: every decade labelled, 2..9 faint; every 25% of requests.
     for decade in lo..=hi {

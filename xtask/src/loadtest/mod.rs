@@ -204,6 +204,7 @@ fn run_once(
     let gateway = Gateway::start(&workspace_root(), &flags, &log)?;
     let client = client::client();
     let timeout = Duration::from_secs_f64(args.client_timeout_secs as f64 * args.time_scale);
+    let started = std::time::Instant::now();
     let (mut observations, simulator, metrics) = runtime.block_on(async {
         let observations = client::drive(
             &client,
@@ -218,6 +219,10 @@ fn run_once(
         let metrics = client::get_json(&client, &gateway.base_url, "/api/metrics").await;
         (observations, simulator, metrics)
     });
+    eprintln!(
+        "loadtest: the {label} run took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     gateway.stop()?;
     observations.sort_by_key(|o| o.index);
     let simulator = simulator?;
