@@ -137,6 +137,16 @@ fn single_thread(c: &mut Criterion, rt: &tokio::runtime::Runtime, tag: &str) {
         });
     }
 
+    // The clock read the in-process backend pays per decision (tokio's, to follow paused
+    // time in tests), against the TSC clock governor uses by default.
+    g.bench_function("clock-tokio-instant-now", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()));
+    });
+    let quanta = governor::clock::QuantaClock::default();
+    g.bench_function("clock-governor-quanta-now", |b| {
+        b.iter(|| black_box(governor::clock::Clock::now(&quanta)));
+    });
+
     let in_memory = InMemoryBackend::<()>::new(&[never_refuse()]);
     g.bench_function("backend-decide-global", |b| {
         b.iter(|| black_box(in_memory.decide(&(), NonZeroU32::MIN)));
