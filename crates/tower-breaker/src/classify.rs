@@ -75,8 +75,9 @@ where
 
 /// What the [`DefaultClassifier`] needs to know about a response.
 ///
-/// Implemented for `http::Response<B>` (feature `http`): a 5xx status is a failure, any
-/// other status a success. Implement it for your own response type to use the default
+/// Implemented for `http::Response<B>` (feature `http`): a 5xx status is a failure, and
+/// so is a trailers-only gRPC answer with `grpc-status` `UNKNOWN`, `DEADLINE_EXCEEDED`,
+/// `INTERNAL`, `UNAVAILABLE` or `DATA_LOSS`; anything else is a success. Implement it for your own response type to use the default
 /// classifier with it, or pass a closure to the builder's `classifier` instead.
 pub trait ResponseVerdict {
     /// Whether this response is an upstream failure.
@@ -92,7 +93,8 @@ pub trait ResponseVerdict {
 /// The default classifier.
 ///
 /// - `Ok(response)`: a failure when [`ResponseVerdict::is_failure`] says so (for HTTP,
-///   a 5xx status), else a success. A 4xx is the client's doing and counts as a success.
+///   a 5xx status, or a trailers-only gRPC answer whose `grpc-status` is a server
+///   failure), else a success. A 4xx is the client's doing and counts as a success.
 /// - `Err(error)`: our own [`BreakerError::Timeout`] and any other error (transport,
 ///   upstream) are failures; [`BreakerError::CircuitOpen`] from a nested breaker is
 ///   ignored.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::BreakerError;
 use crate::classify::Verdict;
 use crate::machine::{Admission, Config, Event, Machine, Permit, State, Transition};
 use crate::metrics::{BreakerMetrics, Outcome};
@@ -93,23 +94,26 @@ impl Shared {
         }
     }
 
-    /// Leave to call, or a refusal (counted here).
+    /// Leave to call, or a refusal.
     #[inline]
     pub(crate) fn admit(&self) -> Admission {
         let mut events = Vec::new();
         let admission = self.machine.admit(Instant::now, &mut events);
         self.emit(&events);
-        if admission.is_refused() {
-            self.refused();
-        }
         admission
     }
 
+    /// Counts a refusal returned to a caller.
     #[cold]
     #[inline(never)]
-    fn refused(&self) {
+    pub(crate) fn refused(&self, retry_after: Option<Duration>) -> BreakerError {
         self.metrics.call(Outcome::Rejected);
-        tracing::debug!(breaker = %self.name, "circuit breaker refused a call");
+        tracing::debug!(
+            breaker = %self.name,
+            retry_after_ms = retry_after.map(|wait| wait.as_millis()),
+            "circuit breaker refused a call",
+        );
+        BreakerError::CircuitOpen { retry_after }
     }
 
     /// Whether permits need the call's start time.

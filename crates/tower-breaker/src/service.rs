@@ -5,7 +5,6 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::BreakerError;
 use crate::classify::{BoxError, Classify};
 use crate::future::{PermitGuard, ResponseFuture};
 use crate::handle::{Breaker, CircuitBreakerHandle};
@@ -131,10 +130,10 @@ where
                 let guard = PermitGuard::new(Arc::clone(&self.breaker), permit);
                 ResponseFuture::called(self.inner.call(request), guard)
             }
-            Some(Err(rejected)) => ResponseFuture::refused(BreakerError::CircuitOpen {
-                retry_after: rejected.retry_after,
-            }),
-            None => ResponseFuture::refused(BreakerError::CircuitOpen { retry_after: None }),
+            Some(Err(rejected)) => {
+                ResponseFuture::refused(self.breaker.shared.refused(rejected.retry_after))
+            }
+            None => ResponseFuture::refused(self.breaker.shared.refused(None)),
         }
     }
 }

@@ -430,3 +430,22 @@ async fn poll_ready_waits_on_the_inner_service_only_when_admitted() {
     let error = service.call(request()).await.unwrap_err();
     assert!(refusal(&error).is_circuit_open());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_future_dropped_before_its_first_poll_returns_its_probe_slot() {
+    let upstream = Upstream::answering(200);
+    let layer = CircuitBreakerLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(upstream.clone());
+    open_then_wait(&service, &upstream).await;
+
+    let mut ready = service.clone();
+    ready.ready().await.unwrap();
+    let future = ready.call(request());
+    assert_eq!(handle.snapshot().probes_in_flight, 1);
+    drop(future);
+    assert_eq!(handle.snapshot().probes_in_flight, 0);
+    drop(ready);
+    send(&service).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+}
