@@ -88,6 +88,19 @@
 //! # }
 //! ```
 //!
+//! # In a stack
+//!
+//! Outermost first: the fallback, then any retry, then the breaker, then queues and
+//! limiters, then the call timeout, innermost, right around the upstream. So an open
+//! circuit fails fast before queueing and stops retries at once; time spent queueing never
+//! counts as upstream slowness; and the fallback answers whatever the layers below gave
+//! up on, including the open circuit.
+//!
+//! The breaker should not count refusals of the layers below it (a full queue, a rate
+//! limit) as upstream failures: give it a classifier closure that returns
+//! [`Verdict::Ignored`] for those errors and defers to [`DefaultClassifier`] for the rest
+//! (see [`Classify`]).
+//!
 //! # Features
 //!
 //! - `http` (default): the HTTP/gRPC answers of [`BreakerError`], [`ResponseVerdict`] and
