@@ -53,6 +53,8 @@ pub struct Gateway {
     pub router: Router,
     /// The stack's operator handle (absent with `--no-stack`).
     pub handle: Option<HealthAiHandle>,
+    /// The simulated provider, when one runs.
+    pub simulator: Option<Arc<Simulator>>,
 }
 
 /// Builds the preset from the command line's settings. Install the Prometheus recorder
@@ -120,7 +122,7 @@ where
             .merge(handle.router());
         Some(handle)
     };
-    if let Some(simulator) = simulator {
+    if let Some(simulator) = simulator.clone() {
         router = router.route(
             "/api/simulator",
             get(move || {
@@ -134,7 +136,11 @@ where
             }),
         );
     }
-    Gateway { router, handle }
+    Gateway {
+        router,
+        handle,
+        simulator,
+    }
 }
 
 /// Checks an analyze request once its body is buffered, and puts its [`AnalyzeInput`]

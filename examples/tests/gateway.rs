@@ -32,7 +32,7 @@ fn demo(flags: &[&str], failure_rate: f64) -> Demo {
         failure_rate,
         seed: 1,
     });
-    let Gateway { router, handle } = gateway::build(
+    let Gateway { router, handle, .. } = gateway::build(
         &args,
         gateway::in_process(&simulator),
         Some(Arc::clone(&simulator)),
