@@ -2,7 +2,7 @@
 //! `http::Response`, and the default layer.
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use http_body::Body;
 
 use crate::body::RedBody;
@@ -69,8 +69,10 @@ impl<B: Body> Classify<Response<B>> for HttpClassify {
     fn classify(&self, response: Response<B>, recording: Recording) -> Self::Output {
         let headers = response.headers();
         let http_status = Status::Http(response.status().as_u16());
-        let status = match grpc_kind(headers) {
-            _ if headers.contains_key("grpc-status") => Some(grpc_status(headers)),
+        let kind = grpc_kind(headers);
+        let status = match kind {
+            GrpcKind::None => Some(http_status),
+            _ if headers.contains_key(GRPC_STATUS) => Some(grpc_status(headers)),
             // A gRPC answer without the HTTP 200 that gRPC requires (e.g. from a proxy).
             GrpcKind::Grpc | GrpcKind::GrpcWeb if response.status() != http::StatusCode::OK => {
                 Some(http_status)
@@ -79,7 +81,7 @@ impl<B: Body> Classify<Response<B>> for HttpClassify {
             // The status comes in the trailers: record when the body gets there.
             GrpcKind::Grpc => None,
             // gRPC-Web carries its trailers inside the body, where they are not read.
-            GrpcKind::GrpcWeb | GrpcKind::None => Some(http_status),
+            GrpcKind::GrpcWeb => Some(http_status),
         };
         let recording = match status {
             Some(status) => {
@@ -91,6 +93,9 @@ impl<B: Body> Classify<Response<B>> for HttpClassify {
         response.map(|body| RedBody::new(body, recording))
     }
 }
+
+/// The gRPC status header (and trailer).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// What `content-type` says about a response.
 enum GrpcKind {
@@ -117,7 +122,7 @@ fn grpc_kind(headers: &HeaderMap) -> GrpcKind {
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Status {
     Status::Grpc(
         headers
-            .get("grpc-status")
+            .get(GRPC_STATUS)
             .map_or(GRPC_UNKNOWN, |value| parse_grpc_status(value.as_bytes())),
     )
 }

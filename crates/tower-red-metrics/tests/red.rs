@@ -698,3 +698,27 @@ async fn one_service_can_see_many_routes() {
     assert_eq!(metrics.counter_sum(HTTP_REQUESTS_TOTAL), 7);
     assert!(metrics.gauge_sum(HTTP_REQUESTS_IN_FLIGHT).abs() < f64::EPSILON);
 }
+
+#[tokio::test]
+async fn a_grpc_status_header_on_a_plain_http_response_is_ignored() {
+    let (recorder, snapshotter) = recorder();
+    let layer = RedMetricsLayer::builder().recorder(recorder).build();
+    let service = layer.layer(service_fn(|_: Request<Empty<Bytes>>| async {
+        let mut response = respond(200);
+        response
+            .headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        response
+            .headers_mut()
+            .insert("grpc-status", "14".parse().unwrap());
+        Ok::<_, Infallible>(response)
+    }));
+    service
+        .oneshot(Request::get("/").body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let metrics = Taken::take(&snapshotter);
+    let labels = [("method", "GET"), ("route", "unmatched"), ("status", "200")];
+    assert_eq!(metrics.counter(HTTP_REQUESTS_TOTAL, &labels), 1);
+    assert_eq!(metrics.counter_sum(HTTP_REQUESTS_TOTAL), 1);
+}
