@@ -15,7 +15,7 @@ use crate::machine::Admission;
 ///
 /// The breaker decides in `poll_ready`: when the circuit refuses, `poll_ready` is ready at
 /// once without polling the inner service, and `call` fails fast with
-/// [`BreakerError::CircuitOpen`], so an open circuit never waits on (or touches) the inner
+/// [`BreakerError::CircuitOpen`](crate::BreakerError::CircuitOpen), so an open circuit never waits on (or touches) the inner
 /// service. When admitted, `poll_ready` waits on the inner service's readiness.
 ///
 /// Clones share the breaker; each clone has its own admission. A clone dropped after
