@@ -65,6 +65,8 @@ impl Gateway {
             .args(PACKAGE)
             .arg("--")
             .args(flags)
+            // Plain logs in the log file, whatever the gateway's colour default.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
