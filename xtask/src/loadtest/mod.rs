@@ -134,6 +134,21 @@ impl LoadtestArgs {
         }
     }
 
+    /// The gateway's flags for the "before" run: no stack, a direct call.
+    fn before_flags(&self) -> Vec<String> {
+        let mut flags = self.common_flags();
+        flags.push("--no-stack".to_owned());
+        flags
+    }
+
+    /// The gateway's flags for the "after" run: the stack with its defaults, changed
+    /// only by the flags given after `--`.
+    fn after_flags(&self) -> Vec<String> {
+        let mut flags = self.common_flags();
+        flags.extend(self.gateway_args.iter().cloned());
+        flags
+    }
+
     /// The gateway flags of both runs.
     fn common_flags(&self) -> Vec<String> {
         [
@@ -326,12 +341,22 @@ pub(crate) fn run(args: &LoadtestArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let mut before_flags = args.common_flags();
-    before_flags.push("--no-stack".to_owned());
-    let before = run_once(&runtime, args, "before", before_flags, &arrivals, &out_dir)?;
-    let mut after_flags = args.common_flags();
-    after_flags.extend(args.gateway_args.iter().cloned());
-    let after = run_once(&runtime, args, "after", after_flags, &arrivals, &out_dir)?;
+    let before = run_once(
+        &runtime,
+        args,
+        "before",
+        args.before_flags(),
+        &arrivals,
+        &out_dir,
+    )?;
+    let after = run_once(
+        &runtime,
+        args,
+        "after",
+        args.after_flags(),
+        &arrivals,
+        &out_dir,
+    )?;
 
     let table = stats::render_table(&before.summary, &after.summary);
     let notes = notes(args, arrivals.len());
@@ -380,4 +405,64 @@ pub(crate) fn run(args: &LoadtestArgs) -> Result<(), String> {
         out_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadtestArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<LoadtestArgs, String> {
+        Cli::try_parse_from(std::iter::once("loadtest").chain(argv.iter().copied()))
+            .map(|cli| cli.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn both_runs_share_the_provider_and_differ_only_by_the_stack() {
+        let args = parse(&["--", "--queue-capacity", "50"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(args.validate().is_ok());
+        let before = args.before_flags();
+        let after = args.after_flags();
+        let expected = "--listen 127.0.0.1:0 --time-scale 0.01 --sim-latency-ms 45000-90000 \
+                        --sim-failure-rate 0.3 --sim-seed 42 --cost-per-call-usd 0.01";
+        assert_eq!(before.join(" "), format!("{expected} --no-stack"));
+        assert_eq!(after.join(" "), format!("{expected} --queue-capacity 50"));
+    }
+
+    #[test]
+    fn the_default_workload_fits_in_about_two_minutes() {
+        let args = parse(&[]).unwrap_or_else(|e| panic!("{e}"));
+        // Arrivals for 60 unscaled minutes at 1/100: 36 s a run, plus the tail.
+        assert!((args.minutes * 60.0 * args.time_scale - 36.0).abs() < 1e-9);
+        let arrivals = workload::generate(&args.workload());
+        assert!((600..850).contains(&arrivals.len()), "{}", arrivals.len());
+    }
+
+    #[test]
+    fn nonsense_settings_are_refused_with_a_reason() {
+        for (argv, reason) in [
+            (&["--time-scale", "0"][..], "--time-scale"),
+            (&["--time-scale", "2"], "--time-scale"),
+            (&["--rate-per-min=-1"], "--rate-per-min"),
+            (&["--minutes", "0"], "--minutes"),
+            (&["--users", "0"], "--users"),
+            (&["--zipf-exponent=-0.5"], "--zipf-exponent"),
+            (&["--sim-failure-rate", "1.5"], "--sim-failure-rate"),
+            (&["--client-timeout-secs", "0"], "--client-timeout-secs"),
+        ] {
+            let refused = parse(argv).and_then(|args| args.validate());
+            assert!(
+                refused.as_ref().is_err_and(|e| e.contains(reason)),
+                "{argv:?}: {refused:?}"
+            );
+        }
+    }
 }
