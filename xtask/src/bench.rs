@@ -7,17 +7,17 @@
 //! It is generic over the benches. Within a group, an id containing `baseline` is a
 //! reference, an id naming a peer crate is a peer, and every other id is one of ours.
 //! A row is compared with the baseline its id names (`layer-axum-body` with
-//! `axum-baseline`), else with the last baseline measured before it in the run (a peer
-//! that needs other types is measured right after a matching baseline), else with the
-//! group's plain baseline. Ours is compared with the peer whose id shares a word with
+//! `axum-baseline`); a peer, else with the last baseline measured before it in the run
+//! (a peer that needs other types is measured right after a matching baseline); else
+//! with the group's plain baseline. Ours is compared with the peer whose id shares a word with
 //! it (`retry` with `tower_retry`), else with the peers no row of ours claimed.
 //!
 //! Criterion's directory does not say which crate a result came from, and two crates
 //! with the same group name overwrite each other's results there. So a full run benches
 //! one crate at a time, each with its own criterion directory,
-//! `<target dir>/xtask-bench/<crate>/` (criterion's `CRITERION_HOME`), which
-//! `--summary-only` reads back; without them it falls back to `<target dir>/criterion/`,
-//! where plain `cargo bench` writes, and where the crates are unknown.
+//! `<target dir>/xtask-bench/<crate>/` (criterion's `CRITERION_HOME`). `--summary-only`
+//! reads those back, unless plain `cargo bench` wrote newer results in
+//! `<target dir>/criterion/` since (there, the crates are unknown).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -205,7 +205,8 @@ pub(crate) struct Row {
 
 fn group_label(krate: &str, group: &str) -> String {
     match (krate.is_empty(), group.is_empty()) {
-        (true, _) => group.to_owned(),
+        (true, true) => "(none)".to_owned(),
+        (true, false) => group.to_owned(),
         (false, true) => krate.to_owned(),
         (false, false) => format!("{krate}: {group}"),
     }
@@ -237,7 +238,7 @@ pub(crate) fn summarize(measurements: &[Measurement]) -> (Vec<Row>, Vec<Baseline
                     let own = variant(&m.id);
                     baselines.iter().find(|b| b.variant == own)
                 } else {
-                    reference(&baselines, m)
+                    reference(&baselines, m, kind)
                 };
                 Row {
                     group: label.clone(),
@@ -260,9 +261,10 @@ pub(crate) fn summarize(measurements: &[Measurement]) -> (Vec<Row>, Vec<Baseline
     (rows, all_baselines)
 }
 
-/// The baseline a row is measured against: the one its id names, else the last one
-/// measured before it, else the plain one.
-fn reference<'b>(baselines: &'b [Baseline], m: &Measurement) -> Option<&'b Baseline> {
+/// The baseline a row is measured against: the one its id names; for a peer, else the
+/// last one measured before it (a peer that needs other types follows a baseline of
+/// those types); else the plain one.
+fn reference<'b>(baselines: &'b [Baseline], m: &Measurement, kind: Kind) -> Option<&'b Baseline> {
     let own = tokens(&m.id);
     let named = baselines
         .iter()
@@ -270,7 +272,7 @@ fn reference<'b>(baselines: &'b [Baseline], m: &Measurement) -> Option<&'b Basel
         .max_by_key(|b| b.variant.len());
     let before = baselines
         .iter()
-        .filter(|b| b.start_written <= m.written_ns)
+        .filter(|b| kind == Kind::Peer && b.start_written <= m.written_ns)
         .max_by_key(|b| b.start_written);
     named
         .or(before)
@@ -686,12 +688,16 @@ pub(crate) fn run(summary_only: bool, args: &[String]) -> Result<(), String> {
     let (target, packages) = metadata()?;
     let home = target.join(HOME);
     let (measurements, failures, source) = if summary_only {
+        // The newer of the two: the last `cargo xtask bench`, or plain `cargo bench`
+        // runs since.
         let per_crate = collect_per_crate(&home)?;
-        if per_crate.is_empty() {
-            let criterion = target.join("criterion");
-            (collect(&criterion, None)?, Vec::new(), criterion)
-        } else {
+        let criterion = target.join("criterion");
+        let plain = collect(&criterion, None)?;
+        let newest = |ms: &[Measurement]| ms.iter().map(|m| m.written_ns).max();
+        if newest(&per_crate) >= newest(&plain) {
             (per_crate, Vec::new(), home)
+        } else {
+            (plain, Vec::new(), criterion)
         }
     } else {
         if packages.is_empty() {
@@ -710,6 +716,13 @@ pub(crate) fn run(summary_only: bool, args: &[String]) -> Result<(), String> {
     let (rows, baselines) = summarize(&measurements);
     println!("\n{}", render(&rows, &baselines));
     println!("Results from {}.", source.display());
+    if source.ends_with("criterion") {
+        println!(
+            "These are plain `cargo bench` results: which crate measured what is unknown, and \
+             crates that use the same group name overwrite each other's results there. \
+             `cargo xtask bench` keeps each crate's apart."
+        );
+    }
     let clashes = collisions(&measurements);
     if !clashes.is_empty() {
         println!(
@@ -833,8 +846,14 @@ mod tests {
             ("1-thread", "axum-baseline", 50.0),
             ("1-thread", "tower_governor-global", 115.0),
             ("1-thread", "layer-global-axum-body", 90.0),
+            ("1-thread", "timeout", 80.0),
             ("1-thread", "baseline-end", 31.0),
         ]));
+        // Ours follows the order of the run only when its id names the baseline.
+        assert_eq!(
+            row(&rows, "timeout").baseline_id.as_deref(),
+            Some("baseline-start")
+        );
         assert_eq!(baselines.len(), 2);
         let peer = row(&rows, "tower_governor-global");
         assert_eq!(peer.baseline_id.as_deref(), Some("axum-baseline"));
