@@ -98,7 +98,15 @@ async fn analyze(client: &HttpClient, base: &str, arrival: &Arrival) -> Result<A
                     json["recordId"]
                 ));
             }
-            Ok(json) => answer.source = json["source"].as_str().map(str::to_owned),
+            Ok(json) => match json["source"].as_str() {
+                Some(source @ ("ai" | "fallback")) => answer.source = Some(source.to_owned()),
+                _ => {
+                    answer.detail = Some(format!(
+                        "a 200 whose source is {}, neither \"ai\" nor \"fallback\"",
+                        json["source"]
+                    ));
+                }
+            },
             Err(e) => answer.detail = Some(format!("a 200 whose body is not JSON: {e}")),
         }
     } else if !matches!(status, 429 | 502 | 503 | 504) {

@@ -258,8 +258,15 @@ fn run_once(
     for detail in observations.iter().filter_map(|o| o.detail.as_deref()) {
         *details.entry(detail).or_default() += 1;
     }
-    for (detail, count) in details {
+    let distinct = details.len();
+    for (detail, count) in details.into_iter().take(5) {
         eprintln!("xtask: {label}: {count} request(s): {detail}");
+    }
+    if distinct > 5 {
+        eprintln!(
+            "xtask: {label}: and {} other causes: see the requests in results.json",
+            distinct - 5
+        );
     }
     // The gateway's own count must match the client's: nothing lost on either side.
     if let Some(total) = metrics["requests"]["total"].as_u64()
