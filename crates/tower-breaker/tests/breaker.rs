@@ -1,4 +1,5 @@
 //! The circuit breaker as a tower service, on paused tokio time.
+#![cfg(feature = "http")]
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! The fallback layer, alone and over the breaker.
+#![cfg(feature = "http")]
 
 mod support;
 

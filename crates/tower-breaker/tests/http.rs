@@ -1,4 +1,5 @@
 //! The HTTP and gRPC answers of the refusals.
+#![cfg(feature = "http")]
 
 use std::time::Duration;
 
