@@ -3,6 +3,12 @@
 //! memory of a limiter that has seen 1,000,000 keys.
 //!
 //! Run: `cargo bench -p tower-token-bucket --bench token_bucket -- --measurement-time 3`
+//!
+//! tower's own `RateLimit` is not a peer here: it is not `Clone`, and its state lives in
+//! each service instance, so driven as users drive services (a clone per request) it
+//! does not limit at all. `tower_governor` is configured to admit everything and measured
+//! over a baseline of its own request/response types (axum's `Body`); the layer is also
+//! measured over that baseline (`layer-global-axum-body`).
 
 use std::convert::Infallible;
 use std::hint::black_box;
