@@ -5,7 +5,8 @@
 //! atomics (a consecutive-failure counter or a lock-free window). A mutex is taken only
 //! to change state, to admit and settle half-open probes, and on the open path once the
 //! open duration has passed. Every state change bumps the generation, so an outcome from
-//! an earlier state can never count in a later one.
+//! an earlier state does not count in a later one (a permit keeps 28 bits of the
+//! generation: a stale outcome could count only after 2^28 state changes during one call).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -161,7 +162,7 @@ pub(crate) struct Permit {
     clippy::cast_possible_truncation,
     reason = "permits keep the low bits of the state word on purpose"
 )]
-const fn low(word: u64) -> u32 {
+const fn permit_word(word: u64) -> u32 {
     (word as u32) | PERMIT_MARK
 }
 
@@ -405,7 +406,7 @@ impl Machine {
 
     #[cfg(test)]
     pub(crate) fn current_word(&self) -> u32 {
-        low(self.word.load(Ordering::Acquire))
+        permit_word(self.word.load(Ordering::Acquire))
     }
 
     /// Whether outcomes need the call's start time (slow-call detection is on).
@@ -462,9 +463,9 @@ impl Machine {
     ) -> Admission {
         let word = self.word.load(Ordering::Acquire);
         if State::from_word(word) == State::Closed && !self.times_calls() {
-            return Permit::new(low(word), 0).into_admission();
+            return Permit::new(permit_word(word), 0).into_admission();
         }
-        match self.acquire_slow(word, now(), events) {
+        match self.acquire_spermit_word(word, now(), events) {
             Ok(permit) => permit.into_admission(),
             Err(rejected) => Admission::refused(rejected),
         }
@@ -483,14 +484,14 @@ impl Machine {
 
     #[cold]
     #[inline(never)]
-    fn acquire_slow(
+    fn acquire_spermit_word(
         &self,
         word: u64,
         now: Instant,
         events: &mut Vec<Event>,
     ) -> Result<Permit, Rejected> {
         if State::from_word(word) == State::Closed {
-            return Ok(Permit::new(low(word), self.stamp(now)));
+            return Ok(Permit::new(permit_word(word), self.stamp(now)));
         }
         if State::from_word(word) == State::Open {
             if word & FORCED != 0 {
@@ -506,7 +507,7 @@ impl Machine {
         self.advance_locked(&mut inner, now, events);
         let word = self.word.load(Ordering::Acquire);
         match State::from_word(word) {
-            State::Closed => Ok(Permit::new(low(word), self.stamp(now))),
+            State::Closed => Ok(Permit::new(permit_word(word), self.stamp(now))),
             State::Open => {
                 let retry_after =
                     (word & FORCED == 0).then(|| inner.open_until.saturating_duration_since(now));
@@ -518,7 +519,7 @@ impl Machine {
                         < self.config.half_open_probes
                 {
                     inner.probes_in_flight += 1;
-                    Ok(Permit::new(low(word), self.stamp(now)))
+                    Ok(Permit::new(permit_word(word), self.stamp(now)))
                 } else {
                     Err(self.reject(None))
                 }
@@ -559,7 +560,7 @@ impl Machine {
             return;
         }
         let word = self.word.load(Ordering::Acquire);
-        if low(word) != admitted || word & FORCED != 0 {
+        if permit_word(word) != admitted || word & FORCED != 0 {
             // Admitted under an earlier state, or forced closed: not counted.
             return;
         }
@@ -619,7 +620,7 @@ impl Machine {
         let mut inner = self.lock();
         self.advance_locked(&mut inner, now, events);
         let word = self.word.load(Ordering::Acquire);
-        if low(word) != admitted {
+        if permit_word(word) != admitted {
             // The half-open period this probe belonged to has ended; its slot went with it.
             return;
         }
@@ -657,7 +658,7 @@ impl Machine {
             return;
         }
         let mut inner = self.lock();
-        if low(self.word.load(Ordering::Acquire)) == word {
+        if permit_word(self.word.load(Ordering::Acquire)) == word {
             inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
         }
     }
@@ -1075,7 +1076,7 @@ mod tests {
     }
 
     #[test]
-    fn a_call_exactly_at_the_slow_threshold_is_not_slow() {
+    fn a_call_exactly_at_the_slow_threshold_is_not_spermit_word() {
         let (m, t0) = machine(slow_config());
         for _ in 0..3 {
             timed_call(&m, t0, Duration::from_secs(1));
@@ -1104,10 +1105,10 @@ mod tests {
             );
         }
         for (word, start) in [(0, 0), (2, 7), (u64::MAX << 3 | 1, u32::MAX)] {
-            let permit = Permit::new(low(word), start).into_admission();
+            let permit = Permit::new(permit_word(word), start).into_admission();
             assert!(!permit.is_refused() && !permit.is_unchecked());
             let permit = permit.into_result().expect("asked").expect("admitted");
-            assert_eq!((permit.word(), permit.start()), (low(word), start));
+            assert_eq!((permit.word(), permit.start()), (permit_word(word), start));
         }
     }
 
