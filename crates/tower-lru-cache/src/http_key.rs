@@ -54,19 +54,20 @@ impl Partition {
     #[must_use]
     pub fn header(name: HeaderName) -> Self {
         Self::from_writer(move |parts, key| {
-            let mut values = parts
-                .headers
-                .get_all(&name)
-                .iter()
-                .filter(|v| !v.is_empty())
-                .peekable();
-            if values.peek().is_none() {
+            let values = || {
+                parts
+                    .headers
+                    .get_all(&name)
+                    .into_iter()
+                    .filter(|v| !v.is_empty())
+            };
+            let n = values().count();
+            if n == 0 {
                 return false;
             }
-            let values: Vec<&[u8]> = values.map(http::HeaderValue::as_bytes).collect();
-            key.count(TAG_PARTITION, values.len());
-            for value in values {
-                key.field(TAG_PARTITION, value);
+            key.count(TAG_PARTITION, n);
+            for value in values() {
+                key.field(TAG_PARTITION, value.as_bytes());
             }
             true
         })
