@@ -167,6 +167,42 @@ mod tests {
     }
 
     #[test]
+    fn counters_match_the_slots_after_concurrent_recording_and_clearing() {
+        let window = std::sync::Arc::new(Window::new(64));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let window = std::sync::Arc::clone(&window);
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        window.record((i + t) % 3 == 0, i % 5 == 0);
+                        if t == 0 && i % 4_999 == 0 {
+                            window.clear();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("recorder");
+        }
+        let (mut calls, mut failures, mut slow) = (0, 0, 0);
+        for slot in &*window.slots {
+            let bits = slot.load(Ordering::Acquire);
+            calls += u32::from(bits & RECORDED != 0);
+            failures += u32::from(bits & FAILED != 0);
+            slow += u32::from(bits & SLOW != 0);
+        }
+        assert_eq!(
+            window.counts(),
+            WindowCounts {
+                calls,
+                failures,
+                slow
+            }
+        );
+    }
+
+    #[test]
     fn rates() {
         let counts = WindowCounts {
             calls: 4,
