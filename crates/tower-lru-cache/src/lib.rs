@@ -103,8 +103,10 @@
 //!
 //! # Headers and counts
 //!
-//! Responses carry `x-cache: HIT | MISS | STALE | BYPASS`, and `age` (seconds since
-//! stored) on hits and stale answers. A [`CacheHandle`] gives a serializable
+//! Responses carry `x-cache: HIT | MISS | STALE | BYPASS` (a coalesced answer waited for
+//! an upstream call: `MISS`), and `age` (seconds since stored) on answers replayed from
+//! an entry. Request `Cache-Control` is ignored: clients cannot force upstream calls or
+//! bypass the cache. A [`CacheHandle`] gives a serializable
 //! [`CacheSnapshot`] (hits, misses, stale, coalesced, bypassed, entries, hit rate) and
 //! invalidation; metrics [`CACHE_REQUESTS_TOTAL`] and [`CACHE_ENTRIES`] are recorded
 //! through handles resolved when the layer is built, so **install the `metrics`
