@@ -198,6 +198,30 @@ fn single_thread(c: &mut Criterion) {
             black_box(ttl.get(&keys[i]))
         });
     });
+    struct Expire;
+    impl moka::Expiry<CacheKey, Arc<CachedResponse>> for Expire {
+        fn expire_after_create(
+            &self,
+            _: &CacheKey,
+            _: &Arc<CachedResponse>,
+            _: Instant,
+        ) -> Option<Duration> {
+            Some(Duration::from_secs(3600))
+        }
+    }
+    let per_entry = moka::sync::Cache::builder()
+        .max_capacity(100)
+        .expire_after(Expire)
+        .build();
+    for k in &keys {
+        per_entry.insert(*k, Arc::new(value.clone()));
+    }
+    g.bench_function("raw moka get with per-entry expiry, 100 hot", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(per_entry.get(&keys[i]))
+        });
+    });
     g.bench_function("tokio Instant::now", |b| b.iter(tokio::time::Instant::now));
     g.bench_function("std Instant::now", |b| b.iter(Instant::now));
     g.finish();
