@@ -62,7 +62,13 @@ where
     V: Send + Sync + 'static,
     St: CacheStore<V>,
 {
-    pub(crate) fn new(name: Cow<'static, str>, store: St, ttl: Duration, grace: Duration) -> Self {
+    pub(crate) fn new(
+        name: Cow<'static, str>,
+        mut store: St,
+        ttl: Duration,
+        grace: Duration,
+    ) -> Self {
+        store.retain_at_most(ttl.saturating_add(grace));
         let metrics = Metrics::new(&name);
         metrics.set_entries(store.entry_count());
         Self {

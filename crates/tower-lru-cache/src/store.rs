@@ -70,7 +70,7 @@ impl<V> fmt::Debug for Entry<V> {
 /// Lookups are asynchronous so that a remote store fits; the in-process [`MokaStore`]
 /// answers with [`std::future::Ready`], so the seam costs nothing on the hit path.
 /// Writes are synchronous: a remote store may complete them in the background. A store
-/// must keep an entry at most [`Entry::retain_for`] and must bound its memory.
+/// must bound its memory, and need not keep an entry past [`Entry::retain_for`].
 ///
 /// Freshness is decided by the cache, not the store: a store returns any entry it still
 /// holds, and the cache tells fresh from stale with tokio's clock.
@@ -100,18 +100,43 @@ pub trait CacheStore<V>: Send + Sync + 'static {
 
     /// How many entries the store holds (may lag slightly behind recent writes).
     fn entry_count(&self) -> u64;
+
+    /// Called once, when the layer is built and before any other use: no entry needs to
+    /// be kept longer than `retain` (the layer's TTL plus its stale-if-error grace; a
+    /// response's `Cache-Control` only ever shortens an entry's life). A store may drop
+    /// entries after it, or after each entry's own [`Entry::retain_for`]. The default
+    /// does nothing.
+    fn retain_at_most(&mut self, retain: Duration) {
+        let _ = retain;
+    }
 }
 
 /// The default store: a [`moka`] cache with the LRU eviction policy, bounded by entry
-/// count or by weight, expiring each entry after its TTL plus grace.
+/// count or by weight, dropping entries one retention period (TTL plus grace) after they
+/// were stored.
+///
+/// Entries are dropped on one schedule, the layer's, not each on its own: moka's per-entry
+/// expiry costs about 35 ns a lookup. An entry whose `Cache-Control: max-age` made it
+/// expire earlier is never served stale past its own grace (the cache checks every
+/// entry's age), but its memory is reclaimed by LRU eviction or at the end of the
+/// layer's retention period.
 pub struct MokaStore<V> {
     cache: Cache<CacheKey, Arc<Entry<V>>, BuildHasherDefault<PrefixHasher>>,
+    capacity: u64,
+    weigher: Option<Weigher<V>>,
 }
+
+type Weigher<V> = Arc<dyn Fn(&V) -> u32 + Send + Sync>;
+
+/// moka refuses retention periods past 1,000 years.
+const MAX_RETAIN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl<V> Clone for MokaStore<V> {
     fn clone(&self) -> Self {
         Self {
             cache: self.cache.clone(),
+            capacity: self.capacity,
+            weigher: self.weigher.clone(),
         }
     }
 }
@@ -119,8 +144,9 @@ impl<V> Clone for MokaStore<V> {
 impl<V> fmt::Debug for MokaStore<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MokaStore")
+            .field("capacity", &self.capacity)
             .field("entries", &self.cache.entry_count())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,7 +154,7 @@ impl<V: Send + Sync + 'static> MokaStore<V> {
     /// A store of at most `max_entries` entries.
     #[must_use]
     pub fn with_max_entries(max_entries: u64) -> Self {
-        Self::build(max_entries, None)
+        Self::build(max_entries, None, None)
     }
 
     /// A store bounded by total weight: `weigher` gives each value's weight (for example
@@ -138,20 +164,23 @@ impl<V: Send + Sync + 'static> MokaStore<V> {
         max_weight: u64,
         weigher: impl Fn(&V) -> u32 + Send + Sync + 'static,
     ) -> Self {
-        Self::build(max_weight, Some(Box::new(weigher)))
+        Self::build(max_weight, Some(Arc::new(weigher)), None)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn build(capacity: u64, weigher: Option<Box<dyn Fn(&V) -> u32 + Send + Sync>>) -> Self {
+    fn build(capacity: u64, weigher: Option<Weigher<V>>, retain: Option<Duration>) -> Self {
         let mut builder = Cache::builder()
             .max_capacity(capacity)
-            .eviction_policy(EvictionPolicy::lru())
-            .expire_after(RetainFor);
-        if let Some(weigher) = weigher {
+            .eviction_policy(EvictionPolicy::lru());
+        if let Some(weigher) = weigher.clone() {
             builder = builder.weigher(move |_key, entry: &Arc<Entry<V>>| weigher(entry.value()));
+        }
+        if let Some(retain) = retain {
+            builder = builder.time_to_live(retain.min(MAX_RETAIN));
         }
         Self {
             cache: builder.build_with_hasher(BuildHasherDefault::default()),
+            capacity,
+            weigher,
         }
     }
 }
@@ -183,29 +212,10 @@ impl<V: Send + Sync + 'static> CacheStore<V> for MokaStore<V> {
         self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
-}
 
-/// Expires each entry after its own TTL plus grace.
-struct RetainFor;
-
-impl<V> moka::Expiry<CacheKey, Arc<Entry<V>>> for RetainFor {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        entry: &Arc<Entry<V>>,
-        _at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(entry.retain_for())
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &CacheKey,
-        entry: &Arc<Entry<V>>,
-        _at: std::time::Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.retain_for())
+    /// Rebuilds the (still empty) moka cache with `retain` as its time to live.
+    fn retain_at_most(&mut self, retain: Duration) {
+        *self = Self::build(self.capacity, self.weigher.take(), Some(retain));
     }
 }
 
@@ -249,6 +259,41 @@ mod tests {
                 key(n),
                 Arc::new(Entry::new(
                     n,
+                    Instant::now(),
+                    Duration::from_secs(60),
+                    Duration::ZERO,
+                )),
+            );
+        }
+        assert!(store.entry_count() <= 10, "{}", store.entry_count());
+    }
+
+    #[test]
+    fn retention_keeps_the_bounds_and_accepts_any_duration() {
+        let mut store = MokaStore::with_max_entries(10);
+        store.retain_at_most(Duration::MAX);
+        store.retain_at_most(Duration::from_secs(60));
+        for n in 0..1_000 {
+            store.insert(
+                key(n),
+                Arc::new(Entry::new(
+                    n,
+                    Instant::now(),
+                    Duration::from_secs(60),
+                    Duration::ZERO,
+                )),
+            );
+        }
+        assert!(store.entry_count() <= 10, "{}", store.entry_count());
+        let mut store = MokaStore::with_weigher(1_000, |v: &Vec<u8>| {
+            u32::try_from(v.len()).unwrap_or(u32::MAX)
+        });
+        store.retain_at_most(Duration::from_secs(60));
+        for n in 0..100 {
+            store.insert(
+                key(n),
+                Arc::new(Entry::new(
+                    vec![0; 100],
                     Instant::now(),
                     Duration::from_secs(60),
                     Duration::ZERO,
