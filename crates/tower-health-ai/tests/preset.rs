@@ -280,3 +280,25 @@ async fn refusals_speak_grpc_to_grpc_clients() {
     assert_eq!(refused.status(), StatusCode::OK);
     assert_eq!(refused.headers()["grpc-status"], "8");
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_layer_call_shares_one_state() {
+    let upstream = Upstream::new(Duration::from_millis(10));
+    let stack = stack();
+    let handle = stack.handle();
+    // Two services from one stack (as on two axum routes): one cache, one limit, one
+    // set of figures.
+    let first = stack.layer(upstream.service());
+    let second = stack.clone().layer(upstream.service());
+    let response = first.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    let response = second.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "HIT");
+    for _ in 0..3 {
+        first.clone().oneshot(ask("ada", "same")).await.unwrap();
+    }
+    let refused = second.oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(handle.metrics().requests.total, 6);
+}
