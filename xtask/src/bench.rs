@@ -683,6 +683,22 @@ fn collect_per_crate(home: &Path) -> Result<Vec<Measurement>, String> {
     Ok(measurements)
 }
 
+/// This machine, as a README would name it: the CPU model (where the OS says it) and
+/// the CPUs this process may use.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    format!("{model}, {cpus} CPUs")
+}
+
 /// `cargo xtask bench [--summary-only] [-- ARGS]`.
 pub(crate) fn run(summary_only: bool, args: &[String]) -> Result<(), String> {
     let (target, packages) = metadata()?;
@@ -715,7 +731,7 @@ pub(crate) fn run(summary_only: bool, args: &[String]) -> Result<(), String> {
     }
     let (rows, baselines) = summarize(&measurements);
     println!("\n{}", render(&rows, &baselines));
-    println!("Results from {}.", source.display());
+    println!("Results from {}, on {}.", source.display(), machine());
     if source.ends_with("criterion") {
         println!(
             "These are plain `cargo bench` results: which crate measured what is unknown, and \
