@@ -37,6 +37,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Serve the demo gateway (release build): `cargo xtask demo -- --help` lists its flags.
+    Demo {
+        /// Flags for the gateway (after `--`), e.g. `--listen 0.0.0.0:3000`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Measure the demo gateway before and after the stack, under one realistic workload.
     Loadtest(loadtest::LoadtestArgs),
 }
@@ -47,6 +53,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Ci => ci(),
         Task::Bench { summary_only, args } => bench::run(summary_only, &args),
+        Task::Demo { args } => demo(&args),
         Task::Loadtest(args) => loadtest::run(&args),
     };
     match result {
@@ -56,6 +63,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The README's demo command: the gateway example, built in release mode.
+fn demo(args: &[String]) -> Result<(), String> {
+    let mut argv = vec![
+        "run",
+        "--release",
+        "--locked",
+        "--package",
+        "health-ai-examples",
+        "--example",
+        "gateway",
+        "--",
+    ];
+    argv.extend(args.iter().map(String::as_str));
+    cargo(&argv, &[])
 }
 
 /// The README's test command, and the test step of CI.
