@@ -94,6 +94,7 @@ pub struct CacheLayerBuilder<St = MokaStore<CachedResponse>> {
     cacheable: ResponsePredicate,
     degraded: ResponsePredicate,
     cache_control: bool,
+    share_failures: bool,
 }
 
 impl Default for CacheLayerBuilder {
@@ -109,6 +110,7 @@ impl Default for CacheLayerBuilder {
             cacheable: Arc::new(|parts: &Parts| parts.status.is_success()),
             degraded: Arc::new(|_: &Parts| false),
             cache_control: true,
+            share_failures: true,
         }
     }
 }
@@ -122,6 +124,7 @@ impl<St> fmt::Debug for CacheLayerBuilder<St> {
             .field("max_request_body", &self.max_request_body)
             .field("max_response_body", &self.max_response_body)
             .field("cache_control", &self.cache_control)
+            .field("share_failures", &self.share_failures)
             .finish_non_exhaustive()
     }
 }
@@ -224,6 +227,20 @@ impl<St> CacheLayerBuilder<St> {
         self
     }
 
+    /// What the requests coalesced behind a leader whose inner call failed with an error
+    /// get (without a stale entry to serve). `true` (the default): the failure, as a
+    /// [`CacheError::Coalesced`](crate::CacheError::Coalesced) carrying its message, so
+    /// that a failing upstream sees one call, not one per waiter. `false`: each waiter
+    /// calls the inner service itself, and gets its own answer or its own error (with
+    /// its own type and status): right when the errors that reach the cache are local
+    /// refusals (a full queue, a rate limit) rather than upstream failures, and the
+    /// layers below bound the calls.
+    #[must_use]
+    pub fn share_failures(mut self, share: bool) -> Self {
+        self.share_failures = share;
+        self
+    }
+
     /// Stores entries in `store` instead of the default in-process moka store; the
     /// `max_entries`/`max_bytes` bounds are then the store's own business.
     #[must_use]
@@ -239,6 +256,7 @@ impl<St> CacheLayerBuilder<St> {
             cacheable: self.cacheable,
             degraded: self.degraded,
             cache_control: self.cache_control,
+            share_failures: self.share_failures,
         }
     }
 }
@@ -256,6 +274,7 @@ impl<St: CacheStore<CachedResponse>> CacheLayerBuilder<St> {
             cacheable: self.cacheable,
             degraded: self.degraded,
             cache_control: self.cache_control,
+            share_failures: self.share_failures,
         };
         CacheLayer {
             shared: Arc::new(shared),

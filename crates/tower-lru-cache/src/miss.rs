@@ -13,7 +13,7 @@ use tower_service::Service;
 use crate::{
     body::{CacheBody, Collected, collect},
     cached::{CachedResponse, mark},
-    core::{Flight, Found},
+    core::{Core, Flight, Found},
     error::{BoxError, CacheError},
     key::CacheKey,
     metrics::Outcome,
@@ -107,30 +107,42 @@ where
         },
         Flight::Failed(message) => match stale.as_deref() {
             Some(entry) => serve_stale(entry),
-            None => {
+            None if shared.share_failures => {
                 core.record(Outcome::Coalesced);
                 Err(CacheError::Coalesced {
                     message: Arc::clone(message),
                 }
                 .into())
             }
+            None => call_alone(core, call.take()).await,
         },
-        Flight::Alone => {
-            // The leader's answer could not be buffered: call for ourselves, uncached.
-            let Some((mut svc, req)) = call.take() else {
-                return Err(CacheError::Coalesced {
-                    message: "leading request's answer was not shared".into(),
-                }
-                .into());
-            };
-            core.record(Outcome::Miss);
-            poll_fn(|cx| svc.poll_ready(cx)).await.map_err(Into::into)?;
-            let res = svc.call(req).await.map_err(Into::into)?;
-            let mut res = res.map(CacheBody::inner);
-            mark(res.headers_mut(), "MISS", None);
-            Ok(res)
-        }
+        Flight::Alone => call_alone(core, call.take()).await,
     }
+}
+
+/// A call of this request's own, uncached: the leader's answer could not be buffered, or
+/// its failure is not shared.
+async fn call_alone<S, ReqB, ResB, St>(
+    core: &Core<CachedResponse, St>,
+    call: Option<(S, Request<ReqB>)>,
+) -> Result<Response<CacheBody<ResB>>, BoxError>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    St: CacheStore<CachedResponse>,
+{
+    let Some((mut svc, req)) = call else {
+        return Err(CacheError::Coalesced {
+            message: "leading request's answer was not shared".into(),
+        }
+        .into());
+    };
+    core.record(Outcome::Miss);
+    poll_fn(|cx| svc.poll_ready(cx)).await.map_err(Into::into)?;
+    let res = svc.call(req).await.map_err(Into::into)?;
+    let mut res = res.map(CacheBody::inner);
+    mark(res.headers_mut(), "MISS", None);
+    Ok(res)
 }
 
 fn age_secs<V>(entry: &Entry<V>) -> u64 {

@@ -24,6 +24,8 @@ pub(crate) struct HttpShared<St> {
     pub(crate) cacheable: ResponsePredicate,
     pub(crate) degraded: ResponsePredicate,
     pub(crate) cache_control: bool,
+    /// Whether waiters behind a failed leader get its failure (else they call).
+    pub(crate) share_failures: bool,
 }
 
 impl<St> fmt::Debug for HttpShared<St> {

@@ -502,6 +502,29 @@ async fn coalesced_requests_share_a_failure_without_hanging() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn unshared_failures_let_each_waiter_call_for_itself() {
+    let up = Upstream::slow(Duration::from_secs(5));
+    up.set(Mode::Fail);
+    let svc = builder()
+        .share_failures(false)
+        .build()
+        .layer_service(up.service());
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { send(&svc, post("a")).await })
+        })
+        .collect();
+    for task in tasks {
+        // Every waiter gets the inner service's own error, with its own type.
+        let err = task.await.unwrap().unwrap_err();
+        assert!(err.downcast_ref::<UpstreamError>().is_some(), "{err}");
+    }
+    // The leader's call, then one call per waiter.
+    assert_eq!(up.calls(), 10);
+}
+
+#[tokio::test(start_paused = true)]
 async fn methods_vary_and_body_less_keys() {
     let up = Upstream::new();
     let key = RequestKey::new()
