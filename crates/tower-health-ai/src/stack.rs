@@ -440,6 +440,11 @@ impl HealthAiStackBuilder {
             .max_request_body(self.max_body_bytes)
             .partition(Partition::from_fn(move |parts| user_of(parts, user_header)))
             .degraded_if(|parts| parts.extensions.get::<Degraded>().is_some())
+            // Below the cache, upstream failures come back as fallback answers (shared
+            // with coalesced waiters); the errors that still reach it are local refusals,
+            // which each waiter must get as itself (503 with its Retry-After), not as a
+            // shared 502.
+            .share_failures(false)
             .build();
         let fallback = FallbackLayer::new(CaptureHead, PresetFallback::new(self.fallback))
             .policy(FallbackOnUpstreamFailure);

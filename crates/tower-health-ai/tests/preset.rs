@@ -302,3 +302,32 @@ async fn every_layer_call_shares_one_state() {
     assert_eq!(upstream.calls(), 1);
     assert_eq!(handle.metrics().requests.total, 6);
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiters_behind_a_refused_request_get_the_refusal_too() {
+    let upstream = Upstream::new(Duration::from_secs(5));
+    let stack = HealthAiStack::builder()
+        .max_in_flight(1)
+        .max_queue_wait(Duration::from_secs(1))
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let svc = stack.layer(upstream.service());
+    // One call holds the only slot for 5 s.
+    let busy = [tokio::spawn(svc.clone().oneshot(ask("ada", "x")))];
+    tokio::task::yield_now().await;
+    // Three identical requests: one leads, two wait behind it in the cache. The leader
+    // times out in the queue after 1 s; each waiter then gets the queue's own 503, not a
+    // shared 502.
+    let same: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(svc.clone().oneshot(ask("ada", "y"))))
+        .collect();
+    for call in same {
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    for call in busy {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+}
