@@ -72,10 +72,24 @@ pub(crate) struct Settings {
     pub(crate) retry_after: Duration,
 }
 
+/// The slot word, alone on its cache line(s): it is written by every request, and must
+/// not share a line with the `Arc` counts or with unrelated allocations.
+#[derive(Debug)]
+#[repr(align(128))]
+struct SlotWord(AtomicUsize);
+
+impl std::ops::Deref for SlotWord {
+    type Target = AtomicUsize;
+
+    fn deref(&self) -> &AtomicUsize {
+        &self.0
+    }
+}
+
 /// State shared by all clones of a queue service and its handles.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    state: AtomicUsize,
+    state: SlotWord,
     room: Mutex<WaitQueue<Arc<WaitCell>>>,
     pub(crate) settings: Settings,
     pub(crate) metrics: QueueMetrics,
@@ -96,7 +110,7 @@ impl Shared {
     pub(crate) fn new(settings: Settings, room: WaitQueue<Arc<WaitCell>>) -> Self {
         let metrics = QueueMetrics::new(&settings.name);
         Shared {
-            state: AtomicUsize::new(0),
+            state: SlotWord(AtomicUsize::new(0)),
             room: Mutex::new(room),
             settings,
             metrics,
