@@ -130,67 +130,52 @@ fn single_thread(c: &mut Criterion) {
     group.finish();
 }
 
-/// Two tasks on a two-worker runtime hammer the same layer state; the result is the
-/// per-thread time for `iters` requests. A spin gate starts them together.
-fn contend<S>(
-    runtime: &tokio::runtime::Runtime,
-    service: &S,
-    iters: u64,
-    same_thread: &AtomicUsize,
-) -> Duration
+/// Two threads, each driving requests through its own single-threaded runtime, hammer the
+/// same layer state; the result is the per-thread time for `iters` requests. A spin gate
+/// starts them together (OS threads, so they always run on two cores at once).
+fn contend<S>(service: &S, iters: u64, threads_seen: &AtomicUsize) -> Duration
 where
     S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
     S::Error: Debug,
-    S::Future: Send,
 {
-    runtime.block_on(async {
-        let gate = Arc::new(AtomicUsize::new(2));
-        let tasks: Vec<_> = (0..2)
+    let gate = AtomicUsize::new(2);
+    let (elapsed, ids): (Vec<Duration>, Vec<std::thread::ThreadId>) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
             .map(|_| {
                 let service = service.clone();
-                let gate = Arc::clone(&gate);
-                tokio::spawn(async move {
+                let gate = &gate;
+                scope.spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .expect("runtime");
                     gate.fetch_sub(1, Ordering::SeqCst);
-                    let mut spins = 0u32;
                     while gate.load(Ordering::SeqCst) != 0 {
                         std::hint::spin_loop();
-                        spins = spins.wrapping_add(1);
-                        // If the other task landed on this worker, let it run rather than
-                        // spin forever (counted below as a run on one worker).
-                        if spins.is_multiple_of(4096) {
-                            tokio::task::yield_now().await;
-                        }
                     }
-                    let thread = std::thread::current().id();
                     let start = std::time::Instant::now();
-                    for _ in 0..iters {
-                        drive(&service).await;
-                    }
-                    (start.elapsed(), thread)
+                    runtime.block_on(async {
+                        for _ in 0..iters {
+                            drive(&service).await;
+                        }
+                    });
+                    (start.elapsed(), std::thread::current().id())
                 })
             })
             .collect();
-        let mut total = Duration::ZERO;
-        let mut threads = Vec::new();
-        for task in tasks {
-            let (elapsed, thread) = task.await.expect("task");
-            total += elapsed;
-            threads.push(thread);
-        }
-        if threads[0] == threads[1] {
-            same_thread.fetch_add(1, Ordering::Relaxed);
-        }
-        total / 2
-    })
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("bench thread"))
+            .unzip()
+    });
+    if ids[0] != ids[1] {
+        threads_seen.fetch_add(1, Ordering::Relaxed);
+    }
+    (elapsed[0] + elapsed[1]) / 2
 }
 
 fn two_threads(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_time()
-        .build()
-        .expect("runtime");
-    let same_thread = AtomicUsize::new(0);
+    let two_threads_seen = AtomicUsize::new(0);
     let mut group = c.benchmark_group("two_threads");
     group
         .warm_up_time(Duration::from_millis(500))
@@ -198,14 +183,14 @@ fn two_threads(c: &mut Criterion) {
 
     let baseline = bare();
     group.bench_function("baseline_start", |b| {
-        b.iter_custom(|iters| contend(&runtime, &baseline, iters, &same_thread));
+        b.iter_custom(|iters| contend(&baseline, iters, &two_threads_seen));
     });
     let queue = PriorityQueueLayer::builder()
         .max_in_flight(2)
         .build()
         .layer(bare());
     group.bench_function("priority_queue", |b| {
-        b.iter_custom(|iters| contend(&runtime, &queue, iters, &same_thread));
+        b.iter_custom(|iters| contend(&queue, iters, &two_threads_seen));
     });
     let recorder = DebuggingRecorder::new();
     let recorded = metrics::with_local_recorder(&recorder, || {
@@ -213,11 +198,11 @@ fn two_threads(c: &mut Criterion) {
     })
     .layer(bare());
     group.bench_function("priority_queue_with_recorder", |b| {
-        b.iter_custom(|iters| contend(&runtime, &recorded, iters, &same_thread));
+        b.iter_custom(|iters| contend(&recorded, iters, &two_threads_seen));
     });
     let limit = ConcurrencyLimitLayer::new(2).layer(bare());
     group.bench_function("tower_concurrency_limit", |b| {
-        b.iter_custom(|iters| contend(&runtime, &limit, iters, &same_thread));
+        b.iter_custom(|iters| contend(&limit, iters, &two_threads_seen));
     });
     // One slot for two threads: every other request queues (the slow path).
     let saturated = PriorityQueueLayer::builder()
@@ -225,27 +210,27 @@ fn two_threads(c: &mut Criterion) {
         .build()
         .layer(bare());
     group.bench_function("priority_queue_one_slot", |b| {
-        b.iter_custom(|iters| contend(&runtime, &saturated, iters, &same_thread));
+        b.iter_custom(|iters| contend(&saturated, iters, &two_threads_seen));
     });
     let limit_saturated = ConcurrencyLimitLayer::new(1).layer(bare());
     group.bench_function("tower_concurrency_limit_one_slot", |b| {
-        b.iter_custom(|iters| contend(&runtime, &limit_saturated, iters, &same_thread));
+        b.iter_custom(|iters| contend(&limit_saturated, iters, &two_threads_seen));
     });
     let retry = RetryLayer::new().layer(bare());
     group.bench_function("retry", |b| {
-        b.iter_custom(|iters| contend(&runtime, &retry, iters, &same_thread));
+        b.iter_custom(|iters| contend(&retry, iters, &two_threads_seen));
     });
     let tower_retry = tower::retry::RetryLayer::new(NeverRetry).layer(bare());
     group.bench_function("tower_retry", |b| {
-        b.iter_custom(|iters| contend(&runtime, &tower_retry, iters, &same_thread));
+        b.iter_custom(|iters| contend(&tower_retry, iters, &two_threads_seen));
     });
     group.bench_function("baseline_end", |b| {
-        b.iter_custom(|iters| contend(&runtime, &baseline, iters, &same_thread));
+        b.iter_custom(|iters| contend(&baseline, iters, &two_threads_seen));
     });
     group.finish();
     println!(
-        "two_threads: runs where both tasks shared one worker: {}",
-        same_thread.load(Ordering::Relaxed)
+        "two_threads: runs on two distinct threads: {}",
+        two_threads_seen.load(Ordering::Relaxed)
     );
 }
 

@@ -4,10 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower::retry::budget::TpsBudget;
 use tower_layer::Layer;
 
 use super::backoff::FullJitterBackoffMaker;
+use super::budget::BatchedBudget;
 use super::handle::RetryHandle;
 use super::policy::{RetryPolicy, RetryShared};
 use super::service::Retry;
@@ -148,9 +148,12 @@ impl<C, R> RetryBuilder<C, R> {
         self
     }
 
-    /// The retry budget (tower's [`TpsBudget`]): over a sliding window of `ttl` (clamped
-    /// to 1-60 s), retries may be at most `retry_percent` of requests (0.2 = 20 %, clamped
-    /// to 0-1000), plus a floor of `min_per_sec` retries per second.
+    /// The retry budget, tower's [`TpsBudget`](tower::retry::budget::TpsBudget): over a
+    /// sliding window of `ttl` (clamped to 1-60 s), retries may be at most `retry_percent`
+    /// of requests (0.2 = 20 %, clamped to 0-1000), plus a floor of `min_per_sec` retries
+    /// per second. Each request's deposit is counted in an atomic and handed to the
+    /// budget in batches of 16 (and before every withdrawal), so the budget's mutex and
+    /// clock read stay off the per-request path.
     #[must_use]
     pub fn budget(mut self, ttl: Duration, min_per_sec: u32, retry_percent: f32) -> Self {
         self.budget = (ttl, min_per_sec, retry_percent);
@@ -206,7 +209,7 @@ impl<C, R> RetryBuilder<C, R> {
                 backoff: self.backoff,
                 retry_after_cap: self.retry_after_cap,
                 deadline: self.deadline,
-                budget: TpsBudget::new(ttl, min_per_sec, retry_percent),
+                budget: BatchedBudget::new(ttl, min_per_sec, retry_percent),
                 metrics: RetryMetrics::new(),
             }),
         }

@@ -7,6 +7,7 @@
 //! says so) and spends tower's [`TpsBudget`](tower::retry::budget::TpsBudget).
 
 mod backoff;
+mod budget;
 mod classify;
 #[cfg(feature = "http")]
 mod http;

@@ -8,9 +8,10 @@ use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tower::retry::Policy;
 use tower::retry::backoff::MakeBackoff;
-use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::budget::Budget;
 
 use super::backoff::{FullJitterBackoff, FullJitterBackoffMaker};
+use super::budget::BatchedBudget;
 use super::classify::{Classify, RetryDecision};
 use super::replay::Replay;
 use crate::metrics::{RetryMetrics, RetryOutcome};
@@ -23,7 +24,7 @@ pub(crate) struct RetryShared<C, R> {
     pub(crate) backoff: FullJitterBackoffMaker,
     pub(crate) retry_after_cap: Duration,
     pub(crate) deadline: Option<Duration>,
-    pub(crate) budget: TpsBudget,
+    pub(crate) budget: BatchedBudget,
     pub(crate) metrics: RetryMetrics,
 }
 
@@ -41,7 +42,7 @@ impl<C, R> fmt::Debug for RetryShared<C, R> {
 
 /// The [`tower::retry::Policy`] behind [`RetryLayer`](crate::RetryLayer): attempts,
 /// classification, full-jitter backoff, `Retry-After`, an overall deadline and a
-/// [`TpsBudget`].
+/// [`TpsBudget`](tower::retry::budget::TpsBudget).
 ///
 /// tower's `Retry` clones the policy for every request; the clone carries that request's
 /// attempt count, deadline and backoff, while the settings and the budget are shared.
