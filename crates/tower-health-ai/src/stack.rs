@@ -214,8 +214,10 @@ pub struct HealthAiStackBuilder {
     retry_attempts: u32,
     retry_base_delay: Duration,
     retry_max_delay: Duration,
+    retry_budget: (Duration, u32, f32),
     breaker_failures: u32,
     breaker_open_for: Duration,
+    breaker_probes: u32,
     max_in_flight: usize,
     queue_capacity: usize,
     max_queue_wait: Option<Duration>,
@@ -240,8 +242,10 @@ impl Default for HealthAiStackBuilder {
             retry_attempts: 3,
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(30),
+            retry_budget: (Duration::from_secs(10), 1, 0.2),
             breaker_failures: 3,
             breaker_open_for: Duration::from_secs(60),
+            breaker_probes: 1,
             max_in_flight: 2,
             queue_capacity: 100,
             max_queue_wait: None,
@@ -355,15 +359,31 @@ impl HealthAiStackBuilder {
         self
     }
 
-    /// Consecutive upstream failures that open the circuit (default 3).
+    /// The retry budget: over a sliding `window` (1-60 s), retries may be at most
+    /// `retry_ratio` of requests (0.2 = 20 %), plus `min_per_second` retries a second
+    /// (default 10 s, 1, 0.2). It keeps retries from multiplying the load on an upstream
+    /// that is already failing.
+    pub fn retry_budget(mut self, window: Duration, min_per_second: u32, retry_ratio: f32) -> Self {
+        self.retry_budget = (window, min_per_second, retry_ratio);
+        self
+    }
+
+    /// Consecutive upstream failures that open the circuit (default 3, at least 1).
     pub fn breaker_failures(mut self, failures: u32) -> Self {
-        self.breaker_failures = failures;
+        self.breaker_failures = failures.max(1);
         self
     }
 
     /// How long the circuit stays open before a probe (default 60 s).
     pub fn breaker_open_for(mut self, duration: Duration) -> Self {
         self.breaker_open_for = duration;
+        self
+    }
+
+    /// Probe calls let through while half-open; their verdict closes or reopens the
+    /// circuit (default 1, at least 1).
+    pub fn breaker_half_open_probes(mut self, probes: u32) -> Self {
+        self.breaker_probes = probes.max(1);
         self
     }
 
@@ -451,12 +471,18 @@ impl HealthAiStackBuilder {
         let retry = RetryLayer::builder()
             .max_attempts(self.retry_attempts)
             .backoff(self.retry_base_delay, self.retry_max_delay)
+            .budget(
+                self.retry_budget.0,
+                self.retry_budget.1,
+                self.retry_budget.2,
+            )
             .classifier(RetryClassifier::default())
             .build();
         let breaker = CircuitBreakerLayer::builder()
             .name(UPSTREAM_NAME)
             .consecutive_failures(self.breaker_failures)
             .open_duration(self.breaker_open_for)
+            .half_open_probes(self.breaker_probes)
             .classifier(BreakerClassifier::default())
             .build();
         let mut queue = PriorityQueueLayer::builder()

@@ -331,3 +331,21 @@ async fn waiters_behind_a_refused_request_get_the_refusal_too() {
         assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn settings_out_of_range_are_clamped_not_panics() {
+    let upstream = Upstream::new(Duration::from_millis(10));
+    upstream.set_healthy(false);
+    // Zero failures to open means one; zero attempts means one call.
+    let stack = HealthAiStack::builder()
+        .breaker_failures(0)
+        .retry_attempts(0)
+        .breaker_half_open_probes(0)
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let response = svc.oneshot(ask("ada", "r1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(handle.circuit_state(), State::Open);
+}
