@@ -16,18 +16,21 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::ConnectInfo;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::Request;
+use http_body_util::Full;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tower::{BoxError, Service, ServiceExt};
+use tower::{BoxError, Service, ServiceBuilder};
 use tower_health_ai::red_metrics::PrometheusMetrics;
 use tower_health_ai::token_bucket::Quota;
-use tower_health_ai::{HealthAiHandle, HealthAiStack, RequestRejected};
+use tower_health_ai::{
+    BufferBodyLayer, HealthAiHandle, HealthAiStack, RequestRejected, refusal_response,
+};
 
 use crate::analysis::{
     AnalyzeAnswer, AnalyzeInput, MAX_CONTEXT_BYTES, Source, check_record_id, local_analysis,
@@ -208,8 +211,8 @@ fn fallback_answer(request: &http::request::Parts, error: &BoxError) -> Option<R
     .ok()
 }
 
-/// The analyze route without the stack: buffer, check, call, and answer 502 when the
-/// provider fails.
+/// The analyze route without the stack: the same body limit and request check (the
+/// preset's own [`BufferBodyLayer`]), then a direct call; a failed call answers 502.
 fn direct<U>(
     upstream: U,
 ) -> impl Service<
@@ -219,6 +222,7 @@ fn direct<U>(
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone
 + Send
++ Sync
 + 'static
 where
     U: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = BoxError>
@@ -228,41 +232,12 @@ where
         + 'static,
     U::Future: Send + 'static,
 {
-    tower::service_fn(move |request: Request<Body>| {
-        let upstream = upstream.clone();
-        async move {
-            let (parts, body) = request.into_parts();
-            let bytes = match http_body_util::Limited::new(body, MAX_CONTEXT_BYTES)
-                .collect()
-                .await
-            {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    return Ok(error_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "request body too large or unreadable",
-                    ));
-                }
-            };
-            let mut parts = parts;
-            if let Err(refusal) = check_analyze_request(&mut parts, &bytes) {
-                return Ok(error_response(refusal.status(), refusal.message()));
-            }
-            let request = Request::from_parts(parts, Full::new(bytes));
-            Ok(match upstream.oneshot(request).await {
-                Ok(response) => response,
-                Err(error) => error_response(StatusCode::BAD_GATEWAY, &error.to_string()),
-            })
-        }
-    })
-}
-
-fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let mut response = (status, axum::Json(json!({ "error": message }))).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|error: BoxError| async move {
+            refusal_response::<Body>(&error, false)
+        }))
+        .layer(BufferBodyLayer::new(MAX_CONTEXT_BYTES).check(Arc::new(check_analyze_request)))
+        .service(upstream)
 }
 
 /// Starts the simulated provider on an ephemeral loopback port, serving until the

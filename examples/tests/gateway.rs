@@ -335,3 +335,53 @@ async fn bodies_over_one_mebibyte_get_413_and_bad_ids_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(demo.simulator.calls(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_the_stack_calls_go_straight_through_and_failures_are_502() {
+    let args = GatewayArgs::parse_from(["gateway", "--no-stack"]);
+    let simulator = Simulator::new(SimulatorConfig {
+        latency: LatencyRange::fixed(LATENCY),
+        failure_rate: 0.0,
+        seed: 1,
+    });
+    let Gateway { router, handle, .. } = gateway::build(
+        &args,
+        gateway::in_process(&simulator),
+        Some(Arc::clone(&simulator)),
+        None,
+    );
+    assert!(handle.is_none());
+    for _ in 0..2 {
+        let (status, headers, body) = send(
+            &router,
+            analyze("rec-1", "ada").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!headers.contains_key("x-cache"));
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["source"], "ai");
+    }
+    assert_eq!(simulator.calls(), 2, "no cache without the stack");
+    let (status, _, _) = send(
+        &router,
+        analyze("rec-1", "ada").body(Body::from("{nope")).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let big = vec![b' '; 1024 * 1024 + 1];
+    let (status, _, _) = send(
+        &router,
+        analyze("rec-1", "ada").body(Body::from(big)).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    simulator.set_failure_rate(1.0);
+    let (status, _, _) = send(
+        &router,
+        analyze("rec-1", "ada").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(simulator.calls(), 3);
+}
