@@ -6,6 +6,7 @@ use std::time::Duration;
 use metrics::Recorder;
 use tower_layer::Layer;
 
+use crate::clock::Clock;
 use crate::metrics::{RecorderRef, SeriesRegistry};
 use crate::service::RedMetrics;
 use crate::snapshot::RedMetricsHandle;
@@ -69,6 +70,7 @@ pub struct RedMetricsBuilder<L, C> {
     steps: u32,
     max_routes: usize,
     recorder: RecorderRef,
+    clock: Clock,
 }
 
 impl<L, C> RedMetricsBuilder<L, C> {
@@ -81,6 +83,7 @@ impl<L, C> RedMetricsBuilder<L, C> {
             steps: DEFAULT_WINDOW_STEPS,
             max_routes: DEFAULT_MAX_ROUTES,
             recorder: RecorderRef::Global,
+            clock: Clock::default(),
         }
     }
 
@@ -93,6 +96,7 @@ impl<L, C> RedMetricsBuilder<L, C> {
             steps: self.steps,
             max_routes: self.max_routes,
             recorder: self.recorder,
+            clock: self.clock,
         }
     }
 
@@ -105,6 +109,7 @@ impl<L, C> RedMetricsBuilder<L, C> {
             steps: self.steps,
             max_routes: self.max_routes,
             recorder: self.recorder,
+            clock: self.clock,
         }
     }
 
@@ -130,6 +135,14 @@ impl<L, C> RedMetricsBuilder<L, C> {
     #[must_use]
     pub fn max_routes(mut self, max_routes: usize) -> Self {
         self.max_routes = max_routes;
+        self
+    }
+
+    /// Times requests with `clock` (default [`Clock::Monotonic`]). Tests that run with
+    /// paused tokio time and check durations use [`Clock::Tokio`].
+    #[must_use]
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -159,7 +172,7 @@ impl<L, C> RedMetricsBuilder<L, C> {
     /// call when no recorder is given: metric handles are resolved once and kept.
     pub fn build(self) -> RedMetricsLayer<L, C> {
         self.recorder.describe();
-        let core = Arc::new(Core::new(self.window, self.steps));
+        let core = Arc::new(Core::new(self.window, self.steps, self.clock));
         let registry = SeriesRegistry::new(Arc::clone(&core), self.recorder, self.max_routes);
         RedMetricsLayer {
             shared: Arc::new(Shared { core, registry }),

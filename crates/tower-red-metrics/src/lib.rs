@@ -102,6 +102,7 @@ mod axum;
 #[cfg(feature = "http")]
 mod body;
 mod classify;
+mod clock;
 mod error;
 mod future;
 #[cfg(feature = "http")]
@@ -120,6 +121,7 @@ pub use crate::axum::{metrics_handler, metrics_route};
 #[cfg(feature = "http")]
 pub use crate::body::RedBody;
 pub use crate::classify::{Class, Classify, ClassifyFn, Status, classify_fn};
+pub use crate::clock::Clock;
 pub use crate::error::{BoxError, InstallError};
 pub use crate::future::ResponseFuture;
 #[cfg(feature = "http")]

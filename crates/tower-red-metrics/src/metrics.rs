@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn routes_are_capped() {
-        let core = Arc::new(Core::new(Duration::from_secs(60), 1));
+        let core = Arc::new(Core::new(Duration::from_secs(60), 1, crate::Clock::Tokio));
         let registry = SeriesRegistry::new(core, RecorderRef::Global, 3);
         for i in 0..10 {
             let series = registry.route(Cow::Owned(format!("/r{i}")));

@@ -192,6 +192,9 @@ impl Slot {
 pub(crate) struct WindowedSketch {
     step_nanos: u64,
     slots: Box<[Slot]>,
+    /// The step last recorded into, and its slot: `step << 6 | slot` ([`EMPTY`] at
+    /// first). Saves the two divisions that find a step and its slot, except once per step.
+    recent: AtomicU64,
 }
 
 impl WindowedSketch {
@@ -203,6 +206,7 @@ impl WindowedSketch {
         Self {
             step_nanos,
             slots: (0..slots).map(|_| Slot::new()).collect(),
+            recent: AtomicU64::new(EMPTY),
         }
     }
 
@@ -211,27 +215,41 @@ impl WindowedSketch {
         Duration::from_nanos(self.step_nanos.saturating_mul(self.slots.len() as u64))
     }
 
-    fn epoch(&self, now: Duration) -> u64 {
-        u64::try_from(now.as_nanos()).unwrap_or(u64::MAX) / self.step_nanos
+    fn epoch(&self, now: u64) -> u64 {
+        now / self.step_nanos
     }
 
-    #[allow(clippy::cast_possible_truncation)] // the remainder is below slots.len()
-    fn slot(&self, epoch: u64) -> &Slot {
-        &self.slots[(epoch % self.slots.len() as u64) as usize]
-    }
-
-    /// Records `value` at time `now` (time since the sketch's start).
-    pub(crate) fn record(&self, now: Duration, value: Duration) {
+    /// The step `now` falls in, and its slot.
+    #[inline]
+    #[allow(clippy::cast_possible_truncation)] // slot indexes are below 64
+    fn locate(&self, now: u64) -> (u64, &Slot) {
+        let recent = self.recent.load(Ordering::Relaxed);
+        if recent != EMPTY {
+            let epoch = recent >> 6;
+            // `epoch * step <= now` held when it was stored: no overflow.
+            if now.wrapping_sub(epoch * self.step_nanos) < self.step_nanos {
+                return (epoch, &self.slots[(recent & 63) as usize]);
+            }
+        }
         let epoch = self.epoch(now);
-        let slot = self.slot(epoch);
+        let index = epoch % self.slots.len() as u64;
+        // Steps are at least 1 ms: `epoch` is below 2^45, and there are at most 60 slots.
+        self.recent.store(epoch << 6 | index, Ordering::Relaxed);
+        (epoch, &self.slots[index as usize])
+    }
+
+    /// Records `value` nanoseconds at time `now` (nanoseconds since the sketch's start).
+    #[inline]
+    pub(crate) fn record(&self, now: u64, value: u64) {
+        let (epoch, slot) = self.locate(now);
         if slot.enter(epoch) {
-            let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
-            slot.counts[bucket_index(nanos)].fetch_add(1, Ordering::Relaxed);
+            slot.counts[bucket_index(value)].fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// The counts of every sample still in the window at time `now`.
-    pub(crate) fn counts(&self, now: Duration) -> Counts {
+    /// The counts of every sample still in the window at time `now` (nanoseconds since
+    /// the sketch's start).
+    pub(crate) fn counts(&self, now: u64) -> Counts {
         let current = self.epoch(now);
         let oldest = current.saturating_sub(self.slots.len() as u64 - 1);
         let mut merged = Counts::new();
@@ -258,6 +276,10 @@ impl WindowedSketch {
 )]
 mod tests {
     use super::*;
+
+    fn n(duration: Duration) -> u64 {
+        u64::try_from(duration.as_nanos()).unwrap()
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -313,17 +335,17 @@ mod tests {
     fn samples_leave_the_window() {
         let sketch = WindowedSketch::new(Duration::from_secs(300), 10);
         assert_eq!(sketch.window(), Duration::from_secs(300));
-        sketch.record(Duration::from_secs(1), Duration::from_millis(10));
-        sketch.record(Duration::from_secs(100), Duration::from_millis(20));
-        assert_eq!(sketch.counts(Duration::from_secs(100)).total(), 2);
+        sketch.record(n(Duration::from_secs(1)), n(Duration::from_millis(10)));
+        sketch.record(n(Duration::from_secs(100)), n(Duration::from_millis(20)));
+        assert_eq!(sketch.counts(n(Duration::from_secs(100))).total(), 2);
         // The first sample's step (0..30 s) leaves at 300 s; the second's (90..120 s) at 390 s.
-        assert_eq!(sketch.counts(Duration::from_secs(299)).total(), 2);
-        assert_eq!(sketch.counts(Duration::from_secs(300)).total(), 1);
-        assert_eq!(sketch.counts(Duration::from_secs(389)).total(), 1);
-        assert_eq!(sketch.counts(Duration::from_secs(390)).total(), 0);
+        assert_eq!(sketch.counts(n(Duration::from_secs(299))).total(), 2);
+        assert_eq!(sketch.counts(n(Duration::from_secs(300))).total(), 1);
+        assert_eq!(sketch.counts(n(Duration::from_secs(389))).total(), 1);
+        assert_eq!(sketch.counts(n(Duration::from_secs(390))).total(), 0);
         // A slot reused for a later step starts empty.
-        sketch.record(Duration::from_secs(301), Duration::from_millis(30));
-        let counts = sketch.counts(Duration::from_secs(301));
+        sketch.record(n(Duration::from_secs(301)), n(Duration::from_millis(30)));
+        let counts = sketch.counts(n(Duration::from_secs(301)));
         assert_eq!(counts.total(), 2);
         let p0 = counts.quantile(0.0).unwrap();
         assert!((p0 - 20e6).abs() / 20e6 <= RELATIVE_ERROR);
@@ -332,11 +354,26 @@ mod tests {
     #[test]
     fn late_samples_for_a_reused_slot_are_dropped() {
         let sketch = WindowedSketch::new(Duration::from_secs(10), 10);
-        sketch.record(Duration::from_secs(15), Duration::from_millis(1));
+        sketch.record(n(Duration::from_secs(15)), n(Duration::from_millis(1)));
         // A sample stamped one full window earlier maps to the same slot: it is dropped
         // rather than counted in the wrong step.
-        sketch.record(Duration::from_secs(5), Duration::from_millis(1));
-        assert_eq!(sketch.counts(Duration::from_secs(15)).total(), 1);
+        sketch.record(n(Duration::from_secs(5)), n(Duration::from_millis(1)));
+        assert_eq!(sketch.counts(n(Duration::from_secs(15))).total(), 1);
+    }
+
+    #[test]
+    fn out_of_order_samples_land_in_their_own_step() {
+        // 100 s in 10 steps of 10 s. The step last recorded into is remembered; samples
+        // from other steps must not land in it.
+        let sketch = WindowedSketch::new(Duration::from_secs(100), 10);
+        for secs in [25, 5, 12, 29] {
+            sketch.record(n(Duration::from_secs(secs)), n(Duration::from_millis(1)));
+        }
+        assert_eq!(sketch.counts(n(Duration::from_secs(29))).total(), 4);
+        // At 105 s, step 0 (0-10 s) has left the window: only the 5 s sample goes.
+        assert_eq!(sketch.counts(n(Duration::from_secs(105))).total(), 3);
+        // At 115 s, step 1 (10-20 s) has left too.
+        assert_eq!(sketch.counts(n(Duration::from_secs(115))).total(), 2);
     }
 
     proptest! {
@@ -371,10 +408,10 @@ mod tests {
             times.sort_unstable();
             let at = at.max(*times.last().unwrap());
             for &t in &times {
-                sketch.record(Duration::from_secs(t), Duration::from_millis(1));
+                sketch.record(n(Duration::from_secs(t)), n(Duration::from_millis(1)));
             }
             let expected = times.iter().filter(|&&t| t / 10 + 10 > at / 10).count() as u64;
-            prop_assert_eq!(sketch.counts(Duration::from_secs(at)).total(), expected);
+            prop_assert_eq!(sketch.counts(n(Duration::from_secs(at))).total(), expected);
         }
     }
 }

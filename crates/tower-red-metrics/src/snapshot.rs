@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::state::Core;
 
@@ -79,7 +78,7 @@ impl RedMetricsHandle {
     /// meant for a status endpoint, not for every request.
     #[must_use]
     pub fn snapshot(&self) -> RedSnapshot {
-        self.core.snapshot(Instant::now())
+        self.core.snapshot()
     }
 
     /// The length of the sliding window that `duration` covers.

@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::classify::{Class, Status};
+use crate::clock::{Clock, Ticks};
 use crate::labels::MethodLabel;
 use crate::layer::Shared;
 use crate::metrics::RouteSeries;
@@ -37,33 +36,40 @@ thread_local! {
 pub(crate) struct Core {
     classes: [ClassShard; SHARDS],
     window: WindowedSketch,
-    base: Instant,
+    ticks: Ticks,
 }
 
 impl Core {
-    pub(crate) fn new(window: Duration, slots: u32) -> Self {
+    pub(crate) fn new(window: Duration, slots: u32, clock: Clock) -> Self {
         Self {
             classes: Default::default(),
             window: WindowedSketch::new(window, slots),
-            base: Instant::now(),
+            ticks: Ticks::new(clock),
         }
     }
 
-    fn record(&self, class: Class, now: Instant, elapsed: Duration) {
+    /// The time, in nanoseconds since the layer was built.
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        self.ticks.now()
+    }
+
+    /// Counts a request of `class` that took `elapsed` nanoseconds and ended at `now`.
+    #[inline]
+    fn record(&self, class: Class, now: u64, elapsed: u64) {
         let shard = SHARD.try_with(|shard| *shard).unwrap_or(0);
         self.classes[shard].0[class.index()].fetch_add(1, Ordering::Relaxed);
-        self.window
-            .record(now.saturating_duration_since(self.base), elapsed);
+        self.window.record(now, elapsed);
     }
 
-    /// The window's duration counts at `now`.
-    pub(crate) fn counts(&self, now: Instant) -> Counts {
-        self.window.counts(now.saturating_duration_since(self.base))
+    /// The window's duration counts now.
+    pub(crate) fn counts(&self) -> Counts {
+        self.window.counts(self.now())
     }
 
-    /// The figures at `now`.
+    /// The figures now.
     #[allow(clippy::cast_precision_loss)] // a ratio of counts
-    pub(crate) fn snapshot(&self, now: Instant) -> RedSnapshot {
+    pub(crate) fn snapshot(&self) -> RedSnapshot {
         let [success, client_errors, rate_limited, errors] = [
             Class::Success,
             Class::ClientError,
@@ -78,7 +84,7 @@ impl Core {
                 .sum::<u64>()
         });
         let total = success + client_errors + rate_limited + errors;
-        let counts = self.counts(now);
+        let counts = self.counts();
         let millis = |nanos: Option<f64>| nanos.map_or(0.0, |n| n / 1e6);
         RedSnapshot {
             requests: RequestStats {
@@ -147,12 +153,14 @@ impl Instance {
                 }
             },
         };
-        owner.series().series(method).in_flight.increment(1.0);
+        let route = owner.series();
+        route.series(method).in_flight.increment(1.0);
+        let start = route.core().now();
         Recording {
             armed: Some(Armed {
                 owner,
                 method,
-                start: Instant::now(),
+                start,
             }),
         }
     }
@@ -184,7 +192,8 @@ impl Owner {
 struct Armed {
     owner: Owner,
     method: MethodLabel,
-    start: Instant,
+    /// When the request started, in the core's nanoseconds.
+    start: u64,
 }
 
 /// Records one request, exactly once: when [`finish`](Recording::finish) is called with
@@ -220,10 +229,11 @@ impl Recording {
             return;
         };
         let route = owner.series();
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(start);
+        let now = route.core().now();
+        let elapsed = now.saturating_sub(start);
         let series = route.series(method);
-        series.duration.record(elapsed.as_secs_f64());
+        #[allow(clippy::cast_precision_loss)] // exact below 2^53 ns (104 days)
+        series.duration.record(elapsed as f64 * 1e-9);
         series.in_flight.decrement(1.0);
         route.count(series, status);
         route.core().record(status.class(), now, elapsed);

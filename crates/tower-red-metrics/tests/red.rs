@@ -20,8 +20,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use proptest::prelude::*;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_red_metrics::{
-    HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_TOTAL, MethodLabel,
-    RedMetricsLayer, RequestLabels, Status, classify_fn,
+    Clock, HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_TOTAL,
+    MethodLabel, RedMetricsLayer, RequestLabels, Status, classify_fn,
 };
 
 fn respond(status: u16) -> Response<Full<Bytes>> {
@@ -424,7 +424,10 @@ async fn inner_errors_pass_through_unchanged_and_count_as_errors() {
 #[tokio::test(start_paused = true)]
 async fn duration_quantiles_match_a_known_distribution() {
     let (recorder, _snapshotter) = recorder();
-    let layer = RedMetricsLayer::builder().recorder(recorder).build();
+    let layer = RedMetricsLayer::builder()
+        .recorder(recorder)
+        .clock(Clock::Tokio)
+        .build();
     let handle = layer.handle();
     let service = layer.layer(service_fn(|req: Request<Empty<Bytes>>| async move {
         let millis: u64 = req.uri().path()[1..].parse().unwrap();
@@ -460,7 +463,10 @@ async fn duration_quantiles_match_a_known_distribution() {
 #[tokio::test(start_paused = true)]
 async fn durations_leave_the_window_and_totals_stay() {
     let (recorder, _snapshotter) = recorder();
-    let layer = RedMetricsLayer::builder().recorder(recorder).build();
+    let layer = RedMetricsLayer::builder()
+        .recorder(recorder)
+        .clock(Clock::Tokio)
+        .build();
     let handle = layer.handle();
     assert_eq!(handle.window(), Duration::from_secs(300));
     let service = layer.layer(service_fn(|_: Request<Empty<Bytes>>| async {
