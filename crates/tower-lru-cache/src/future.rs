@@ -3,11 +3,11 @@
 
 use std::{
     fmt,
-    future::Future,
+    future::{Future, poll_fn},
     marker::PhantomData,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll, Waker, ready},
 };
 
 use bytes::Bytes;
@@ -34,16 +34,18 @@ type MissFuture<B> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, 
 
 /// The future of [`CacheService`](crate::CacheService).
 ///
-/// When the key needs no body (or the body is empty) and the store answers at once (the
-/// in-process store does), a hit is decided in `call` itself: the future is born ready,
-/// and neither the inner service nor the shared state is cloned.
+/// When the store answers at once (the in-process store does) and the request body, if
+/// the key needs it, is already there (a buffered body), a hit is decided in `call`
+/// itself: the future is born ready, nothing is allocated for it, and neither the inner
+/// service nor the shared state is cloned. Every other path (a miss, a bypass, a body
+/// still arriving, an asynchronous store) is one boxed future, so that the hit's future
+/// stays small.
 #[pin_project]
 pub struct ResponseFuture<S, ReqB, ResB, St>
 where
     S: Service<Request<ReqB>>,
     St: CacheStore<CachedResponse>,
 {
-    #[pin]
     state: State<S, ReqB, ResB, St>,
     _res: PhantomData<fn() -> ResB>,
 }
@@ -54,44 +56,93 @@ enum ReqBody<B> {
     Unread(B),
 }
 
-#[pin_project(project = StateProj)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a hit's response is kept inline: the hit path allocates nothing for its future"
+)]
 enum State<S, ReqB, ResB, St>
 where
     S: Service<Request<ReqB>>,
     St: CacheStore<CachedResponse>,
 {
     /// Reading the request body to hash it.
-    Collect {
-        shared: Arc<HttpShared<St>>,
-        parts: Option<Parts>,
-        #[pin]
-        body: ReqB,
-        chunks: Chunks,
-        svc: Option<S>,
-    },
+    Collect(Box<Collecting<S, ReqB, St>>),
     /// Waiting for the store's answer.
-    Lookup {
-        shared: Arc<HttpShared<St>>,
-        #[pin]
-        get: St::Get,
-        key: CacheKey,
-        parts: Option<Parts>,
-        body: Option<ReqBody<ReqB>>,
-        svc: Option<S>,
-    },
-    /// Bypassing: waiting for the inner service to be ready.
-    Ready { svc: S, req: Option<Request<ReqB>> },
-    /// Bypassing: the inner call.
-    Call {
-        #[pin]
-        fut: S::Future,
-    },
-    /// The miss path.
+    Lookup(Pin<Box<Looking<S, ReqB, St>>>),
+    /// The miss or the bypass path.
     Miss { fut: MissFuture<ResB> },
     /// Answered without the inner service.
     Done {
         out: Option<Result<Response<CacheBody<ResB>>, BoxError>>,
     },
+}
+
+struct Collecting<S, ReqB, St> {
+    shared: Arc<HttpShared<St>>,
+    parts: Option<Parts>,
+    body: Pin<Box<ReqB>>,
+    chunks: Chunks,
+    svc: Option<S>,
+}
+
+#[pin_project]
+struct Looking<S, ReqB, St>
+where
+    St: CacheStore<CachedResponse>,
+{
+    shared: Arc<HttpShared<St>>,
+    #[pin]
+    get: St::Get,
+    key: CacheKey,
+    parts: Option<Parts>,
+    body: Option<ReqBody<ReqB>>,
+    svc: Option<S>,
+}
+
+/// What reading a request body's ready frames found.
+enum Read {
+    /// The whole body.
+    Done,
+    /// A frame is not there yet.
+    Pending,
+    /// The body failed, or exceeded its declared size.
+    Failed(BoxError),
+}
+
+/// Reads `body`'s frames into `chunks` while they are ready, up to `limit` bytes.
+/// Request trailers cannot travel in a rebuilt body: they are dropped.
+fn read_ready<B>(
+    mut body: Pin<&mut B>,
+    chunks: &mut Chunks,
+    limit: u64,
+    cx: &mut Context<'_>,
+) -> Read
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        match body.as_mut().poll_frame(cx) {
+            Poll::Pending => return Read::Pending,
+            Poll::Ready(None) => return Read::Done,
+            Poll::Ready(Some(Err(e))) => {
+                return Read::Failed(CacheError::RequestBody(e.into()).into());
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    chunks.push(data);
+                    if chunks.len as u64 > limit {
+                        return Read::Failed(
+                            CacheError::RequestBody(
+                                "request body exceeded its declared size".into(),
+                            )
+                            .into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl<S, ReqB, ResB, St> ResponseFuture<S, ReqB, ResB, St>
@@ -113,16 +164,39 @@ where
             // An empty body needs no reading: key it as empty and pass it on untouched.
             Plan::WithBody if body.is_end_stream() => shared.key.key(&parts, Some(&[])),
             Plan::WithBody => {
-                let state = match body.size_hint().upper() {
-                    // Only bodies known to fit are read; anything else passes through unread.
-                    Some(upper) if upper <= shared.max_request_body => State::Collect {
+                // Only bodies known to fit are read; anything else passes through unread.
+                let fits = body
+                    .size_hint()
+                    .upper()
+                    .is_some_and(|upper| upper <= shared.max_request_body);
+                if !fits {
+                    return Self::with(bypass(
+                        shared,
+                        inner.clone(),
+                        Request::from_parts(parts, body),
+                    ));
+                }
+                // A buffered body is all there: read it now, with no waker to register
+                // (a body that is not ready is polled again, with the task's waker, by
+                // the `Collect` state).
+                let mut body = Box::pin(body);
+                let mut chunks = Chunks::default();
+                let mut cx = Context::from_waker(Waker::noop());
+                let state = match read_ready(
+                    body.as_mut(),
+                    &mut chunks,
+                    shared.max_request_body,
+                    &mut cx,
+                ) {
+                    Read::Done => keyed(shared, || inner.clone(), parts, chunks.into_bytes()),
+                    Read::Failed(e) => State::Done { out: Some(Err(e)) },
+                    Read::Pending => State::Collect(Box::new(Collecting {
                         shared: Arc::clone(shared),
                         parts: Some(parts),
                         body,
-                        chunks: Chunks::default(),
+                        chunks,
                         svc: Some(inner.clone()),
-                    },
-                    _ => bypass(shared, inner.clone(), Request::from_parts(parts, body)),
+                    })),
                 };
                 return Self::with(state);
             }
@@ -141,19 +215,54 @@ where
     }
 }
 
+/// The request's body is read: key it and look it up, or bypass.
+fn keyed<S, ReqB, ResB, St>(
+    shared: &Arc<HttpShared<St>>,
+    svc: impl FnOnce() -> S,
+    parts: Parts,
+    bytes: Bytes,
+) -> State<S, ReqB, ResB, St>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ReqB: Body + From<Bytes> + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+    St: CacheStore<CachedResponse>,
+{
+    match shared.key.key(&parts, Some(&bytes)) {
+        Some(key) => lookup(shared, svc, key, parts, ReqBody::Read(bytes)),
+        None => bypass(shared, svc(), Request::from_parts(parts, ReqB::from(bytes))),
+    }
+}
+
+/// Passes the request to the inner service (once it is ready), uncached.
 fn bypass<S, ReqB, ResB, St>(
     shared: &HttpShared<St>,
-    svc: S,
+    mut svc: S,
     req: Request<ReqB>,
 ) -> State<S, ReqB, ResB, St>
 where
-    S: Service<Request<ReqB>>,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ReqB: Send + 'static,
+    ResB: Send + 'static,
     St: CacheStore<CachedResponse>,
 {
     shared.core.record(Outcome::Bypass);
-    State::Ready {
-        svc,
-        req: Some(req),
+    State::Miss {
+        fut: Box::pin(async move {
+            poll_fn(|cx| svc.poll_ready(cx)).await.map_err(Into::into)?;
+            let mut res = svc
+                .call(req)
+                .await
+                .map_err(Into::into)?
+                .map(CacheBody::inner);
+            mark(res.headers_mut(), "BYPASS", None);
+            Ok(res)
+        }),
     }
 }
 
@@ -176,14 +285,14 @@ where
 {
     match shared.core.store.get_now(&key) {
         Some(found) => decide(shared, found, svc, key, parts, body),
-        None => State::Lookup {
+        None => State::Lookup(Box::pin(Looking {
             shared: Arc::clone(shared),
             get: shared.core.store.get(&key),
             key,
             parts: Some(parts),
             body: Some(body),
             svc: Some(svc()),
-        },
+        })),
     }
 }
 
@@ -240,92 +349,48 @@ where
 {
     type Output = Result<Response<CacheBody<ResB>>, BoxError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let state = self.project().state;
         loop {
-            let next = match self.as_mut().project().state.project() {
-                StateProj::Collect {
-                    shared,
-                    parts,
-                    mut body,
-                    chunks,
-                    svc,
-                } => match ready!(body.as_mut().poll_frame(cx)) {
-                    Some(Err(e)) => State::Done {
-                        out: Some(Err(CacheError::RequestBody(e.into()).into())),
-                    },
-                    Some(Ok(frame)) => {
-                        // Request trailers cannot travel in a rebuilt body: they are dropped.
-                        if let Ok(data) = frame.into_data() {
-                            chunks.push(data);
-                            if chunks.len as u64 > shared.max_request_body {
-                                let e = CacheError::RequestBody(
-                                    "request body exceeded its declared size".into(),
-                                );
-                                State::Done {
-                                    out: Some(Err(e.into())),
-                                }
-                            } else {
-                                continue;
-                            }
-                        } else {
-                            continue;
+            let next = match state {
+                State::Collect(collecting) => {
+                    let this = &mut **collecting;
+                    match read_ready(
+                        this.body.as_mut(),
+                        &mut this.chunks,
+                        this.shared.max_request_body,
+                        cx,
+                    ) {
+                        Read::Pending => return Poll::Pending,
+                        Read::Failed(e) => return Poll::Ready(Err(e)),
+                        Read::Done => {
+                            let bytes = std::mem::take(&mut this.chunks).into_bytes();
+                            let (Some(parts), Some(svc)) = (this.parts.take(), this.svc.take())
+                            else {
+                                return Poll::Ready(Err(polled_after_completion()));
+                            };
+                            keyed(&this.shared, move || svc, parts, bytes)
                         }
                     }
-                    None => {
-                        let bytes = std::mem::take(chunks).into_bytes();
-                        let (Some(parts), Some(svc)) = (parts.take(), svc.take()) else {
-                            return Poll::Ready(Err(polled_after_completion()));
-                        };
-                        match shared.key.key(&parts, Some(&bytes)) {
-                            Some(key) => {
-                                lookup(shared, move || svc, key, parts, ReqBody::Read(bytes))
-                            }
-                            None => {
-                                bypass(shared, svc, Request::from_parts(parts, ReqB::from(bytes)))
-                            }
-                        }
-                    }
-                },
-                StateProj::Lookup {
-                    shared,
-                    get,
-                    key,
-                    parts,
-                    body,
-                    svc,
-                } => {
-                    let found = ready!(get.poll(cx));
+                }
+                State::Lookup(looking) => {
+                    let this = looking.as_mut().project();
+                    let found = ready!(this.get.poll(cx));
                     let (Some(parts), Some(body), Some(svc)) =
-                        (parts.take(), body.take(), svc.take())
+                        (this.parts.take(), this.body.take(), this.svc.take())
                     else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    decide(shared, found, move || svc, *key, parts, body)
+                    decide(this.shared, found, move || svc, *this.key, parts, body)
                 }
-                StateProj::Ready { svc, req } => {
-                    if let Err(e) = ready!(svc.poll_ready(cx)) {
-                        return Poll::Ready(Err(e.into()));
-                    }
-                    let Some(req) = req.take() else {
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    State::Call { fut: svc.call(req) }
-                }
-                StateProj::Call { fut } => {
-                    let mut res = ready!(fut.poll(cx))
-                        .map_err(Into::into)?
-                        .map(CacheBody::inner);
-                    mark(res.headers_mut(), "BYPASS", None);
-                    return Poll::Ready(Ok(res));
-                }
-                StateProj::Miss { fut } => return fut.as_mut().poll(cx),
-                StateProj::Done { out } => {
+                State::Miss { fut } => return fut.as_mut().poll(cx),
+                State::Done { out } => {
                     return Poll::Ready(
                         out.take().unwrap_or_else(|| Err(polled_after_completion())),
                     );
                 }
             };
-            self.as_mut().project().state.set(next);
+            *state = next;
         }
     }
 }
@@ -341,10 +406,8 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Collect { .. } => "Collect",
-            State::Lookup { .. } => "Lookup",
-            State::Ready { .. } => "Ready",
-            State::Call { .. } => "Call",
+            State::Collect(_) => "Collect",
+            State::Lookup(_) => "Lookup",
             State::Miss { .. } => "Miss",
             State::Done { .. } => "Done",
         };

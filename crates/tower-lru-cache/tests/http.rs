@@ -849,3 +849,87 @@ async fn an_asynchronous_store_behaves_the_same() {
     );
     assert_eq!(counts(&handle.snapshot()), [2, 2, 1, 0, 0]);
 }
+
+/// A request body whose data is not there on the first poll (as a body still arriving
+/// from the network): it wakes its task and answers `Pending` once, then yields its data.
+struct Arriving {
+    data: Option<Bytes>,
+    waited: bool,
+    polls: Arc<AtomicUsize>,
+}
+
+impl From<Bytes> for Arriving {
+    fn from(data: Bytes) -> Self {
+        Self {
+            data: Some(data),
+            waited: true,
+            polls: Arc::default(),
+        }
+    }
+}
+
+impl Body for Arriving {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.polls.fetch_add(1, SeqCst);
+        if !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(self.data.take().map(|data| Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.waited && self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let len = self.data.as_ref().map_or(0, |data| data.len() as u64);
+        SizeHint::with_exact(len)
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_still_arriving_is_read_then_keyed_like_a_buffered_one() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let calls = calls.clone();
+        service_fn(move |req: Request<Arriving>| {
+            calls.fetch_add(1, SeqCst);
+            async move {
+                // The inner service gets the body that was read, rebuilt.
+                let body = req.into_body().collect().await?.to_bytes();
+                Ok::<_, BoxError>(Response::new(Full::new(body)))
+            }
+        })
+    };
+    let svc = tower::Layer::layer(&builder().build(), inner);
+    let polls = Arc::new(AtomicUsize::new(0));
+    let request = |waited: bool| {
+        Request::post("/analyze")
+            .body(Arriving {
+                data: Some(Bytes::from_static(b"question")),
+                waited,
+                polls: polls.clone(),
+            })
+            .unwrap()
+    };
+    for (waited, expected) in [(false, "MISS"), (true, "HIT"), (false, "HIT")] {
+        let res = svc.clone().oneshot(request(waited)).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], expected);
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes(),
+            "question"
+        );
+    }
+    assert_eq!(calls.load(SeqCst), 1);
+    // Each body is read to its end (data, then end: 2 polls), the arriving ones once more
+    // for their `Pending`: 3 + 2 + 3.
+    assert_eq!(polls.load(SeqCst), 8);
+}
