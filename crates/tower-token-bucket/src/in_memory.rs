@@ -8,16 +8,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use governor::clock::Clock as _;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{InsufficientCapacity, RateLimiter};
 
 use crate::Quota;
 use crate::backend::{Decision, RateLimitBackend};
-use crate::clock::TokioClock;
+use crate::clock::{LimiterClock, duration_nanos};
 
 /// The default cap on the number of keys a limiter tracks.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -38,6 +39,14 @@ pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 ///   pruned every [`prune_interval`](crate::RateLimitLayerBuilder::prune_interval) by a
 ///   task started on the first check inside a tokio runtime. The task holds only a weak
 ///   reference and ends when the last clone of the limiter is dropped.
+/// - Time is read from the CPU's time-stamp counter ([quanta], about 10 ns a read,
+///   calibrated against the OS's monotonic clock), except that a limiter whose first
+///   decision inside a tokio runtime finds tokio's clock paused
+///   (`#[tokio::test(start_paused = true)]`, `tokio::time::pause`) follows tokio's clock
+///   from then on, so tests that advance time see tokens come back exactly. Pause the
+///   clock before a limiter's first decision, not after.
+/// - Keys are hashed with foldhash, seeded at random per map (see the source for why
+///   that is enough for client-chosen keys).
 /// - At most [`max_keys`](crate::RateLimitLayerBuilder::max_keys) keys are tracked
 ///   (approximately: concurrent first requests of new keys may overshoot by the number of
 ///   threads). When the cap is reached, keys already tracked keep their limits and a
@@ -47,6 +56,7 @@ pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 /// Cloning is cheap and clones share the state.
 ///
 /// [governor]: https://docs.rs/governor
+/// [quanta]: https://docs.rs/quanta
 pub struct InMemoryBackend<K: Hash + Eq + Clone> {
     inner: Arc<Inner<K>>,
 }
@@ -69,7 +79,7 @@ impl<K: Hash + Eq + Clone> fmt::Debug for InMemoryBackend<K> {
     }
 }
 
-type Gov<K> = RateLimiter<K, KeyStore<K>, TokioClock, NoOpMiddleware<Duration>>;
+type Gov<K> = RateLimiter<K, KeyStore<K>, LimiterClock, NoOpMiddleware<Nanos>>;
 
 struct Limiter<K: Hash + Eq + Clone> {
     gov: Gov<K>,
@@ -88,6 +98,8 @@ struct Inner<K: Hash + Eq + Clone> {
     max_keys: usize,
     prune_interval: Duration,
     pruner_running: AtomicBool,
+    /// The clock of every limiter.
+    clock: LimiterClock,
 }
 
 impl<K> InMemoryBackend<K>
@@ -120,13 +132,16 @@ where
             !prune_interval.is_zero(),
             "the prune interval must not be zero"
         );
+        let clock = LimiterClock::new();
         let limiters = quotas
             .iter()
             .map(|quota| {
                 let store = Arc::new(Store::new());
-                let clock = TokioClock::new();
-                let gov =
-                    RateLimiter::new(quota.to_governor(), KeyStore(Arc::clone(&store)), clock);
+                let gov = RateLimiter::new(
+                    quota.to_governor(),
+                    KeyStore(Arc::clone(&store)),
+                    clock.clone(),
+                );
                 let t = duration_nanos(quota.replenish_interval());
                 let tau = t.saturating_mul(u64::from(quota.burst() - 1));
                 Limiter { gov, store, t, tau }
@@ -144,6 +159,7 @@ where
                 max_keys,
                 prune_interval,
                 pruner_running: AtomicBool::new(false),
+                clock,
             }),
         }
     }
@@ -181,7 +197,7 @@ where
                 Ok(Ok(())) => {}
                 Ok(Err(not_until)) => {
                     inner.give_back(key, cost, i);
-                    let retry_after = not_until.wait_time_from(lim.gov.clock().now());
+                    let retry_after = not_until.wait_time_from(inner.clock.now());
                     return Decision::Limited {
                         retry_after,
                         quota: inner.quotas[i],
@@ -227,7 +243,7 @@ where
                 let remaining = match lim.store.read(key) {
                     None => burst,
                     Some(tat) => {
-                        let now = duration_nanos(lim.gov.clock().now());
+                        let now = self.clock.nanos();
                         let ahead = tat.saturating_sub(now);
                         if ahead > lim.tau {
                             0
@@ -267,15 +283,17 @@ where
     }
 }
 
-fn duration_nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Starts the prune task if there is a runtime to run it on.
+/// On the first decisions inside a tokio runtime: chooses the clock, and starts the prune
+/// task.
+#[cold]
 fn start_pruner<K>(inner: &Arc<Inner<K>>)
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
+    if !inner.clock.resolve() {
+        // No runtime: no task to start, and the clock is chosen in one.
+        return;
+    }
     if mem::size_of::<K>() == 0 {
         // One bucket, nothing to prune.
         inner.pruner_running.store(true, Ordering::Relaxed);
@@ -315,11 +333,22 @@ impl<K: Hash + Eq + Clone> Drop for PrunerGuard<K> {
     }
 }
 
+/// The per-key map's hasher: foldhash, seeded at random per map.
+///
+/// Keys come from clients (headers, IPs), so the hash must not be predictable: a client
+/// who could choose keys that collide would turn lookups into scans. foldhash mixes every
+/// input with a per-process random secret and a per-map seed, which defeats precomputed
+/// collision sets (its authors call it "minimally DoS-resistant": it does not claim to
+/// resist an attacker who recovers the secret by studying timings), at about a tenth of
+/// SipHash-1-3's cost on a `u64` or a short byte string. The key cap bounds the map in any
+/// case, so a flood of keys cannot grow it.
+type KeyHasher = foldhash::fast::RandomState;
+
 /// Per-key GCRA timestamps, with a key count for the cap. A zero-sized key type (one
 /// global bucket) skips the map.
 struct Store<K> {
     single: InMemoryState,
-    map: DashMapStateStore<K>,
+    map: DashMap<K, InMemoryState, KeyHasher>,
     len: AtomicUsize,
 }
 
@@ -329,7 +358,7 @@ impl<K: Hash + Eq + Clone> Store<K> {
     fn new() -> Self {
         Self {
             single: InMemoryState::default(),
-            map: DashMapStateStore::default(),
+            map: DashMap::with_hasher(KeyHasher::default()),
             len: AtomicUsize::new(0),
         }
     }
@@ -492,7 +521,7 @@ mod tests {
         // The per-second bucket only lost the two admitted tokens.
         let first = &b.inner.limiters[0];
         let tat = first.store.read(&1).unwrap();
-        let now = duration_nanos(first.gov.clock().now());
+        let now = b.inner.clock.nanos();
         let spent = tat.saturating_sub(now) / first.t;
         assert!(spent <= 2, "spent {spent}");
     }
