@@ -30,7 +30,9 @@ pub struct CacheBody<B> {
 enum Kind<B> {
     Full {
         data: Option<Bytes>,
-        trailers: Option<HeaderMap>,
+        // Boxed: trailers are rare (gRPC), and a smaller body is a smaller response to
+        // move on every hit.
+        trailers: Option<Box<HeaderMap>>,
     },
     Inner(#[pin] B),
     Prefixed {
@@ -44,7 +46,10 @@ impl<B> CacheBody<B> {
     pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         let data = (!data.is_empty()).then_some(data);
         Self {
-            kind: Kind::Full { data, trailers },
+            kind: Kind::Full {
+                data,
+                trailers: trailers.map(Box::new),
+            },
         }
     }
 
@@ -90,7 +95,7 @@ where
             KindProj::Full { data, trailers } => Poll::Ready(
                 data.take()
                     .map(Frame::data)
-                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .or_else(|| trailers.take().map(|trailers| Frame::trailers(*trailers)))
                     .map(Ok),
             ),
             KindProj::Inner(body) => body.poll_frame(cx).map_err(Into::into),
