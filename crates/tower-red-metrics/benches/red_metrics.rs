@@ -3,6 +3,10 @@
 //! the same recorder; rendering `/metrics` with 50 and 5,000 series; and two tasks on two
 //! workers hitting the same layer state.
 //!
+//! `recorder_floor` is the bare service making the layer's four recorder calls itself
+//! (gauge up, histogram, gauge down, counter) on pre-resolved handles: what any layer
+//! recording these metrics through this recorder pays, whoever writes it.
+//!
 //! `cargo bench -p tower-red-metrics --bench red_metrics -- --measurement-time 3`
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -126,6 +130,32 @@ fn contended<S>(
     );
 }
 
+/// The recorder calls the layer makes per request, on pre-resolved handles, with nothing
+/// else: in-flight gauge up, duration histogram, in-flight gauge down, request counter.
+struct Floor {
+    in_flight: metrics::Gauge,
+    duration: metrics::Histogram,
+    requests: metrics::Counter,
+}
+
+/// The bare service, making the layer's four recorder calls itself: the floor under the
+/// layer's cost that belongs to the recorder (metrics-exporter-prometheus), not to us.
+fn recorder_floor(
+    floor: &'static Floor,
+) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static {
+    service_fn(move |_: Req| {
+        floor.in_flight.increment(1.0);
+        floor.duration.record(1e-7);
+        floor.in_flight.decrement(1.0);
+        floor.requests.increment(1);
+        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+    })
+}
+
 fn benches(c: &mut Criterion) {
     let mut c = c.benchmark_group("red_metrics");
     let c = &mut c;
@@ -143,13 +173,21 @@ fn benches(c: &mut Criterion) {
         .unwrap();
 
     let red = RedMetricsLayer::new().layer(bare());
+    let labels = [("method", "GET"), ("route", "/floor")];
+    let floor: &'static Floor = Box::leak(Box::new(Floor {
+        in_flight: metrics::gauge!("floor_in_flight", &labels),
+        duration: metrics::histogram!("floor_duration_seconds", &labels),
+        requests: metrics::counter!("floor_requests_total", &labels),
+    }));
     let peer = BaseMetricLayer::new().layer(bare());
 
     single(c, &single_rt, "baseline_start", &bare());
     single(c, &single_rt, "layer", &red);
     single(c, &single_rt, "axum_prometheus", &peer);
+    single(c, &single_rt, "recorder_floor", &recorder_floor(floor));
     contended(c, &multi_rt, "contended_baseline", &bare());
     contended(c, &multi_rt, "contended_layer", &red);
+    contended(c, &multi_rt, "contended_recorder_floor", &recorder_floor(floor));
     contended(c, &multi_rt, "contended_axum_prometheus", &peer);
     single(c, &single_rt, "baseline_end", &bare());
 
