@@ -71,17 +71,29 @@ where
 {
     type Output = Result<Res, BoxError>;
 
-    #[inline]
+    // Always inlined: out of line, the response is copied once more on its way out.
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { future, guard } => {
-                let result = ready!(future.poll(cx)).map_err(Into::into);
-                guard.complete(&result);
-                Poll::Ready(result)
+                // Built in the return slot and classified there: the response is moved
+                // once, from the inner future to the caller.
+                let output = Poll::Ready(ready!(future.poll(cx)).map_err(Into::into));
+                if let Poll::Ready(result) = &output {
+                    guard.complete(result);
+                }
+                output
             }
-            KindProj::Refused { error } => Poll::Ready(Err(Box::new(*error))),
+            KindProj::Refused { error } => Poll::Ready(Err(boxed(*error))),
         }
     }
+}
+
+/// A refusal as the boxed error callers see; out of line, off the closed path.
+#[cold]
+#[inline(never)]
+fn boxed(error: BreakerError) -> BoxError {
+    Box::new(error)
 }
 
 /// A permit that settles exactly once: with a verdict when the call completes, or as

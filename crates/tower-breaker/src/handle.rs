@@ -97,6 +97,15 @@ impl Shared {
     /// Leave to call, or a refusal.
     #[inline]
     pub(crate) fn admit(&self) -> Admission {
+        match self.machine.admit_closed() {
+            Some(admission) => admission,
+            None => self.admit_slow(),
+        }
+    }
+
+    /// [`admit`](Self::admit) off the closed path.
+    #[inline(never)]
+    fn admit_slow(&self) -> Admission {
         let mut events = Vec::new();
         let admission = self.machine.admit(Instant::now, &mut events);
         self.emit(&events);
@@ -134,6 +143,15 @@ impl Shared {
             Verdict::Failure | Verdict::FailureRetryAfter(_) => Outcome::Failure,
             Verdict::Ignored => Outcome::Ignored,
         });
+        if verdict == Verdict::Success && self.machine.record_success(&permit) {
+            return;
+        }
+        self.record_outcome(permit, verdict);
+    }
+
+    /// The machine's side of [`record`](Self::record), off the closed path.
+    #[inline(never)]
+    fn record_outcome(&self, permit: Permit, verdict: Verdict) {
         let mut events = Vec::new();
         self.machine
             .record(permit, verdict, Instant::now, &mut events);

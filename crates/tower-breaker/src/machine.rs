@@ -191,12 +191,31 @@ impl Admission {
         Self(nanos << 2 | REFUSED)
     }
 
+    #[inline]
     pub(crate) fn is_unchecked(&self) -> bool {
         self.0 == 0
     }
 
+    #[inline]
     pub(crate) fn is_refused(&self) -> bool {
         self.0 & REFUSED == REFUSED
+    }
+
+    /// Whether this is a permit (neither unchecked nor a refusal).
+    #[inline]
+    pub(crate) fn is_permit(&self) -> bool {
+        self.0 != 0 && !self.is_refused()
+    }
+
+    /// The permit, once [`is_permit`](Self::is_permit) said so; any other admission
+    /// gives the settled permit, which settles as nothing.
+    #[inline]
+    pub(crate) fn into_permit(self) -> Permit {
+        if self.is_permit() {
+            Permit { bits: self.0 }
+        } else {
+            Permit::SETTLED
+        }
     }
 
     /// The permit or the refusal; `None` if leave was not asked.
@@ -453,6 +472,14 @@ impl Machine {
         }
     }
 
+    /// [`admit`](Self::admit)'s answer when it is one atomic load: closed and untimed.
+    #[inline]
+    pub(crate) fn admit_closed(&self) -> Option<Admission> {
+        let word = self.word.load(Ordering::Acquire);
+        (State::from_word(word) == State::Closed && !self.times_calls())
+            .then(|| Permit::new(permit_word(word), 0).into_admission())
+    }
+
     /// Asks leave to call. Closed: one atomic load, and the clock is read only when slow
     /// calls are detected.
     #[inline]
@@ -530,6 +557,27 @@ impl Machine {
     fn reject(&self, retry_after: Option<Duration>) -> Rejected {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         Rejected { retry_after }
+    }
+
+    /// Settles a success in one load (and a store only if a failure streak ends) when
+    /// that is all [`record`](Self::record) would do: the permit is neither a probe nor
+    /// timed and no window is kept. Returns `false`, leaving the permit unsettled, when
+    /// the full path must run.
+    #[inline]
+    pub(crate) fn record_success(&self, permit: &Permit) -> bool {
+        let admitted = permit.word();
+        if self.window.is_some() || permit.start() != 0 || Permit::is_probe_word(admitted) {
+            return false;
+        }
+        let word = self.word.load(Ordering::Acquire);
+        if permit_word(word) == admitted
+            && word & FORCED == 0
+            && self.config.consecutive_failures.is_some()
+            && self.consecutive.load(Ordering::Relaxed) != 0
+        {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Settles a completed call with its verdict.
@@ -866,6 +914,70 @@ mod tests {
         call(&m, t0, Verdict::Failure);
         call(&m, t0, Verdict::Failure);
         assert_eq!(state(&m, t0), State::Closed);
+    }
+
+    /// The closed path's shortcut does what `record` does with a success, and declines
+    /// the permits `record` must see (timed, probes, windowed).
+    #[test]
+    fn the_success_shortcut_matches_record_and_declines_what_it_cannot_settle() {
+        let (m, t0) = machine(Config::default());
+        let mut events = Vec::new();
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Failure);
+        let permit = m.acquire(|| t0, &mut events).expect("admitted");
+        assert!(m.record_success(&permit));
+        assert_eq!(m.consecutive.load(Ordering::Relaxed), 0);
+        call(&m, t0, Verdict::Failure);
+        call(&m, t0, Verdict::Failure);
+        assert_eq!(state(&m, t0), State::Closed);
+        // A success admitted under an earlier state settles without resetting the count.
+        let stale = m.acquire(|| t0, &mut events).expect("admitted");
+        m.force_open(&mut events);
+        m.reset(&mut events);
+        call(&m, t0, Verdict::Failure);
+        assert!(m.record_success(&stale));
+        assert_eq!(m.consecutive.load(Ordering::Relaxed), 1);
+
+        let windowed = Config {
+            window: Some(WindowConfig {
+                size: 10,
+                minimum_calls: 10,
+                failure_rate: Some(0.5),
+                slow: None,
+            }),
+            ..Config::default()
+        };
+        let (m, t0) = machine(windowed);
+        let permit = m.acquire(|| t0, &mut events).expect("admitted");
+        assert!(!m.record_success(&permit));
+        m.record(permit, Verdict::Success, || t0, &mut events);
+
+        let (m, t0) = machine(Config::default());
+        for _ in 0..3 {
+            call(&m, t0, Verdict::Failure);
+        }
+        let at = t0 + Duration::from_secs(60);
+        let probe = m.acquire(|| at, &mut events).expect("a probe");
+        assert!(probe.is_probe());
+        assert!(!m.record_success(&probe));
+        m.record(probe, Verdict::Success, || at, &mut events);
+        assert_eq!(state(&m, at), State::Closed);
+
+        let (m, t0) = machine(Config {
+            window: Some(WindowConfig {
+                size: 10,
+                minimum_calls: 10,
+                failure_rate: None,
+                slow: Some(SlowCalls {
+                    threshold: Duration::from_secs(1),
+                    rate: 0.5,
+                }),
+            }),
+            ..Config::default()
+        });
+        let timed = m.acquire(|| t0, &mut events).expect("admitted");
+        assert!(!m.record_success(&timed));
+        m.record(timed, Verdict::Success, || t0, &mut events);
     }
 
     #[test]

@@ -5,10 +5,11 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
+use crate::BreakerError;
 use crate::classify::{BoxError, Classify};
 use crate::future::{PermitGuard, ResponseFuture};
 use crate::handle::{Breaker, CircuitBreakerHandle};
-use crate::machine::Admission;
+use crate::machine::{Admission, Permit};
 
 /// A circuit breaker around a service; built by
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
@@ -114,9 +115,30 @@ where
         }
     }
 
-    #[inline]
+    // Always inlined: a few instructions around the inner call, the rest out of line.
+    #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
-        let mut admission = std::mem::replace(&mut self.admission, Admission::UNCHECKED);
+        let admission = std::mem::replace(&mut self.admission, Admission::UNCHECKED);
+        // The common case: admitted by `poll_ready`, untimed.
+        let permit = if admission.is_permit() && !self.breaker.shared.times_calls() {
+            admission.into_permit()
+        } else {
+            match self.settle_admission(admission) {
+                Ok(permit) => permit,
+                Err(refusal) => return ResponseFuture::refused(refusal),
+            }
+        };
+        let guard = PermitGuard::new(Arc::clone(&self.breaker), permit);
+        ResponseFuture::called(self.inner.call(request), guard)
+    }
+}
+
+impl<S, C> CircuitBreaker<S, C> {
+    /// `call`'s admission when leave was refused or not asked, or when calls are timed:
+    /// the permit to call with, or the refusal to answer with.
+    #[cold]
+    #[inline(never)]
+    fn settle_admission(&mut self, mut admission: Admission) -> Result<Permit, BreakerError> {
         if admission.is_unchecked() {
             // `call` without `poll_ready`: decide now.
             admission = self.breaker.shared.admit();
@@ -127,13 +149,10 @@ where
                     // Time the call itself, not the wait for readiness.
                     self.breaker.shared.restart(&mut permit);
                 }
-                let guard = PermitGuard::new(Arc::clone(&self.breaker), permit);
-                ResponseFuture::called(self.inner.call(request), guard)
+                Ok(permit)
             }
-            Some(Err(rejected)) => {
-                ResponseFuture::refused(self.breaker.shared.refused(rejected.retry_after))
-            }
-            None => ResponseFuture::refused(self.breaker.shared.refused(None)),
+            Some(Err(rejected)) => Err(self.breaker.shared.refused(rejected.retry_after)),
+            None => Err(self.breaker.shared.refused(None)),
         }
     }
 }
