@@ -178,34 +178,55 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    // Always inlined: the common case is the inner call's completion.
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::Failed { error } => {
-                    let error = error.take().unwrap_or_else(polled_after_completion);
+        if let StateProj::Calling { future, .. } = state.as_mut().project() {
+            let output = ready!(future.poll(cx));
+            // Frees the slot before the caller sees the response.
+            state.set(State::Done);
+            return Poll::Ready(output.map_err(Into::into));
+        }
+        poll_state(state, cx)
+    }
+}
+
+/// The response future's states other than a call in progress on entry.
+#[inline(never)]
+fn poll_state<S, Req>(
+    mut state: Pin<&mut State<S, Req>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<S::Response, BoxError>>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    loop {
+        match state.as_mut().project() {
+            StateProj::Failed { error } => {
+                let error = error.take().unwrap_or_else(polled_after_completion);
+                state.set(State::Done);
+                return Poll::Ready(Err(error));
+            }
+            StateProj::Pending { pending } => match ready!(pending.as_mut().poll_call(cx)) {
+                Ok((permit, future)) => state.set(State::Calling {
+                    _permit: permit,
+                    future,
+                }),
+                Err(error) => {
+                    // Leaves the room or frees the slot.
                     state.set(State::Done);
                     return Poll::Ready(Err(error));
                 }
-                StateProj::Pending { pending } => match ready!(pending.as_mut().poll_call(cx)) {
-                    Ok((permit, future)) => state.set(State::Calling {
-                        _permit: permit,
-                        future,
-                    }),
-                    Err(error) => {
-                        // Leaves the room or frees the slot.
-                        state.set(State::Done);
-                        return Poll::Ready(Err(error));
-                    }
-                },
-                StateProj::Calling { future, .. } => {
-                    let output = ready!(future.poll(cx));
-                    // Frees the slot before the caller sees the response.
-                    state.set(State::Done);
-                    return Poll::Ready(output.map_err(Into::into));
-                }
-                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
+            },
+            StateProj::Calling { future, .. } => {
+                let output = ready!(future.poll(cx));
+                // Frees the slot before the caller sees the response.
+                state.set(State::Done);
+                return Poll::Ready(output.map_err(Into::into));
             }
+            StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
         }
     }
 }

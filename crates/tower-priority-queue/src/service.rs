@@ -11,7 +11,7 @@ use tower_service::Service;
 use crate::error::QueueError;
 use crate::future::ResponseFuture;
 use crate::handle::QueueHandle;
-use crate::priority::PriorityExtractor;
+use crate::priority::{Priority, PriorityExtractor};
 use crate::shared::{Admission, Permit, Shared};
 
 /// Admits requests to the inner service by priority, at most N at a time; built by
@@ -93,6 +93,7 @@ impl<S, E> PriorityQueue<S, E> {
     /// called at once and the response future is just the inner one plus the slot: no
     /// allocation, no copy of the request into the future. Otherwise a clone of it is
     /// driven to readiness by the response future.
+    #[inline]
     fn call_admitted<Req>(&mut self, request: Req) -> ResponseFuture<S, Req>
     where
         S: Service<Req> + Clone,
@@ -122,8 +123,31 @@ where
         Poll::Ready(Ok(()))
     }
 
+    // Always inlined: a few instructions around the inner call, the rest out of line.
+    #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
-        let priority = match self.extractor.extract(&request) {
+        // The common case: a valid priority and a free slot with nobody waiting.
+        match self.extractor.extract(&request) {
+            Ok(_) if self.shared.try_acquire() => self.call_admitted(request),
+            extracted => self.call_queued(extracted, request),
+        }
+    }
+}
+
+impl<S, E> PriorityQueue<S, E> {
+    /// `call` off the common path: refuses an invalid priority, or takes a slot under the
+    /// room's lock, waits in the room, or is shed.
+    #[inline(never)]
+    fn call_queued<Req>(
+        &mut self,
+        extracted: Result<Priority, QueueError>,
+        request: Req,
+    ) -> ResponseFuture<S, Req>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        let priority = match extracted {
             Ok(priority) => priority,
             Err(error) => {
                 if error == QueueError::InvalidPriority {
@@ -133,9 +157,6 @@ where
                 return ResponseFuture::failed(error.into());
             }
         };
-        if self.shared.try_acquire() {
-            return self.call_admitted(request);
-        }
         match self.shared.acquire_or_wait(priority, Instant::now()) {
             Admission::Admitted => self.call_admitted(request),
             Admission::Waiting(guard) => {
