@@ -187,7 +187,12 @@ fn benches(c: &mut Criterion) {
     single(c, &single_rt, "recorder_floor", &recorder_floor(floor));
     contended(c, &multi_rt, "contended_baseline", &bare());
     contended(c, &multi_rt, "contended_layer", &red);
-    contended(c, &multi_rt, "contended_recorder_floor", &recorder_floor(floor));
+    contended(
+        c,
+        &multi_rt,
+        "contended_recorder_floor",
+        &recorder_floor(floor),
+    );
     contended(c, &multi_rt, "contended_axum_prometheus", &peer);
     single(c, &single_rt, "baseline_end", &bare());
 

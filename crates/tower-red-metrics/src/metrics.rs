@@ -132,7 +132,18 @@ impl RouteSeries {
     }
 
     /// The handles for `method` on this route.
+    #[inline]
     pub(crate) fn series(&self, method: MethodLabel) -> &Series {
+        match self.methods[method.index()].get() {
+            Some(series) => series,
+            None => self.resolve(method),
+        }
+    }
+
+    /// Resolves the handles for `method` on this route (once per method).
+    #[cold]
+    #[inline(never)]
+    fn resolve(&self, method: MethodLabel) -> &Series {
         self.methods[method.index()].get_or_init(|| {
             let method = method.as_str();
             let labels = || {
@@ -159,7 +170,19 @@ impl RouteSeries {
     }
 
     /// Counts one request of `method` that ended with `status`.
+    #[inline]
     pub(crate) fn count(&self, series: &Series, status: Status) {
+        if let Some(counter) = status.slot().and_then(|slot| series.statuses[slot].get()) {
+            counter.increment(1);
+        } else {
+            self.count_first(series, status);
+        }
+    }
+
+    /// Counts a status not counted before on this series, or an uncommon one.
+    #[cold]
+    #[inline(never)]
+    fn count_first(&self, series: &Series, status: Status) {
         let register = || {
             let labels = vec![
                 Label::from_static_parts("method", series.method),

@@ -133,6 +133,7 @@ impl Instance {
     }
 
     /// Starts recording a request of `method` on `route` (marks it in flight).
+    #[inline]
     pub(crate) fn start(
         this: &Arc<Self>,
         route: Option<Cow<'_, str>>,
@@ -215,10 +216,12 @@ impl Recording {
     }
 
     /// Records the request as ended with `status`.
+    #[inline]
     pub fn finish(mut self, status: Status) {
         self.record(status);
     }
 
+    #[inline]
     fn record(&mut self, status: Status) {
         let Some(Armed {
             owner,
@@ -238,13 +241,19 @@ impl Recording {
         route.count(series, status);
         route.core().record(status.class(), now, elapsed);
         if status == Status::Cancelled {
-            tracing::trace!(
-                route = route.route(),
-                method = method.as_str(),
-                "request cancelled"
-            );
+            cancelled(route, method);
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn cancelled(route: &RouteSeries, method: MethodLabel) {
+    tracing::trace!(
+        route = route.route(),
+        method = method.as_str(),
+        "request cancelled"
+    );
 }
 
 impl Drop for Recording {
