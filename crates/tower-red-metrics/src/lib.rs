@@ -92,6 +92,11 @@
 //! as `cancelled`, and so is a gRPC body dropped before its trailers: every request is
 //! recorded once, whatever happens, and `http_requests_in_flight` returns to zero.
 //!
+//! Durations are read from the CPU's time-stamp counter ([`Clock::Monotonic`], about
+//! 10 ns a read), which does not follow tokio's paused test clock; a test that pauses
+//! time and checks durations builds its layer with [`Clock::Tokio`]
+//! ([`RedMetricsBuilder::clock`]).
+//!
 //! [tower]: https://docs.rs/tower
 //! [metrics]: https://docs.rs/metrics
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
