@@ -97,7 +97,8 @@ fn contended<S>(
                         tokio::spawn(async move {
                             gate.fetch_sub(1, Ordering::AcqRel);
                             while gate.load(Ordering::Acquire) != 0 {
-                                std::hint::spin_loop();
+                                // Yields rather than spins: both tasks may start on one worker.
+                                tokio::task::yield_now().await;
                             }
                             let thread: ThreadId = std::thread::current().id();
                             let start = Instant::now();
