@@ -118,7 +118,13 @@ impl Core {
 /// and the route its service saw first. Under axum's `Router::layer` each route gets its
 /// own service, so after the first request a route's handles are found without a lock,
 /// and a request holds one reference count (this one) rather than two.
+///
+/// Aligned to 128 bytes so that, inside its `Arc`, the fields sit on other cache lines
+/// than the reference count: every request writes the count (a service clone, the
+/// recording), and the fields, read by every request, then stay shared between cores
+/// instead of moving with it.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Instance {
     shared: Arc<Shared>,
     route: OnceLock<Arc<RouteSeries>>,
