@@ -5,7 +5,9 @@
 //!
 //! `recorder_floor` is the bare service making the layer's four recorder calls itself
 //! (gauge up, histogram, gauge down, counter) on pre-resolved handles: what any layer
-//! recording these metrics through this recorder pays, whoever writes it.
+//! recording these metrics through this recorder pays, whoever writes it. The
+//! `contended_recorder_histogram` and `contended_recorder_counter` rows make one of those
+//! calls alone, to split that floor by metric kind.
 //!
 //! `cargo bench -p tower-red-metrics --bench red_metrics -- --measurement-time 3`
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -167,6 +169,20 @@ fn recorder_floor(
     })
 }
 
+/// The bare service making one recorder call, to split the floor by metric kind.
+fn recorder_one(
+    call: impl Fn() + Clone + Send + Sync + 'static,
+) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static {
+    service_fn(move |_: Req| {
+        call();
+        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+    })
+}
+
 fn benches(c: &mut Criterion) {
     let mut c = c.benchmark_group("red_metrics");
     let c = &mut c;
@@ -193,6 +209,16 @@ fn benches(c: &mut Criterion) {
     contended(c, "contended_baseline", &bare());
     contended(c, "contended_layer", &red);
     contended(c, "contended_recorder_floor", &recorder_floor(floor));
+    contended(
+        c,
+        "contended_recorder_histogram",
+        &recorder_one(move || floor.duration.record(1e-7)),
+    );
+    contended(
+        c,
+        "contended_recorder_counter",
+        &recorder_one(move || floor.requests.increment(1)),
+    );
     contended(c, "contended_axum_prometheus", &peer);
     single(c, &single_rt, "baseline_end", &bare());
 
