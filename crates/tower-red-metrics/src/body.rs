@@ -26,7 +26,10 @@ pub struct RedBody<B> {
 }
 
 impl<B> RedBody<B> {
-    pub(crate) fn new(inner: B, recording: Recording) -> Self {
+    /// A body that records with `recording` when it ends. The request counts as in
+    /// flight until then.
+    pub(crate) fn new(inner: B, mut recording: Recording) -> Self {
+        recording.wait();
         Self { inner, recording }
     }
 

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use pin_project::pin_project;
 
@@ -41,7 +41,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let Poll::Ready(result) = this.inner.poll(cx) else {
+            this.recording.wait();
+            return Poll::Pending;
+        };
         let recording = mem::replace(this.recording, Recording::disarmed());
         Poll::Ready(match result {
             Ok(response) => Ok(this.classify.classify(response, recording)),

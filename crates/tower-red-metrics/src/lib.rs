@@ -4,7 +4,8 @@
 //!
 //! - `http_requests_total{method,route,status}` (counter),
 //! - `http_request_duration_seconds{method,route}` (histogram),
-//! - `http_requests_in_flight{method,route}` (gauge).
+//! - `http_requests_in_flight{method,route}` (gauge): requests waiting on the inner
+//!   service or on the end of a streamed response ([`HTTP_REQUESTS_IN_FLIGHT`]).
 //!
 //! `route` is the matched route template (axum's `MatchedPath`, with the `axum` feature),
 //! else [`UNMATCHED_ROUTE`]; never the raw path. Methods outside the standard nine are

@@ -24,7 +24,14 @@ use crate::state::Core;
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 /// `http_request_duration_seconds{method,route}`: a histogram of request durations.
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
-/// `http_requests_in_flight{method,route}`: requests started and not yet recorded.
+/// `http_requests_in_flight{method,route}`: requests waiting, on the inner service's
+/// answer or on the end of a streamed (gRPC) response.
+///
+/// A request counts from the first time its future is pending, or its response head is
+/// out before its status is known, until it is recorded. A request answered in the poll
+/// that sent it (a cache hit, a refusal, a handler that never waits) is not counted: it
+/// never waited, and leaving it out keeps two contended writes off the fastest path. A
+/// handler that blocks its first poll is therefore not seen in flight while it blocks.
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
 
 /// The `route` label of requests that have no matched route.
@@ -34,7 +41,8 @@ pub const OVERFLOW_ROUTE: &str = "overflow";
 
 const HELP_REQUESTS: &str = "HTTP and gRPC requests by method, matched route and final status (HTTP code or gRPC code name).";
 const HELP_DURATION: &str = "Time from receiving a request to its final status, in seconds.";
-const HELP_IN_FLIGHT: &str = "Requests received whose final status is not yet known.";
+const HELP_IN_FLIGHT: &str =
+    "Requests waiting on the service's answer or on the end of a streamed response.";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));

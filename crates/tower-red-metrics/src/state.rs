@@ -160,14 +160,13 @@ impl Instance {
                 }
             },
         };
-        let route = owner.series();
-        route.series(method).in_flight.increment(1.0);
-        let start = route.core().now();
+        let start = owner.series().core().now();
         Recording {
             armed: Some(Armed {
                 owner,
                 method,
                 start,
+                waiting: false,
             }),
         }
     }
@@ -201,6 +200,8 @@ struct Armed {
     method: MethodLabel,
     /// When the request started, in the core's nanoseconds.
     start: u64,
+    /// Whether the request is counted in the in-flight gauge.
+    waiting: bool,
 }
 
 /// Records one request, exactly once: when [`finish`](Recording::finish) is called with
@@ -227,29 +228,58 @@ impl Recording {
         self.record(status);
     }
 
+    /// Counts the request in `http_requests_in_flight` from now until it is recorded;
+    /// calling it again changes nothing.
+    ///
+    /// The layer calls it when the inner service's future is pending and when a
+    /// recording moves into a [`RedBody`](crate::RedBody), so that the gauge counts the
+    /// requests that wait (on the inner service, or on the rest of a streamed response).
+    /// A [`Classify`](crate::Classify) that carries the recording in a body of its own
+    /// calls it too.
+    #[inline]
+    pub fn wait(&mut self) {
+        if let Some(armed) = &mut self.armed
+            && !armed.waiting
+        {
+            armed.waiting = true;
+            in_flight(armed.owner.series(), armed.method, 1.0);
+        }
+    }
+
     #[inline]
     fn record(&mut self, status: Status) {
         let Some(Armed {
             owner,
             method,
             start,
+            waiting,
         }) = self.armed.take()
         else {
             return;
         };
         let route = owner.series();
+        if waiting {
+            in_flight(route, method, -1.0);
+        }
         let now = route.core().now();
         let elapsed = now.saturating_sub(start);
         let series = route.series(method);
         #[allow(clippy::cast_precision_loss)] // exact below 2^53 ns (104 days)
         series.duration.record(elapsed as f64 * 1e-9);
-        series.in_flight.decrement(1.0);
         route.count(series, status);
         route.core().record(status.class(), now, elapsed);
         if status == Status::Cancelled {
             cancelled(route, method);
         }
     }
+}
+
+/// Moves the request's in-flight gauge by `delta`; out of line, since only requests
+/// that wait get here.
+#[cold]
+#[inline(never)]
+fn in_flight(route: &RouteSeries, method: MethodLabel, delta: f64) {
+    route.series(method).in_flight.increment(delta);
 }
 
 #[cold]

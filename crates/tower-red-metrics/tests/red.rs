@@ -7,13 +7,14 @@ mod common;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use common::{Frames, Taken, recorder};
+use common::{Frames, Gauges, Taken, recorder};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full};
@@ -209,6 +210,67 @@ async fn labels_stay_bounded_over_100k_paths_and_odd_methods() {
         assert!(["GET", "POST", "DELETE", "OTHER"].contains(&label("method").as_str()));
     }
     assert!(metrics.series(HTTP_REQUEST_DURATION_SECONDS).len() <= 3 * 6);
+}
+
+#[tokio::test]
+async fn in_flight_counts_requests_that_wait_and_not_those_answered_at_once() {
+    let gauges = Gauges::default();
+    let layer = RedMetricsLayer::builder().recorder(gauges.clone()).build();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let released = Arc::new(Mutex::new(Some(released)));
+    let service = layer.layer(service_fn(move |req: Request<Empty<Bytes>>| {
+        let wait = (req.uri().path() == "/wait")
+            .then(|| released.lock().unwrap().take())
+            .flatten();
+        async move {
+            if let Some(released) = wait {
+                released.await.unwrap();
+            }
+            Ok::<_, Infallible>(respond(200))
+        }
+    }));
+    let get = |path: &str| Request::get(path).body(Empty::new()).unwrap();
+
+    service.clone().oneshot(get("/now")).await.unwrap();
+    assert_eq!(gauges.moves(HTTP_REQUESTS_IN_FLIGHT), 0, "never waited");
+
+    let mut waiting = pin!(service.clone().oneshot(get("/wait")));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    assert!((gauges.value(HTTP_REQUESTS_IN_FLIGHT) - 1.0).abs() < f64::EPSILON);
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(gauges.moves(HTTP_REQUESTS_IN_FLIGHT), 1, "counted once");
+
+    release.send(()).unwrap();
+    waiting.await.unwrap();
+    assert!(gauges.value(HTTP_REQUESTS_IN_FLIGHT).abs() < f64::EPSILON);
+    assert_eq!(gauges.moves(HTTP_REQUESTS_IN_FLIGHT), 2);
+}
+
+#[tokio::test]
+async fn a_streamed_grpc_response_counts_in_flight_until_it_ends_or_is_dropped() {
+    let gauges = Gauges::default();
+    let layer = RedMetricsLayer::builder().recorder(gauges.clone()).build();
+    let service = layer.layer(service_fn(|_: Request<Empty<Bytes>>| async {
+        Ok::<_, Infallible>(grpc_response(Frames::grpc("message", Some("0")), None))
+    }));
+    let call = || {
+        service
+            .clone()
+            .oneshot(Request::post("/pkg.Svc/Call").body(Empty::new()).unwrap())
+    };
+
+    // The head is out, the status is in the trailers still to come.
+    let response = call().await.unwrap();
+    assert!((gauges.value(HTTP_REQUESTS_IN_FLIGHT) - 1.0).abs() < f64::EPSILON);
+    response.into_body().collect().await.unwrap();
+    assert!(gauges.value(HTTP_REQUESTS_IN_FLIGHT).abs() < f64::EPSILON);
+
+    let response = call().await.unwrap();
+    assert!((gauges.value(HTTP_REQUESTS_IN_FLIGHT) - 1.0).abs() < f64::EPSILON);
+    drop(response);
+    assert!(gauges.value(HTTP_REQUESTS_IN_FLIGHT).abs() < f64::EPSILON);
+    assert_eq!(gauges.moves(HTTP_REQUESTS_IN_FLIGHT), 4);
 }
 
 #[tokio::test]

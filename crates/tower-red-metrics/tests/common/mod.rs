@@ -3,11 +3,16 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
+use metrics::{
+    Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
 /// A body that yields the given frames, one per poll.
@@ -121,5 +126,86 @@ impl Taken {
                 other => panic!("{name} is not a gauge: {other:?}"),
             })
             .sum()
+    }
+}
+
+/// A recorder that keeps only gauges, each with its value and how many times it moved:
+/// shows when a gauge is left untouched, which a value alone cannot.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges(Arc<Mutex<Vec<NamedProbe>>>);
+
+/// A gauge's name and its probe.
+type NamedProbe = (String, Arc<GaugeProbe>);
+
+/// One gauge of [`Gauges`].
+#[derive(Debug, Default)]
+pub struct GaugeProbe {
+    value: Mutex<f64>,
+    moves: AtomicUsize,
+}
+
+impl GaugeFn for GaugeProbe {
+    fn increment(&self, value: f64) {
+        *self.value.lock().unwrap() += value;
+        self.moves.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.increment(-value);
+    }
+
+    fn set(&self, value: f64) {
+        *self.value.lock().unwrap() = value;
+        self.moves.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Gauges {
+    fn probes(&self, name: &str) -> Vec<Arc<GaugeProbe>> {
+        let gauges = self.0.lock().unwrap();
+        gauges
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, probe)| Arc::clone(probe))
+            .collect()
+    }
+
+    /// The sum of the values of every gauge named `name`.
+    pub fn value(&self, name: &str) -> f64 {
+        self.probes(name)
+            .iter()
+            .map(|probe| *probe.value.lock().unwrap())
+            .sum()
+    }
+
+    /// How many times the gauges named `name` moved, in all.
+    pub fn moves(&self, name: &str) -> usize {
+        self.probes(name)
+            .iter()
+            .map(|probe| probe.moves.load(Ordering::SeqCst))
+            .sum()
+    }
+}
+
+impl Recorder for Gauges {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::noop()
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let probe = Arc::new(GaugeProbe::default());
+        self.0
+            .lock()
+            .unwrap()
+            .push((key.name().to_owned(), Arc::clone(&probe)));
+        Gauge::from_arc(probe)
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
     }
 }
