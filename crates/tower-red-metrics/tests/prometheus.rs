@@ -209,7 +209,10 @@ async fn the_axum_route_serves_the_text() {
                 .to_vec(),
         )
         .unwrap();
-        assert!(text.contains("# HELP http_requests_in_flight"), "{text}");
+        assert!(
+            Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).is_ok(),
+            "{text}"
+        );
     }
     let text = {
         let response = app
@@ -237,6 +240,19 @@ async fn the_axum_route_serves_the_text() {
     );
     assert!(
         text.contains(r#"http_requests_total{method="GET",route="/state",status="200"} 1"#),
+        "{text}"
+    );
+    // A route's series exist from its first recorded request: the gauge is there, at 0,
+    // although no request answered at once ever moved it.
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds",
+        "http_requests_in_flight",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+    }
+    assert!(
+        text.contains(r#"http_requests_in_flight{method="GET",route="/metrics"} 0"#),
         "{text}"
     );
 }
