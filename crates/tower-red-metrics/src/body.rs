@@ -29,7 +29,7 @@ impl<B> RedBody<B> {
     /// A body that records with `recording` when it ends. The request counts as in
     /// flight until then.
     pub(crate) fn new(inner: B, mut recording: Recording) -> Self {
-        recording.wait();
+        recording.mark_in_flight();
         Self { inner, recording }
     }
 

@@ -14,9 +14,9 @@ pub trait Classify<Res> {
     type Output;
 
     /// Records `response` through `recording` now, or moves `recording` into the output
-    /// to record later (e.g. when the body ends; call [`Recording::wait`] then, so that
-    /// the request counts in flight meanwhile). A `recording` dropped without
-    /// [`finish`](Recording::finish) records [`Status::Cancelled`].
+    /// to record later (e.g. when the body ends; call [`Recording::mark_in_flight`]
+    /// then, so that the request counts in flight meanwhile). A `recording` dropped
+    /// without [`finish`](Recording::finish) records [`Status::Cancelled`].
     fn classify(&self, response: Res, recording: Recording) -> Self::Output;
 }
 

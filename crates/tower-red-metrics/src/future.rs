@@ -42,7 +42,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Poll::Ready(result) = this.inner.poll(cx) else {
-            this.recording.wait();
+            this.recording.mark_in_flight();
             return Poll::Pending;
         };
         let recording = mem::replace(this.recording, Recording::disarmed());

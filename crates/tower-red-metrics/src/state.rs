@@ -237,7 +237,7 @@ impl Recording {
     /// A [`Classify`](crate::Classify) that carries the recording in a body of its own
     /// calls it too.
     #[inline]
-    pub fn wait(&mut self) {
+    pub fn mark_in_flight(&mut self) {
         if let Some(armed) = &mut self.armed
             && !armed.waiting
         {
