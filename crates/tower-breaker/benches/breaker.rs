@@ -8,9 +8,9 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bench_harness::Overlap;
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -137,15 +137,6 @@ fn single_thread(c: &mut Criterion, rt: &tokio::runtime::Runtime, tag: &str) {
     g.finish();
 }
 
-/// How often the two threads of a contended run actually ran together.
-#[derive(Default)]
-struct Overlap {
-    runs: AtomicUsize,
-    /// Runs where the loops overlapped for less than 90% of the longer one: for those,
-    /// the figure is partly an uncontended one.
-    apart: AtomicUsize,
-}
-
 /// Whether a contended run expects answers or refusals.
 #[derive(Clone, Copy)]
 enum Expect {
@@ -153,60 +144,8 @@ enum Expect {
     Refusal,
 }
 
-/// Two OS threads, each driving `iters` requests from its own current-thread runtime,
-/// released together by a spin gate; returns the mean per-thread time.
-///
-/// Two OS threads rather than two tasks on one two-worker runtime: tokio may run both
-/// tasks on one worker, and the contention then disappears. Each thread gets its own
-/// clone of the service before the gate (as a connection task holds its router) and pays
-/// the per-request clone inside the loop, as on one thread.
-fn contended<S>(iters: u64, overlap: &Overlap, service: &S, expect: Expect) -> Duration
-where
-    S: Service<Req> + Clone + Send + Sync,
-    S::Response: std::fmt::Debug,
-    S::Error: std::fmt::Debug,
-{
-    let gate = AtomicUsize::new(2);
-    let results: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2u64)
-            .map(|t| {
-                let gate = &gate;
-                let service = service.clone();
-                scope.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async move {
-                        gate.fetch_sub(1, Ordering::AcqRel);
-                        while gate.load(Ordering::Acquire) != 0 {
-                            std::hint::spin_loop();
-                        }
-                        let start = Instant::now();
-                        for i in 0..iters {
-                            let body = i.wrapping_mul(2).wrapping_add(t);
-                            match expect {
-                                Expect::Answer => drive(&service, body).await,
-                                Expect::Refusal => drive_refused(&service, body).await,
-                            }
-                        }
-                        (start, Instant::now())
-                    })
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let [(s0, e0), (s1, e1)] = [results[0], results[1]];
-    let longer = (e0 - s0).max(e1 - s1);
-    let together = e0.min(e1).saturating_duration_since(s0.max(s1));
-    overlap.runs.fetch_add(1, Ordering::Relaxed);
-    if together.as_nanos() * 10 < longer.as_nanos() * 9 {
-        overlap.apart.fetch_add(1, Ordering::Relaxed);
-    }
-    ((e0 - s0) + (e1 - s1)) / 2
-}
-
+/// Two OS threads contending (see `bench_harness`), each request driven by [`drive`] or
+/// [`drive_refused`].
 fn bench_contended<S>(
     g: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
@@ -219,7 +158,17 @@ fn bench_contended<S>(
     S::Error: std::fmt::Debug,
 {
     g.bench_function(name, |b| {
-        b.iter_custom(|iters| contended(iters, overlap, service, expect));
+        b.iter_custom(|iters| {
+            bench_harness::contended(
+                iters,
+                overlap,
+                service,
+                async |service, body| match expect {
+                    Expect::Answer => drive(service, body).await,
+                    Expect::Refusal => drive_refused(service, body).await,
+                },
+            )
+        });
     });
 }
 
@@ -268,10 +217,6 @@ fn main() {
     let overlap = Overlap::default();
     two_threads(&mut c, &overlap);
     single_thread(&mut c, &rt, "end");
-    println!(
-        "2-threads: runs where the two threads overlapped for less than 90%: {} of {}",
-        overlap.apart.load(Ordering::Relaxed),
-        overlap.runs.load(Ordering::Relaxed)
-    );
+    overlap.report("2-threads");
     c.final_summary();
 }

@@ -6,10 +6,10 @@
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bench_harness::Overlap;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderName, HeaderValue};
@@ -130,52 +130,20 @@ fn single_thread(c: &mut Criterion) {
     group.finish();
 }
 
-/// Two threads, each driving requests through its own single-threaded runtime, hammer the
-/// same layer state; the result is the per-thread time for `iters` requests. A spin gate
-/// starts them together (OS threads, so they always run on two cores at once).
-fn contend<S>(service: &S, iters: u64, threads_seen: &AtomicUsize) -> Duration
+/// Two OS threads contending on the same layer state (see `bench_harness`), each request
+/// driven by [`drive`]; the per-thread time for `iters` requests.
+fn contend<S>(service: &S, iters: u64, overlap: &Overlap) -> Duration
 where
     S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
     S::Error: Debug,
 {
-    let gate = AtomicUsize::new(2);
-    let (elapsed, ids): (Vec<Duration>, Vec<std::thread::ThreadId>) = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                let service = service.clone();
-                let gate = &gate;
-                scope.spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .expect("runtime");
-                    gate.fetch_sub(1, Ordering::SeqCst);
-                    while gate.load(Ordering::SeqCst) != 0 {
-                        std::hint::spin_loop();
-                    }
-                    let start = std::time::Instant::now();
-                    runtime.block_on(async {
-                        for _ in 0..iters {
-                            drive(&service).await;
-                        }
-                    });
-                    (start.elapsed(), std::thread::current().id())
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| worker.join().expect("bench thread"))
-            .unzip()
-    });
-    if ids[0] != ids[1] {
-        threads_seen.fetch_add(1, Ordering::Relaxed);
-    }
-    (elapsed[0] + elapsed[1]) / 2
+    bench_harness::contended(iters, overlap, service, async |service, _| {
+        drive(service).await;
+    })
 }
 
 fn two_threads(c: &mut Criterion) {
-    let two_threads_seen = AtomicUsize::new(0);
+    let overlap = Overlap::default();
     let mut group = c.benchmark_group("two_threads");
     group
         .warm_up_time(Duration::from_millis(500))
@@ -183,14 +151,14 @@ fn two_threads(c: &mut Criterion) {
 
     let baseline = bare();
     group.bench_function("baseline_start", |b| {
-        b.iter_custom(|iters| contend(&baseline, iters, &two_threads_seen));
+        b.iter_custom(|iters| contend(&baseline, iters, &overlap));
     });
     let queue = PriorityQueueLayer::builder()
         .max_in_flight(2)
         .build()
         .layer(bare());
     group.bench_function("priority_queue", |b| {
-        b.iter_custom(|iters| contend(&queue, iters, &two_threads_seen));
+        b.iter_custom(|iters| contend(&queue, iters, &overlap));
     });
     let recorder = DebuggingRecorder::new();
     let recorded = metrics::with_local_recorder(&recorder, || {
@@ -198,11 +166,11 @@ fn two_threads(c: &mut Criterion) {
     })
     .layer(bare());
     group.bench_function("priority_queue_with_recorder", |b| {
-        b.iter_custom(|iters| contend(&recorded, iters, &two_threads_seen));
+        b.iter_custom(|iters| contend(&recorded, iters, &overlap));
     });
     let limit = ConcurrencyLimitLayer::new(2).layer(bare());
     group.bench_function("tower_concurrency_limit", |b| {
-        b.iter_custom(|iters| contend(&limit, iters, &two_threads_seen));
+        b.iter_custom(|iters| contend(&limit, iters, &overlap));
     });
     // One slot for two threads: every other request queues (the slow path).
     let saturated = PriorityQueueLayer::builder()
@@ -210,28 +178,25 @@ fn two_threads(c: &mut Criterion) {
         .build()
         .layer(bare());
     group.bench_function("priority_queue_one_slot", |b| {
-        b.iter_custom(|iters| contend(&saturated, iters, &two_threads_seen));
+        b.iter_custom(|iters| contend(&saturated, iters, &overlap));
     });
     let limit_saturated = ConcurrencyLimitLayer::new(1).layer(bare());
     group.bench_function("tower_concurrency_limit_one_slot", |b| {
-        b.iter_custom(|iters| contend(&limit_saturated, iters, &two_threads_seen));
+        b.iter_custom(|iters| contend(&limit_saturated, iters, &overlap));
     });
     let retry = RetryLayer::new().layer(bare());
     group.bench_function("retry", |b| {
-        b.iter_custom(|iters| contend(&retry, iters, &two_threads_seen));
+        b.iter_custom(|iters| contend(&retry, iters, &overlap));
     });
     let tower_retry = tower::retry::RetryLayer::new(NeverRetry).layer(bare());
     group.bench_function("tower_retry", |b| {
-        b.iter_custom(|iters| contend(&tower_retry, iters, &two_threads_seen));
+        b.iter_custom(|iters| contend(&tower_retry, iters, &overlap));
     });
     group.bench_function("baseline_end", |b| {
-        b.iter_custom(|iters| contend(&baseline, iters, &two_threads_seen));
+        b.iter_custom(|iters| contend(&baseline, iters, &overlap));
     });
     group.finish();
-    println!(
-        "two_threads: runs on two distinct threads: {}",
-        two_threads_seen.load(Ordering::Relaxed)
-    );
+    overlap.report("two_threads");
 }
 
 /// Saturation on paused time: 2 slots, 100 ms calls (20/s), 25 arrivals/s with uniformly

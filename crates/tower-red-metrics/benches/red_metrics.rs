@@ -15,10 +15,10 @@
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum_prometheus::BaseMetricLayer;
+use bench_harness::Overlap;
 use bytes::Bytes;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
@@ -73,24 +73,7 @@ fn single<S>(
     c.bench_function(name, |b| b.to_async(runtime).iter(|| one(service)));
 }
 
-/// How often the two threads of a contended run actually ran together.
-#[derive(Default)]
-struct Overlap {
-    runs: AtomicUsize,
-    /// Runs where the loops overlapped for less than 90% of the longer one: for those,
-    /// the figure is partly an uncontended one (the scheduler ran the two threads one
-    /// after the other, say while another process used a core).
-    apart: AtomicUsize,
-}
-
-/// Two OS threads, each driving `iters` requests from its own current-thread runtime,
-/// released together by a spin gate; returns the mean per-thread time.
-///
-/// Two OS threads rather than two tasks on one two-worker runtime: tokio may run both
-/// tasks on one worker (a worker takes a batch from the injection queue), and the
-/// contention then disappears. Each thread gets its own clone of the service before the
-/// gate (as a connection task holds its router) and pays the per-request clone inside the
-/// loop, as on one thread. Runs where the two loops did not overlap are reported.
+/// Two OS threads contending (see `bench_harness`), each request driven by [`one`].
 fn contended<S>(c: &mut BenchmarkGroup<'_, WallTime>, name: &str, service: &S)
 where
     S: Service<Req> + Clone + Send + Sync + 'static,
@@ -99,48 +82,12 @@ where
     let overlap = Overlap::default();
     c.bench_function(name, |b| {
         b.iter_custom(|iters| {
-            let gate = AtomicUsize::new(2);
-            let results: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..2)
-                    .map(|_| {
-                        let gate = &gate;
-                        let service = service.clone();
-                        scope.spawn(move || {
-                            let runtime = tokio::runtime::Builder::new_current_thread()
-                                .enable_all()
-                                .build()
-                                .unwrap();
-                            runtime.block_on(async move {
-                                gate.fetch_sub(1, Ordering::AcqRel);
-                                while gate.load(Ordering::Acquire) != 0 {
-                                    std::hint::spin_loop();
-                                }
-                                let start = Instant::now();
-                                for _ in 0..iters {
-                                    one(&service).await;
-                                }
-                                (start, Instant::now())
-                            })
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            let [(s0, e0), (s1, e1)] = [results[0], results[1]];
-            let longer = (e0 - s0).max(e1 - s1);
-            let together = e0.min(e1).saturating_duration_since(s0.max(s1));
-            overlap.runs.fetch_add(1, Ordering::Relaxed);
-            if together.as_nanos() * 10 < longer.as_nanos() * 9 {
-                overlap.apart.fetch_add(1, Ordering::Relaxed);
-            }
-            ((e0 - s0) + (e1 - s1)) / 2
+            bench_harness::contended(iters, &overlap, service, async |service, _| {
+                one(service).await;
+            })
         });
     });
-    println!(
-        "{name}: the two threads overlapped for less than 90% in {} of {} runs",
-        overlap.apart.load(Ordering::Relaxed),
-        overlap.runs.load(Ordering::Relaxed)
-    );
+    overlap.report(name);
 }
 
 /// The recorder calls the layer makes per request, on pre-resolved handles, with nothing

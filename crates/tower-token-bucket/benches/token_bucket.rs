@@ -14,10 +14,10 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
+use bench_harness::Overlap;
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 use governor::{Quota as GovQuota, RateLimiter};
 use http::{Request, Response};
@@ -241,68 +241,6 @@ impl Op for Check {
     }
 }
 
-/// Whether the two threads' timed loops ran at the same time, over the runs of one bench.
-#[derive(Default)]
-struct Overlap {
-    runs: AtomicUsize,
-    /// Runs where the loops overlapped for less than 90% of the longer one: for those,
-    /// the figure is partly an uncontended one (the scheduler ran the two threads one
-    /// after the other, say while another process used a core).
-    apart: AtomicUsize,
-    /// The sum over runs of the overlap, in thousandths of the longer loop.
-    permille: AtomicUsize,
-}
-
-/// Two OS threads, each driving `iters` requests from its own current-thread runtime,
-/// released together by a spin gate; returns the mean per-thread time.
-///
-/// Two OS threads rather than two tasks on one two-worker runtime: tokio may run both
-/// tasks on one worker (a worker takes a batch from the injection queue), and the
-/// contention then disappears. Each thread gets its own clone of the service before the
-/// gate (as a connection task holds its router), and pays the per-request clone inside
-/// the loop, as on one thread. Each thread records when its loop started and ended; runs
-/// where the two loops did not overlap are counted and reported.
-fn contended<O: Op>(iters: u64, overlap: &Overlap, op: &O) -> Duration {
-    let gate = AtomicUsize::new(2);
-    let results: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2u64)
-            .map(|t| {
-                let gate = &gate;
-                let op = op.clone();
-                scope.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async move {
-                        gate.fetch_sub(1, Ordering::AcqRel);
-                        while gate.load(Ordering::Acquire) != 0 {
-                            std::hint::spin_loop();
-                        }
-                        let start = Instant::now();
-                        for i in 0..iters {
-                            op.run(i.wrapping_mul(2).wrapping_add(t)).await;
-                        }
-                        (start, Instant::now())
-                    })
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let [(s0, e0), (s1, e1)] = [results[0], results[1]];
-    let longer = (e0 - s0).max(e1 - s1);
-    let together = e0.min(e1).saturating_duration_since(s0.max(s1));
-    let permille =
-        usize::try_from(together.as_nanos() * 1000 / longer.as_nanos().max(1)).unwrap_or(0);
-    overlap.runs.fetch_add(1, Ordering::Relaxed);
-    overlap.permille.fetch_add(permille, Ordering::Relaxed);
-    if permille < 900 {
-        overlap.apart.fetch_add(1, Ordering::Relaxed);
-    }
-    ((e0 - s0) + (e1 - s1)) / 2
-}
-
 fn two_threads(c: &mut Criterion) {
     let mut g: BenchmarkGroup<'_, WallTime> = c.benchmark_group("2-threads");
 
@@ -334,19 +272,15 @@ fn two_threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// Two OS threads contending (see `bench_harness`), each request one [`Op::run`].
 fn bench_contended<O: Op>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, op: &O) {
     let overlap = Overlap::default();
     g.bench_function(name, |b| {
-        b.iter_custom(|iters| contended(iters, &overlap, op));
+        b.iter_custom(|iters| {
+            bench_harness::contended(iters, &overlap, op, async |op, i| op.run(i).await)
+        });
     });
-    let runs = overlap.runs.load(Ordering::Relaxed);
-    if runs > 0 {
-        println!(
-            "2-threads/{name}: the two loops overlapped {:.0}% on average; less than 90% in {} of {runs} runs",
-            overlap.permille.load(Ordering::Relaxed) as f64 / runs as f64 / 10.0,
-            overlap.apart.load(Ordering::Relaxed),
-        );
-    }
+    overlap.report(&format!("2-threads/{name}"));
 }
 
 /// Resident set size in bytes, from `/proc/self/statm`.
