@@ -1,20 +1,17 @@
 //! The cache's cost, as middleware users pay it: clone the service, `ready().await`,
 //! `call` with a fresh `http::Request`, against a bare `service_fn` baseline measured at
-//! the start and the end of the same run. See `BENCHMARKING.md` at the workspace root.
+//! the start and the end of the same run.
 //!
 //! `cargo bench -p tower-lru-cache --bench cache -- --warm-up-time 0.5 --measurement-time 3`
 
 use std::{
     convert::Infallible,
-    hint::{black_box, spin_loop},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    thread,
+    hint::black_box,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use bench_harness::Overlap;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group};
 use http::{Request, Response, StatusCode, Uri};
@@ -235,63 +232,28 @@ fn single_thread(c: &mut Criterion) {
     g.finish();
 }
 
-/// Two tasks on a two-worker runtime hit the same cache at once; per-thread time per
-/// request. Started by a spin gate, not a barrier, so that they really overlap.
+/// Two OS threads hit the same cache at once (see `bench_harness`); per-thread time per
+/// request. The entry is stored first.
 fn contended<S>(c: &mut Criterion, name: &str, svc: &S, make: fn() -> Req)
 where
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: std::fmt::Debug,
-    S::Future: Send,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .unwrap();
-    rt.block_on(drive(svc, make()));
-    let apart = Arc::new(AtomicUsize::new(0));
-    let runs = Arc::new(AtomicUsize::new(0));
+        .unwrap()
+        .block_on(drive(svc, make()));
+    let overlap = Overlap::default();
     c.benchmark_group("cache/2 threads")
         .bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let gate = Arc::new(AtomicUsize::new(2));
-                let tasks: Vec<_> = (0..2)
-                    .map(|_| {
-                        let (svc, gate) = (svc.clone(), gate.clone());
-                        rt.spawn(async move {
-                            gate.fetch_sub(1, Ordering::AcqRel);
-                            let deadline = Instant::now() + Duration::from_millis(200);
-                            while gate.load(Ordering::Acquire) != 0 && Instant::now() < deadline {
-                                spin_loop();
-                            }
-                            let id = thread::current().id();
-                            let start = Instant::now();
-                            for _ in 0..iters {
-                                drive(&svc, make()).await;
-                            }
-                            (start.elapsed(), id)
-                        })
-                    })
-                    .collect();
-                let results: Vec<_> = rt.block_on(async {
-                    let mut out = Vec::new();
-                    for t in tasks {
-                        out.push(t.await.unwrap());
-                    }
-                    out
-                });
-                runs.fetch_add(1, Ordering::Relaxed);
-                if results[0].1 != results[1].1 {
-                    apart.fetch_add(1, Ordering::Relaxed);
-                }
-                (results[0].0 + results[1].0) / 2
+                bench_harness::contended(iters, &overlap, svc, async |svc, _| {
+                    drive(svc, make()).await;
+                })
             });
         });
-    eprintln!(
-        "  {name}: tasks on different workers in {}/{} samples",
-        apart.load(Ordering::Relaxed),
-        runs.load(Ordering::Relaxed)
-    );
+    overlap.report(&format!("cache/2 threads/{name}"));
 }
 
 fn get_fixed() -> Req {
