@@ -91,7 +91,7 @@ fn fallback_layer() -> FallbackLayer<fn(&Req) -> u64, LocalAnswer> {
 }
 
 fn single_thread(c: &mut Criterion, rt: &tokio::runtime::Runtime, tag: &str) {
-    let mut g = c.benchmark_group("1-thread");
+    let mut g = c.benchmark_group("breaker/1-thread");
     let base = baseline();
     g.bench_function(format!("baseline-{tag}"), |b| {
         b.to_async(rt).iter(|| drive(&base, 1));
@@ -173,7 +173,7 @@ fn bench_contended<S>(
 }
 
 fn two_threads(c: &mut Criterion, overlap: &Overlap) {
-    let mut g = c.benchmark_group("2-threads");
+    let mut g = c.benchmark_group("breaker/2-threads");
     bench_contended(&mut g, "baseline", overlap, &baseline(), Expect::Answer);
     let closed = ours().layer(baseline());
     bench_contended(&mut g, "breaker-closed", overlap, &closed, Expect::Answer);
@@ -217,6 +217,6 @@ fn main() {
     let overlap = Overlap::default();
     two_threads(&mut c, &overlap);
     single_thread(&mut c, &rt, "end");
-    overlap.report("2-threads");
+    overlap.report("breaker/2-threads");
     c.final_summary();
 }
