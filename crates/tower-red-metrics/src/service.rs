@@ -68,7 +68,7 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let labels = self.labels.extract(&request);
-        let recording = Instance::start(&self.instance, labels.route, labels.method);
+        let recording = self.instance.start(labels.route, labels.method);
         ResponseFuture::new(self.inner.call(request), recording, self.classify.clone())
     }
 }

@@ -116,92 +116,102 @@ impl Core {
 
 /// What one [`Layer::layer`](tower_layer::Layer::layer) call built: the shared state,
 /// and the route its service saw first. Under axum's `Router::layer` each route gets its
-/// own service, so after the first request a route's handles are found without a lock,
-/// and a request holds one reference count (this one) rather than two.
+/// own service, so after the first request a route's handles are found without a lock.
 ///
 /// Aligned to 128 bytes so that, inside its `Arc`, the fields sit on other cache lines
-/// than the reference count: every request writes the count (a service clone, the
-/// recording), and the fields, read by every request, then stay shared between cores
-/// instead of moving with it.
+/// than the reference count: every service clone writes the count, and the fields, read
+/// by every request, then stay shared between cores instead of moving with it.
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Instance {
     shared: Arc<Shared>,
+    unmatched: Arc<RouteSeries>,
     route: OnceLock<Arc<RouteSeries>>,
 }
 
 impl Instance {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
+            unmatched: Arc::clone(shared.registry.unmatched()),
             shared,
             route: OnceLock::new(),
         }
     }
 
-    /// Starts recording a request of `method` on `route` (marks it in flight).
+    /// Starts recording a request of `method` on `route`.
     #[inline]
-    pub(crate) fn start(
-        this: &Arc<Self>,
-        route: Option<Cow<'_, str>>,
-        method: MethodLabel,
-    ) -> Recording {
-        let owner = match route {
-            None => Owner::Unmatched(Arc::clone(this)),
-            Some(route) => match this.route.get() {
-                Some(cached) if cached.route() == route => Owner::Cached(Arc::clone(this)),
-                Some(_) => Owner::Route(this.shared.registry.route(route)),
+    pub(crate) fn start(&self, route: Option<Cow<'_, str>>, method: MethodLabel) -> Recording {
+        let series = match route {
+            None => Arc::clone(&self.unmatched),
+            Some(route) => match self.route.get() {
+                Some(cached) if cached.route() == route => Arc::clone(cached),
+                Some(_) => self.shared.registry.route(route),
                 None => {
-                    let series = this.shared.registry.route(route);
-                    if Arc::ptr_eq(this.route.get_or_init(|| Arc::clone(&series)), &series) {
-                        Owner::Cached(Arc::clone(this))
-                    } else {
-                        Owner::Route(series)
-                    }
+                    let series = self.shared.registry.route(route);
+                    self.route.get_or_init(|| Arc::clone(&series));
+                    series
                 }
             },
         };
-        let start = owner.series().core().now();
+        let start = series.core().now();
         Recording {
             armed: Some(Armed {
-                owner,
-                method,
-                start,
-                waiting: false,
+                series,
+                stamp: Stamp::new(start, method),
             }),
         }
     }
 }
 
-/// Who keeps a request's route handles alive while it is recorded.
-enum Owner {
-    /// The layer's `unmatched` route.
-    Unmatched(Arc<Instance>),
-    /// The route cached in the instance.
-    Cached(Arc<Instance>),
-    /// Any other route.
-    Route(Arc<RouteSeries>),
-}
+/// A request's start time, method and in-flight mark in one word, so that a
+/// [`Recording`] is two words: a response carrying one in its body then stays small
+/// enough to be moved without a call to `memcpy`.
+///
+/// The start keeps the low [`Stamp::START_BITS`] bits of the core's nanoseconds (about
+/// 4.5 years); durations are taken modulo that, which is exact for any request shorter
+/// than half of it.
+#[derive(Debug, Clone, Copy)]
+struct Stamp(u64);
 
-impl Owner {
-    fn series(&self) -> &RouteSeries {
-        match self {
-            Self::Unmatched(instance) => instance.shared.registry.unmatched(),
-            Self::Cached(instance) => match instance.route.get() {
-                Some(route) => route,
-                None => instance.shared.registry.unmatched(),
-            },
-            Self::Route(route) => route,
+impl Stamp {
+    const START_BITS: u32 = 57;
+    const START_MASK: u64 = (1 << Self::START_BITS) - 1;
+    const METHOD_SHIFT: u32 = Self::START_BITS;
+    const WAITING: u64 = 1 << 63;
+
+    fn new(start: u64, method: MethodLabel) -> Self {
+        Self((start & Self::START_MASK) | (method.index() as u64) << Self::METHOD_SHIFT)
+    }
+
+    #[allow(clippy::cast_possible_truncation)] // four bits
+    fn method(self) -> MethodLabel {
+        let index = (self.0 >> Self::METHOD_SHIFT) as usize & 0xf;
+        MethodLabel::ALL
+            .get(index)
+            .copied()
+            .unwrap_or(MethodLabel::Other)
+    }
+
+    fn waiting(self) -> bool {
+        self.0 & Self::WAITING != 0
+    }
+
+    /// Nanoseconds from the start to `now`; 0 when `now` reads before the start (a
+    /// clock read on another core, a little behind).
+    fn elapsed(self, now: u64) -> u64 {
+        let elapsed = now.wrapping_sub(self.0) & Self::START_MASK;
+        if elapsed >> (Self::START_BITS - 1) == 0 {
+            elapsed
+        } else {
+            0
         }
     }
 }
 
 struct Armed {
-    owner: Owner,
-    method: MethodLabel,
-    /// When the request started, in the core's nanoseconds.
-    start: u64,
-    /// Whether the request is counted in the in-flight gauge.
-    waiting: bool,
+    /// The request's route; holding it keeps the handles alive until it is recorded.
+    series: Arc<RouteSeries>,
+    stamp: Stamp,
 }
 
 /// Records one request, exactly once: when [`finish`](Recording::finish) is called with
@@ -239,37 +249,35 @@ impl Recording {
     #[inline]
     pub fn mark_in_flight(&mut self) {
         if let Some(armed) = &mut self.armed
-            && !armed.waiting
+            && !armed.stamp.waiting()
         {
-            armed.waiting = true;
-            in_flight(armed.owner.series(), armed.method, 1.0);
+            armed.stamp.0 |= Stamp::WAITING;
+            in_flight(&armed.series, armed.stamp.method(), 1.0);
         }
     }
 
     #[inline]
     fn record(&mut self, status: Status) {
         let Some(Armed {
-            owner,
-            method,
-            start,
-            waiting,
+            series: route,
+            stamp,
         }) = self.armed.take()
         else {
             return;
         };
-        let route = owner.series();
-        if waiting {
-            in_flight(route, method, -1.0);
+        let method = stamp.method();
+        if stamp.waiting() {
+            in_flight(&route, method, -1.0);
         }
         let now = route.core().now();
-        let elapsed = now.saturating_sub(start);
+        let elapsed = stamp.elapsed(now);
         let series = route.series(method);
         #[allow(clippy::cast_precision_loss)] // exact below 2^53 ns (104 days)
         series.duration.record(elapsed as f64 * 1e-9);
         route.count(series, status);
         route.core().record(status.class(), now, elapsed);
         if status == Status::Cancelled {
-            cancelled(route, method);
+            cancelled(&route, method);
         }
     }
 }
@@ -302,9 +310,49 @@ impl fmt::Debug for Recording {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut f = f.debug_struct("Recording");
         if let Some(armed) = &self.armed {
-            f.field("route", &armed.owner.series().route())
-                .field("method", &armed.method);
+            f.field("route", &armed.series.route())
+                .field("method", &armed.stamp.method());
         }
         f.finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_recording_is_two_words() {
+        // What keeps `Response<RedBody<B>>` small: see `Stamp`.
+        assert_eq!(size_of::<Recording>(), 2 * size_of::<usize>());
+    }
+
+    #[test]
+    fn a_clock_read_behind_the_start_is_no_time() {
+        let stamp = Stamp::new(1_000, MethodLabel::Get);
+        assert_eq!(stamp.elapsed(999), 0);
+        assert_eq!(stamp.elapsed(1_000), 0);
+        assert_eq!(stamp.elapsed(1_001), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn stamps_keep_the_method_the_mark_and_the_duration(
+            start in any::<u64>(),
+            elapsed in 0u64..(1 << (Stamp::START_BITS - 1)),
+            method in 0usize..MethodLabel::ALL.len(),
+            waiting in any::<bool>(),
+        ) {
+            let method = MethodLabel::ALL[method];
+            let mut stamp = Stamp::new(start, method);
+            prop_assert!(!stamp.waiting());
+            if waiting {
+                stamp.0 |= Stamp::WAITING;
+            }
+            prop_assert_eq!(stamp.method(), method);
+            prop_assert_eq!(stamp.waiting(), waiting);
+            prop_assert_eq!(stamp.elapsed(start.wrapping_add(elapsed)), elapsed);
+        }
     }
 }
