@@ -39,6 +39,10 @@ where
 {
     type Output = Result<C::Output, E>;
 
+    // Inlined into the caller, so that the response is built where the caller keeps it;
+    // out of line, each move of a response (wider than 128 bytes with a body wrapper)
+    // is a call to `memcpy`. The recording itself stays out of line.
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Poll::Ready(result) = this.inner.poll(cx) else {

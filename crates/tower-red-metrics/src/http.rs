@@ -66,24 +66,11 @@ pub struct HttpClassify;
 impl<B: Body> Classify<Response<B>> for HttpClassify {
     type Output = Response<RedBody<B>>;
 
+    // Inlined into the response future's poll (see there); the reading of the status
+    // stays out of line.
+    #[inline(always)]
     fn classify(&self, response: Response<B>, recording: Recording) -> Self::Output {
-        let headers = response.headers();
-        let http_status = Status::Http(response.status().as_u16());
-        let kind = grpc_kind(headers);
-        let status = match kind {
-            GrpcKind::None => Some(http_status),
-            _ if headers.contains_key(GRPC_STATUS) => Some(grpc_status(headers)),
-            // A gRPC answer without the HTTP 200 that gRPC requires (e.g. from a proxy).
-            GrpcKind::Grpc | GrpcKind::GrpcWeb if response.status() != http::StatusCode::OK => {
-                Some(http_status)
-            }
-            GrpcKind::Grpc if response.body().is_end_stream() => Some(Status::Grpc(GRPC_UNKNOWN)),
-            // The status comes in the trailers: record when the body gets there.
-            GrpcKind::Grpc => None,
-            // gRPC-Web carries its trailers inside the body, where they are not read.
-            GrpcKind::GrpcWeb => Some(http_status),
-        };
-        let recording = match status {
+        let recording = match status_at_head(&response) {
             Some(status) => {
                 recording.finish(status);
                 Recording::disarmed()
@@ -91,6 +78,27 @@ impl<B: Body> Classify<Response<B>> for HttpClassify {
             None => recording,
         };
         response.map(|body| RedBody::new(body, recording))
+    }
+}
+
+/// The status of `response` when its head tells it; `None` for a gRPC response whose
+/// status comes in the trailers.
+#[inline(never)]
+fn status_at_head<B: Body>(response: &Response<B>) -> Option<Status> {
+    let headers = response.headers();
+    let http_status = Status::Http(response.status().as_u16());
+    match grpc_kind(headers) {
+        GrpcKind::None => Some(http_status),
+        _ if headers.contains_key(GRPC_STATUS) => Some(grpc_status(headers)),
+        // A gRPC answer without the HTTP 200 that gRPC requires (e.g. from a proxy).
+        GrpcKind::Grpc | GrpcKind::GrpcWeb if response.status() != http::StatusCode::OK => {
+            Some(http_status)
+        }
+        GrpcKind::Grpc if response.body().is_end_stream() => Some(Status::Grpc(GRPC_UNKNOWN)),
+        // The status comes in the trailers: record when the body gets there.
+        GrpcKind::Grpc => None,
+        // gRPC-Web carries its trailers inside the body, where they are not read.
+        GrpcKind::GrpcWeb => Some(http_status),
     }
 }
 

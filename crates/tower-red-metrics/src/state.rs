@@ -256,7 +256,8 @@ impl Recording {
         }
     }
 
-    #[inline]
+    // Out of line, so that the response future's poll stays small enough to inline.
+    #[inline(never)]
     fn record(&mut self, status: Status) {
         let Some(Armed {
             series: route,
