@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
@@ -18,7 +19,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, R
 
 use crate::classify::{STATUS_SLOTS, Status};
 use crate::labels::MethodLabel;
-use crate::state::Core;
+use crate::state::{Core, SHARDS, shard};
 
 /// `http_requests_total{method,route,status}`: requests, by how they ended.
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
@@ -111,11 +112,7 @@ pub(crate) struct Series {
 }
 
 /// The handles of one route, for every method, resolved on first use.
-///
-/// Aligned to 128 bytes so that, inside its `Arc`, the fields sit on other cache lines
-/// than the reference count, which every request of the route writes.
 #[derive(Debug)]
-#[repr(align(128))]
 pub(crate) struct RouteSeries {
     route: Arc<str>,
     core: Arc<Core>,
@@ -223,26 +220,76 @@ impl RouteSeries {
     }
 }
 
+/// A route's handles, and its lanes: what the recordings of its requests hold.
+///
+/// A recording keeps its route's handles alive through a reference count. One count
+/// per route would be written by every request on every core; each lane has its own
+/// count, and a thread takes the lane of its [shard](crate::state::shard), so that
+/// requests on different cores write different cache lines.
+#[derive(Debug)]
+pub(crate) struct Route {
+    series: Arc<RouteSeries>,
+    lanes: [OnceLock<Arc<Lane>>; SHARDS],
+}
+
+impl Route {
+    fn new(series: RouteSeries) -> Self {
+        Self {
+            series: Arc::new(series),
+            lanes: Default::default(),
+        }
+    }
+
+    /// The route label.
+    pub(crate) fn route(&self) -> &str {
+        self.series.route()
+    }
+
+    /// This thread's lane of the route (created on its first request).
+    #[inline]
+    pub(crate) fn lane(&self) -> Arc<Lane> {
+        let lane = &self.lanes[shard()];
+        Arc::clone(
+            lane.get()
+                .unwrap_or_else(|| lane.get_or_init(|| Arc::new(Lane(Arc::clone(&self.series))))),
+        )
+    }
+}
+
+/// One lane of a [`Route`]: a reference to its handles with a reference count of its
+/// own, alone on its cache lines (aligned to 128 bytes).
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Lane(Arc<RouteSeries>);
+
+impl Deref for Lane {
+    type Target = RouteSeries;
+
+    fn deref(&self) -> &RouteSeries {
+        &self.0
+    }
+}
+
 /// Every route's handles, with the route count capped.
 #[derive(Debug)]
 pub(crate) struct SeriesRegistry {
     core: Arc<Core>,
     recorder: RecorderRef,
     max_routes: usize,
-    unmatched: Arc<RouteSeries>,
-    overflow: Arc<RouteSeries>,
+    unmatched: Arc<Route>,
+    overflow: Arc<Route>,
     overflowed: AtomicBool,
-    routes: RwLock<HashMap<Arc<str>, Arc<RouteSeries>>>,
+    routes: RwLock<HashMap<Arc<str>, Arc<Route>>>,
 }
 
 impl SeriesRegistry {
     pub(crate) fn new(core: Arc<Core>, recorder: RecorderRef, max_routes: usize) -> Self {
         let series = |route: &str| {
-            Arc::new(RouteSeries::new(
+            Arc::new(Route::new(RouteSeries::new(
                 route.into(),
                 Arc::clone(&core),
                 recorder.clone(),
-            ))
+            )))
         };
         let unmatched = series(UNMATCHED_ROUTE);
         let overflow = series(OVERFLOW_ROUTE);
@@ -258,12 +305,12 @@ impl SeriesRegistry {
     }
 
     /// The series of requests with no route.
-    pub(crate) fn unmatched(&self) -> &Arc<RouteSeries> {
+    pub(crate) fn unmatched(&self) -> &Arc<Route> {
         &self.unmatched
     }
 
     /// The series of `route`, created on first use; [`OVERFLOW_ROUTE`]'s past the cap.
-    pub(crate) fn route(&self, route: Cow<'_, str>) -> Arc<RouteSeries> {
+    pub(crate) fn route(&self, route: Cow<'_, str>) -> Arc<Route> {
         let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(series) = routes.get(route.as_ref()) {
             return Arc::clone(series);
@@ -284,11 +331,11 @@ impl SeriesRegistry {
             return Arc::clone(&self.overflow);
         }
         let route: Arc<str> = route.into();
-        let series = Arc::new(RouteSeries::new(
+        let series = Arc::new(Route::new(RouteSeries::new(
             Arc::clone(&route),
             Arc::clone(&self.core),
             self.recorder.clone(),
-        ));
+        )));
         routes.insert(route, Arc::clone(&series));
         series
     }

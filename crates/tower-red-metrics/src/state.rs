@@ -10,13 +10,13 @@ use crate::classify::{Class, Status};
 use crate::clock::{Clock, Ticks};
 use crate::labels::MethodLabel;
 use crate::layer::Shared;
-use crate::metrics::RouteSeries;
+use crate::metrics::{Lane, Route, RouteSeries};
 use crate::sketch::{Counts, WindowedSketch};
 use crate::snapshot::{DurationStats, RedSnapshot, RequestStats};
 
-/// Number of per-class counter shards: threads spread over them, so that two cores
-/// counting requests do not write the same cache line.
-const SHARDS: usize = 8;
+/// Number of shards of the per-class counters and of each route's lanes: threads spread
+/// over them, so that two cores counting requests do not write the same cache line.
+pub(crate) const SHARDS: usize = 8;
 
 /// One shard of per-class counters, alone on its cache line(s).
 #[derive(Debug, Default)]
@@ -29,6 +29,12 @@ static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     /// This thread's shard.
     static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+/// This thread's shard, below [`SHARDS`] (0 while the thread is being torn down).
+#[inline]
+pub(crate) fn shard() -> usize {
+    SHARD.try_with(|shard| *shard).unwrap_or(0)
 }
 
 /// Per-class totals and the duration window, shared by every clone of a layer.
@@ -57,8 +63,7 @@ impl Core {
     /// Counts a request of `class` that took `elapsed` nanoseconds and ended at `now`.
     #[inline]
     fn record(&self, class: Class, now: u64, elapsed: u64) {
-        let shard = SHARD.try_with(|shard| *shard).unwrap_or(0);
-        self.classes[shard].0[class.index()].fetch_add(1, Ordering::Relaxed);
+        self.classes[shard()].0[class.index()].fetch_add(1, Ordering::Relaxed);
         self.window.record(now, elapsed);
     }
 
@@ -125,8 +130,8 @@ impl Core {
 #[repr(align(128))]
 pub(crate) struct Instance {
     shared: Arc<Shared>,
-    unmatched: Arc<RouteSeries>,
-    route: OnceLock<Arc<RouteSeries>>,
+    unmatched: Arc<Route>,
+    route: OnceLock<Arc<Route>>,
 }
 
 impl Instance {
@@ -142,14 +147,14 @@ impl Instance {
     #[inline]
     pub(crate) fn start(&self, route: Option<Cow<'_, str>>, method: MethodLabel) -> Recording {
         let series = match route {
-            None => Arc::clone(&self.unmatched),
+            None => self.unmatched.lane(),
             Some(route) => match self.route.get() {
-                Some(cached) if cached.route() == route => Arc::clone(cached),
-                Some(_) => self.shared.registry.route(route),
+                Some(cached) if cached.route() == route => cached.lane(),
+                Some(_) => self.shared.registry.route(route).lane(),
                 None => {
                     let series = self.shared.registry.route(route);
                     self.route.get_or_init(|| Arc::clone(&series));
-                    series
+                    series.lane()
                 }
             },
         };
@@ -209,8 +214,9 @@ impl Stamp {
 }
 
 struct Armed {
-    /// The request's route; holding it keeps the handles alive until it is recorded.
-    series: Arc<RouteSeries>,
+    /// The request's route (this thread's lane of it); holding it keeps the handles alive
+    /// until the request is recorded.
+    series: Arc<Lane>,
     stamp: Stamp,
 }
 
