@@ -356,6 +356,29 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn each_shard_has_its_own_lane() {
+        let core = Arc::new(Core::new(Duration::from_secs(60), 1, crate::Clock::Tokio));
+        let registry = SeriesRegistry::new(core, RecorderRef::Global, 3);
+        let route = registry.route(Cow::Borrowed("/r"));
+        // A thread keeps its lane.
+        assert!(Arc::ptr_eq(&route.lane(), &route.lane()));
+        assert_eq!(route.lane().route(), "/r");
+        // A thread on another shard takes another lane of the same route.
+        let here = (shard(), route.lane());
+        let there = std::iter::repeat_with(|| {
+            let route = Arc::clone(&route);
+            std::thread::spawn(move || (shard(), route.lane()))
+                .join()
+                .unwrap()
+        })
+        .take(2 * SHARDS)
+        .find(|(shard, _)| *shard != here.0)
+        .unwrap();
+        assert!(!Arc::ptr_eq(&here.1, &there.1));
+        assert_eq!(there.1.route(), "/r");
+    }
+
+    #[test]
     fn routes_are_capped() {
         let core = Arc::new(Core::new(Duration::from_secs(60), 1, crate::Clock::Tokio));
         let registry = SeriesRegistry::new(core, RecorderRef::Global, 3);
