@@ -131,7 +131,8 @@ impl<L, C> RedMetricsBuilder<L, C> {
 
     /// Caps the number of distinct `route` labels (default 1,000). Past the cap, new
     /// routes are recorded as [`OVERFLOW_ROUTE`](crate::OVERFLOW_ROUTE), with one warning.
-    /// Each route costs about 1 KiB, plus 1.5 KiB for each method seen on it.
+    /// Each route costs about 1 KiB, plus 1.5 KiB for each method seen on it, plus
+    /// 256 bytes for each of the (at most 8) thread shards that recorded a request on it.
     #[must_use]
     pub fn max_routes(mut self, max_routes: usize) -> Self {
         self.max_routes = max_routes;
