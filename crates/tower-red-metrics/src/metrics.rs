@@ -248,11 +248,7 @@ impl Route {
     /// This thread's lane of the route (created on its first request).
     #[inline]
     pub(crate) fn lane(&self) -> Arc<Lane> {
-        let lane = &self.lanes[shard()];
-        Arc::clone(
-            lane.get()
-                .unwrap_or_else(|| lane.get_or_init(|| Arc::new(Lane(Arc::clone(&self.series))))),
-        )
+        Arc::clone(self.lanes[shard()].get_or_init(|| Arc::new(Lane(Arc::clone(&self.series)))))
     }
 }
 

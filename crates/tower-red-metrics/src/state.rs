@@ -146,7 +146,7 @@ impl Instance {
     /// Starts recording a request of `method` on `route`.
     #[inline]
     pub(crate) fn start(&self, route: Option<Cow<'_, str>>, method: MethodLabel) -> Recording {
-        let series = match route {
+        let lane = match route {
             None => self.unmatched.lane(),
             Some(route) => match self.route.get() {
                 Some(cached) if cached.route() == route => cached.lane(),
@@ -158,10 +158,10 @@ impl Instance {
                 }
             },
         };
-        let start = series.core().now();
+        let start = lane.core().now();
         Recording {
             armed: Some(Armed {
-                series,
+                lane,
                 stamp: Stamp::new(start, method),
             }),
         }
@@ -169,8 +169,8 @@ impl Instance {
 }
 
 /// A request's start time, method and in-flight mark in one word, so that a
-/// [`Recording`] is two words: a response carrying one in its body then stays small
-/// enough to be moved without a call to `memcpy`.
+/// [`Recording`] is two words: the response future, and the body of a response that
+/// carries one, grow by 16 bytes rather than 32.
 ///
 /// The start keeps the low [`Stamp::START_BITS`] bits of the core's nanoseconds (about
 /// 4.5 years); durations are taken modulo that, which is exact for any request shorter
@@ -216,7 +216,7 @@ impl Stamp {
 struct Armed {
     /// The request's route (this thread's lane of it); holding it keeps the handles alive
     /// until the request is recorded.
-    series: Arc<Lane>,
+    lane: Arc<Lane>,
     stamp: Stamp,
 }
 
@@ -258,18 +258,14 @@ impl Recording {
             && !armed.stamp.waiting()
         {
             armed.stamp.0 |= Stamp::WAITING;
-            in_flight(&armed.series, armed.stamp.method(), 1.0);
+            in_flight(&armed.lane, armed.stamp.method(), 1.0);
         }
     }
 
     // Out of line, so that the response future's poll stays small enough to inline.
     #[inline(never)]
     fn record(&mut self, status: Status) {
-        let Some(Armed {
-            series: route,
-            stamp,
-        }) = self.armed.take()
-        else {
+        let Some(Armed { lane: route, stamp }) = self.armed.take() else {
             return;
         };
         let method = stamp.method();
@@ -317,7 +313,7 @@ impl fmt::Debug for Recording {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut f = f.debug_struct("Recording");
         if let Some(armed) = &self.armed {
-            f.field("route", &armed.series.route())
+            f.field("route", &armed.lane.route())
                 .field("method", &armed.stamp.method());
         }
         f.finish_non_exhaustive()
