@@ -130,14 +130,12 @@ impl Core {
 #[repr(align(128))]
 pub(crate) struct Instance {
     shared: Arc<Shared>,
-    unmatched: Arc<Route>,
     route: OnceLock<Arc<Route>>,
 }
 
 impl Instance {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
-            unmatched: Arc::clone(shared.registry.unmatched()),
             shared,
             route: OnceLock::new(),
         }
@@ -147,7 +145,7 @@ impl Instance {
     #[inline]
     pub(crate) fn start(&self, route: Option<Cow<'_, str>>, method: MethodLabel) -> Recording {
         let lane = match route {
-            None => self.unmatched.lane(),
+            None => self.shared.registry.unmatched().lane(),
             Some(route) => match self.route.get() {
                 Some(cached) if cached.route() == route => cached.lane(),
                 Some(_) => self.shared.registry.route(route).lane(),
