@@ -313,62 +313,141 @@ impl<B> ExtractKey<Request<B>> for PeerIp {
 }
 
 /// A network, `addr/prefix`, such as `10.0.0.0/8` or `::1/128`.
+///
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, as dual-stack sockets report IPv4
+/// peers) are the IPv4 addresses they carry, in a network as in a peer:
+/// `::ffff:10.0.0.0/104` is `10.0.0.0/8`. An IPv6 network whose prefix is shorter than
+/// the mapped range's 96 bits (`::/0`) also contains the IPv4 addresses in that range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpNet {
+    /// Normalised: an IPv4-mapped network of prefix 96 or more is stored as IPv4.
     addr: IpAddr,
     prefix: u8,
 }
 
+/// The 96-bit prefix of IPv4-mapped IPv6 addresses, `::ffff:0:0/96`.
+const MAPPED_PREFIX: u8 = 96;
+
 impl IpNet {
     /// The network of `addr` with a prefix of `prefix` bits, or `None` if the prefix is
-    /// longer than the address.
+    /// longer than the address. [`try_new`](Self::try_new) says why.
     #[must_use]
     pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Self {
-            addr: addr.to_canonical(),
-            prefix,
-        })
+        Self::try_new(addr, prefix).ok()
     }
 
-    /// Whether `ip` is in this network.
+    /// The network of `addr` with a prefix of `prefix` bits.
+    ///
+    /// An IPv4-mapped address with a prefix of 96 bits or more is stored as the IPv4
+    /// network it denotes (`::ffff:10.0.0.0/104` is `10.0.0.0/8`).
+    ///
+    /// ```
+    /// use tower_token_bucket::http::IpNet;
+    ///
+    /// let mapped = IpNet::try_new("::ffff:10.0.0.0".parse().unwrap(), 104).unwrap();
+    /// assert_eq!(mapped, "10.0.0.0/8".parse().unwrap());
+    /// let err = IpNet::try_new("10.0.0.1".parse().unwrap(), 128).unwrap_err();
+    /// assert_eq!(err.to_string(), "invalid IP network: prefix /128 is longer than an IPv4 address (32 bits)");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// If `prefix` is longer than the address: 32 bits for IPv4, 128 for IPv6.
+    pub fn try_new(addr: IpAddr, prefix: u8) -> Result<Self, InvalidIpNet> {
+        match addr {
+            IpAddr::V4(_) if prefix > 32 => Err(InvalidIpNet::too_long(prefix.into(), 32)),
+            IpAddr::V6(_) if prefix > 128 => Err(InvalidIpNet::too_long(prefix.into(), 128)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) if prefix >= MAPPED_PREFIX => Ok(Self {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - MAPPED_PREFIX,
+                }),
+                _ => Ok(Self { addr, prefix }),
+            },
+            IpAddr::V4(_) => Ok(Self { addr, prefix }),
+        }
+    }
+
+    /// The network's address (IPv4 for an IPv4-mapped network).
+    #[must_use]
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits, of [`addr`](Self::addr).
+    #[must_use]
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped `ip` is its IPv4 address.
     #[must_use]
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        // Both as IPv6 (IPv4 as mapped), the prefix counted in 128 bits.
+        let (net, prefix) = as_v6(self.addr, self.prefix);
+        let (ip, _) = as_v6(ip, 0);
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(prefix))
+            .unwrap_or(0);
+        net & mask == ip & mask
+    }
+}
+
+/// `addr` as a 128-bit IPv6 address (IPv4 as IPv4-mapped), and `prefix` counted in it.
+fn as_v6(addr: IpAddr, prefix: u8) -> (u128, u8) {
+    match addr {
+        IpAddr::V4(v4) => (u128::from(v4.to_ipv6_mapped()), prefix + MAPPED_PREFIX),
+        IpAddr::V6(v6) => (u128::from(v6), prefix),
     }
 }
 
 impl From<IpAddr> for IpNet {
+    /// The network of the one address `addr` (`/32`, `/128`; an IPv4-mapped address is
+    /// its IPv4 address, `/32`).
     fn from(addr: IpAddr) -> Self {
-        let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        Self {
-            addr: addr.to_canonical(),
-            prefix,
+        match addr.to_canonical() {
+            IpAddr::V4(v4) => Self {
+                addr: IpAddr::V4(v4),
+                prefix: 32,
+            },
+            v6 @ IpAddr::V6(_) => Self {
+                addr: v6,
+                prefix: 128,
+            },
         }
     }
 }
 
-/// An [`IpNet`] that did not parse.
+/// An [`IpNet`] that did not parse, or whose prefix is longer than its address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InvalidIpNet;
+pub struct InvalidIpNet(Reason);
+
+impl InvalidIpNet {
+    fn too_long(prefix: u32, bits: u8) -> Self {
+        Self(Reason::PrefixTooLong { prefix, bits })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Syntax,
+    PrefixTooLong { prefix: u32, bits: u8 },
+}
 
 impl fmt::Display for InvalidIpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("invalid IP network (expected `addr` or `addr/prefix`)")
+        match self.0 {
+            Reason::Syntax => {
+                f.write_str("invalid IP network (expected `addr` or `addr/prefix`)")
+            }
+            Reason::PrefixTooLong { prefix, bits } => {
+                let family = if bits == 32 { "IPv4" } else { "IPv6" };
+                write!(
+                    f,
+                    "invalid IP network: prefix /{prefix} is longer than an {family} address ({bits} bits)"
+                )
+            }
+        }
     }
 }
 
@@ -378,15 +457,20 @@ impl FromStr for IpNet {
     type Err = InvalidIpNet;
 
     fn from_str(s: &str) -> Result<Self, InvalidIpNet> {
+        const SYNTAX: InvalidIpNet = InvalidIpNet(Reason::Syntax);
         match s.split_once('/') {
-            None => s
-                .parse::<IpAddr>()
-                .map(Self::from)
-                .map_err(|_| InvalidIpNet),
+            None => s.parse::<IpAddr>().map(Self::from).map_err(|_| SYNTAX),
             Some((addr, prefix)) => {
-                let addr = addr.parse().map_err(|_| InvalidIpNet)?;
-                let prefix = prefix.parse().map_err(|_| InvalidIpNet)?;
-                Self::new(addr, prefix).ok_or(InvalidIpNet)
+                let addr = addr.parse().map_err(|_| SYNTAX)?;
+                // Digits only: `u32::from_str` also takes a leading `+`.
+                if !prefix.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(SYNTAX);
+                }
+                let prefix: u32 = prefix.parse().map_err(|_| SYNTAX)?;
+                let bits = if matches!(addr, IpAddr::V4(_)) { 32 } else { 128 };
+                let prefix =
+                    u8::try_from(prefix).map_err(|_| InvalidIpNet::too_long(prefix, bits))?;
+                Self::try_new(addr, prefix)
             }
         }
     }
