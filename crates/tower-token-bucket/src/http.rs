@@ -10,7 +10,7 @@ use http::header::{CONTENT_TYPE, FORWARDED, HeaderName, HeaderValue, RETRY_AFTER
 use http::{HeaderMap, Request, Response, StatusCode};
 
 use crate::error::ceil_secs;
-use crate::{ExtractKey, KeyError, KeyExtractor, Or, RateLimitError};
+use crate::{ExtractKey, KeyError, KeyExtractor, Or, Quota, RateLimitError};
 
 /// `RateLimit-Policy` (IETF httpapi rate-limit headers draft).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -50,6 +50,11 @@ impl RateLimitError {
     /// `{"error":"...","retryAfter":s}` (`retryAfter` only when a retry can succeed),
     /// `Retry-After` in whole seconds rounded up (never 0), and for a rate-limited
     /// request the `RateLimit-Policy` and `RateLimit` headers.
+    ///
+    /// `RateLimit-Policy` states the quota's long-run rate in whole-second windows,
+    /// exactly where a window of at most an hour allows it (1 per 90 ms is
+    /// `q=100;w=9`, 3 per 1.5 s is `q=4;w=2`, 5 a second is `q=5;w=1`), else rounded
+    /// down: it never promises more than the limiter lets through.
     ///
     /// To shape the response yourself, downcast the error in your error handler (axum
     /// `HandleErrorLayer`, `tower::util::MapErr`) and build it from the fields.
@@ -112,8 +117,8 @@ impl RateLimitError {
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         if let Self::RateLimited { quota, limiter, .. } = self {
             let name = sf_string(limiter);
-            let window = ceil_secs(quota.period());
-            let policy = format!("{name};q={};w={window}", quota.count());
+            let (q, w) = announced_policy(quota);
+            let policy = format!("{name};q={q};w={w}");
             let state = format!("{name};r=0;t={secs}");
             if let (Ok(policy), Ok(state)) =
                 (HeaderValue::try_from(policy), HeaderValue::try_from(state))
@@ -123,6 +128,60 @@ impl RateLimitError {
             }
         }
     }
+}
+
+/// The longest window announced to state a rate exactly, in seconds, when the quota's
+/// own period is shorter.
+const MAX_EXACT_WINDOW: u64 = 3600;
+
+/// `(q, w)` of `RateLimit-Policy`: `q` units every `w` whole seconds, at the quota's
+/// long-run rate (`count / period`).
+///
+/// `w` is a whole number of seconds and the period need not be, so `q` is scaled to the
+/// window. When a window no longer than an hour (or than the quota's period rounded up,
+/// if that is longer) makes the rate exact, the shortest such window that is not
+/// shorter than the period is announced: 1 per 90 ms is `q=100;w=9`, 3 per 1.5 s is
+/// `q=4;w=2`, 100 a minute is `q=100;w=60`. Otherwise `q` is the units the quota refills
+/// in `w`, rounded down (never more than the limiter lets through, so a client that
+/// keeps to it is not refused for its rate), with `w` long enough for that rounding to
+/// cost under 1% where an hour allows. The burst (the bucket's size) is not part of the
+/// header: a client that has been idle may spend it at once.
+pub(crate) fn announced_policy(quota: &Quota) -> (u64, u64) {
+    const NANOS: u128 = 1_000_000_000;
+    let count = u128::from(quota.count());
+    let period = quota.period().as_nanos().max(1);
+    let min_window = ceil_secs(quota.period());
+    let max_window = min_window.max(MAX_EXACT_WINDOW);
+    // The rate in units per second is num/den.
+    let (mut num, mut den) = (count * NANOS, period);
+    let g = gcd(num, den);
+    num /= g;
+    den /= g;
+    let exact = u64::try_from(den).ok().and_then(|den| {
+        let w = min_window.div_ceil(den).checked_mul(den)?;
+        let q = u64::try_from(num.checked_mul(u128::from(w / den))?).ok()?;
+        (w <= max_window).then_some((q, w))
+    });
+    exact.unwrap_or_else(|| {
+        // At 100 units or more, rounding down loses under 1%.
+        let w = (100 * period).div_ceil(count * NANOS);
+        let w = u64::try_from(w)
+            .unwrap_or(u64::MAX)
+            .clamp(min_window, max_window);
+        // count * w / period, rounded down; at least `count`, as w >= period.
+        let q = count
+            .checked_mul(u128::from(w))
+            .and_then(|n| n.checked_mul(NANOS))
+            .map_or(u128::from(u64::MAX), |n| n / period);
+        (u64::try_from(q).unwrap_or(u64::MAX), w)
+    })
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// A structured-field string: printable ASCII, quoted, `"` and `\` escaped.
@@ -602,7 +661,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::Quota;
 
     fn limited(retry_after: Duration) -> RateLimitError {
         RateLimitError::RateLimited {

@@ -1,11 +1,15 @@
-//! The HTTP face: trusted proxies given in any address form.
+//! The HTTP face: trusted proxies given in any address form, and the `RateLimit-Policy`
+//! header against the rate really enforced.
 #![cfg(feature = "http")]
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use http::{HeaderValue, Request};
-use tower_token_bucket::http::{ForwardedIp, IpNet};
-use tower_token_bucket::ExtractKey;
+use bytes::Bytes;
+use proptest::prelude::*;
+use http::{HeaderValue, Request, Response};
+use tower_token_bucket::http::{ForwardedIp, IpNet, RATELIMIT_POLICY};
+use tower_token_bucket::{ExtractKey, Quota, RateLimitError};
 
 fn req(peer: &str, headers: &[(&'static str, &str)]) -> Request<()> {
     let mut r = Request::new(());
@@ -53,6 +57,62 @@ fn mapped_networks_equal_their_ipv4_form() {
     assert!(net("::/0").contains(ip("2001:db8::1")));
     assert!(!net("0.0.0.0/0").contains(ip("2001:db8::1")));
     assert!(net("0.0.0.0/0").contains(ip("::ffff:192.0.2.1")));
+}
+
+fn policy(quota: Quota) -> String {
+    let error = RateLimitError::RateLimited {
+        retry_after: Duration::from_millis(10),
+        quota,
+        limiter: "l".into(),
+    };
+    let response: Response<Bytes> = error.to_http_response();
+    response.headers()[RATELIMIT_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn ratelimit_policy_states_the_rate_enforced() {
+    // 1 per 90 ms is 11.1 a second: 100 every 9 s, exactly.
+    assert_eq!(policy(Quota::new(1, Duration::from_millis(90))), "\"l\";q=100;w=9");
+    // 3 per 1.5 s is 2 a second.
+    assert_eq!(policy(Quota::new(3, Duration::from_millis(1500))), "\"l\";q=4;w=2");
+    assert_eq!(policy(Quota::per_second(5)), "\"l\";q=5;w=1");
+    assert_eq!(policy(Quota::per_minute(100)), "\"l\";q=100;w=60");
+    assert_eq!(policy(Quota::new(2, Duration::from_millis(1500))), "\"l\";q=4;w=3");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// The announced rate is never above the rate enforced, is within 1% of it when an
+    /// hour's window holds 100 tokens, and the window is never shorter than the period.
+    #[test]
+    fn ratelimit_policy_never_promises_more_than_enforced(
+        count in 1u32..10_000,
+        period_ns in prop_oneof![
+            1u64..1_000_000_000,
+            1_000_000_000u64..100_000_000_000,
+            (1u64..600).prop_map(|ms| ms * 1_000_000),
+        ],
+    ) {
+        let period = Duration::from_nanos(period_ns);
+        let header = policy(Quota::new(count, period));
+        let (q, w) = header
+            .strip_prefix("\"l\";q=")
+            .and_then(|rest| rest.split_once(";w="))
+            .map(|(q, w)| (q.parse::<u128>().unwrap(), w.parse::<u128>().unwrap()))
+            .unwrap();
+        let (count, period_ns) = (u128::from(count), u128::from(period_ns));
+        prop_assert!(q >= 1 && w >= 1, "{header}");
+        prop_assert!(w * 1_000_000_000 >= period_ns, "{header}: window shorter than the period");
+        // q / w <= count / period
+        prop_assert!(q * period_ns <= count * w * 1_000_000_000, "{header}: more than enforced");
+        if count * 3_600_000_000_000 >= 100 * period_ns {
+            prop_assert!(100 * q * period_ns >= 99 * count * w * 1_000_000_000, "{header}: far below");
+        }
+    }
 }
 
 mod contains {
