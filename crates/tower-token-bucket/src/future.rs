@@ -115,8 +115,8 @@ pub(crate) struct WaitFuture<S, R, X: KeyExtractor, B: RateLimitBackend<X::Key>>
     pub(crate) shared: Arc<Shared<X, B>>,
     pub(crate) key: X::Key,
     pub(crate) cost: NonZeroU32,
-    /// When `max_wait` runs out.
-    pub(crate) deadline: Instant,
+    /// When `max_wait` runs out; `None` when it never does.
+    pub(crate) deadline: Option<Instant>,
     pub(crate) step: Step<B::Future>,
     /// Sleeps while `step` is `Sleeping`.
     #[pin]
@@ -146,7 +146,7 @@ where
         shared: Arc<Shared<X, B>>,
         key: X::Key,
         cost: NonZeroU32,
-        deadline: Instant,
+        deadline: Option<Instant>,
         step: Step<B::Future>,
         admitted: (S, R),
     ) -> Self {
@@ -156,7 +156,8 @@ where
             cost,
             deadline,
             step,
-            sleep: tokio::time::sleep_until(deadline),
+            // Set before it is first polled (`Step::Sleeping`).
+            sleep: tokio::time::sleep_until(Instant::now()),
             admitted: Some(admitted),
             slept: false,
         }
@@ -188,10 +189,16 @@ where
             };
             *this.step = Step::Done;
             if let Decision::Limited { retry_after, .. } = decision {
-                let now = Instant::now();
-                if matches!(shared.mode, Mode::Wait { .. }) && now + retry_after <= *this.deadline {
+                // A wake-up time past what an `Instant` holds is never: refused.
+                let wake = Instant::now().checked_add(retry_after);
+                let in_time = match (wake, *this.deadline) {
+                    (Some(wake), Some(deadline)) => wake <= deadline,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if let (Some(wake), true, Mode::Wait { .. }) = (wake, in_time, shared.mode) {
                     tracing::trace!(limiter = %shared.name, ?retry_after, "request waits for tokens");
-                    this.sleep.as_mut().reset(now + retry_after);
+                    this.sleep.as_mut().reset(wake);
                     *this.step = Step::Sleeping;
                     continue;
                 }

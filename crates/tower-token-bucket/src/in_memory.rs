@@ -119,18 +119,17 @@ where
 
     /// A backend with an explicit key cap and prune interval.
     ///
+    /// A `prune_interval` of zero, or one too long to schedule (`Duration::MAX`), turns
+    /// the periodic prune off; the key cap still bounds memory (see the type's docs).
+    ///
     /// # Panics
     ///
-    /// If `quotas` is empty or `prune_interval` is zero.
+    /// If `quotas` is empty.
     #[must_use]
     pub fn with_limits(quotas: &[Quota], max_keys: usize, prune_interval: Duration) -> Self {
         assert!(
             !quotas.is_empty(),
             "a rate limiter needs at least one quota"
-        );
-        assert!(
-            !prune_interval.is_zero(),
-            "the prune interval must not be zero"
         );
         let clock = LimiterClock::new();
         let limiters = quotas
@@ -142,7 +141,7 @@ where
                     KeyStore(Arc::clone(&store)),
                     clock.clone(),
                 );
-                let t = duration_nanos(quota.replenish_interval());
+                let t = duration_nanos(quota.gcra_interval());
                 let tau = t.saturating_mul(u64::from(quota.burst() - 1));
                 Limiter { gov, store, t, tau }
             })
@@ -305,11 +304,16 @@ where
     if inner.pruner_running.swap(true, Ordering::AcqRel) {
         return;
     }
-    let guard = PrunerGuard(Arc::downgrade(inner));
     let every = inner.prune_interval;
+    // Zero, or too long to schedule: no periodic prune (the key cap bounds memory).
+    let first = tokio::time::Instant::now().checked_add(every);
+    let Some(first) = first.filter(|_| !every.is_zero()) else {
+        return;
+    };
+    let guard = PrunerGuard(Arc::downgrade(inner));
     runtime.spawn(async move {
         let guard = guard;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut tick = tokio::time::interval_at(first, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -362,6 +366,7 @@ impl<K: Hash + Eq + Clone> Store<K> {
             len: AtomicUsize::new(0),
         }
     }
+
 
     #[inline]
     fn is_full(&self, max: usize) -> bool {

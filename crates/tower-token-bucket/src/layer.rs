@@ -166,6 +166,10 @@ impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
 
     /// Hold requests that find no tokens until their tokens are there, at most
     /// `max_wait`.
+    ///
+    /// `Duration::MAX` (or any wait too long to add to the current time) is no limit: a
+    /// request waits as long as its tokens take. `Duration::ZERO` never holds a request:
+    /// one that finds no tokens is refused at once, as in [`reject`](Self::reject) mode.
     pub fn wait(mut self, max_wait: Duration) -> Self {
         self.mode = Mode::Wait { max_wait };
         self
@@ -182,9 +186,9 @@ impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
 
     /// How often idle keys are pruned ([`InMemoryBackend`]; default 10 s).
     ///
-    /// # Panics
-    ///
-    /// [`build`](Self::build) panics if it is zero.
+    /// `Duration::ZERO`, or an interval too long to schedule (`Duration::MAX`), turns the
+    /// periodic prune off: memory is then bounded by [`max_keys`](Self::max_keys) alone,
+    /// however many keys arrive.
     pub fn prune_interval(mut self, every: Duration) -> Self {
         self.prune_interval = every;
         self
@@ -193,10 +197,6 @@ impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
     /// Builds the layer on the in-process [`InMemoryBackend`].
     ///
     /// Install the `metrics` recorder before this call.
-    ///
-    /// # Panics
-    ///
-    /// If the prune interval is zero.
     pub fn build(self) -> RateLimitLayer<X> {
         let backend =
             InMemoryBackend::with_limits(&self.quotas, self.max_keys, self.prune_interval);

@@ -96,5 +96,5 @@ pub use key::{
     EitherKey, ExtractKey, ExtractKeyExt, FnKey, GlobalKey, KeyExtractor, Or, WithCost, key_fn,
 };
 pub use layer::{Mode, RateLimitLayer, RateLimitLayerBuilder};
-pub use quota::{Quota, QuotaInfo};
+pub use quota::{InvalidQuota, Quota, QuotaInfo};
 pub use service::RateLimit;

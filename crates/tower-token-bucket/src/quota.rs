@@ -1,9 +1,15 @@
 //! Quotas: how many tokens a key may spend over what period, and how many at once.
 
+use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde::Serialize;
+
+/// The longest a whole bucket takes to refill: about a century. A quota slower than that
+/// (`Quota::new(1, Duration::MAX)`) is enforced as one token per century per burst
+/// token, which no client can tell apart.
+const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A rate: `count` tokens every `period`, with a burst of `burst` tokens (default:
 /// `count`).
@@ -33,21 +39,48 @@ pub struct Quota {
 impl Quota {
     /// `count` tokens every `period`, burst `count`.
     ///
+    /// Any non-zero period works, `Duration::MAX` included (a very slow quota: see
+    /// [`replenish_interval`](Self::replenish_interval)).
+    ///
     /// # Panics
     ///
     /// If `count` is zero or `period` is zero: both are configuration errors, caught when
-    /// the limiter is set up, never on a request.
+    /// the limiter is set up, never on a request. [`try_new`](Self::try_new) returns
+    /// them as an error instead.
     #[must_use]
     pub fn new(count: u32, period: Duration) -> Self {
+        match Self::try_new(count, period) {
+            Ok(quota) => quota,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// `count` tokens every `period`, burst `count`, or why that is not a quota.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_token_bucket::Quota;
+    ///
+    /// assert!(Quota::try_new(5, Duration::from_secs(1)).is_ok());
+    /// let err = Quota::try_new(5, Duration::ZERO).unwrap_err();
+    /// assert_eq!(err.to_string(), "a quota needs a non-zero period");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// If `count` is zero or `period` is zero.
+    pub fn try_new(count: u32, period: Duration) -> Result<Self, InvalidQuota> {
         let Some(count) = NonZeroU32::new(count) else {
-            panic!("a quota needs a count of at least 1 token");
+            return Err(InvalidQuota("a quota needs a count of at least 1 token"));
         };
-        assert!(!period.is_zero(), "a quota needs a non-zero period");
-        Self {
+        if period.is_zero() {
+            return Err(InvalidQuota("a quota needs a non-zero period"));
+        }
+        Ok(Self {
             count,
             period,
             burst: count,
-        }
+        })
     }
 
     /// `count` tokens a second.
@@ -113,14 +146,25 @@ impl Quota {
     }
 
     /// The time it takes one token to come back (`period / count`, at least 1 ns).
+    ///
+    /// A quota so slow that a whole bucket would take more than about a century to
+    /// refill is enforced at that century (its time arithmetic stays in range).
     #[must_use]
     pub fn replenish_interval(&self) -> Duration {
         (self.period / self.count.get()).max(Duration::from_nanos(1))
     }
 
+    /// The interval enforced: [`replenish_interval`](Self::replenish_interval), capped
+    /// so that a whole bucket refills within [`MAX_REFILL`] (governor's nanosecond
+    /// arithmetic would overflow past 584 years).
+    pub(crate) fn gcra_interval(&self) -> Duration {
+        let cap = MAX_REFILL / self.burst.get();
+        self.replenish_interval().min(cap).max(Duration::from_nanos(1))
+    }
+
     /// The same quota in governor's terms.
     pub(crate) fn to_governor(self) -> governor::Quota {
-        governor::Quota::with_period(self.replenish_interval())
+        governor::Quota::with_period(self.gcra_interval())
             .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MAX))
             .allow_burst(self.burst)
     }
@@ -135,6 +179,18 @@ impl Quota {
         }
     }
 }
+
+/// Why [`Quota::try_new`] refused its arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidQuota(&'static str);
+
+impl fmt::Display for InvalidQuota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for InvalidQuota {}
 
 /// A quota as it appears in a [`RateLimitSnapshot`](crate::RateLimitSnapshot).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]

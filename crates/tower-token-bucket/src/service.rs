@@ -147,7 +147,8 @@ where
             Arc::clone(&self.shared),
             key,
             cost,
-            Instant::now() + max_wait,
+            // A `max_wait` too long to add to now (`Duration::MAX`) is no limit.
+            Instant::now().checked_add(max_wait),
             step,
             (service, request),
         );

@@ -426,3 +426,96 @@ async fn snapshot_serializes_in_camel_case() {
         })
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn wait_mode_without_a_limit_does_not_panic() {
+    let (calls, upstream) = counting_upstream();
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::MAX)
+        .build();
+    let svc = layer.layer(upstream);
+    let req = Analyze { user: 1, tokens: 1 };
+    let start = Instant::now();
+    for _ in 0..3 {
+        assert!(svc.clone().oneshot(req.clone()).await.is_ok());
+    }
+    // Duration::MAX is no limit: every request waits for its token.
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let snap = layer.handle().snapshot();
+    assert_eq!((snap.allowed, snap.waited, snap.rejected), (1, 2, 0));
+}
+
+/// Every duration a limiter is configured with, at `Duration::ZERO` and `Duration::MAX`:
+/// a clear error when the limiter is set up, or sane behaviour, never a panic.
+#[tokio::test(start_paused = true)]
+async fn every_duration_setting_takes_zero_and_max() {
+    let req = Analyze { user: 1, tokens: 1 };
+
+    // A quota's period: zero is refused when the quota is made, with a clear error.
+    let err = Quota::try_new(5, Duration::ZERO).unwrap_err();
+    assert_eq!(err.to_string(), "a quota needs a non-zero period");
+    // The longest period: one request, then refused (in reject and wait modes) with a
+    // retry-after that fits, and responses that build.
+    for wait in [None, Some(Duration::from_secs(1)), Some(Duration::MAX)] {
+        let (calls, upstream) = counting_upstream();
+        let builder = RateLimitLayer::builder(Quota::new(1, Duration::MAX)).key(by_user());
+        let layer = match wait {
+            None => builder.build(),
+            Some(max_wait) => builder.wait(max_wait).build(),
+        };
+        let svc = layer.layer(upstream);
+        assert!(svc.clone().oneshot(req.clone()).await.is_ok());
+        let second = svc.clone().oneshot(req.clone());
+        let err = match tokio::time::timeout(Duration::from_secs(3600), second).await {
+            Ok(result) => result.unwrap_err(),
+            Err(_) => {
+                // With no limit on the wait, the request is still waiting: sane.
+                assert_eq!(wait, Some(Duration::MAX));
+                assert_eq!(calls.load(Ordering::SeqCst), 1);
+                continue;
+            }
+        };
+        let retry_after = rate_limited(&err).retry_after().unwrap();
+        assert!(retry_after > Duration::from_secs(365 * 24 * 3600), "{retry_after:?}");
+        let response: http::Response<bytes::Bytes> = rate_limited(&err).to_http_response();
+        assert_eq!(response.status(), 429);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let _ = serde_json::to_string(&layer.handle().snapshot()).unwrap();
+    }
+
+    // Wait mode with no wait allowed: a request that must wait is refused at once.
+    let (calls, upstream) = counting_upstream();
+    let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .wait(Duration::ZERO)
+        .build();
+    let svc = layer.layer(upstream);
+    assert!(svc.clone().oneshot(req.clone()).await.is_ok());
+    let start = Instant::now();
+    let err = svc.clone().oneshot(req.clone()).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(matches!(rate_limited(&err), RateLimitError::RateLimited { .. }));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // ... and Duration::MAX, no limit: see `wait_mode_without_a_limit_does_not_panic`.
+}
+
+/// The prune interval at zero and at the longest: periodic pruning is off; the key cap
+/// still bounds the keys.
+#[tokio::test(start_paused = true)]
+async fn a_zero_or_endless_prune_interval_turns_pruning_off() {
+    for every in [Duration::ZERO, Duration::MAX] {
+        let (_, upstream) = counting_upstream();
+        let layer = RateLimitLayer::builder(Quota::per_second(5))
+            .key(by_user())
+            .prune_interval(every)
+            .max_keys(10)
+            .build();
+        let svc = layer.layer(upstream);
+        for user in 0..10 {
+            assert!(svc.clone().oneshot(Analyze { user, tokens: 1 }).await.is_ok());
+        }
+        assert!(layer.handle().snapshot().tracked_keys.unwrap() <= 10);
+        let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        assert_eq!(tasks, 0, "no prune task for {every:?}");
+    }
+}
