@@ -26,7 +26,8 @@ pub enum Decision {
         quota: Quota,
     },
     /// The key is not tracked yet and the limiter already tracks as many keys as it may.
-    /// Nothing was spent.
+    /// Nothing was spent. [`InMemoryBackend`](crate::InMemoryBackend) never answers this
+    /// (it makes room instead); a backend that cannot make room may.
     KeyCapacity {
         /// When to try again: idle keys are pruned by then.
         retry_after: Duration,

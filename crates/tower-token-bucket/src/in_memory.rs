@@ -5,7 +5,7 @@ use std::hash::Hash;
 use std::mem;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -49,9 +49,20 @@ pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 ///   that is enough for client-chosen keys).
 /// - At most [`max_keys`](crate::RateLimitLayerBuilder::max_keys) keys are tracked
 ///   (approximately: concurrent first requests of new keys may overshoot by the number of
-///   threads). When the cap is reached, keys already tracked keep their limits and a
-///   request with a new key is refused with [`Decision::KeyCapacity`] until pruning frees
-///   room. This fails closed: a flood of made-up keys cannot push real users' state out.
+///   threads). A new key is never refused for lack of room, so a flood of made-up keys
+///   cannot lock real users out: when the cap is reached, the request that finds it full
+///   frees a sixteenth of it at once by forgetting, first, every key whose bucket is full
+///   again (a full bucket is what a new key gets, so forgetting it changes nothing), then,
+///   if that is not enough, the keys whose buckets are closest to full (the earliest
+///   theoretical arrival time: the least owed, and among keys that spend alike, the least
+///   recently used). A key that is mid-burst is therefore kept while keys that owe less
+///   remain: a flood of keys that spend one token each never resets a user who has spent
+///   more. If a flood pushes out a key that still owed tokens, that key comes back with a
+///   full bucket: the limiter errs towards letting a request through, never towards
+///   refusing one, and memory stays bounded. This sweep costs a pass over the map (a few
+///   milliseconds at 100,000 keys) once per sixteenth of the cap of new keys, and only
+///   while the cap is reached; the per-request path is unchanged.
+///   [`Decision::KeyCapacity`] is never returned by this backend.
 ///
 /// Cloning is cheap and clones share the state.
 ///
@@ -119,7 +130,7 @@ where
 
     /// A backend with an explicit key cap and prune interval.
     ///
-    /// A `prune_interval` of zero, or one too long to schedule (`Duration::MAX`), turns
+    /// A `max_keys` of zero is one. A `prune_interval` of zero, or one too long to schedule (`Duration::MAX`), turns
     /// the periodic prune off; the key cap still bounds memory (see the type's docs).
     ///
     /// # Panics
@@ -155,7 +166,7 @@ where
                 limiters,
                 quotas: quotas.into(),
                 smallest,
-                max_keys,
+                max_keys: max_keys.max(1),
                 prune_interval,
                 pruner_running: AtomicBool::new(false),
                 clock,
@@ -182,10 +193,7 @@ where
         }
         for (i, lim) in inner.limiters.iter().enumerate() {
             if lim.store.is_full(inner.max_keys) && !lim.store.contains(key) {
-                inner.give_back(key, cost, i);
-                return Decision::KeyCapacity {
-                    retry_after: inner.prune_interval,
-                };
+                lim.store.make_room(inner.max_keys, inner.clock.nanos());
             }
             let checked = if cost == NonZeroU32::MIN {
                 Ok(lim.gov.check_key(key))
@@ -354,6 +362,8 @@ struct Store<K> {
     single: InMemoryState,
     map: DashMap<K, InMemoryState, KeyHasher>,
     len: AtomicUsize,
+    /// Held while the map is swept at its cap: one sweep at a time.
+    sweeping: Mutex<()>,
 }
 
 impl<K: Hash + Eq + Clone> Store<K> {
@@ -364,9 +374,65 @@ impl<K: Hash + Eq + Clone> Store<K> {
             single: InMemoryState::default(),
             map: DashMap::with_hasher(KeyHasher::default()),
             len: AtomicUsize::new(0),
+            sweeping: Mutex::new(()),
         }
     }
 
+    /// Frees room at the cap of `max` keys: forgets a sixteenth of the cap (at least one
+    /// key), first the keys whose bucket is full at `now`, then the keys closest to full.
+    /// Callers wait for a sweep under way, so the map overshoots the cap by at most one
+    /// key per thread.
+    #[cold]
+    #[inline(never)]
+    fn make_room(&self, max: usize, now: u64) {
+        let _sweep = self.sweeping.lock().unwrap_or_else(PoisonError::into_inner);
+        let len = self.len.load(Ordering::Relaxed);
+        if len < max {
+            // Another thread made room while this one waited.
+            return;
+        }
+        let target = max.saturating_sub((max / 16).max(1));
+        // Full buckets first: a new key starts with a full bucket, so nothing is lost.
+        self.forget_while(|tat| tat <= now);
+        let len = self.len.load(Ordering::Relaxed);
+        if len <= target {
+            tracing::debug!(len, "rate limiter at its key cap; forgot full buckets");
+            return;
+        }
+        // Then the buckets closest to full: the smallest theoretical arrival times.
+        let excess = len - target;
+        let mut tats: Vec<u64> = self
+            .map
+            .iter()
+            .map(|entry| read_state(entry.value()).unwrap_or(0))
+            .collect();
+        let Some(nth) = excess.min(tats.len()).checked_sub(1) else {
+            return;
+        };
+        let (_, &mut cutoff, _) = tats.select_nth_unstable(nth);
+        drop(tats);
+        let mut left = excess;
+        self.forget_while(|tat| {
+            let forget = left > 0 && tat <= cutoff;
+            left -= usize::from(forget);
+            forget
+        });
+        tracing::warn!(
+            forgotten = excess - left,
+            "rate limiter at its key cap; forgot the keys closest to a full bucket"
+        );
+    }
+
+    /// Removes the keys whose theoretical arrival time `forget` selects.
+    fn forget_while(&self, mut forget: impl FnMut(u64) -> bool) {
+        self.map.retain(|_, state| {
+            let drop = forget(read_state(state).unwrap_or(0));
+            if drop {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
+            !drop
+        });
+    }
 
     #[inline]
     fn is_full(&self, max: usize) -> bool {
@@ -541,18 +607,30 @@ mod tests {
     }
 
     #[test]
-    fn key_cap_refuses_new_keys_only() {
+    fn at_the_key_cap_the_key_closest_to_full_is_forgotten() {
         let b =
             InMemoryBackend::<u64>::with_limits(&[Quota::per_second(5)], 3, Duration::from_secs(1));
-        for k in 0..3 {
-            assert_eq!(b.decide(&k, ONE), Decision::Allowed);
+        // Key 0 owes 3 tokens, key 1 owes 2, key 2 owes 1.
+        for (k, spent) in [(0, 3), (1, 2), (2, 1)] {
+            for _ in 0..spent {
+                assert_eq!(b.decide(&k, ONE), Decision::Allowed);
+            }
         }
-        assert!(matches!(b.decide(&99, ONE), Decision::KeyCapacity { .. }));
-        assert_eq!(
-            b.decide(&0, ONE),
-            Decision::Allowed,
-            "tracked keys keep working"
-        );
+        // A new key is admitted; key 2, the closest to a full bucket, makes room.
+        assert_eq!(b.decide(&99, ONE), Decision::Allowed);
         assert_eq!(b.tracked_keys(), Some(3));
+        let tracked = |k: u64| b.inner.limiters[0].store.contains(&k);
+        assert!(tracked(0) && tracked(1) && tracked(99) && !tracked(2));
+        assert_eq!(b.remaining(&0), Some(2), "kept keys keep their state");
+        assert_eq!(b.remaining(&1), Some(3));
+    }
+
+    #[test]
+    fn a_zero_key_cap_tracks_one_key() {
+        let b = InMemoryBackend::<u64>::with_limits(&[Quota::per_second(1)], 0, Duration::ZERO);
+        assert_eq!(b.decide(&1, ONE), Decision::Allowed);
+        assert!(matches!(b.decide(&1, ONE), Decision::Limited { .. }));
+        assert_eq!(b.decide(&2, ONE), Decision::Allowed);
+        assert_eq!(b.tracked_keys(), Some(1));
     }
 }

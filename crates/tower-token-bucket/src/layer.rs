@@ -175,10 +175,13 @@ impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
         self
     }
 
-    /// The most keys tracked at once ([`InMemoryBackend`]; default 100,000). When the cap
-    /// is reached, tracked keys keep working and new keys are refused with
-    /// [`RateLimitError::KeyCapacity`](crate::RateLimitError::KeyCapacity) until idle
-    /// keys are pruned.
+    /// The most keys tracked at once ([`InMemoryBackend`]; default 100,000; zero is one).
+    ///
+    /// A new key is never refused for lack of room: when the cap is reached, the keys
+    /// whose bucket is full again are forgotten (nothing is lost: a new key starts with a
+    /// full bucket), then if need be the keys closest to a full bucket, a sixteenth of the
+    /// cap at a time. Users mid-burst keep their state through a flood of made-up keys
+    /// that spend less than they did. See [`InMemoryBackend`] for the details.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -188,7 +191,7 @@ impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
     ///
     /// `Duration::ZERO`, or an interval too long to schedule (`Duration::MAX`), turns the
     /// periodic prune off: memory is then bounded by [`max_keys`](Self::max_keys) alone,
-    /// however many keys arrive.
+    /// whose cap frees room as it is reached.
     pub fn prune_interval(mut self, every: Duration) -> Self {
         self.prune_interval = every;
         self

@@ -63,7 +63,8 @@
 //!   HTTP (feature `http`) [`http::HeaderKey`], [`http::ExtensionKey`], [`http::PeerIp`]
 //!   and [`http::ForwardedIp`] (trusted proxies); [`ExtractKeyExt::or`] falls back.
 //! - Decisions sit behind [`RateLimitBackend`]; [`InMemoryBackend`] (governor) is the
-//!   default, with a hard key cap and automatic pruning.
+//!   default, with a key cap that makes room (never refusing a new key) and automatic
+//!   pruning.
 //! - Errors are [`RateLimitError`], boxed; with `http`, `to_response` builds the 429 (or
 //!   gRPC `RESOURCE_EXHAUSTED`) with `Retry-After`, `RateLimit-Policy` and `RateLimit`.
 //! - [`RateLimitHandle`] reads counts and a key's remaining tokens;

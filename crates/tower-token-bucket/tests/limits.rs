@@ -306,22 +306,21 @@ async fn idle_keys_are_pruned_and_the_pruner_stops_with_the_layer() {
     }
     let handle = layer.handle();
     assert_eq!(handle.snapshot().tracked_keys, Some(100));
-    // Full: a new key is refused, a known key still works.
-    let err = svc
-        .clone()
-        .oneshot(Analyze {
-            user: 1000,
-            tokens: 1,
-        })
-        .await
-        .unwrap_err();
-    assert!(matches!(
-        rate_limited(&err),
-        RateLimitError::KeyCapacity { .. }
-    ));
+    // Full: a new key still gets in (a key whose bucket is closest to full makes room),
+    // and the cap holds.
     assert!(
         svc.clone()
-            .oneshot(Analyze { user: 5, tokens: 1 })
+            .oneshot(Analyze {
+                user: 1000,
+                tokens: 1,
+            })
+            .await
+            .is_ok()
+    );
+    assert!(handle.snapshot().tracked_keys.unwrap() <= 100);
+    assert!(
+        svc.clone()
+            .oneshot(Analyze { user: 99, tokens: 1 })
             .await
             .is_ok()
     );
@@ -446,6 +445,37 @@ async fn wait_mode_without_a_limit_does_not_panic() {
     assert_eq!((snap.allowed, snap.waited, snap.rejected), (1, 2, 0));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_made_up_keys_locks_nobody_out() {
+    let (_, upstream) = counting_upstream();
+    let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .key(by_user())
+        .build();
+    let svc = layer.layer(upstream);
+    let call = |user| svc.clone().oneshot(Analyze { user, tokens: 1 });
+    // A real user is mid-burst: 3 of 5 tokens spent.
+    for _ in 0..3 {
+        assert!(call(1).await.is_ok());
+    }
+    // 200,000 made-up ids, twice the key cap, one request each.
+    for user in 1_000..201_000 {
+        assert!(call(user).await.is_ok(), "made-up id {user} refused");
+    }
+    // A newcomer gets the whole burst, and not one more.
+    for _ in 0..5 {
+        assert!(call(7).await.is_ok(), "a newcomer is refused");
+    }
+    assert!(call(7).await.is_err());
+    // The user mid-burst was not reset by the flood: 2 tokens left, not 5.
+    assert_eq!(layer.handle().remaining(&1), Some(2));
+    assert!(call(1).await.is_ok());
+    assert!(call(1).await.is_ok());
+    assert!(call(1).await.is_err());
+    // Memory stays bounded.
+    let tracked = layer.handle().snapshot().tracked_keys.unwrap();
+    assert!(tracked <= 100_000, "{tracked} keys tracked");
+}
+
 /// Every duration a limiter is configured with, at `Duration::ZERO` and `Duration::MAX`:
 /// a clear error when the limiter is set up, or sane behaviour, never a panic.
 #[tokio::test(start_paused = true)]
@@ -511,7 +541,7 @@ async fn a_zero_or_endless_prune_interval_turns_pruning_off() {
             .max_keys(10)
             .build();
         let svc = layer.layer(upstream);
-        for user in 0..10 {
+        for user in 0..50 {
             assert!(svc.clone().oneshot(Analyze { user, tokens: 1 }).await.is_ok());
         }
         assert!(layer.handle().snapshot().tracked_keys.unwrap() <= 10);

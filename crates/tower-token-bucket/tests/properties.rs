@@ -118,3 +118,46 @@ proptest! {
         })?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// At the key cap: a request that fits a full bucket is never refused for lack of
+    /// room, the map stays within the cap, and the keys forgotten to make room are the
+    /// ones closest to a full bucket (no kept key had more tokens left than a forgotten
+    /// one had).
+    #[test]
+    fn the_key_cap_forgets_the_keys_closest_to_full(
+        quota in quota(),
+        max_keys in 1usize..12,
+        traffic in prop::collection::vec((0u8..30, 0u64..100_000, 1u32..4), 1..200),
+    ) {
+        paused_runtime().block_on(async {
+            let backend = InMemoryBackend::<u8>::with_limits(&[quota], max_keys, Duration::ZERO);
+            let burst = quota.burst();
+            for (key, gap, cost) in traffic {
+                tokio::time::advance(Duration::from_micros(gap)).await;
+                let cost = NonZeroU32::new(cost.min(burst)).unwrap();
+                let before: Vec<u32> = (0..30).map(|k| backend.remaining(&k).unwrap()).collect();
+                let decision = backend.decide(&key, cost);
+                if before[usize::from(key)] == burst {
+                    prop_assert_eq!(decision, Decision::Allowed, "a full bucket was refused");
+                }
+                prop_assert!(backend.tracked_keys().unwrap() <= max_keys);
+                let after: Vec<u32> = (0..30).map(|k| backend.remaining(&k).unwrap()).collect();
+                let others = (0..30u8).filter(|&k| k != key).map(usize::from);
+                let forgotten: Vec<usize> = others.clone().filter(|&k| after[k] > before[k]).collect();
+                for e in &forgotten {
+                    for k in others.clone().filter(|k| !forgotten.contains(k)) {
+                        prop_assert!(
+                            before[*e] >= before[k] || before[k] == burst,
+                            "forgot key {} ({} left) but kept key {} ({} left)",
+                            e, before[*e], k, before[k]
+                        );
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
