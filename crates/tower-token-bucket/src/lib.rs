@@ -41,7 +41,8 @@
 //!     .collect();
 //! tokio::task::yield_now().await; // the five pass `per_user`, `global` paces them
 //!
-//! // A sixth request from alice in the same second is refused.
+//! // A sixth request from alice at the same moment is refused: her bucket holds 5, and a
+//! // token comes back every 200 ms (9 requests fit in her first second; see `Quota`).
 //! let err = svc.clone().oneshot(request()).await.unwrap_err();
 //! for call in calls {
 //!     call.await??;
@@ -56,8 +57,9 @@
 //! # }
 //! ```
 //!
-//! - [`Quota`]: `per_second(5)` is five a second; burst defaults to the rate; several
-//!   quotas on one limiter, first refusal wins; a request may cost several tokens
+//! - [`Quota`]: a burst, then the rate: `per_second(5)` admits 5 at once, then one
+//!   every 200 ms (9 in a busy client's first second, 5 a second after); the burst
+//!   defaults to the count; several quotas on one limiter, first refusal wins; a request may cost several tokens
 //!   ([`ExtractKeyExt::with_cost`]).
 //! - Keys: [`ExtractKey`] for any request type, with [`GlobalKey`], [`key_fn`], and for
 //!   HTTP (feature `http`) [`http::HeaderKey`], [`http::ExtensionKey`], [`http::PeerIp`]

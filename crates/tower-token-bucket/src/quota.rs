@@ -11,23 +11,50 @@ use serde::Serialize;
 /// token, which no client can tell apart.
 const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// A rate: `count` tokens every `period`, with a burst of `burst` tokens (default:
+/// A rate: `count` tokens every `period`, from a bucket of `burst` tokens (default:
 /// `count`).
 ///
-/// Quotas say what they mean: [`Quota::per_second(5)`](Quota::per_second) admits five
-/// requests a second, and a key that has been idle may spend five at once. Tokens come
-/// back continuously (one every `period / count`), not all at once at the end of a
-/// window.
+/// A quota is a token bucket: a burst, then the rate. A key that has been idle finds its
+/// bucket full and may spend `burst` tokens at once; after that a token comes back every
+/// `period / count`, continuously, not all at once at the end of a window. So
+/// [`Quota::per_second(5)`](Quota::per_second) admits 5 requests at once, then one every
+/// 200 ms: a client that keeps trying gets **9 requests in its first second** (5 at
+/// 0 ms, then at 200, 400, 600 and 800 ms) and 5 a second from then on. Over any span of
+/// time `T`, a key spends at most `burst + count * T / period` tokens.
+///
+/// To hold the first second to the rate as well, make the bucket smaller:
+/// `Quota::per_second(5).with_burst(1)` admits one request every 200 ms from the start,
+/// 5 in the first second.
 ///
 /// ```
+/// use std::num::NonZeroU32;
 /// use std::time::Duration;
-/// use tower_token_bucket::Quota;
+/// use tower_token_bucket::{Decision, InMemoryBackend, Quota};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// /// Requests admitted in the first second to a client that tries every 10 ms.
+/// async fn first_second(quota: Quota) -> u32 {
+///     let limiter = InMemoryBackend::<()>::new(&[quota]);
+///     let mut admitted = 0;
+///     for _ in 0..100 {
+///         if limiter.decide(&(), NonZeroU32::MIN) == Decision::Allowed {
+///             admitted += 1;
+///         }
+///         tokio::time::advance(Duration::from_millis(10)).await;
+///     }
+///     admitted
+/// }
+///
+/// assert_eq!(first_second(Quota::per_second(5)).await, 9); // 5 at once, then 4 more
+/// assert_eq!(first_second(Quota::per_second(5).with_burst(1)).await, 5);
 ///
 /// let q = Quota::per_minute(100).with_burst(10);
 /// assert_eq!(q.count(), 100);
 /// assert_eq!(q.period(), Duration::from_secs(60));
 /// assert_eq!(q.burst(), 10);
 /// assert_eq!(q.replenish_interval(), Duration::from_millis(600));
+/// # }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Quota {
@@ -83,7 +110,8 @@ impl Quota {
         })
     }
 
-    /// `count` tokens a second.
+    /// `count` tokens a second, burst `count`: `count` at once, then one every
+    /// `1 s / count` (see the [type's docs](Quota) for what that admits).
     ///
     /// # Panics
     ///
@@ -93,7 +121,7 @@ impl Quota {
         Self::new(count, Duration::from_secs(1))
     }
 
-    /// `count` tokens a minute.
+    /// `count` tokens a minute, burst `count`.
     ///
     /// # Panics
     ///
@@ -103,7 +131,7 @@ impl Quota {
         Self::new(count, Duration::from_secs(60))
     }
 
-    /// `count` tokens an hour.
+    /// `count` tokens an hour, burst `count`.
     ///
     /// # Panics
     ///

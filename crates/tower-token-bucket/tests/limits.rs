@@ -549,3 +549,20 @@ async fn a_zero_or_endless_prune_interval_turns_pruning_off() {
         assert_eq!(tasks, 0, "no prune task for {every:?}");
     }
 }
+
+/// What the quota docs promise: a burst, then the rate. `per_second(5)` admits 9 in a busy
+/// client's first second (5 at once, then at 200, 400, 600 and 800 ms), then 5 a second.
+#[tokio::test(start_paused = true)]
+async fn per_second_is_a_burst_then_the_rate() {
+    let (_, upstream) = counting_upstream();
+    let layer = RateLimitLayer::builder(Quota::per_second(5)).build();
+    let svc = layer.layer(upstream);
+    let mut per_second = [0; 3];
+    for tick in 0..300 {
+        if svc.clone().oneshot(Analyze { user: 1, tokens: 1 }).await.is_ok() {
+            per_second[tick / 100] += 1;
+        }
+        tokio::time::advance(Duration::from_millis(10)).await;
+    }
+    assert_eq!(per_second, [9, 5, 5]);
+}
