@@ -445,9 +445,7 @@ impl IpNet {
         // Both as IPv6 (IPv4 as mapped), the prefix counted in 128 bits.
         let (net, prefix) = as_v6(self.addr, self.prefix);
         let (ip, _) = as_v6(ip, 0);
-        let mask = u128::MAX
-            .checked_shl(128 - u32::from(prefix))
-            .unwrap_or(0);
+        let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
         net & mask == ip & mask
     }
 }
@@ -496,9 +494,7 @@ enum Reason {
 impl fmt::Display for InvalidIpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Reason::Syntax => {
-                f.write_str("invalid IP network (expected `addr` or `addr/prefix`)")
-            }
+            Reason::Syntax => f.write_str("invalid IP network (expected `addr` or `addr/prefix`)"),
             Reason::PrefixTooLong { prefix, bits } => {
                 let family = if bits == 32 { "IPv4" } else { "IPv6" };
                 write!(
@@ -526,7 +522,11 @@ impl FromStr for IpNet {
                     return Err(SYNTAX);
                 }
                 let prefix: u32 = prefix.parse().map_err(|_| SYNTAX)?;
-                let bits = if matches!(addr, IpAddr::V4(_)) { 32 } else { 128 };
+                let bits = if matches!(addr, IpAddr::V4(_)) {
+                    32
+                } else {
+                    128
+                };
                 let prefix =
                     u8::try_from(prefix).map_err(|_| InvalidIpNet::too_long(prefix, bits))?;
                 Self::try_new(addr, prefix)
@@ -546,6 +546,10 @@ impl FromStr for IpNet {
 ///
 /// Read only the header your proxies write: a proxy that appends to `X-Forwarded-For`
 /// passes a client's made-up `Forwarded` header through untouched.
+///
+/// Proxies may be listed in IPv4, IPv6 or IPv4-mapped IPv6 form (`::ffff:10.0.0.1`, as
+/// dual-stack sockets log them): a mapped address, in the list, in the peer or in a hop,
+/// is the IPv4 address it carries (see [`IpNet`]).
 #[derive(Clone, Debug)]
 pub struct ForwardedIp {
     trusted: Vec<IpNet>,

@@ -187,7 +187,9 @@ impl Quota {
     /// arithmetic would overflow past 584 years).
     pub(crate) fn gcra_interval(&self) -> Duration {
         let cap = MAX_REFILL / self.burst.get();
-        self.replenish_interval().min(cap).max(Duration::from_nanos(1))
+        self.replenish_interval()
+            .min(cap)
+            .max(Duration::from_nanos(1))
     }
 
     /// The same quota in governor's terms.

@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use proptest::prelude::*;
 use http::{HeaderValue, Request, Response};
+use proptest::prelude::*;
 use tower_token_bucket::http::{ForwardedIp, IpNet, RATELIMIT_POLICY};
 use tower_token_bucket::{ExtractKey, Quota, RateLimitError};
 
@@ -28,18 +28,37 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn a_mapped_trusted_proxy_does_not_trust_every_ipv4_client() {
-    for trusted in ["::ffff:10.0.0.1", "::ffff:10.0.0.0/104", "::ffff:10.0.0.1/128"] {
+    for trusted in [
+        "::ffff:10.0.0.1",
+        "::ffff:10.0.0.0/104",
+        "::ffff:10.0.0.1/128",
+    ] {
         let proxies = ForwardedIp::new([trusted.parse::<IpNet>().unwrap()]);
         // A client connecting directly over IPv4 forges the header: not believed.
         let direct = req("203.0.113.9:5000", &[("x-forwarded-for", "1.1.1.1")]);
-        assert_eq!(proxies.extract_key(&direct), Ok(ip("203.0.113.9")), "{trusted}");
+        assert_eq!(
+            proxies.extract_key(&direct),
+            Ok(ip("203.0.113.9")),
+            "{trusted}"
+        );
         // The same client on a dual-stack socket (a mapped peer): not believed either.
-        let mapped = req("[::ffff:203.0.113.9]:5000", &[("x-forwarded-for", "1.1.1.1")]);
-        assert_eq!(proxies.extract_key(&mapped), Ok(ip("203.0.113.9")), "{trusted}");
+        let mapped = req(
+            "[::ffff:203.0.113.9]:5000",
+            &[("x-forwarded-for", "1.1.1.1")],
+        );
+        assert_eq!(
+            proxies.extract_key(&mapped),
+            Ok(ip("203.0.113.9")),
+            "{trusted}"
+        );
         // The proxy itself, in either form, is trusted.
         for peer in ["10.0.0.1:80", "[::ffff:10.0.0.1]:80"] {
             let r = req(peer, &[("x-forwarded-for", "198.51.100.7")]);
-            assert_eq!(proxies.extract_key(&r), Ok(ip("198.51.100.7")), "{trusted} {peer}");
+            assert_eq!(
+                proxies.extract_key(&r),
+                Ok(ip("198.51.100.7")),
+                "{trusted} {peer}"
+            );
         }
     }
 }
@@ -75,12 +94,21 @@ fn policy(quota: Quota) -> String {
 #[test]
 fn ratelimit_policy_states_the_rate_enforced() {
     // 1 per 90 ms is 11.1 a second: 100 every 9 s, exactly.
-    assert_eq!(policy(Quota::new(1, Duration::from_millis(90))), "\"l\";q=100;w=9");
+    assert_eq!(
+        policy(Quota::new(1, Duration::from_millis(90))),
+        "\"l\";q=100;w=9"
+    );
     // 3 per 1.5 s is 2 a second.
-    assert_eq!(policy(Quota::new(3, Duration::from_millis(1500))), "\"l\";q=4;w=2");
+    assert_eq!(
+        policy(Quota::new(3, Duration::from_millis(1500))),
+        "\"l\";q=4;w=2"
+    );
     assert_eq!(policy(Quota::per_second(5)), "\"l\";q=5;w=1");
     assert_eq!(policy(Quota::per_minute(100)), "\"l\";q=100;w=60");
-    assert_eq!(policy(Quota::new(2, Duration::from_millis(1500))), "\"l\";q=4;w=3");
+    assert_eq!(
+        policy(Quota::new(2, Duration::from_millis(1500))),
+        "\"l\";q=4;w=3"
+    );
 }
 
 proptest! {

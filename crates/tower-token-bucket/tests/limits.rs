@@ -320,7 +320,10 @@ async fn idle_keys_are_pruned_and_the_pruner_stops_with_the_layer() {
     assert!(handle.snapshot().tracked_keys.unwrap() <= 100);
     assert!(
         svc.clone()
-            .oneshot(Analyze { user: 99, tokens: 1 })
+            .oneshot(Analyze {
+                user: 99,
+                tokens: 1
+            })
             .await
             .is_ok()
     );
@@ -507,7 +510,10 @@ async fn every_duration_setting_takes_zero_and_max() {
             }
         };
         let retry_after = rate_limited(&err).retry_after().unwrap();
-        assert!(retry_after > Duration::from_secs(365 * 24 * 3600), "{retry_after:?}");
+        assert!(
+            retry_after > Duration::from_secs(365 * 24 * 3600),
+            "{retry_after:?}"
+        );
         let response: http::Response<bytes::Bytes> = rate_limited(&err).to_http_response();
         assert_eq!(response.status(), 429);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -524,7 +530,10 @@ async fn every_duration_setting_takes_zero_and_max() {
     let start = Instant::now();
     let err = svc.clone().oneshot(req.clone()).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::ZERO);
-    assert!(matches!(rate_limited(&err), RateLimitError::RateLimited { .. }));
+    assert!(matches!(
+        rate_limited(&err),
+        RateLimitError::RateLimited { .. }
+    ));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // ... and Duration::MAX, no limit: see `wait_mode_without_a_limit_does_not_panic`.
 }
@@ -542,10 +551,17 @@ async fn a_zero_or_endless_prune_interval_turns_pruning_off() {
             .build();
         let svc = layer.layer(upstream);
         for user in 0..50 {
-            assert!(svc.clone().oneshot(Analyze { user, tokens: 1 }).await.is_ok());
+            assert!(
+                svc.clone()
+                    .oneshot(Analyze { user, tokens: 1 })
+                    .await
+                    .is_ok()
+            );
         }
         assert!(layer.handle().snapshot().tracked_keys.unwrap() <= 10);
-        let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
         assert_eq!(tasks, 0, "no prune task for {every:?}");
     }
 }
@@ -559,7 +575,12 @@ async fn per_second_is_a_burst_then_the_rate() {
     let svc = layer.layer(upstream);
     let mut per_second = [0; 3];
     for tick in 0..300 {
-        if svc.clone().oneshot(Analyze { user: 1, tokens: 1 }).await.is_ok() {
+        if svc
+            .clone()
+            .oneshot(Analyze { user: 1, tokens: 1 })
+            .await
+            .is_ok()
+        {
             per_second[tick / 100] += 1;
         }
         tokio::time::advance(Duration::from_millis(10)).await;
