@@ -618,3 +618,150 @@ async fn generic_requests_are_retried_only_when_not_processed_or_declared_idempo
     }
     assert_eq!(cases, [3, 1, 3]);
 }
+
+// Every duration setting of the builder at its extremes: never a panic on the request
+// path, and sane behaviour.
+
+#[tokio::test(start_paused = true)]
+async fn backoff_of_zero_retries_at_once() {
+    let script = Script::always(503);
+    RetryLayer::builder()
+        .backoff(Duration::ZERO, Duration::ZERO)
+        .build()
+        .layer(script.service())
+        .oneshot(request())
+        .await
+        .expect("response");
+    assert_eq!(gaps(&script.calls()), [Duration::ZERO, Duration::ZERO]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_of_max_waits_without_overflow() {
+    for (base, cap) in [
+        (Duration::MAX, Duration::MAX),
+        (Duration::from_secs(1), Duration::MAX),
+        (Duration::MAX, Duration::ZERO),
+    ] {
+        let script = Script::always(503);
+        let layer = RetryLayer::builder()
+            .max_attempts(10)
+            .backoff(base, cap)
+            .build();
+        let task = tokio::spawn(layer.layer(script.service()).oneshot(request()));
+        tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)).await;
+        assert!(!script.calls().is_empty());
+        if task.is_finished() {
+            assert_eq!(task.await.expect("no panic").expect("a 503").status(), 503);
+        } else {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_cap_of_zero_ignores_the_upstreams_wait() {
+    let script = Script::new(vec![
+        Ok(response(503, Some("3600"))),
+        Ok(response(200, None)),
+    ]);
+    RetryLayer::builder()
+        .backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .retry_after_cap(Duration::ZERO)
+        .build()
+        .layer(script.service())
+        .oneshot(request())
+        .await
+        .expect("response");
+    let gaps = gaps(&script.calls());
+    assert!(gaps[0] < Duration::from_millis(10), "{gaps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_cap_of_max_waits_as_long_as_the_upstream_asks() {
+    // An absurd `Retry-After` (taken as Duration::MAX) under an uncapped wait: the retry
+    // waits "forever" without overflow, and a deadline gives up at once.
+    let absurd = || Ok(response(503, Some("99999999999999999999")));
+    let script = Script::new(vec![absurd(), absurd()]);
+    let layer = RetryLayer::builder().retry_after_cap(Duration::MAX).build();
+    let task = tokio::spawn(layer.layer(script.service()).oneshot(request()));
+    tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)).await;
+    assert!(!task.is_finished());
+    task.abort();
+    assert_eq!(script.calls().len(), 1);
+
+    let script = Script::new(vec![absurd(), absurd()]);
+    let layer = RetryLayer::builder()
+        .retry_after_cap(Duration::MAX)
+        .deadline(Duration::from_secs(10))
+        .build();
+    let response = layer
+        .layer(script.service())
+        .oneshot(request())
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 503);
+    assert_eq!(script.calls().len(), 1);
+    assert_eq!(layer.handle().snapshot().deadline_exceeded, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_of_zero_never_retries_and_of_max_is_no_deadline() {
+    let script = Script::always(503);
+    let layer = RetryLayer::builder().deadline(Duration::ZERO).build();
+    layer
+        .layer(script.service())
+        .oneshot(request())
+        .await
+        .expect("response");
+    assert_eq!(script.calls().len(), 1);
+    assert_eq!(layer.handle().snapshot().deadline_exceeded, 1);
+
+    let script = Script::always(503);
+    let layer = RetryLayer::builder()
+        .deadline(Duration::MAX)
+        .backoff(Duration::MAX, Duration::MAX)
+        .retry_after_cap(Duration::MAX)
+        .build();
+    let task = tokio::spawn(layer.layer(script.service()).oneshot(request()));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    task.abort();
+    let script = Script::always(503);
+    RetryLayer::builder()
+        .deadline(Duration::MAX)
+        .build()
+        .layer(script.service())
+        .oneshot(request())
+        .await
+        .expect("response");
+    assert_eq!(script.calls().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budget_windows_of_zero_and_max_are_clamped() {
+    // The floor of 1 retry a second, over a window of 1 s (ZERO is raised to it) or of
+    // 60 s (MAX is lowered to it).
+    for (ttl, calls) in [(Duration::ZERO, 2), (Duration::MAX, 3)] {
+        let script = Script::always(503);
+        let layer = RetryLayer::builder()
+            .backoff(Duration::ZERO, Duration::ZERO)
+            .budget(ttl, 1, 0.0)
+            .build();
+        layer
+            .layer(script.service())
+            .oneshot(request())
+            .await
+            .expect("response");
+        assert_eq!(script.calls().len(), calls, "{ttl:?}");
+    }
+    for (min_per_sec, percent) in [(u32::MAX, f32::MAX), (0, f32::NAN), (0, -1.0)] {
+        let script = Script::always(503);
+        RetryLayer::builder()
+            .budget(Duration::MAX, min_per_sec, percent)
+            .build()
+            .layer(script.service())
+            .oneshot(request())
+            .await
+            .expect("response");
+        assert!(!script.calls().is_empty());
+    }
+}
