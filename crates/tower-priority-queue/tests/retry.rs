@@ -765,3 +765,81 @@ async fn budget_windows_of_zero_and_max_are_clamped() {
         assert!(!script.calls().is_empty());
     }
 }
+
+/// One attempt's outcome, for the property test below.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    Status(u16),
+    Error(std::io::ErrorKind),
+}
+
+fn outcome_strategy() -> impl proptest::strategy::Strategy<Value = Outcome> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (200u16..600).prop_map(Outcome::Status),
+        prop::sample::select(vec![
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::AddrNotAvailable,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::TimedOut,
+            std::io::ErrorKind::Other,
+        ])
+        .prop_map(Outcome::Error),
+    ]
+}
+
+proptest::proptest! {
+    /// A request is sent again only where that is safe: the upstream did not process it,
+    /// or the request is idempotent (method, `Idempotency-Key`, or declared) and the
+    /// failure is not a timeout the layer was told not to retry.
+    #[test]
+    fn only_what_is_safe_to_repeat_is_repeated(
+        outcome in outcome_strategy(),
+        method in proptest::sample::select(vec!["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST", "PATCH"]),
+        keyed: bool,
+        declared: bool,
+        retry_timeouts: bool,
+    ) {
+        use std::io::ErrorKind;
+        let result = || match outcome {
+            Outcome::Status(status) => Ok(response(status, None)),
+            Outcome::Error(kind) => Err(client_error(kind)),
+        };
+        let script = Script::new((0..3).map(|_| result()).collect());
+        let headers: &[(&str, &str)] = if keyed { &[("idempotency-key", "k-1")] } else { &[] };
+        let request = request_with(method, headers);
+        let layer = RetryLayer::builder()
+            .backoff(Duration::from_millis(1), Duration::from_millis(1))
+            .idempotent(declared)
+            .retry_timeouts(retry_timeouts)
+            .build();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let _ = runtime.block_on(layer.layer(script.service()).oneshot(request));
+
+        let (not_processed, maybe_processed, timeout) = match outcome {
+            Outcome::Status(status) => (
+                status == 429 || status == 503,
+                status >= 500 && status != 503,
+                status == 504,
+            ),
+            Outcome::Error(kind) => (
+                matches!(kind, ErrorKind::ConnectionRefused | ErrorKind::AddrNotAvailable),
+                !matches!(kind, ErrorKind::ConnectionRefused | ErrorKind::AddrNotAvailable),
+                kind == ErrorKind::TimedOut,
+            ),
+        };
+        let idempotent = http::Method::from_bytes(method.as_bytes())
+            .expect("method")
+            .is_idempotent()
+            || keyed
+            || declared;
+        let retried = not_processed
+            || (maybe_processed && idempotent && (retry_timeouts || !timeout));
+        proptest::prop_assert_eq!(script.calls().len(), if retried { 3 } else { 1 });
+    }
+}
