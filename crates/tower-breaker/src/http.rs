@@ -18,7 +18,9 @@ pub const X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
 fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
     secs.max(1)
 }
 

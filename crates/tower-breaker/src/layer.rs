@@ -187,6 +187,8 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// How long the circuit stays open before letting probes through (default 60 s).
+    /// `Duration::ZERO` lets probes through as soon as it opens; a duration too long for
+    /// the clock keeps it open for about thirty years.
     #[must_use]
     pub fn open_duration(mut self, duration: Duration) -> Self {
         self.config.open_duration = duration;
@@ -194,7 +196,8 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// Grow the open duration by `factor` on each re-trip (a half-open probe failing),
-    /// up to `max`; it returns to its base once the circuit closes.
+    /// up to `max`; it returns to its base once the circuit closes. A `max` below the
+    /// base [`open_duration`](Self::open_duration) means no growth.
     ///
     /// # Panics
     ///
@@ -223,9 +226,19 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// Reopen if the half-open state has not reached a verdict within `duration`
-    /// (default: no limit). Probes still in flight then no longer count.
+    /// (default: no limit). Probes still in flight then no longer count. `Duration::MAX`
+    /// is as good as no limit.
+    ///
+    /// # Panics
+    ///
+    /// If `duration` is zero: the half-open state would end before any probe could be
+    /// let through, and the circuit would never close again.
     #[must_use]
     pub fn max_half_open_duration(mut self, duration: Duration) -> Self {
+        assert!(
+            !duration.is_zero(),
+            "max_half_open_duration must be longer than zero"
+        );
         self.config.max_half_open = Some(duration);
         self
     }

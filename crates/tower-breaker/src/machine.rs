@@ -131,10 +131,12 @@ impl Config {
         let base = self.open_duration;
         match self.backoff {
             Some((factor, cap)) if reopens > 0 => {
+                // A cap below the base means no growth: the circuit never opens for less
+                // than its base duration (a zero cap would let every call be a probe).
+                let cap = cap.max(base);
                 let exponent = i32::try_from(reopens).unwrap_or(i32::MAX);
                 Duration::try_from_secs_f64(base.as_secs_f64() * factor.powi(exponent))
-                    .map_or(cap, |grown| grown.min(cap))
-                    .max(base.min(cap))
+                    .map_or(cap, |grown| grown.clamp(base, cap))
             }
             _ => base,
         }

@@ -104,7 +104,7 @@ impl CacheError {
     fn retry_after_secs(&self) -> Option<u64> {
         self.retry_after()
             .filter(|d| !d.is_zero())
-            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .map(|d| d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)))
     }
 }
 

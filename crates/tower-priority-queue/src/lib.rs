@@ -76,9 +76,12 @@
 //!
 //! - **Retry outside the queue** (and outside a circuit breaker): a request that backs off
 //!   between attempts then holds no slot, and an open circuit stops retries at once.
-//! - **The classifier decides what is retried.** The defaults ([`HttpClassifier`],
-//!   [`RetryErrors`]) retry errors (transport failures, timeouts), 5xx and 429, never
-//!   other 4xx, and never this crate's [`QueueError`]. They cannot know the refusal types
+//! - **The classifier decides what is retried, and only what is safe to repeat.** The
+//!   defaults ([`HttpClassifier`], [`RetryErrors`]) retry any request the upstream did not
+//!   process (a refused connection, 429, 503); after a timeout, a 5xx or another error,
+//!   where the upstream may have processed it, only idempotent requests (by method, an
+//!   `Idempotency-Key` header, or [`RetryBuilder::idempotent`]); never other 4xx, and
+//!   never this crate's [`QueueError`]. They cannot know the refusal types
 //!   of other layers: when a circuit breaker or a rate limiter sits below the retry layer,
 //!   wrap the default with [`classify_fn`] and return [`RetryDecision::Return`] for their
 //!   errors, as the example above does for `std::io::Error`.
@@ -132,8 +135,8 @@ pub use crate::http::{ExtensionPriority, HeaderPriority};
 pub use crate::layer::{PriorityQueueLayer, QueueBuilder};
 pub use crate::priority::{Priority, PriorityExtractor, PriorityFn, priority_fn};
 pub use crate::retry::{
-    Classify, ClassifyFn, CloneReplay, Replay, Retry, RetryBuilder, RetryDecision, RetryErrors,
-    RetryHandle, RetryLayer, RetryPolicy, RetrySnapshot, classify_fn,
+    Classify, ClassifyFn, CloneReplay, IdempotentIf, Replay, Retry, RetryBuilder, RetryDecision,
+    RetryErrors, RetryHandle, RetryLayer, RetryPolicy, RetrySnapshot, classify_fn,
 };
 #[cfg(feature = "http")]
 pub use crate::retry::{HttpClassifier, HttpReplay};

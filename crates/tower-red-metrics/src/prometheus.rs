@@ -79,7 +79,8 @@ impl PrometheusConfig {
     /// How often an installed recorder drains recorded histogram samples into their
     /// buckets when nobody renders (default 5 s), which bounds its memory. A background
     /// thread does this from [`install`](Self::install); after [`build`](Self::build),
-    /// call [`PrometheusMetrics::run_upkeep`] yourself or render regularly.
+    /// call [`PrometheusMetrics::run_upkeep`] yourself or render regularly. Intervals
+    /// below 100 ms are raised to 100 ms; `Duration::MAX` means no upkeep but renders.
     #[must_use]
     pub fn upkeep_interval(mut self, interval: Duration) -> Self {
         self.upkeep_interval = interval.max(Duration::from_millis(100));

@@ -30,7 +30,8 @@ pub struct RequestStats {
 
 /// Request durations over the sliding window, in milliseconds (0.0 when the window is
 /// empty). Each figure is within 0.39 % of a real sample
-/// ([`DURATION_RELATIVE_ERROR`](crate::DURATION_RELATIVE_ERROR)).
+/// ([`DURATION_RELATIVE_ERROR`](crate::DURATION_RELATIVE_ERROR)); a request that took
+/// longer than 2^42 ns (about 73 minutes) counts as taking that long.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]

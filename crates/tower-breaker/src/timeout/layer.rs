@@ -15,7 +15,8 @@ pub struct TimeoutLayer {
 
 impl TimeoutLayer {
     /// Calls that take longer than `timeout` are cancelled and fail with
-    /// [`BreakerError::Timeout`](crate::BreakerError::Timeout).
+    /// [`BreakerError::Timeout`](crate::BreakerError::Timeout). `Duration::ZERO` fails
+    /// every call that does not answer at its first poll; `Duration::MAX` never fires.
     #[must_use]
     pub const fn new(timeout: Duration) -> Self {
         Self { timeout }

@@ -14,6 +14,7 @@ pub(crate) struct RetryStats {
     budget_exhausted: AtomicU64,
     deadline_exceeded: AtomicU64,
     not_replayable: AtomicU64,
+    unsafe_to_repeat: AtomicU64,
 }
 
 impl RetryStats {
@@ -35,6 +36,10 @@ impl RetryStats {
 
     pub(crate) fn not_replayable(&self) {
         self.not_replayable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unsafe_to_repeat(&self) {
+        self.unsafe_to_repeat.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -62,6 +67,7 @@ impl RetryHandle {
             budget_exhausted: stats.budget_exhausted.load(Ordering::Relaxed),
             deadline_exceeded: stats.deadline_exceeded.load(Ordering::Relaxed),
             not_replayable: stats.not_replayable.load(Ordering::Relaxed),
+            unsafe_to_repeat: stats.unsafe_to_repeat.load(Ordering::Relaxed),
         }
     }
 }
@@ -81,4 +87,9 @@ pub struct RetrySnapshot {
     pub deadline_exceeded: u64,
     /// Requests sent once because they could not be copied.
     pub not_replayable: u64,
+    /// Failures not retried because repeating the request could do harm: the upstream
+    /// may have processed it and it is not idempotent, or it timed out and the layer does
+    /// not [retry timeouts](crate::RetryBuilder::retry_timeouts) (counted as `returned`
+    /// in `retry_attempts_total`).
+    pub unsafe_to_repeat: u64,
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::RETRY_AFTER;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use http_body::Body;
 use tower::BoxError;
 
@@ -12,19 +12,25 @@ use super::replay::Replay;
 
 /// The default classifier for `http::Response`s.
 ///
-/// | outcome | decision |
-/// |---|---|
-/// | error (transport failure, timeout, ...) | retry |
-/// | error that is this crate's [`QueueError`](crate::QueueError) | return |
-/// | 5xx response | retry |
-/// | 429 response | retry |
-/// | 429 or 503 with `Retry-After` (seconds or HTTP date) | retry, not before that |
-/// | any other response (2xx, 3xx, 4xx) | return |
+/// Each retryable outcome says whether the upstream processed the request: any request
+/// is retried when it did not, only an idempotent one when it may have (see
+/// [`HttpReplay`] for which requests are idempotent).
+///
+/// | outcome | decision | retried for |
+/// |---|---|---|
+/// | error that is this crate's [`QueueError`](crate::QueueError) | return | |
+/// | connection never made ([`is_not_processed`](crate::retry::is_not_processed)) | retry | any request |
+/// | 429 or 503 | retry | any request |
+/// | 429 or 503 with `Retry-After` (seconds or HTTP date) | retry, not before that | any request |
+/// | timeout ([`is_timeout`](crate::retry::is_timeout)), 504 | retry if idempotent, and if the layer [retries timeouts](crate::RetryBuilder::retry_timeouts) | idempotent requests |
+/// | any other error (reset, unknown), any other 5xx | retry if idempotent | idempotent requests |
+/// | any other response (2xx, 3xx, 4xx) | return | |
 ///
 /// Refusals of other layers are errors too, and this classifier cannot know their types:
-/// when the stack has a circuit breaker or a rate limiter below the retry layer, wrap
-/// this classifier with [`classify_fn`](crate::classify_fn) and return
-/// [`RetryDecision::Return`] for their errors (see the crate docs).
+/// when the stack has a circuit breaker or a rate limiter below the retry layer,
+/// wrap this classifier with [`classify_fn`](crate::classify_fn) and return
+/// [`RetryDecision::Return`] for their errors (see the crate docs); map their timeouts
+/// to [`RetryDecision::RetryIfIdempotentTimedOut`].
 #[derive(Clone, Copy, Debug)]
 pub struct HttpClassifier {
     honor_retry_after: bool,
@@ -61,18 +67,21 @@ impl<B> Classify<http::Response<B>> for HttpClassifier {
             Err(error) => return classify_error(error),
         };
         let status = response.status();
-        if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
-            return RetryDecision::Return;
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            // The upstream refused the request without processing it.
+            if self.honor_retry_after
+                && let Some(after) = retry_after(response.headers(), SystemTime::now())
+            {
+                return RetryDecision::RetryAfter(after);
+            }
+            RetryDecision::Retry
+        } else if status == StatusCode::GATEWAY_TIMEOUT {
+            RetryDecision::RetryIfIdempotentTimedOut
+        } else if status.is_server_error() {
+            RetryDecision::RetryIfIdempotent
+        } else {
+            RetryDecision::Return
         }
-        let says_when =
-            status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE;
-        if self.honor_retry_after
-            && says_when
-            && let Some(after) = retry_after(response.headers(), SystemTime::now())
-        {
-            return RetryDecision::RetryAfter(after);
-        }
-        RetryDecision::Retry
     }
 }
 
@@ -90,16 +99,28 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 }
 
 /// Replays `http::Request`s whose body is a buffered, cloneable body (like
-/// `http_body_util::Full<Bytes>`) of at most `max_body_bytes` (64 KiB by default).
+/// `http_body_util::Full<Bytes>`) of at most `max_body_bytes` (64 KiB by default), and
+/// says which requests are idempotent.
 ///
 /// The body's size comes from its `size_hint`: a body without a known upper bound, or a
 /// larger one, is sent once and not retried. Streaming bodies (such as hyper's
 /// `Incoming`) are not `Clone`; buffer them into a `Full<Bytes>` in front of the retry
 /// layer to make them replayable.
+///
+/// A request is idempotent (may be sent again after the upstream may have processed it)
+/// when its method is (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`; RFC 9110,
+/// section 9.2.2) or when it carries an [`Idempotency-Key`](IDEMPOTENCY_KEY) header (the
+/// upstream then recognises a repeat). Other calls can be declared idempotent with
+/// [`RetryBuilder::idempotent`](crate::RetryBuilder::idempotent) or
+/// [`RetryBuilder::idempotent_if`](crate::RetryBuilder::idempotent_if).
 #[derive(Clone, Copy, Debug)]
 pub struct HttpReplay {
     max_body_bytes: u64,
 }
+
+/// The `Idempotency-Key` request header (IETF draft `httpapi-idempotency-key-header`): a
+/// request that carries it may be retried whatever its method.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 impl HttpReplay {
     /// Replays bodies up to 64 KiB.
@@ -132,6 +153,10 @@ where
         let size = request.body().size_hint().upper()?;
         (size <= self.max_body_bytes).then(|| clone_request(request))
     }
+
+    fn is_idempotent(&self, request: &http::Request<B>) -> bool {
+        request.method().is_idempotent() || request.headers().contains_key(IDEMPOTENCY_KEY)
+    }
 }
 
 /// Copies an `http::Request` with a cloneable body: method, URI, version, headers,
@@ -163,17 +188,20 @@ mod tests {
     }
 
     #[test]
-    fn classifies_statuses() {
+    fn classifies_statuses_by_what_the_upstream_did() {
         let classifier = HttpClassifier::new();
         let decide = |status| classifier.classify(&Ok(response(status, None)));
         assert_eq!(decide(200), RetryDecision::Return);
         assert_eq!(decide(304), RetryDecision::Return);
         assert_eq!(decide(400), RetryDecision::Return);
         assert_eq!(decide(404), RetryDecision::Return);
-        assert_eq!(decide(500), RetryDecision::Retry);
-        assert_eq!(decide(502), RetryDecision::Retry);
+        // Not processed: any request.
         assert_eq!(decide(503), RetryDecision::Retry);
         assert_eq!(decide(429), RetryDecision::Retry);
+        // Maybe processed: idempotent requests only.
+        assert_eq!(decide(500), RetryDecision::RetryIfIdempotent);
+        assert_eq!(decide(502), RetryDecision::RetryIfIdempotent);
+        assert_eq!(decide(504), RetryDecision::RetryIfIdempotentTimedOut);
     }
 
     #[test]
@@ -189,7 +217,7 @@ mod tests {
         );
         assert_eq!(
             classifier.classify(&Ok(response(500, Some("2")))),
-            RetryDecision::Retry
+            RetryDecision::RetryIfIdempotent
         );
         assert_eq!(
             HttpClassifier::new()
@@ -199,14 +227,111 @@ mod tests {
         );
     }
 
+    /// An error shaped like hyper-util's legacy client error: a connect error whose
+    /// source is the connector's error, whose source is the `io::Error`.
+    #[derive(Debug)]
+    struct Wrapped(&'static str, Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.1)
+        }
+    }
+
+    fn client_error(kind: std::io::ErrorKind) -> BoxError {
+        let io = std::io::Error::from(kind);
+        Box::new(Wrapped(
+            "client error (Connect)",
+            Box::new(Wrapped("tcp connect error", Box::new(io))),
+        ))
+    }
+
     #[test]
-    fn errors_retry_except_queue_refusals() {
+    fn classifies_errors_by_what_the_upstream_did() {
+        use std::io::ErrorKind;
         let classifier = HttpClassifier::new();
-        let transport: Result<http::Response<()>, BoxError> = Err("connection reset".into());
-        assert_eq!(classifier.classify(&transport), RetryDecision::Retry);
-        let refusal: Result<http::Response<()>, BoxError> =
-            Err(Box::new(crate::QueueError::InvalidPriority));
-        assert_eq!(classifier.classify(&refusal), RetryDecision::Return);
+        let decide = |error: BoxError| {
+            let result: Result<http::Response<()>, BoxError> = Err(error);
+            classifier.classify(&result)
+        };
+        assert_eq!(
+            decide(Box::new(crate::QueueError::InvalidPriority)),
+            RetryDecision::Return
+        );
+        assert_eq!(
+            decide(client_error(ErrorKind::ConnectionRefused)),
+            RetryDecision::Retry
+        );
+        assert_eq!(
+            decide(client_error(ErrorKind::AddrNotAvailable)),
+            RetryDecision::Retry
+        );
+        assert_eq!(
+            decide(Box::new(std::io::Error::from(ErrorKind::ConnectionRefused))),
+            RetryDecision::Retry
+        );
+        assert_eq!(
+            decide(client_error(ErrorKind::ConnectionReset)),
+            RetryDecision::RetryIfIdempotent
+        );
+        assert_eq!(
+            decide("connection reset".into()),
+            RetryDecision::RetryIfIdempotent
+        );
+        assert_eq!(
+            decide(client_error(ErrorKind::TimedOut)),
+            RetryDecision::RetryIfIdempotentTimedOut
+        );
+        assert_eq!(
+            decide(Box::new(tower::timeout::error::Elapsed::new())),
+            RetryDecision::RetryIfIdempotentTimedOut
+        );
+        assert_eq!(
+            decide(Box::new(Wrapped(
+                "deadline",
+                Box::new(tower::timeout::error::Elapsed::new())
+            ))),
+            RetryDecision::RetryIfIdempotentTimedOut
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recognises_tokio_timeouts() {
+        let elapsed = tokio::time::timeout(Duration::ZERO, std::future::pending::<()>())
+            .await
+            .expect_err("times out");
+        let error: BoxError = Box::new(elapsed);
+        assert!(crate::retry::is_timeout(&error));
+    }
+
+    #[test]
+    fn idempotent_methods_and_keys() {
+        let replay = HttpReplay::new();
+        let request = |method: &str, key: Option<&str>| {
+            let mut builder = http::Request::builder().method(method).uri("/");
+            if let Some(key) = key {
+                builder = builder.header(IDEMPOTENCY_KEY, key);
+            }
+            builder
+                .body(Full::new(Bytes::new()))
+                .expect("valid request")
+        };
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(replay.is_idempotent(&request(method, None)), "{method}");
+        }
+        for method in ["POST", "PATCH", "CONNECT", "PURGE"] {
+            assert!(!replay.is_idempotent(&request(method, None)), "{method}");
+            assert!(
+                replay.is_idempotent(&request(method, Some("8e03978e"))),
+                "{method} with a key"
+            );
+        }
     }
 
     #[test]

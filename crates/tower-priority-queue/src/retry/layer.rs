@@ -10,6 +10,7 @@ use super::backoff::FullJitterBackoffMaker;
 use super::budget::BatchedBudget;
 use super::handle::RetryHandle;
 use super::policy::{RetryPolicy, RetryShared};
+use super::replay::IdempotentIf;
 use super::service::Retry;
 use crate::metrics::RetryMetrics;
 
@@ -92,6 +93,12 @@ impl<S, C, R> Layer<S> for RetryLayer<C, R> {
 /// | [`retry_after_cap`](Self::retry_after_cap) | 60 s |
 /// | [`deadline`](Self::deadline) | none |
 /// | [`budget`](Self::budget) | retries ≤ 20 % of requests over 10 s, plus 1 retry/s |
+/// | [`idempotent`](Self::idempotent) | no: the [`Replay`](crate::Replay) decides per request |
+/// | [`retry_timeouts`](Self::retry_timeouts) | yes, for idempotent requests |
+///
+/// Every duration may be anything from `Duration::ZERO` to `Duration::MAX`: zero means
+/// no wait (or, for the deadline, no retry), and a duration too long for the clock means
+/// "never" (no deadline, or a wait as long as the upstream asks).
 #[derive(Clone, Debug)]
 pub struct RetryBuilder<C, R> {
     classifier: C,
@@ -100,6 +107,8 @@ pub struct RetryBuilder<C, R> {
     backoff: FullJitterBackoffMaker,
     retry_after_cap: Duration,
     deadline: Option<Duration>,
+    idempotent: bool,
+    retry_timeouts: bool,
     budget: (Duration, u32, f32),
 }
 
@@ -113,6 +122,8 @@ impl<C, R> RetryBuilder<C, R> {
             backoff: FullJitterBackoffMaker::new(Duration::from_secs(1), Duration::from_secs(30)),
             retry_after_cap: Duration::from_secs(60),
             deadline: None,
+            idempotent: false,
+            retry_timeouts: true,
             budget: (Duration::from_secs(10), 1, 0.2),
         }
     }
@@ -148,6 +159,63 @@ impl<C, R> RetryBuilder<C, R> {
         self
     }
 
+    /// Declares every call through this layer idempotent: a failure after which the
+    /// upstream may have processed the request (a 500, a reset, a timeout) is retried
+    /// whatever the request's method. Use it for a layer in front of an upstream whose
+    /// calls are safe to repeat; for some requests only, see
+    /// [`idempotent_if`](Self::idempotent_if).
+    ///
+    /// By default only requests the [`Replay`](crate::Replay) knows to be idempotent are
+    /// retried after such failures ([`HttpReplay`](crate::HttpReplay): by method or an
+    /// `Idempotency-Key` header). Failures that show the upstream did not process the
+    /// request (a refused connection, 429, 503) are retried for every request.
+    #[must_use]
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// Declares the requests for which `predicate` is true idempotent, in addition to those
+    /// the replay knows (see [`idempotent`](Self::idempotent)); e.g. the calls of one
+    /// route:
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower_priority_queue::RetryLayer;
+    ///
+    /// let retry = RetryLayer::builder()
+    ///     .idempotent_if(|request: &http::Request<Full<Bytes>>| {
+    ///         request.uri().path().starts_with("/v1/embeddings")
+    ///     })
+    ///     .build();
+    /// ```
+    #[must_use]
+    pub fn idempotent_if<F>(self, predicate: F) -> RetryBuilder<C, IdempotentIf<R, F>> {
+        let replay = IdempotentIf::new(self.replay, predicate);
+        RetryBuilder {
+            classifier: self.classifier,
+            replay,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            retry_after_cap: self.retry_after_cap,
+            deadline: self.deadline,
+            idempotent: self.idempotent,
+            retry_timeouts: self.retry_timeouts,
+            budget: self.budget,
+        }
+    }
+
+    /// Whether an attempt that timed out is retried when the request is idempotent (it is
+    /// by default). A timed-out call may still be running upstream, and costs the whole
+    /// timeout again: `false` returns the timeout at once. This covers the outcomes the
+    /// classifier calls [`RetryIfIdempotentTimedOut`](crate::RetryDecision::RetryIfIdempotentTimedOut).
+    #[must_use]
+    pub fn retry_timeouts(mut self, retry_timeouts: bool) -> Self {
+        self.retry_timeouts = retry_timeouts;
+        self
+    }
+
     /// The retry budget, tower's [`TpsBudget`](tower::retry::budget::TpsBudget): over a
     /// sliding window of `ttl` (clamped to 1-60 s), retries may be at most `retry_percent`
     /// of requests (0.2 = 20 %, clamped to 0-1000), plus a floor of `min_per_sec` retries
@@ -170,6 +238,8 @@ impl<C, R> RetryBuilder<C, R> {
             backoff: self.backoff,
             retry_after_cap: self.retry_after_cap,
             deadline: self.deadline,
+            idempotent: self.idempotent,
+            retry_timeouts: self.retry_timeouts,
             budget: self.budget,
         }
     }
@@ -184,6 +254,8 @@ impl<C, R> RetryBuilder<C, R> {
             backoff: self.backoff,
             retry_after_cap: self.retry_after_cap,
             deadline: self.deadline,
+            idempotent: self.idempotent,
+            retry_timeouts: self.retry_timeouts,
             budget: self.budget,
         }
     }
@@ -209,6 +281,8 @@ impl<C, R> RetryBuilder<C, R> {
                 backoff: self.backoff,
                 retry_after_cap: self.retry_after_cap,
                 deadline: self.deadline,
+                idempotent: self.idempotent,
+                retry_timeouts: self.retry_timeouts,
                 budget: BatchedBudget::new(ttl, min_per_sec, retry_percent),
                 metrics: RetryMetrics::new(),
             }),

@@ -24,8 +24,22 @@ pub(crate) struct RetryShared<C, R> {
     pub(crate) backoff: FullJitterBackoffMaker,
     pub(crate) retry_after_cap: Duration,
     pub(crate) deadline: Option<Duration>,
+    /// Every call is idempotent (the user said so).
+    pub(crate) idempotent: bool,
+    /// Timed-out attempts of idempotent requests are retried.
+    pub(crate) retry_timeouts: bool,
     pub(crate) budget: BatchedBudget,
     pub(crate) metrics: RetryMetrics,
+}
+
+impl<C, R> RetryShared<C, R> {
+    /// Whether `request` may be sent again after the upstream may have processed it.
+    fn is_idempotent<Req>(&self, request: &Req) -> bool
+    where
+        R: Replay<Req>,
+    {
+        self.idempotent || self.replay.is_idempotent(request)
+    }
 }
 
 impl<C, R> fmt::Debug for RetryShared<C, R> {
@@ -35,6 +49,8 @@ impl<C, R> fmt::Debug for RetryShared<C, R> {
             .field("backoff", &self.backoff)
             .field("retry_after_cap", &self.retry_after_cap)
             .field("deadline", &self.deadline)
+            .field("idempotent", &self.idempotent)
+            .field("retry_timeouts", &self.retry_timeouts)
             .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
@@ -93,15 +109,29 @@ where
 {
     type Future = Sleep;
 
-    fn retry(&mut self, _request: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Sleep> {
+    fn retry(&mut self, request: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Sleep> {
         let shared = &*self.shared;
         let after = match shared.classifier.classify(result) {
-            RetryDecision::Return => {
+            RetryDecision::Retry => None,
+            RetryDecision::RetryAfter(after) => Some(after),
+            RetryDecision::RetryIfIdempotent if shared.is_idempotent(request) => None,
+            RetryDecision::RetryIfIdempotentTimedOut
+                if shared.retry_timeouts && shared.is_idempotent(request) =>
+            {
+                None
+            }
+            decision => {
+                if decision != RetryDecision::Return {
+                    shared.metrics.stats.unsafe_to_repeat();
+                    tracing::debug!(
+                        ?decision,
+                        "retry: the upstream may have processed the request, which is not \
+                         idempotent (or a timeout, which is not retried); not retried"
+                    );
+                }
                 shared.metrics.record(RetryOutcome::Returned);
                 return None;
             }
-            RetryDecision::Retry => None,
-            RetryDecision::RetryAfter(after) => Some(after),
         };
         self.attempts = self.attempts.saturating_add(1);
         if self.attempts >= shared.max_attempts {
