@@ -11,6 +11,7 @@ use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tower_service::Service;
 
+use crate::priority::Priority;
 use crate::shared::{Permit, WaitGuard};
 
 /// The response future of [`PriorityQueue`](crate::PriorityQueue).
@@ -56,6 +57,11 @@ where
 struct Pending<S, Req> {
     /// The place in the waiting room, until a slot is granted.
     guard: Option<WaitGuard>,
+    /// The request's level.
+    priority: Priority,
+    /// When the request arrived: its maximum wait covers the wait for a slot and the wait
+    /// for the inner service's readiness.
+    arrived: Instant,
     #[pin]
     timeout: Option<Sleep>,
     /// The slot, once granted.
@@ -83,11 +89,23 @@ where
         }
     }
 
-    /// Holds a slot; the inner service was not ready yet.
-    pub(crate) fn admitted(permit: Permit, inner: S, request: Req) -> Self {
+    /// Holds a slot; `inner` was polled and is not ready yet.
+    pub(crate) fn admitted(
+        permit: Permit,
+        priority: Priority,
+        max_wait: Option<Duration>,
+        inner: S,
+        request: Req,
+    ) -> Self {
+        let arrived = Instant::now();
+        let timeout = max_wait
+            .and_then(|wait| arrived.checked_add(wait))
+            .map(tokio::time::sleep_until);
         Self::pending(Pending {
             guard: None,
-            timeout: None,
+            priority,
+            arrived,
+            timeout,
             permit: Some(permit),
             inner,
             request: Some(request),
@@ -105,6 +123,8 @@ where
             .and_then(|wait| guard.enqueued().checked_add(wait))
             .map(tokio::time::sleep_until);
         Self::pending(Pending {
+            priority: guard.priority(),
+            arrived: guard.enqueued(),
             guard: Some(guard),
             timeout,
             permit: None,
@@ -138,7 +158,9 @@ where
     ) -> Poll<Result<(Permit, S::Future), BoxError>> {
         let PendingProj {
             guard,
-            timeout,
+            priority,
+            arrived,
+            mut timeout,
             permit,
             inner,
             request,
@@ -151,6 +173,7 @@ where
                 Poll::Ready(outcome) => outcome,
                 Poll::Pending => {
                     let timed_out = timeout
+                        .as_mut()
                         .as_pin_mut()
                         .is_some_and(|sleep| sleep.poll(cx).is_ready());
                     if !timed_out {
@@ -163,7 +186,20 @@ where
             *permit = Some(outcome?);
             *guard = None;
         }
-        ready!(inner.poll_ready(cx)).map_err(Into::into)?;
+        if inner.poll_ready(cx).map_err(Into::into)?.is_pending() {
+            let timed_out = timeout
+                .as_pin_mut()
+                .is_some_and(|sleep| sleep.poll(cx).is_ready());
+            if !timed_out {
+                return Poll::Pending;
+            }
+            // The inner service stalled past the request's maximum wait: the slot goes back.
+            let error = match permit.take() {
+                Some(permit) => permit.time_out(*priority, *arrived, Instant::now()),
+                None => polled_after_completion(),
+            };
+            return Poll::Ready(Err(error));
+        }
         match (permit.take(), request.take()) {
             (Some(permit), Some(request)) => Poll::Ready(Ok((permit, inner.call(request)))),
             _ => Poll::Ready(Err(polled_after_completion())),

@@ -20,9 +20,19 @@ use crate::shared::{Admission, Permit, Shared};
 /// `poll_ready` is always ready: a request's priority is only known when it arrives, so
 /// the wait for a slot happens in the response future, and a request that cannot wait is
 /// refused with an error rather than held back. Once a request holds a slot, the inner
-/// service is called at once if it is ready; otherwise (or after waiting in the queue) the
-/// response future drives a clone of it to readiness and then calls it, so `S` must be
-/// `Clone` (as under `tower::buffer`, axum and tonic).
+/// service is called at once if it is ready; otherwise the response future drives it to
+/// readiness and then calls it, so `S` must be `Clone` (as under `tower::buffer`, axum and
+/// tonic).
+///
+/// Readiness may be a reservation (tower's `ConcurrencyLimit` and `Buffer`, tonic's
+/// `Channel`): the instance that was polled is the one that is called. When the inner
+/// service is polled at admission and is not ready, the response future takes that very
+/// instance, with whatever it has reserved, and the queue keeps a fresh clone, as tower's
+/// own middleware does. The time a request spends holding a slot while waiting for the
+/// inner service's readiness counts against its level's
+/// [maximum wait](crate::QueueBuilder::max_wait): an inner service whose readiness stalls
+/// cannot hold slots forever, and such a request is refused with
+/// [`QueueError::QueueTimeout`].
 ///
 /// A slot is held from admission until the inner service's response future completes, or
 /// until the response future is dropped, like tower's `ConcurrencyLimit`: a streaming
@@ -94,7 +104,7 @@ impl<S, E> PriorityQueue<S, E> {
     /// allocation, no copy of the request into the future. Otherwise a clone of it is
     /// driven to readiness by the response future.
     #[inline]
-    fn call_admitted<Req>(&mut self, request: Req) -> ResponseFuture<S, Req>
+    fn call_admitted<Req>(&mut self, priority: Priority, request: Req) -> ResponseFuture<S, Req>
     where
         S: Service<Req> + Clone,
         S::Error: Into<BoxError>,
@@ -104,8 +114,28 @@ impl<S, E> PriorityQueue<S, E> {
         match self.inner.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => ResponseFuture::calling(permit, self.inner.call(request)),
             Poll::Ready(Err(error)) => ResponseFuture::failed(error.into()),
-            Poll::Pending => ResponseFuture::admitted(permit, self.inner.clone(), request),
+            Poll::Pending => self.call_not_ready(permit, priority, request),
         }
+    }
+
+    /// The inner service was polled and is not ready: the response future takes the polled
+    /// instance (its readiness may be a reservation that belongs to it) and the queue keeps
+    /// a clone.
+    #[inline(never)]
+    fn call_not_ready<Req>(
+        &mut self,
+        permit: Permit,
+        priority: Priority,
+        request: Req,
+    ) -> ResponseFuture<S, Req>
+    where
+        S: Service<Req> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        let fresh = self.inner.clone();
+        let polled = std::mem::replace(&mut self.inner, fresh);
+        let max_wait = self.shared.settings.max_wait[priority.index()];
+        ResponseFuture::admitted(permit, priority, max_wait, polled, request)
     }
 }
 
@@ -128,7 +158,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         // The common case: a valid priority and a free slot with nobody waiting.
         match self.extractor.extract(&request) {
-            Ok(_) if self.shared.try_acquire() => self.call_admitted(request),
+            Ok(priority) if self.shared.try_acquire() => self.call_admitted(priority, request),
             extracted => self.call_queued(extracted, request),
         }
     }
@@ -158,7 +188,7 @@ impl<S, E> PriorityQueue<S, E> {
             }
         };
         match self.shared.acquire_or_wait(priority, Instant::now()) {
-            Admission::Admitted => self.call_admitted(request),
+            Admission::Admitted => self.call_admitted(priority, request),
             Admission::Waiting(guard) => {
                 let max_wait = self.shared.settings.max_wait[priority.index()];
                 ResponseFuture::waiting(guard, max_wait, self.inner.clone(), request)

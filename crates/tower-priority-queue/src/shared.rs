@@ -19,6 +19,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tower::BoxError;
 
 use crate::core::{Push, WaitQueue};
 use crate::error::QueueError;
@@ -279,6 +280,27 @@ impl Permit {
     /// Wraps a slot that was just taken.
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Permit { shared }
+    }
+
+    /// The request held this slot past its maximum wait while the inner service was not
+    /// ready: the slot goes back and the request is shed.
+    pub(crate) fn time_out(self, priority: Priority, arrived: Instant, now: Instant) -> BoxError {
+        let waited = now.saturating_duration_since(arrived);
+        let retry_after = self.shared.settings.retry_after;
+        self.shared.metrics.shed(priority, ShedReason::Timeout);
+        tracing::debug!(
+            queue = %self.shared.settings.name,
+            %priority,
+            waited_ms = waited.as_millis(),
+            "priority queue: inner service not ready within the max wait: request shed"
+        );
+        drop(self);
+        QueueError::QueueTimeout {
+            priority,
+            waited,
+            retry_after,
+        }
+        .into()
     }
 }
 
