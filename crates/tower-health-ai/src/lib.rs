@@ -52,8 +52,11 @@
 mod axum;
 mod body;
 mod count;
+mod deadline;
+mod degraded;
 mod handle;
 mod policy;
+mod priority;
 mod prometheus;
 mod refusal;
 mod stack;
@@ -70,18 +73,25 @@ pub use crate::body::{
     BufferBody, BufferBodyFuture, BufferBodyLayer, RequestCheck, RequestRejected,
 };
 pub use crate::count::CountCalls;
+pub use crate::deadline::{
+    Deadline, DeadlineExceeded, EnforceDeadline, EnforceDeadlineFuture, GRPC_TIMEOUT,
+    RequestDeadline, RequestDeadlineFuture, X_REQUEST_TIMEOUT,
+};
+pub use crate::degraded::{DEGRADED_TOTAL, DegradeReason, DegradedStats};
 pub use crate::handle::{
     CircuitBreakers, Cost, Health, HealthAiHandle, HealthStatus, MetricsReport, RateLimits,
 };
 pub use crate::policy::{
     BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, RetryClassifier,
-    is_local_refusal,
+    is_capacity_refusal, is_local_refusal,
 };
+pub use crate::priority::{PresetPriority, PriorityHeader};
 pub use crate::prometheus::install_prometheus;
 pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
 pub use crate::stack::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_USER_HEADER, HealthAi, HealthAiFuture, HealthAiStack,
-    HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME, UpstreamRequest,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi,
+    HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME,
+    UpstreamRequest,
 };
 
 /// The names most users need, in one import.

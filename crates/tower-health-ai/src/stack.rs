@@ -23,9 +23,7 @@ use tower_breaker::{
     CaptureHead, CircuitBreaker, CircuitBreakerLayer, Degraded, Timeout, TimeoutLayer,
 };
 use tower_lru_cache::{CacheLayer, CacheService, Partition};
-use tower_priority_queue::{
-    HeaderPriority, HttpReplay, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer,
-};
+use tower_priority_queue::{HttpReplay, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer};
 use tower_red_metrics::{HttpClassify, HttpLabels, PrometheusMetrics, RedMetrics, RedMetricsLayer};
 use tower_token_bucket::http::{HeaderKey, PeerIp};
 use tower_token_bucket::{
@@ -34,10 +32,13 @@ use tower_token_bucket::{
 
 use crate::body::{BufferBody, BufferBodyLayer, RequestCheck, RequestRejected};
 use crate::count::CountCalls;
+use crate::deadline::{EnforceDeadline, OnDeadline, RequestDeadline};
+use crate::degraded::DegradedCounters;
 use crate::handle::HealthAiHandle;
 use crate::policy::{
     BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, RetryClassifier,
 };
+use crate::priority::{PresetPriority, PriorityHeader};
 use crate::refusal::{GLOBAL_LIMITER, Refusals, RefusalsLayer, is_grpc, refusal_response};
 
 /// The header that names the user, by default (a stand-in for what authentication
@@ -50,39 +51,47 @@ pub const UPSTREAM_NAME: &str = "ai-service";
 /// The largest request body read, by default: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The per-user key: the user header, else the client IP.
-pub(crate) type UserKey = Or<HeaderKey, PeerIp>;
+/// The request budget, by default: 150 s from arrival.
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(150);
+
+/// The per-user key: the user header, else the client IP, else one key shared by every
+/// caller that can be told apart by neither.
+pub(crate) type UserKey = Or<Or<HeaderKey, PeerIp>, GlobalKey>;
 
 /// The stack inside [`HealthAi`], outermost first.
 type Stacked<S> = RedMetrics<
-    Refusals<
-        RateLimit<
-            BufferBody<
-                CacheService<
-                    tower_breaker::fallback::Fallback<
-                        Retry<
-                            CircuitBreaker<
-                                PriorityQueue<
-                                    RateLimit<
-                                        Timeout<CountCalls<S>>,
-                                        GlobalKey,
-                                        InMemoryBackend<()>,
+    RequestDeadline<
+        Refusals<
+            RateLimit<
+                BufferBody<
+                    CacheService<
+                        tower_breaker::fallback::Fallback<
+                            EnforceDeadline<
+                                Retry<
+                                    CircuitBreaker<
+                                        PriorityQueue<
+                                            RateLimit<
+                                                Timeout<CountCalls<S>>,
+                                                GlobalKey,
+                                                InMemoryBackend<()>,
+                                            >,
+                                            PresetPriority,
+                                        >,
+                                        BreakerClassifier,
                                     >,
-                                    HeaderPriority,
+                                    RetryClassifier,
+                                    HttpReplay,
                                 >,
-                                BreakerClassifier,
                             >,
-                            RetryClassifier,
-                            HttpReplay,
+                            CaptureHead,
+                            PresetFallback,
+                            FallbackOnUpstreamFailure,
                         >,
-                        CaptureHead,
-                        PresetFallback,
-                        FallbackOnUpstreamFailure,
                     >,
                 >,
+                UserKey,
+                InMemoryBackend<<UserKey as tower_token_bucket::KeyExtractor>::Key>,
             >,
-            UserKey,
-            InMemoryBackend<<UserKey as tower_token_bucket::KeyExtractor>::Key>,
         >,
     >,
     HttpLabels,
@@ -137,9 +146,10 @@ pub struct HealthAiStack {
     fallback: FallbackLayer<CaptureHead, PresetFallback, FallbackOnUpstreamFailure>,
     retry: RetryLayer<RetryClassifier, HttpReplay>,
     breaker: CircuitBreakerLayer<BreakerClassifier>,
-    queue: PriorityQueueLayer<HeaderPriority>,
+    queue: PriorityQueueLayer<PresetPriority>,
     global: RateLimitLayer<GlobalKey>,
     timeout: TimeoutLayer,
+    on_deadline: OnDeadline,
     upstream_calls: Arc<AtomicU64>,
     handle: HealthAiHandle,
 }
@@ -188,11 +198,13 @@ impl<S> Layer<S> for HealthAiStack {
         let inner = self.queue.layer(inner);
         let inner = self.breaker.layer(inner);
         let inner = self.retry.layer(inner);
+        let inner = EnforceDeadline::new(inner);
         let inner = self.fallback.layer(inner);
         let inner = self.cache.layer(inner);
         let inner = self.body.layer(inner);
         let inner = self.per_user.layer(inner);
         let inner = RefusalsLayer.layer(inner);
+        let inner = RequestDeadline::new(inner, self.on_deadline.clone());
         HealthAi {
             inner: self.red.layer(inner),
             not_ready: None,
@@ -226,6 +238,9 @@ pub struct HealthAiStackBuilder {
     call_timeout: Duration,
     cost_per_call_usd: f64,
     prometheus: Option<PrometheusMetrics>,
+    priority_header: PriorityHeader,
+    request_deadline: Duration,
+    degrade_on_overload: bool,
 }
 
 impl Default for HealthAiStackBuilder {
@@ -254,6 +269,9 @@ impl Default for HealthAiStackBuilder {
             call_timeout: Duration::from_secs(120),
             cost_per_call_usd: 0.01,
             prometheus: None,
+            priority_header: PriorityHeader::LowerOnly,
+            request_deadline: DEFAULT_REQUEST_DEADLINE,
+            degrade_on_overload: true,
         }
     }
 }
@@ -273,6 +291,9 @@ impl fmt::Debug for HealthAiStackBuilder {
             .field("queue_capacity", &self.queue_capacity)
             .field("global_quota", &self.global_quota)
             .field("call_timeout", &self.call_timeout)
+            .field("priority_header", &self.priority_header)
+            .field("request_deadline", &self.request_deadline)
+            .field("degrade_on_overload", &self.degrade_on_overload)
             .finish_non_exhaustive()
     }
 }
@@ -440,13 +461,54 @@ impl HealthAiStackBuilder {
         self
     }
 
+    /// How far the client's `x-priority` header is trusted (default
+    /// [`PriorityHeader::LowerOnly`]: a client may lower its own requests to `low`, and
+    /// `high` or `urgent` count as `normal`).
+    ///
+    /// The trusted source of a priority is a
+    /// [`Priority`](tower_priority_queue::Priority) in the request's extensions, which the
+    /// application inserts (before the stack, or in the
+    /// [request check](Self::request_check)) from what it knows about the caller, such as
+    /// its plan. It always wins over the header. A public deployment must not trust the
+    /// raw header: [`PriorityHeader::Trusted`] lets any client put its requests ahead of
+    /// everyone else's and displace their waiting requests; keep it for demos and
+    /// private networks.
+    pub fn priority_header(mut self, trust: PriorityHeader) -> Self {
+        self.priority_header = trust;
+        self
+    }
+
+    /// The budget of each request, from its arrival (default 150 s): it covers the
+    /// wait for an identical request's call, queueing, pacing, every attempt and every
+    /// backoff. A client may shorten it, never lengthen it, with `grpc-timeout` or
+    /// `x-request-timeout` (seconds, e.g. `2.5`; malformed values are ignored). Past it
+    /// the fallback answers, marked degraded (unless
+    /// [`degrade_on_overload(false)`](Self::degrade_on_overload)), else the answer is 504
+    /// (gRPC 4 `DEADLINE_EXCEEDED`). `Duration::MAX` means no deadline.
+    pub fn request_deadline(mut self, budget: Duration) -> Self {
+        self.request_deadline = budget;
+        self
+    }
+
+    /// Whether the fallback also answers when our capacity cannot give a real answer in
+    /// time (default `true`): the waiting room is full, a higher priority displaced the
+    /// request, its level's maximum wait or the global pace's passed, or its deadline
+    /// passed. The answer comes at once, marked degraded, with a `Retry-After` saying
+    /// when a real answer is likely. With `false`, or without a fallback, these are 503
+    /// (504 for the deadline). The per-user limit's 429 is never degraded: that is the
+    /// client's excess, not our capacity.
+    pub fn degrade_on_overload(mut self, degrade: bool) -> Self {
+        self.degrade_on_overload = degrade;
+        self
+    }
+
     /// Builds the stack and its shared state.
     pub fn build(self) -> HealthAiStack {
         let user_header = self.user_header;
         let red = RedMetricsLayer::builder().build();
         let per_user = RateLimitLayer::builder(self.per_user_quota)
             .name(PER_USER_LIMITER)
-            .key(HeaderKey::from_static(user_header).or(PeerIp))
+            .key(HeaderKey::from_static(user_header).or(PeerIp).or(GlobalKey))
             .build();
         let mut body = BufferBodyLayer::new(self.max_body_bytes);
         if let Some(check) = self.request_check {
@@ -466,8 +528,17 @@ impl HealthAiStackBuilder {
             // shared 502.
             .share_failures(false)
             .build();
-        let fallback = FallbackLayer::new(CaptureHead, PresetFallback::new(self.fallback))
-            .policy(FallbackOnUpstreamFailure);
+        let degraded = Arc::new(DegradedCounters::new());
+        let on_deadline = OnDeadline {
+            budget: self.request_deadline,
+            fallback: self.fallback.clone().filter(|_| self.degrade_on_overload),
+            counters: Arc::clone(&degraded),
+        };
+        let fallback = FallbackLayer::new(
+            CaptureHead,
+            PresetFallback::new(self.fallback, Arc::clone(&degraded)),
+        )
+        .policy(FallbackOnUpstreamFailure::new(self.degrade_on_overload));
         let retry = RetryLayer::builder()
             .max_attempts(self.retry_attempts)
             .backoff(self.retry_base_delay, self.retry_max_delay)
@@ -486,6 +557,7 @@ impl HealthAiStackBuilder {
             .classifier(BreakerClassifier::default())
             .build();
         let mut queue = PriorityQueueLayer::builder()
+            .extractor(PresetPriority::new(self.priority_header))
             .name(UPSTREAM_NAME)
             .max_in_flight(self.max_in_flight)
             .capacity(self.queue_capacity);
@@ -507,6 +579,7 @@ impl HealthAiStackBuilder {
             queue: queue.handle(),
             breaker: breaker.handle(),
             upstream_calls: Arc::clone(&upstream_calls),
+            degraded,
             cost_per_call_usd: self.cost_per_call_usd,
             prometheus: self.prometheus,
         });
@@ -521,6 +594,7 @@ impl HealthAiStackBuilder {
             queue,
             global,
             timeout,
+            on_deadline,
             upstream_calls,
             handle,
         }
