@@ -106,37 +106,148 @@ type Stacked<S> = RedMetrics<
 ///
 /// 1. **RED metrics** is outermost so that it sees every request, including those refused
 ///    further in: every refusal is turned into its response (429, 503, 504, 400, 413)
-///    just inside it, so its totals equal what clients saw.
-/// 2. **Per-user token bucket** (reject, 5 req/s, burst 5, keyed by the `x-user-id`
-///    header, else the client IP): protects the server from one client before any work
-///    is done for it, cached answers included. A refusal is 429 with `Retry-After`.
+///    just inside it, so its totals equal what clients saw. Just inside it, each request
+///    gets its [deadline](#a-deadline-for-each-request).
+/// 2. **Per-user token bucket** (reject, 5 req/s, burst 5), keyed by the user header
+///    (`x-user-id`), else the client IP, else one key shared by every caller that can be
+///    told apart by neither (see [who the user is](#who-the-user-is)): protects the
+///    server from one client before any work is done for it, cached answers included. A
+///    refusal is 429 with `Retry-After`, never degraded: it is the client's excess, not
+///    our capacity.
 /// 3. The request body is read here (at most 1 MiB, else 413), once: the cache hashes it
 ///    and the retry layer sends it again. An optional [request check](HealthAiStackBuilder::request_check)
 ///    runs on the whole request and may refuse it with a 4xx.
 /// 4. **Response cache** (100 entries, 1 h TTL, SHA-256 keys partitioned by user,
 ///    single-flight, stale-if-error): a hit costs no upstream call. It sits above the
 ///    fallback so that a stale real answer beats a fallback, and degraded answers are
-///    never stored.
-/// 5. **Fallback**: when the call below fails for good (after retries) or the circuit is
-///    open, answers from the user's local function, marked [`Degraded`] (and
-///    `x-degraded: true`). Local refusals (queue full, rate limited) are not failures of
-///    the upstream: they reach the client as such, with `Retry-After`.
+///    never stored. Callers known by neither a user nor an address are not cached: they
+///    cannot be told apart, so they must not share answers.
+/// 5. **Fallback**: answers from the user's local function, marked [`Degraded`] (and
+///    `x-degraded: true`), when the call below fails for good (after retries), the
+///    circuit is open, or our capacity cannot give a real answer in time (see
+///    [degraded answers](#degraded-answers)).
 /// 6. **Retry** (3 calls in all, full-jitter 2^n backoff from 1 s, a retry budget):
 ///    outside the breaker and the queue, so that an open circuit stops retries at once
 ///    and a request backing off holds no queue slot.
 /// 7. **Circuit breaker** (opens after 3 consecutive failures, 60 s open, then one
 ///    half-open probe): outside the queue, so an open circuit fails fast without
 ///    queueing. Local refusals are ignored, not counted as failures.
-/// 8. **Priority queue** (`x-priority`: urgent, high, normal, low; 2 in flight; a bounded
-///    waiting room): bounds the concurrency towards the upstream.
+/// 8. **Priority queue** (urgent, high, normal, low; 2 in flight; a bounded waiting
+///    room): bounds the concurrency towards the upstream. The priority comes from a
+///    trusted source (see [priorities](#priorities)).
 /// 9. **Global token bucket** (wait mode, 2 req/s): paces the calls that really reach the
-///    upstream; waits at most 30 s, else 503.
+///    upstream; waits at most 30 s, else the request is refused (503, or degraded).
 /// 10. **Call timeout** (120 s), innermost, so that time spent queueing or waiting for
 ///     the pace never counts as upstream slowness.
 ///
 /// Every layer's state is created once, when the stack is built: every `layer()` call
 /// and every clone of the resulting service share it, and so does the
 /// [`HealthAiHandle`].
+///
+/// # Who the user is
+///
+/// The per-user limit and the cache partition take the user from the user header
+/// (`x-user-id`, see [`user_header`](HealthAiStackBuilder::user_header)). **That header
+/// must be set by your authentication layer, never taken as the client sent it**: a
+/// client that names itself can spend other users' allowance, read their cached answers,
+/// and mint fresh ids by the thousand to escape its own limit. Put a middleware in front
+/// of the stack that removes whatever the client sent and inserts the id it verified:
+///
+/// ```
+/// use axum::{Router, body::Body, extract::Request, middleware::{self, Next}};
+/// use axum::response::Response;
+/// use http::HeaderValue;
+/// use tower::{BoxError, ServiceExt, service_fn};
+/// use tower_health_ai::{HealthAiStack, UpstreamRequest};
+///
+/// /// Your session or token check; here a stand-in.
+/// fn verified_user(request: &Request) -> Option<&'static str> {
+///     let token = request.headers().get("authorization")?;
+///     (token == "Bearer token-of-ada").then_some("ada")
+/// }
+///
+/// async fn identify(mut request: Request, next: Next) -> Response {
+///     // Whatever the client sent is dropped, every value of it.
+///     request.headers_mut().remove("x-user-id");
+///     if let Some(user) = verified_user(&request) {
+///         request
+///             .headers_mut()
+///             .insert("x-user-id", HeaderValue::from_static(user));
+///     }
+///     next.run(request).await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), BoxError> {
+/// // The upstream echoes who the stack thinks the user is.
+/// let upstream = service_fn(|request: UpstreamRequest| async move {
+///     let user = request.headers().get("x-user-id").cloned();
+///     let user = user.as_ref().map_or("nobody", |v| v.to_str().unwrap_or("?")).to_owned();
+///     Ok::<_, BoxError>(http::Response::new(Body::from(user)))
+/// });
+/// let stack = HealthAiStack::new();
+/// let app: Router = Router::new()
+///     .route_service("/analyze", tower::Layer::layer(&stack, upstream))
+///     .layer(middleware::from_fn(identify)); // runs before the stack
+///
+/// let forged = Request::post("/analyze")
+///     .header("x-user-id", "grace")
+///     .header("authorization", "Bearer token-of-ada")
+///     .body(Body::empty())?;
+/// let response = app.oneshot(forged).await?;
+/// let body = axum::body::to_bytes(response.into_body(), 1024).await?;
+/// assert_eq!(body, "ada");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Without the header, the user is the client IP: axum's `ConnectInfo<SocketAddr>`, or
+/// a `SocketAddr` request extension. Plain `axum::serve(listener, app)` gives neither;
+/// serve with `app.into_make_service_with_connect_info::<SocketAddr>()` to give the
+/// preset the peer address. Behind a reverse proxy the peer is the proxy: set the user
+/// header, or, in a middleware that trusts only your proxy (see
+/// [`ForwardedIp`](tower_token_bucket::http::ForwardedIp)), replace the `ConnectInfo`
+/// with the forwarded client address. A request with neither is not refused (a
+/// well-formed request is never a 400): every such caller shares **one** bucket of the
+/// per-user quota, and none of them is cached.
+///
+/// # Priorities
+///
+/// The queue takes a request's priority from a
+/// [`Priority`](tower_priority_queue::Priority) in its extensions, put there by the
+/// application (from the user's plan, after authentication: in a middleware before the
+/// stack, or in the [request check](HealthAiStackBuilder::request_check)). The client's
+/// `x-priority` header is only trusted as far as
+/// [`priority_header`](HealthAiStackBuilder::priority_header) says, by default
+/// [`PriorityHeader::LowerOnly`]: a client may lower its own requests to `low`, and
+/// `high` or `urgent` count as `normal`. So what one user gains by claiming urgent is
+/// nothing: urgent arrivals jump the queue and displace other users' waiting requests,
+/// which only the application may grant. A public deployment must not trust the raw
+/// header ([`PriorityHeader::Trusted`] is for demos and private networks).
+///
+/// # A deadline for each request
+///
+/// Each request must be answered within a budget from its arrival (150 s by default,
+/// [`request_deadline`](HealthAiStackBuilder::request_deadline)), which a client may
+/// shorten, never lengthen, with `grpc-timeout` or `x-request-timeout` (seconds;
+/// malformed or huge values are ignored). The deadline covers the wait behind an
+/// identical request's call, queueing, pacing, every attempt and every backoff; the
+/// upstream service can read it as a [`Deadline`](crate::Deadline) extension. Past it,
+/// the fallback answers, degraded, when there is one; else 504 (gRPC 4
+/// `DEADLINE_EXCEEDED`). No answer comes later than the deadline.
+///
+/// # Degraded answers
+///
+/// When a request cannot get a real answer in time because of our capacity (the waiting
+/// room is full, a higher priority displaced it, its level's maximum wait or the global
+/// pace's passed, or its deadline passed) and a fallback is configured, the fallback
+/// answers at once, marked degraded, with a `Retry-After` saying when a real answer is
+/// likely (the queue's or the pace's estimate, 5 s for a deadline). A 503 would only
+/// make the client come back into the same overload; the fallback's answer is useful
+/// now. Without a fallback, or with
+/// [`degrade_on_overload(false)`](HealthAiStackBuilder::degrade_on_overload), these stay
+/// 503 (504 for the deadline). Degraded answers are counted by reason in the metrics
+/// JSON (`degraded`) and in the `degraded_total{reason}` counter.
 #[derive(Clone)]
 pub struct HealthAiStack {
     red: RedMetricsLayer<HttpLabels, HttpClassify>,
@@ -301,8 +412,9 @@ impl fmt::Debug for HealthAiStackBuilder {
 impl HealthAiStackBuilder {
     /// The header that names the user, for the per-user limit and the cache partition
     /// (default `x-user-id`). Without it, the client IP (axum's `ConnectInfo`, or a
-    /// `SocketAddr` extension) is the user. Put the id your authentication middleware
-    /// vouches for there: the header itself is whatever the client sent.
+    /// `SocketAddr` extension) is the user; without either, one shared key. Your
+    /// authentication layer must set this header from the identity it verified,
+    /// overwriting whatever the client sent (see [who the user is](HealthAiStack#who-the-user-is)).
     pub fn user_header(mut self, header: &'static str) -> Self {
         self.user_header = header;
         self
