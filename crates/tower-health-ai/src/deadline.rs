@@ -323,8 +323,14 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let deadline = request.extensions().get::<Deadline>().copied();
+        // A request whose deadline has already passed is not sent: its call could not
+        // answer in time, and might be billed.
+        let inner = match deadline {
+            Some(deadline) if deadline.0 <= Instant::now() => None,
+            _ => Some(self.inner.call(request)),
+        };
         EnforceDeadlineFuture {
-            inner: self.inner.call(request),
+            inner,
             sleep: deadline.map(|deadline| sleep_until(deadline.0)),
         }
     }
@@ -333,8 +339,9 @@ where
 /// The future of [`EnforceDeadline`].
 #[pin_project]
 pub struct EnforceDeadlineFuture<F> {
+    /// `None` when the deadline had passed before the call.
     #[pin]
-    inner: F,
+    inner: Option<F>,
     #[pin]
     sleep: Option<Sleep>,
 }
@@ -355,7 +362,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
+        if let Some(inner) = this.inner.as_pin_mut()
+            && let Poll::Ready(result) = inner.poll(cx)
+        {
             return Poll::Ready(result.map_err(Into::into));
         }
         match this.sleep.as_pin_mut() {

@@ -791,3 +791,95 @@ async fn a_waiter_with_a_shorter_deadline_is_answered_by_its_own_deadline() {
     assert_eq!(text(response).await, "ai:same");
     assert_eq!(upstream.calls(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_past_its_deadline_frees_its_slot() {
+    // One slot, an upstream that takes far longer than the 2 s deadline.
+    let upstream = Upstream::new(Duration::from_secs(10_000));
+    let stack = HealthAiStack::builder()
+        .max_in_flight(1)
+        .request_deadline(Duration::from_secs(2))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    for body in ["a", "b"] {
+        let start = tokio::time::Instant::now();
+        let response = svc.clone().oneshot(ask("ada", body)).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(response.headers()["x-degraded"], "true");
+    }
+    // The second request reached the upstream: the first one's slot was given back.
+    assert_eq!(upstream.calls(), 2);
+    assert_eq!(handle.metrics().queue.processing, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_largest_and_smallest_deadlines_never_panic() {
+    let upstream = Upstream::new(Duration::from_millis(10));
+    // No deadline at all.
+    let svc = HealthAiStack::builder()
+        .request_deadline(Duration::MAX)
+        .build()
+        .layer(upstream.service());
+    let mut request = ask("ada", "a");
+    request
+        .headers_mut()
+        .insert("grpc-timeout", "99999999H".parse().unwrap());
+    let response = svc.clone().oneshot(request).await.unwrap();
+    assert_eq!(text(response).await, "ai:a");
+    // A zero budget: answered at once, never a call.
+    let stack = HealthAiStack::builder()
+        .request_deadline(Duration::ZERO)
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let svc = stack.layer(upstream.service());
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(ask("ada", "b")).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert_eq!(upstream.calls(), 1);
+    let svc = HealthAiStack::builder()
+        .request_deadline(Duration::ZERO)
+        .build()
+        .layer(upstream.service());
+    let response = svc.clone().oneshot(ask("ada", "c")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_displaced_by_a_higher_priority_degrades_to_the_fallback() {
+    let upstream = Upstream::new(Duration::from_secs(5));
+    let stack = one_slot()
+        .queue_capacity(1)
+        .request_check(|parts, _body| {
+            if parts.headers.contains_key("x-verified-plan") {
+                parts
+                    .extensions
+                    .insert(tower_health_ai::priority_queue::Priority::Urgent);
+            }
+            Ok(())
+        })
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let busy = tokio::spawn(svc.clone().oneshot(ask("ada", "busy")));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let waiting = tokio::spawn(svc.clone().oneshot(ask("grace", "waiting")));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut paying = ask("carol", "paying");
+    paying
+        .headers_mut()
+        .insert("x-verified-plan", "pro".parse().unwrap());
+    let start = tokio::time::Instant::now();
+    let paying = tokio::spawn(svc.clone().oneshot(paying));
+    // The waiting request is displaced, and answered at once from the fallback.
+    let response = waiting.await.unwrap().unwrap();
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(start.elapsed() < Duration::from_millis(10));
+    assert_eq!(handle.degraded().queue_full, 1);
+    assert_eq!(text(busy.await.unwrap().unwrap()).await, "ai:busy");
+    assert_eq!(text(paying.await.unwrap().unwrap()).await, "ai:paying");
+}
