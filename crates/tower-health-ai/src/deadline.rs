@@ -143,6 +143,12 @@ fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
     }
 }
 
+/// How long after a request's deadline [`RequestDeadline`] answers it itself, when it
+/// cannot answer from the fallback: the time the fallback below has to answer at the
+/// deadline first (for the request whose call is running, and, through the cache, for
+/// the identical requests waiting on it).
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
 /// What the outermost deadline needs to answer a request itself.
 #[derive(Clone)]
 pub(crate) struct OnDeadline {
@@ -155,7 +161,10 @@ pub(crate) struct OnDeadline {
 
 /// Stamps each request with its [`Deadline`] and answers by it, whatever the layers
 /// below are doing (for example waiting for an identical request's call in the cache):
-/// with the fallback's answer, marked degraded, when one is configured, else 504.
+/// with the fallback's answer, marked degraded, when one is configured, else 504. A
+/// request whose deadline the client (or the application) shortened is answered at its
+/// deadline; any other at most [`DEADLINE_GRACE`] after it, as the layers below
+/// answer it at the deadline first.
 ///
 /// Built by the preset, just inside the RED metrics layer.
 #[derive(Clone)]
@@ -213,6 +222,14 @@ where
                 });
             }
         }
+        // With the head kept, answer at the deadline; else leave the fallback below
+        // (which answers at the deadline of the call being waited on) a moment first.
+        let deadline = match answer {
+            Some(_) => deadline,
+            None => {
+                deadline.map(|deadline| deadline.checked_add(DEADLINE_GRACE).unwrap_or(deadline))
+            }
+        };
         RequestDeadlineFuture {
             grpc: is_grpc(request.headers()),
             inner: self.inner.call(request),

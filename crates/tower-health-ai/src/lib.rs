@@ -74,8 +74,8 @@ pub use crate::body::{
 };
 pub use crate::count::CountCalls;
 pub use crate::deadline::{
-    Deadline, DeadlineExceeded, EnforceDeadline, EnforceDeadlineFuture, GRPC_TIMEOUT,
-    RequestDeadline, RequestDeadlineFuture, X_REQUEST_TIMEOUT,
+    DEADLINE_GRACE, Deadline, DeadlineExceeded, EnforceDeadline, EnforceDeadlineFuture,
+    GRPC_TIMEOUT, RequestDeadline, RequestDeadlineFuture, X_REQUEST_TIMEOUT,
 };
 pub use crate::degraded::{DEGRADED_TOTAL, DegradeReason, DegradedStats};
 pub use crate::handle::{

@@ -234,7 +234,9 @@ type Stacked<S> = RedMetrics<
 /// identical request's call, queueing, pacing, every attempt and every backoff; the
 /// upstream service can read it as a [`Deadline`](crate::Deadline) extension. Past it,
 /// the fallback answers, degraded, when there is one; else 504 (gRPC 4
-/// `DEADLINE_EXCEEDED`). No answer comes later than the deadline.
+/// `DEADLINE_EXCEEDED`). No answer comes later than the deadline (plus at most
+/// [`DEADLINE_GRACE`](crate::DEADLINE_GRACE), 100 ms, for a request waiting on an
+/// identical request's call).
 ///
 /// # Degraded answers
 ///

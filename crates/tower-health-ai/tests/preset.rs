@@ -883,3 +883,29 @@ async fn a_request_displaced_by_a_higher_priority_degrades_to_the_fallback() {
     assert_eq!(text(busy.await.unwrap().unwrap()).await, "ai:busy");
     assert_eq!(text(paying.await.unwrap().unwrap()).await, "ai:paying");
 }
+
+#[tokio::test(start_paused = true)]
+async fn identical_requests_at_the_same_instant_all_get_the_fallback_at_the_deadline() {
+    let upstream = Upstream::new(Duration::from_secs(10_000));
+    let stack = HealthAiStack::builder()
+        .request_deadline(Duration::from_secs(2))
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let svc = stack.layer(upstream.service());
+    let start = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(svc.clone().oneshot(ask("ada", "same"))))
+        .collect();
+    for call in calls {
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-degraded"], "true");
+        assert!(
+            start.elapsed() <= Duration::from_millis(2_100),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    assert_eq!(upstream.calls(), 1);
+}
