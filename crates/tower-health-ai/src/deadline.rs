@@ -215,8 +215,11 @@ where
             // shorter deadline) can need an answer from here: keep its head for the
             // fallback.
             if shortened && let Some(fallback) = &self.on_deadline.fallback {
+                let checked = HeadSlot::default();
+                request.extensions_mut().insert(checked.clone());
                 answer = Some(DeadlineAnswer {
                     parts: CaptureHead.capture(&request),
+                    checked,
                     fallback: Arc::clone(fallback),
                     counters: Arc::clone(&self.on_deadline.counters),
                 });
@@ -242,9 +245,30 @@ where
 
 /// What [`RequestDeadline`] answers with at the deadline, when a fallback may answer.
 struct DeadlineAnswer {
+    /// The head as it arrived.
     parts: http::request::Parts,
+    /// The head once the request check has run (with the extensions it added), when the
+    /// request got that far.
+    checked: HeadSlot,
     fallback: FallbackFn,
     counters: Arc<DegradedCounters>,
+}
+
+/// Where the body layer leaves the request head once the request check has run, for
+/// [`RequestDeadline`]'s fallback: a request extension, only on requests that may need
+/// it.
+#[derive(Clone, Default)]
+pub(crate) struct HeadSlot(Arc<std::sync::OnceLock<http::request::Parts>>);
+
+impl HeadSlot {
+    /// Keeps a copy of `parts` (the first one only).
+    pub(crate) fn fill(&self, parts: &http::request::Parts) {
+        let _ = self.0.get_or_init(|| {
+            let mut copy = parts.clone();
+            copy.extensions.remove::<HeadSlot>();
+            copy
+        });
+    }
 }
 
 /// The future of [`RequestDeadline`].
@@ -294,10 +318,11 @@ where
         let error: BoxError = Box::new(DeadlineExceeded);
         if let Some(DeadlineAnswer {
             parts,
+            checked,
             fallback,
             counters,
         }) = this.answer.take()
-            && let Some(response) = fallback(&parts, &error)
+            && let Some(response) = fallback(checked.0.get().unwrap_or(&parts), &error)
         {
             counters.record(DegradeReason::Deadline);
             let mut response = response.map(|body| Either::Right(Full::new(body)));

@@ -771,9 +771,19 @@ async fn a_waiter_with_a_shorter_deadline_is_answered_by_its_own_deadline() {
     // The first request leads the call; an identical one with a 2 s deadline waits
     // behind it in the cache, and must not wait for the leader's 5 s call.
     let upstream = Upstream::new(Duration::from_secs(5));
+    // The fallback reads what the request check found, as a real one would.
+    #[derive(Clone)]
+    struct Checked;
     let stack = HealthAiStack::builder()
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
-        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .request_check(|parts, _body| {
+            parts.extensions.insert(Checked);
+            Ok(())
+        })
+        .fallback(|parts, _error| {
+            parts.extensions.get::<Checked>()?;
+            Some(Response::new(Bytes::from_static(b"fallback")))
+        })
         .build();
     let svc = stack.layer(upstream.service());
     let leader = tokio::spawn(svc.clone().oneshot(ask("ada", "same")));
