@@ -4,7 +4,9 @@
 //! preset layer, [`HealthAiStack`], with the seed's production defaults: RED metrics, a
 //! per-user rate limit, a response cache, a fallback, retries, a circuit breaker, a
 //! priority queue, a global pace and a call timeout, in that order from the outside in
-//! (each position's reason is in [`HealthAiStack`]'s docs).
+//! (each position's reason is in [`HealthAiStack`]'s docs). Each request has one deadline
+//! (150 s by default, which a client may shorten); when our capacity cannot give a real
+//! answer in time, the fallback answers at once, marked degraded, instead of a 503.
 //!
 //! ```
 //! use std::time::Duration;
