@@ -278,6 +278,9 @@ where
                     {
                         return Poll::Ready(Err(refusal.into()));
                     }
+                    if let Some(slot) = parts.extensions.get::<crate::deadline::HeadSlot>() {
+                        slot.fill(&parts);
+                    }
                     State::Call {
                         future: inner.call(Request::from_parts(parts, Full::new(collected))),
                     }

@@ -12,6 +12,8 @@ use tower_priority_queue::{QueueHandle, QueueSnapshot};
 use tower_red_metrics::{DurationStats, PrometheusMetrics, RedMetricsHandle, RequestStats};
 use tower_token_bucket::{RateLimitHandle, RateLimitSnapshot};
 
+use crate::degraded::{DegradedCounters, DegradedStats};
+
 /// What the handle reads, gathered when the stack is built.
 pub(crate) struct Parts {
     pub(crate) red: RedMetricsHandle,
@@ -22,6 +24,7 @@ pub(crate) struct Parts {
     pub(crate) queue: QueueHandle,
     pub(crate) breaker: CircuitBreakerHandle,
     pub(crate) upstream_calls: Arc<AtomicU64>,
+    pub(crate) degraded: Arc<DegradedCounters>,
     pub(crate) cost_per_call_usd: f64,
     pub(crate) prometheus: Option<PrometheusMetrics>,
 }
@@ -98,6 +101,7 @@ impl HealthAiHandle {
                 spent_usd,
                 saved_usd,
             },
+            degraded: parts.degraded.snapshot(),
         }
     }
 
@@ -105,6 +109,12 @@ impl HealthAiHandle {
     #[must_use]
     pub fn circuit_state(&self) -> State {
         self.parts.breaker.state()
+    }
+
+    /// Degraded (fallback) answers so far, by reason.
+    #[must_use]
+    pub fn degraded(&self) -> DegradedStats {
+        self.parts.degraded.snapshot()
     }
 
     /// Calls that reached the upstream service so far.
@@ -185,6 +195,9 @@ pub struct MetricsReport {
     pub rate_limit: RateLimits,
     /// What the upstream cost, and what the cache saved.
     pub cost: Cost,
+    /// Answers given by the fallback (marked degraded), by reason: counted apart from
+    /// real answers, though `requests` counts them as successes (clients got a 200).
+    pub degraded: DegradedStats,
 }
 
 /// The limiters in the metrics JSON.

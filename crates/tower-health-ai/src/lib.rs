@@ -4,7 +4,9 @@
 //! preset layer, [`HealthAiStack`], with the seed's production defaults: RED metrics, a
 //! per-user rate limit, a response cache, a fallback, retries, a circuit breaker, a
 //! priority queue, a global pace and a call timeout, in that order from the outside in
-//! (each position's reason is in [`HealthAiStack`]'s docs).
+//! (each position's reason is in [`HealthAiStack`]'s docs). Each request has one deadline
+//! (150 s by default, which a client may shorten); when our capacity cannot give a real
+//! answer in time, the fallback answers at once, marked degraded, instead of a 503.
 //!
 //! ```
 //! use std::time::Duration;
@@ -52,8 +54,11 @@
 mod axum;
 mod body;
 mod count;
+mod deadline;
+mod degraded;
 mod handle;
 mod policy;
+mod priority;
 mod prometheus;
 mod refusal;
 mod stack;
@@ -70,18 +75,25 @@ pub use crate::body::{
     BufferBody, BufferBodyFuture, BufferBodyLayer, RequestCheck, RequestRejected,
 };
 pub use crate::count::CountCalls;
+pub use crate::deadline::{
+    DEADLINE_GRACE, Deadline, DeadlineExceeded, EnforceDeadline, EnforceDeadlineFuture,
+    GRPC_TIMEOUT, RequestDeadline, RequestDeadlineFuture, X_REQUEST_TIMEOUT,
+};
+pub use crate::degraded::{DEGRADED_TOTAL, DegradeReason, DegradedStats};
 pub use crate::handle::{
     CircuitBreakers, Cost, Health, HealthAiHandle, HealthStatus, MetricsReport, RateLimits,
 };
 pub use crate::policy::{
     BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, RetryClassifier,
-    is_local_refusal,
+    is_capacity_refusal, is_local_refusal,
 };
+pub use crate::priority::{PresetPriority, PriorityHeader};
 pub use crate::prometheus::install_prometheus;
 pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
 pub use crate::stack::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_USER_HEADER, HealthAi, HealthAiFuture, HealthAiStack,
-    HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME, UpstreamRequest,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi,
+    HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME,
+    UpstreamRequest,
 };
 
 /// The names most users need, in one import.

@@ -7,8 +7,11 @@ use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use http::Response;
+use http::header::RETRY_AFTER;
+use http::{HeaderValue, Response};
 use tower::BoxError;
 use tower_breaker::fallback::{FallbackCause, FallbackPolicy, FallbackRequest};
 use tower_breaker::{BreakerError, DefaultClassifier, Verdict};
@@ -18,16 +21,28 @@ use tower_service::Service;
 use tower_token_bucket::RateLimitError;
 
 use crate::body::RequestRejected;
+use crate::deadline::DeadlineExceeded;
+use crate::degraded::{DegradeReason, DegradedCounters};
 
 /// Whether an error is a refusal made by this suite's own layers (rate limited, queue
-/// full or timed out, malformed input): about local load or the client, never about the
-/// upstream.
+/// full or timed out, deadline passed, malformed input): about local load or the client,
+/// never about the upstream.
 #[must_use]
 pub fn is_local_refusal(error: &BoxError) -> bool {
     error.is::<QueueError>()
         || error.is::<RateLimitError>()
         || error.is::<RequestRejected>()
         || error.is::<CacheError>()
+        || error.is::<DeadlineExceeded>()
+}
+
+/// Whether an error says that our capacity could not give a real answer in time: the
+/// queue's refusals (waiting room full, displaced, its level's maximum wait passed), the
+/// global pace's maximum wait passed, or the request's deadline passed. Not the per-user
+/// limit (that is the client's excess) nor a malformed priority (the client's error).
+#[must_use]
+pub fn is_capacity_refusal(error: &BoxError) -> bool {
+    DegradeReason::of(error).is_capacity()
 }
 
 /// The preset breaker's classifier: local refusals are ignored (they say nothing about
@@ -72,14 +87,69 @@ impl<B> tower_priority_queue::Classify<Response<B>> for RetryClassifier {
 }
 
 /// The preset fallback policy: the fallback answers upstream failures (after retries), an
-/// open circuit and timeouts; local refusals reach the client as refusals, with their
-/// status and `Retry-After`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FallbackOnUpstreamFailure;
+/// open circuit and call timeouts, and, unless degradation is off, the
+/// [capacity refusals](is_capacity_refusal); other local refusals reach the client as
+/// refusals, with their status and `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+pub struct FallbackOnUpstreamFailure {
+    degrade_on_overload: bool,
+}
+
+impl FallbackOnUpstreamFailure {
+    /// The policy; `degrade_on_overload` says whether capacity refusals fall back too.
+    #[must_use]
+    pub const fn new(degrade_on_overload: bool) -> Self {
+        Self {
+            degrade_on_overload,
+        }
+    }
+}
+
+impl Default for FallbackOnUpstreamFailure {
+    /// Capacity refusals fall back.
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
 
 impl<Res> FallbackPolicy<Res> for FallbackOnUpstreamFailure {
     fn should_fall_back(&self, result: &Result<Res, BoxError>) -> bool {
-        matches!(result, Err(error) if !is_local_refusal(error))
+        match result {
+            Ok(_) => false,
+            Err(error) if is_capacity_refusal(error) => self.degrade_on_overload,
+            Err(error) => !is_local_refusal(error),
+        }
+    }
+}
+
+/// How long before a real answer is likely, for a degraded answer's `Retry-After`, when
+/// the cause does not say: a deadline that passed.
+pub(crate) const DEGRADED_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Gives a degraded answer a `Retry-After` (whole seconds, rounded up, at least 1) when
+/// its cause says when a real answer is likely (the queue's and the pace's estimates, the
+/// time the circuit stays open, or [`DEGRADED_RETRY_AFTER`] for a deadline), unless the
+/// fallback set one itself.
+pub(crate) fn set_retry_after<B>(response: &mut Response<B>, error: &BoxError) {
+    if response.headers().contains_key(RETRY_AFTER) {
+        return;
+    }
+    let after = if let Some(error) = error.downcast_ref::<QueueError>() {
+        error.retry_after()
+    } else if let Some(error) = error.downcast_ref::<RateLimitError>() {
+        error.retry_after()
+    } else if let Some(error) = error.downcast_ref::<BreakerError>() {
+        error.retry_after()
+    } else if error.is::<DeadlineExceeded>() {
+        Some(DEGRADED_RETRY_AFTER)
+    } else {
+        None
+    };
+    if let Some(after) = after {
+        let secs = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
     }
 }
 
@@ -93,11 +163,12 @@ pub type FallbackFn =
 #[derive(Clone)]
 pub struct PresetFallback {
     answer: Option<FallbackFn>,
+    counters: Arc<DegradedCounters>,
 }
 
 impl PresetFallback {
-    pub(crate) fn new(answer: Option<FallbackFn>) -> Self {
-        Self { answer }
+    pub(crate) fn new(answer: Option<FallbackFn>, counters: Arc<DegradedCounters>) -> Self {
+        Self { answer, counters }
     }
 }
 
@@ -135,7 +206,12 @@ where
             .as_ref()
             .and_then(|answer| answer(&request.context, &error));
         ready(match answer {
-            Some(response) => Ok(response.map(B::from)),
+            Some(response) => {
+                self.counters.record(DegradeReason::of(&error));
+                let mut response = response.map(B::from);
+                set_retry_after(&mut response, &error);
+                Ok(response)
+            }
             None => Err(error),
         })
     }

@@ -62,5 +62,9 @@ pub fn install_prometheus() -> Result<PrometheusMetrics, InstallError> {
             CIRCUIT_CALLS_TOTAL,
             "Calls through the circuit breaker, by outcome.",
         )
+        .describe_counter(
+            crate::degraded::DEGRADED_TOTAL,
+            "Answers given by the fallback, marked degraded, by reason.",
+        )
         .install()
 }

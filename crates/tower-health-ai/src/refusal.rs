@@ -15,6 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::RequestRejected;
+use crate::deadline::DeadlineExceeded;
 use tower_breaker::BreakerError;
 use tower_lru_cache::CacheError;
 use tower_priority_queue::QueueError;
@@ -148,6 +149,15 @@ pub fn refusal_response<B: Default + From<Bytes>>(error: &BoxError, grpc: bool) 
     }
     if let Some(e) = error.downcast_ref::<CacheError>() {
         return respond!(e);
+    }
+    if error.is::<DeadlineExceeded>() {
+        return simple(
+            StatusCode::GATEWAY_TIMEOUT,
+            4,
+            "deadline exceeded: no answer within the request's deadline",
+            None,
+            grpc,
+        );
     }
     if let Some(e) = error.downcast_ref::<RequestRejected>() {
         let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -23,9 +23,7 @@ use tower_breaker::{
     CaptureHead, CircuitBreaker, CircuitBreakerLayer, Degraded, Timeout, TimeoutLayer,
 };
 use tower_lru_cache::{CacheLayer, CacheService, Partition};
-use tower_priority_queue::{
-    HeaderPriority, HttpReplay, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer,
-};
+use tower_priority_queue::{HttpReplay, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer};
 use tower_red_metrics::{HttpClassify, HttpLabels, PrometheusMetrics, RedMetrics, RedMetricsLayer};
 use tower_token_bucket::http::{HeaderKey, PeerIp};
 use tower_token_bucket::{
@@ -34,10 +32,13 @@ use tower_token_bucket::{
 
 use crate::body::{BufferBody, BufferBodyLayer, RequestCheck, RequestRejected};
 use crate::count::CountCalls;
+use crate::deadline::{EnforceDeadline, OnDeadline, RequestDeadline};
+use crate::degraded::DegradedCounters;
 use crate::handle::HealthAiHandle;
 use crate::policy::{
     BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, RetryClassifier,
 };
+use crate::priority::{PresetPriority, PriorityHeader};
 use crate::refusal::{GLOBAL_LIMITER, Refusals, RefusalsLayer, is_grpc, refusal_response};
 
 /// The header that names the user, by default (a stand-in for what authentication
@@ -50,39 +51,47 @@ pub const UPSTREAM_NAME: &str = "ai-service";
 /// The largest request body read, by default: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// The per-user key: the user header, else the client IP.
-pub(crate) type UserKey = Or<HeaderKey, PeerIp>;
+/// The request budget, by default: 150 s from arrival.
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(150);
+
+/// The per-user key: the user header, else the client IP, else one key shared by every
+/// caller that can be told apart by neither.
+pub(crate) type UserKey = Or<Or<HeaderKey, PeerIp>, GlobalKey>;
 
 /// The stack inside [`HealthAi`], outermost first.
 type Stacked<S> = RedMetrics<
-    Refusals<
-        RateLimit<
-            BufferBody<
-                CacheService<
-                    tower_breaker::fallback::Fallback<
-                        Retry<
-                            CircuitBreaker<
-                                PriorityQueue<
-                                    RateLimit<
-                                        Timeout<CountCalls<S>>,
-                                        GlobalKey,
-                                        InMemoryBackend<()>,
+    RequestDeadline<
+        Refusals<
+            RateLimit<
+                BufferBody<
+                    CacheService<
+                        tower_breaker::fallback::Fallback<
+                            EnforceDeadline<
+                                Retry<
+                                    CircuitBreaker<
+                                        PriorityQueue<
+                                            RateLimit<
+                                                Timeout<CountCalls<S>>,
+                                                GlobalKey,
+                                                InMemoryBackend<()>,
+                                            >,
+                                            PresetPriority,
+                                        >,
+                                        BreakerClassifier,
                                     >,
-                                    HeaderPriority,
+                                    RetryClassifier,
+                                    HttpReplay,
                                 >,
-                                BreakerClassifier,
                             >,
-                            RetryClassifier,
-                            HttpReplay,
+                            CaptureHead,
+                            PresetFallback,
+                            FallbackOnUpstreamFailure,
                         >,
-                        CaptureHead,
-                        PresetFallback,
-                        FallbackOnUpstreamFailure,
                     >,
                 >,
+                UserKey,
+                InMemoryBackend<<UserKey as tower_token_bucket::KeyExtractor>::Key>,
             >,
-            UserKey,
-            InMemoryBackend<<UserKey as tower_token_bucket::KeyExtractor>::Key>,
         >,
     >,
     HttpLabels,
@@ -97,37 +106,150 @@ type Stacked<S> = RedMetrics<
 ///
 /// 1. **RED metrics** is outermost so that it sees every request, including those refused
 ///    further in: every refusal is turned into its response (429, 503, 504, 400, 413)
-///    just inside it, so its totals equal what clients saw.
-/// 2. **Per-user token bucket** (reject, 5 req/s, burst 5, keyed by the `x-user-id`
-///    header, else the client IP): protects the server from one client before any work
-///    is done for it, cached answers included. A refusal is 429 with `Retry-After`.
+///    just inside it, so its totals equal what clients saw. Just inside it, each request
+///    gets its [deadline](#a-deadline-for-each-request).
+/// 2. **Per-user token bucket** (reject, 5 req/s, burst 5), keyed by the user header
+///    (`x-user-id`), else the client IP, else one key shared by every caller that can be
+///    told apart by neither (see [who the user is](#who-the-user-is)): protects the
+///    server from one client before any work is done for it, cached answers included. A
+///    refusal is 429 with `Retry-After`, never degraded: it is the client's excess, not
+///    our capacity.
 /// 3. The request body is read here (at most 1 MiB, else 413), once: the cache hashes it
 ///    and the retry layer sends it again. An optional [request check](HealthAiStackBuilder::request_check)
 ///    runs on the whole request and may refuse it with a 4xx.
 /// 4. **Response cache** (100 entries, 1 h TTL, SHA-256 keys partitioned by user,
 ///    single-flight, stale-if-error): a hit costs no upstream call. It sits above the
 ///    fallback so that a stale real answer beats a fallback, and degraded answers are
-///    never stored.
-/// 5. **Fallback**: when the call below fails for good (after retries) or the circuit is
-///    open, answers from the user's local function, marked [`Degraded`] (and
-///    `x-degraded: true`). Local refusals (queue full, rate limited) are not failures of
-///    the upstream: they reach the client as such, with `Retry-After`.
+///    never stored. Callers known by neither a user nor an address are not cached: they
+///    cannot be told apart, so they must not share answers.
+/// 5. **Fallback**: answers from the user's local function, marked [`Degraded`] (and
+///    `x-degraded: true`), when the call below fails for good (after retries), the
+///    circuit is open, or our capacity cannot give a real answer in time (see
+///    [degraded answers](#degraded-answers)).
 /// 6. **Retry** (3 calls in all, full-jitter 2^n backoff from 1 s, a retry budget):
 ///    outside the breaker and the queue, so that an open circuit stops retries at once
 ///    and a request backing off holds no queue slot.
 /// 7. **Circuit breaker** (opens after 3 consecutive failures, 60 s open, then one
 ///    half-open probe): outside the queue, so an open circuit fails fast without
 ///    queueing. Local refusals are ignored, not counted as failures.
-/// 8. **Priority queue** (`x-priority`: urgent, high, normal, low; 2 in flight; a bounded
-///    waiting room): bounds the concurrency towards the upstream.
+/// 8. **Priority queue** (urgent, high, normal, low; 2 in flight; a bounded waiting
+///    room): bounds the concurrency towards the upstream. The priority comes from a
+///    trusted source (see [priorities](#priorities)).
 /// 9. **Global token bucket** (wait mode, 2 req/s): paces the calls that really reach the
-///    upstream; waits at most 30 s, else 503.
+///    upstream; waits at most 30 s, else the request is refused (503, or degraded).
 /// 10. **Call timeout** (120 s), innermost, so that time spent queueing or waiting for
 ///     the pace never counts as upstream slowness.
 ///
 /// Every layer's state is created once, when the stack is built: every `layer()` call
 /// and every clone of the resulting service share it, and so does the
 /// [`HealthAiHandle`].
+///
+/// # Who the user is
+///
+/// The per-user limit and the cache partition take the user from the user header
+/// (`x-user-id`, see [`user_header`](HealthAiStackBuilder::user_header)). **That header
+/// must be set by your authentication layer, never taken as the client sent it**: a
+/// client that names itself can spend other users' allowance, read their cached answers,
+/// and mint fresh ids by the thousand to escape its own limit. Put a middleware in front
+/// of the stack that removes whatever the client sent and inserts the id it verified:
+///
+/// ```
+/// use axum::{Router, body::Body, extract::Request, middleware::{self, Next}};
+/// use axum::response::Response;
+/// use http::HeaderValue;
+/// use tower::{BoxError, ServiceExt, service_fn};
+/// use tower_health_ai::{HealthAiStack, UpstreamRequest};
+///
+/// /// Your session or token check; here a stand-in.
+/// fn verified_user(request: &Request) -> Option<&'static str> {
+///     let token = request.headers().get("authorization")?;
+///     (token == "Bearer token-of-ada").then_some("ada")
+/// }
+///
+/// async fn identify(mut request: Request, next: Next) -> Response {
+///     // Whatever the client sent is dropped, every value of it.
+///     request.headers_mut().remove("x-user-id");
+///     if let Some(user) = verified_user(&request) {
+///         request
+///             .headers_mut()
+///             .insert("x-user-id", HeaderValue::from_static(user));
+///     }
+///     next.run(request).await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), BoxError> {
+/// // The upstream echoes who the stack thinks the user is.
+/// let upstream = service_fn(|request: UpstreamRequest| async move {
+///     let user = request.headers().get("x-user-id").cloned();
+///     let user = user.as_ref().map_or("nobody", |v| v.to_str().unwrap_or("?")).to_owned();
+///     Ok::<_, BoxError>(http::Response::new(Body::from(user)))
+/// });
+/// let stack = HealthAiStack::new();
+/// let app: Router = Router::new()
+///     .route_service("/analyze", tower::Layer::layer(&stack, upstream))
+///     .layer(middleware::from_fn(identify)); // runs before the stack
+///
+/// let forged = Request::post("/analyze")
+///     .header("x-user-id", "grace")
+///     .header("authorization", "Bearer token-of-ada")
+///     .body(Body::empty())?;
+/// let response = app.oneshot(forged).await?;
+/// let body = axum::body::to_bytes(response.into_body(), 1024).await?;
+/// assert_eq!(body, "ada");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Without the header, the user is the client IP: axum's `ConnectInfo<SocketAddr>`, or
+/// a `SocketAddr` request extension. Plain `axum::serve(listener, app)` gives neither;
+/// serve with `app.into_make_service_with_connect_info::<SocketAddr>()` to give the
+/// preset the peer address. Behind a reverse proxy the peer is the proxy: set the user
+/// header, or, in a middleware that trusts only your proxy (see
+/// [`ForwardedIp`](tower_token_bucket::http::ForwardedIp)), replace the `ConnectInfo`
+/// with the forwarded client address. A request with neither is not refused (a
+/// well-formed request is never a 400): every such caller shares **one** bucket of the
+/// per-user quota, and none of them is cached.
+///
+/// # Priorities
+///
+/// The queue takes a request's priority from a
+/// [`Priority`](tower_priority_queue::Priority) in its extensions, put there by the
+/// application (from the user's plan, after authentication: in a middleware before the
+/// stack, or in the [request check](HealthAiStackBuilder::request_check)). The client's
+/// `x-priority` header is only trusted as far as
+/// [`priority_header`](HealthAiStackBuilder::priority_header) says, by default
+/// [`PriorityHeader::LowerOnly`]: a client may lower its own requests to `low`, and
+/// `high` or `urgent` count as `normal`. So what one user gains by claiming urgent is
+/// nothing: urgent arrivals jump the queue and displace other users' waiting requests,
+/// which only the application may grant. A public deployment must not trust the raw
+/// header ([`PriorityHeader::Trusted`] is for demos and private networks).
+///
+/// # A deadline for each request
+///
+/// Each request must be answered within a budget from its arrival (150 s by default,
+/// [`request_deadline`](HealthAiStackBuilder::request_deadline)), which a client may
+/// shorten, never lengthen, with `grpc-timeout` or `x-request-timeout` (seconds;
+/// malformed or huge values are ignored). The deadline covers the wait behind an
+/// identical request's call, queueing, pacing, every attempt and every backoff; the
+/// upstream service can read it as a [`Deadline`](crate::Deadline) extension. Past it,
+/// the fallback answers, degraded, when there is one; else 504 (gRPC 4
+/// `DEADLINE_EXCEEDED`). No answer comes later than the deadline (plus at most
+/// [`DEADLINE_GRACE`](crate::DEADLINE_GRACE), 100 ms, for a request waiting on an
+/// identical request's call).
+///
+/// # Degraded answers
+///
+/// When a request cannot get a real answer in time because of our capacity (the waiting
+/// room is full, a higher priority displaced it, its level's maximum wait or the global
+/// pace's passed, or its deadline passed) and a fallback is configured, the fallback
+/// answers at once, marked degraded, with a `Retry-After` saying when a real answer is
+/// likely (the queue's or the pace's estimate, 5 s for a deadline). A 503 would only
+/// make the client come back into the same overload; the fallback's answer is useful
+/// now. Without a fallback, or with
+/// [`degrade_on_overload(false)`](HealthAiStackBuilder::degrade_on_overload), these stay
+/// 503 (504 for the deadline). Degraded answers are counted by reason in the metrics
+/// JSON (`degraded`) and in the `degraded_total{reason}` counter.
 #[derive(Clone)]
 pub struct HealthAiStack {
     red: RedMetricsLayer<HttpLabels, HttpClassify>,
@@ -137,9 +259,10 @@ pub struct HealthAiStack {
     fallback: FallbackLayer<CaptureHead, PresetFallback, FallbackOnUpstreamFailure>,
     retry: RetryLayer<RetryClassifier, HttpReplay>,
     breaker: CircuitBreakerLayer<BreakerClassifier>,
-    queue: PriorityQueueLayer<HeaderPriority>,
+    queue: PriorityQueueLayer<PresetPriority>,
     global: RateLimitLayer<GlobalKey>,
     timeout: TimeoutLayer,
+    on_deadline: OnDeadline,
     upstream_calls: Arc<AtomicU64>,
     handle: HealthAiHandle,
 }
@@ -188,11 +311,13 @@ impl<S> Layer<S> for HealthAiStack {
         let inner = self.queue.layer(inner);
         let inner = self.breaker.layer(inner);
         let inner = self.retry.layer(inner);
+        let inner = EnforceDeadline::new(inner);
         let inner = self.fallback.layer(inner);
         let inner = self.cache.layer(inner);
         let inner = self.body.layer(inner);
         let inner = self.per_user.layer(inner);
         let inner = RefusalsLayer.layer(inner);
+        let inner = RequestDeadline::new(inner, self.on_deadline.clone());
         HealthAi {
             inner: self.red.layer(inner),
             not_ready: None,
@@ -226,6 +351,9 @@ pub struct HealthAiStackBuilder {
     call_timeout: Duration,
     cost_per_call_usd: f64,
     prometheus: Option<PrometheusMetrics>,
+    priority_header: PriorityHeader,
+    request_deadline: Duration,
+    degrade_on_overload: bool,
 }
 
 impl Default for HealthAiStackBuilder {
@@ -254,6 +382,9 @@ impl Default for HealthAiStackBuilder {
             call_timeout: Duration::from_secs(120),
             cost_per_call_usd: 0.01,
             prometheus: None,
+            priority_header: PriorityHeader::LowerOnly,
+            request_deadline: DEFAULT_REQUEST_DEADLINE,
+            degrade_on_overload: true,
         }
     }
 }
@@ -273,6 +404,9 @@ impl fmt::Debug for HealthAiStackBuilder {
             .field("queue_capacity", &self.queue_capacity)
             .field("global_quota", &self.global_quota)
             .field("call_timeout", &self.call_timeout)
+            .field("priority_header", &self.priority_header)
+            .field("request_deadline", &self.request_deadline)
+            .field("degrade_on_overload", &self.degrade_on_overload)
             .finish_non_exhaustive()
     }
 }
@@ -280,8 +414,9 @@ impl fmt::Debug for HealthAiStackBuilder {
 impl HealthAiStackBuilder {
     /// The header that names the user, for the per-user limit and the cache partition
     /// (default `x-user-id`). Without it, the client IP (axum's `ConnectInfo`, or a
-    /// `SocketAddr` extension) is the user. Put the id your authentication middleware
-    /// vouches for there: the header itself is whatever the client sent.
+    /// `SocketAddr` extension) is the user; without either, one shared key. Your
+    /// authentication layer must set this header from the identity it verified,
+    /// overwriting whatever the client sent (see [who the user is](HealthAiStack#who-the-user-is)).
     pub fn user_header(mut self, header: &'static str) -> Self {
         self.user_header = header;
         self
@@ -440,13 +575,54 @@ impl HealthAiStackBuilder {
         self
     }
 
+    /// How far the client's `x-priority` header is trusted (default
+    /// [`PriorityHeader::LowerOnly`]: a client may lower its own requests to `low`, and
+    /// `high` or `urgent` count as `normal`).
+    ///
+    /// The trusted source of a priority is a
+    /// [`Priority`](tower_priority_queue::Priority) in the request's extensions, which the
+    /// application inserts (before the stack, or in the
+    /// [request check](Self::request_check)) from what it knows about the caller, such as
+    /// its plan. It always wins over the header. A public deployment must not trust the
+    /// raw header: [`PriorityHeader::Trusted`] lets any client put its requests ahead of
+    /// everyone else's and displace their waiting requests; keep it for demos and
+    /// private networks.
+    pub fn priority_header(mut self, trust: PriorityHeader) -> Self {
+        self.priority_header = trust;
+        self
+    }
+
+    /// The budget of each request, from its arrival (default 150 s): it covers the
+    /// wait for an identical request's call, queueing, pacing, every attempt and every
+    /// backoff. A client may shorten it, never lengthen it, with `grpc-timeout` or
+    /// `x-request-timeout` (seconds, e.g. `2.5`; malformed values are ignored). Past it
+    /// the fallback answers, marked degraded (unless
+    /// [`degrade_on_overload(false)`](Self::degrade_on_overload)), else the answer is 504
+    /// (gRPC 4 `DEADLINE_EXCEEDED`). `Duration::MAX` means no deadline.
+    pub fn request_deadline(mut self, budget: Duration) -> Self {
+        self.request_deadline = budget;
+        self
+    }
+
+    /// Whether the fallback also answers when our capacity cannot give a real answer in
+    /// time (default `true`): the waiting room is full, a higher priority displaced the
+    /// request, its level's maximum wait or the global pace's passed, or its deadline
+    /// passed. The answer comes at once, marked degraded, with a `Retry-After` saying
+    /// when a real answer is likely. With `false`, or without a fallback, these are 503
+    /// (504 for the deadline). The per-user limit's 429 is never degraded: that is the
+    /// client's excess, not our capacity.
+    pub fn degrade_on_overload(mut self, degrade: bool) -> Self {
+        self.degrade_on_overload = degrade;
+        self
+    }
+
     /// Builds the stack and its shared state.
     pub fn build(self) -> HealthAiStack {
         let user_header = self.user_header;
         let red = RedMetricsLayer::builder().build();
         let per_user = RateLimitLayer::builder(self.per_user_quota)
             .name(PER_USER_LIMITER)
-            .key(HeaderKey::from_static(user_header).or(PeerIp))
+            .key(HeaderKey::from_static(user_header).or(PeerIp).or(GlobalKey))
             .build();
         let mut body = BufferBodyLayer::new(self.max_body_bytes);
         if let Some(check) = self.request_check {
@@ -466,8 +642,17 @@ impl HealthAiStackBuilder {
             // shared 502.
             .share_failures(false)
             .build();
-        let fallback = FallbackLayer::new(CaptureHead, PresetFallback::new(self.fallback))
-            .policy(FallbackOnUpstreamFailure);
+        let degraded = Arc::new(DegradedCounters::new());
+        let on_deadline = OnDeadline {
+            budget: self.request_deadline,
+            fallback: self.fallback.clone().filter(|_| self.degrade_on_overload),
+            counters: Arc::clone(&degraded),
+        };
+        let fallback = FallbackLayer::new(
+            CaptureHead,
+            PresetFallback::new(self.fallback, Arc::clone(&degraded)),
+        )
+        .policy(FallbackOnUpstreamFailure::new(self.degrade_on_overload));
         let retry = RetryLayer::builder()
             .max_attempts(self.retry_attempts)
             .backoff(self.retry_base_delay, self.retry_max_delay)
@@ -486,6 +671,7 @@ impl HealthAiStackBuilder {
             .classifier(BreakerClassifier::default())
             .build();
         let mut queue = PriorityQueueLayer::builder()
+            .extractor(PresetPriority::new(self.priority_header))
             .name(UPSTREAM_NAME)
             .max_in_flight(self.max_in_flight)
             .capacity(self.queue_capacity);
@@ -507,6 +693,7 @@ impl HealthAiStackBuilder {
             queue: queue.handle(),
             breaker: breaker.handle(),
             upstream_calls: Arc::clone(&upstream_calls),
+            degraded,
             cost_per_call_usd: self.cost_per_call_usd,
             prometheus: self.prometheus,
         });
@@ -521,6 +708,7 @@ impl HealthAiStackBuilder {
             queue,
             global,
             timeout,
+            on_deadline,
             upstream_calls,
             handle,
         }

@@ -176,6 +176,7 @@ async fn local_refusals_are_not_upstream_failures() {
     // One slot, a waiting room of one: a burst of distinct requests is mostly shed.
     let upstream = Upstream::new(Duration::from_secs(5));
     let stack = HealthAiStack::builder()
+        .degrade_on_overload(false)
         .max_in_flight(1)
         .queue_capacity(1)
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
@@ -307,6 +308,7 @@ async fn every_layer_call_shares_one_state() {
 async fn waiters_behind_a_refused_request_get_the_refusal_too() {
     let upstream = Upstream::new(Duration::from_secs(5));
     let stack = HealthAiStack::builder()
+        .degrade_on_overload(false)
         .max_in_flight(1)
         .max_queue_wait(Duration::from_secs(1))
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
@@ -348,4 +350,572 @@ async fn settings_out_of_range_are_clamped_not_panics() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(upstream.calls(), 1);
     assert_eq!(handle.circuit_state(), State::Open);
+}
+
+/// An upstream that never answers.
+fn hanging() -> impl Service<
+    UpstreamRequest,
+    Response = Response<Body>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<Body>, BoxError>> + Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    service_fn(|_request: UpstreamRequest| {
+        std::future::pending::<Result<Response<Body>, BoxError>>()
+    })
+}
+
+/// A request with no user header and no peer address.
+fn anonymous(body: &'static str) -> Request<Body> {
+    Request::post("/analyze").body(Body::from(body)).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_that_cannot_be_told_apart_share_one_bucket_instead_of_a_400() {
+    // Plain `axum::serve` gives no `ConnectInfo`: no user header, no peer address.
+    let upstream = Upstream::new(Duration::from_millis(10));
+    let stack = HealthAiStack::builder()
+        .global_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+
+    for body in ["a", "b", "c", "d", "e"] {
+        let response = svc.clone().oneshot(anonymous(body)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(text(response).await, format!("ai:{body}"));
+    }
+    // One bucket for all of them: the sixth within the burst is rate limited, not malformed.
+    let response = svc.clone().oneshot(anonymous("f")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Known users and known addresses keep their own buckets.
+    let response = svc.clone().oneshot(ask("ada", "g")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut from_peer = anonymous("h");
+    from_peer
+        .extensions_mut()
+        .insert(std::net::SocketAddr::from(([192, 0, 2, 1], 40_000)));
+    let response = svc.clone().oneshot(from_peer).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(handle.metrics().requests.client_errors, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn anonymous_callers_never_share_cached_answers() {
+    let upstream = Upstream::new(Duration::from_millis(10));
+    let svc = stack().layer(upstream.service());
+    for _ in 0..2 {
+        let response = svc.clone().oneshot(anonymous("same")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(upstream.calls(), 2);
+}
+
+/// One slot, a fast pace and a generous per-user limit: the queue alone orders requests.
+fn one_slot() -> tower_health_ai::HealthAiStackBuilder {
+    HealthAiStack::builder()
+        .max_in_flight(1)
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .global_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+}
+
+/// Sends the requests in turn, 10 ms apart (the first holds the only slot for 1 s), and
+/// returns the order in which they were answered.
+async fn answer_order<S, B>(
+    svc: S,
+    requests: Vec<(&'static str, Request<Body>)>,
+) -> Vec<&'static str>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (name, request) in requests {
+        let svc = svc.clone();
+        let order = Arc::clone(&order);
+        tasks.push(tokio::spawn(async move {
+            let response = svc.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{name}");
+            order.lock().unwrap().push(name);
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    order.lock().unwrap().clone()
+}
+
+fn with_priority(user: &str, body: &'static str, priority: &str) -> Request<Body> {
+    let mut request = ask(user, body);
+    request
+        .headers_mut()
+        .insert("x-priority", priority.parse().unwrap());
+    request
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_claiming_urgent_does_not_overtake_other_users_by_default() {
+    let upstream = Upstream::new(Duration::from_secs(1));
+    let svc = one_slot().build().layer(upstream.service());
+    let order = answer_order(
+        svc,
+        vec![
+            ("busy", ask("ada", "busy")),
+            ("grace", ask("grace", "grace")),
+            ("mallory", with_priority("mallory", "mallory", "urgent")),
+        ],
+    )
+    .await;
+    assert_eq!(order, ["busy", "grace", "mallory"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_may_lower_its_own_priority() {
+    let upstream = Upstream::new(Duration::from_secs(1));
+    let svc = one_slot().build().layer(upstream.service());
+    let order = answer_order(
+        svc,
+        vec![
+            ("busy", ask("ada", "busy")),
+            ("batch", with_priority("ada", "batch", "low")),
+            ("grace", ask("grace", "grace")),
+        ],
+    )
+    .await;
+    assert_eq!(order, ["busy", "grace", "batch"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_application_sets_a_trusted_priority_through_an_extension() {
+    let upstream = Upstream::new(Duration::from_secs(1));
+    // The application decides (here from a header its authentication vouches for, in a
+    // real deployment from the user's plan) and inserts a `Priority` extension.
+    let svc = one_slot()
+        .request_check(|parts, _body| {
+            if parts.headers.contains_key("x-verified-plan") {
+                parts
+                    .extensions
+                    .insert(tower_health_ai::priority_queue::Priority::Urgent);
+            }
+            Ok(())
+        })
+        .build()
+        .layer(upstream.service());
+    let mut paying = ask("carol", "paying");
+    paying
+        .headers_mut()
+        .insert("x-verified-plan", "pro".parse().unwrap());
+    let order = answer_order(
+        svc,
+        vec![
+            ("busy", ask("ada", "busy")),
+            ("grace", ask("grace", "grace")),
+            ("paying", paying),
+        ],
+    )
+    .await;
+    assert_eq!(order, ["busy", "paying", "grace"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_answer_comes_later_than_the_deadline_from_a_hanging_upstream() {
+    // The seed's settings: 120 s call timeout, 3 attempts with backoff; a 150 s deadline.
+    let stack = stack();
+    let handle = stack.handle();
+    let svc = stack.layer(hanging());
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(ask("ada", "r1")).await.unwrap();
+    let elapsed = start.elapsed();
+    assert!(elapsed <= Duration::from_millis(150_010), "{elapsed:?}");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(text(response).await, "fallback");
+    assert_eq!(handle.metrics().requests.total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_deadline_without_a_fallback_is_a_504() {
+    let svc = HealthAiStack::new().layer(hanging());
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(ask("ada", "r1")).await.unwrap();
+    assert!(
+        start.elapsed() <= Duration::from_millis(150_010),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+
+    let grpc = Request::post("/analyze")
+        .header("x-user-id", "ada")
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "5S")
+        .body(Body::empty())
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(grpc).await.unwrap();
+    assert!(
+        start.elapsed() <= Duration::from_millis(5_010),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(response.headers()["grpc-status"], "4");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_may_shorten_its_deadline_never_lengthen_it() {
+    for (value, expected) in [
+        ("10", Duration::from_secs(10)),
+        ("2.5", Duration::from_millis(2_500)),
+        ("1000", Duration::from_secs(150)),
+        ("99999999999999999999999999", Duration::from_secs(150)),
+        ("1e400", Duration::from_secs(150)),
+        ("-3", Duration::from_secs(150)),
+        ("NaN", Duration::from_secs(150)),
+        ("soon", Duration::from_secs(150)),
+    ] {
+        // A fresh stack each time: no breaker state or rate limit carried over.
+        let svc = stack().layer(hanging());
+        let mut request = ask("ada", "r1");
+        request
+            .headers_mut()
+            .insert("x-request-timeout", value.parse().unwrap());
+        let start = tokio::time::Instant::now();
+        let response = svc.clone().oneshot(request).await.unwrap();
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= expected && elapsed <= expected + Duration::from_millis(10),
+            "{value}: {elapsed:?}"
+        );
+        assert_eq!(response.headers()["x-degraded"], "true", "{value}");
+    }
+    for (value, expected) in [
+        ("3S", Duration::from_secs(3)),
+        ("1500m", Duration::from_millis(1_500)),
+        ("1H", Duration::from_secs(150)),
+        ("123456789S", Duration::from_secs(150)),
+        ("5X", Duration::from_secs(150)),
+        ("S", Duration::from_secs(150)),
+    ] {
+        let svc = stack().layer(hanging());
+        let mut request = ask("ada", "r1");
+        request
+            .headers_mut()
+            .insert("grpc-timeout", value.parse().unwrap());
+        let start = tokio::time::Instant::now();
+        let _ = svc.clone().oneshot(request).await.unwrap();
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= expected && elapsed <= expected + Duration::from_millis(10),
+            "{value}: {elapsed:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_waiting_room_degrades_to_the_fallback_at_once() {
+    // One slot, a waiting room of one: a burst of distinct requests.
+    let upstream = Upstream::new(Duration::from_secs(5));
+    let stack = HealthAiStack::builder()
+        .max_in_flight(1)
+        .queue_capacity(1)
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let calls: Vec<_> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|body| tokio::spawn(svc.clone().oneshot(ask("ada", body))))
+        .collect();
+    let start = tokio::time::Instant::now();
+    let mut degraded = 0;
+    for call in calls {
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        if response.headers().get("x-degraded").is_some() {
+            degraded += 1;
+            assert!(response.headers().contains_key("retry-after"));
+            assert_eq!(text(response).await, "fallback");
+        }
+    }
+    assert_eq!(degraded, 4);
+    assert!(start.elapsed() <= Duration::from_secs(11));
+    assert_eq!(handle.circuit_state(), State::Closed);
+    assert_eq!(upstream.calls(), 2);
+    let metrics = handle.metrics();
+    assert_eq!(metrics.requests.errors, 0);
+    assert_eq!(metrics.degraded.queue_full, 4);
+    assert_eq!(metrics.degraded.total, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_wait_past_its_maximum_degrades_to_the_fallback() {
+    let upstream = Upstream::new(Duration::from_secs(5));
+    let stack = HealthAiStack::builder()
+        .max_in_flight(1)
+        .max_queue_wait(Duration::from_secs(1))
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let busy = tokio::spawn(svc.clone().oneshot(ask("ada", "x")));
+    tokio::task::yield_now().await;
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(ask("ada", "y")).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(busy.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(handle.degraded().queue_timeout, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pace_wait_past_its_maximum_degrades_to_the_fallback() {
+    // A pace of one call a minute; a call may wait for it 1 s at most.
+    let upstream = Upstream::new(Duration::from_millis(10));
+    let stack = HealthAiStack::builder()
+        .global_quota(tower_health_ai::token_bucket::Quota::per_minute(1))
+        .global_max_wait(Duration::from_secs(1))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let response = svc.clone().oneshot(ask("ada", "x")).await.unwrap();
+    assert_eq!(text(response).await, "ai:x");
+    let response = svc.clone().oneshot(ask("ada", "y")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-degraded"], "true");
+    // About a minute until the pace lets a call through.
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((59..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(handle.degraded().pace_wait, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_per_user_limit_stays_a_429_with_a_fallback() {
+    let upstream = Upstream::new(Duration::from_millis(10));
+    let svc = stack().layer(upstream.service());
+    for _ in 0..5 {
+        let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().get("x-degraded").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn degradation_can_be_turned_off() {
+    let upstream = Upstream::new(Duration::from_secs(5));
+    let stack = HealthAiStack::builder()
+        .degrade_on_overload(false)
+        .max_in_flight(1)
+        .max_queue_wait(Duration::from_secs(1))
+        .request_deadline(Duration::from_secs(3))
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let busy = tokio::spawn(svc.clone().oneshot(ask("ada", "x")));
+    tokio::task::yield_now().await;
+    let response = svc.clone().oneshot(ask("ada", "y")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The busy call runs past the 3 s deadline: 504, not the fallback.
+    let response = busy.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(handle.degraded().total, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_degrades_and_is_counted_by_reason() {
+    let upstream = Upstream::new(Duration::from_secs(5));
+    let stack = HealthAiStack::builder()
+        .request_deadline(Duration::from_secs(2))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(ask("ada", "x")).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert_eq!(response.headers()["retry-after"], "5");
+    let metrics = handle.metrics();
+    assert_eq!(metrics.degraded.deadline, 1);
+    assert_eq!(metrics.degraded.total, 1);
+    let json = serde_json::to_value(&metrics).unwrap();
+    assert_eq!(json["degraded"]["deadline"], 1);
+    // A deadline is not the upstream's failure.
+    assert_eq!(handle.circuit_state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_with_a_shorter_deadline_is_answered_by_its_own_deadline() {
+    // The first request leads the call; an identical one with a 2 s deadline waits
+    // behind it in the cache, and must not wait for the leader's 5 s call.
+    let upstream = Upstream::new(Duration::from_secs(5));
+    // The fallback reads what the request check found, as a real one would.
+    #[derive(Clone)]
+    struct Checked;
+    let stack = HealthAiStack::builder()
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .request_check(|parts, _body| {
+            parts.extensions.insert(Checked);
+            Ok(())
+        })
+        .fallback(|parts, _error| {
+            parts.extensions.get::<Checked>()?;
+            Some(Response::new(Bytes::from_static(b"fallback")))
+        })
+        .build();
+    let svc = stack.layer(upstream.service());
+    let leader = tokio::spawn(svc.clone().oneshot(ask("ada", "same")));
+    tokio::task::yield_now().await;
+    let mut hurried = ask("ada", "same");
+    hurried
+        .headers_mut()
+        .insert("x-request-timeout", "2".parse().unwrap());
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(hurried).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert_eq!(text(response).await, "fallback");
+    let response = leader.await.unwrap().unwrap();
+    assert_eq!(text(response).await, "ai:same");
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_past_its_deadline_frees_its_slot() {
+    // One slot, an upstream that takes far longer than the 2 s deadline.
+    let upstream = Upstream::new(Duration::from_secs(10_000));
+    let stack = HealthAiStack::builder()
+        .max_in_flight(1)
+        .request_deadline(Duration::from_secs(2))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    for body in ["a", "b"] {
+        let start = tokio::time::Instant::now();
+        let response = svc.clone().oneshot(ask("ada", body)).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(response.headers()["x-degraded"], "true");
+    }
+    // The second request reached the upstream: the first one's slot was given back.
+    assert_eq!(upstream.calls(), 2);
+    assert_eq!(handle.metrics().queue.processing, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_largest_and_smallest_deadlines_never_panic() {
+    let upstream = Upstream::new(Duration::from_millis(10));
+    // No deadline at all.
+    let svc = HealthAiStack::builder()
+        .request_deadline(Duration::MAX)
+        .build()
+        .layer(upstream.service());
+    let mut request = ask("ada", "a");
+    request
+        .headers_mut()
+        .insert("grpc-timeout", "99999999H".parse().unwrap());
+    let response = svc.clone().oneshot(request).await.unwrap();
+    assert_eq!(text(response).await, "ai:a");
+    // A zero budget: answered at once, never a call.
+    let stack = HealthAiStack::builder()
+        .request_deadline(Duration::ZERO)
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let svc = stack.layer(upstream.service());
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(ask("ada", "b")).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert_eq!(upstream.calls(), 1);
+    let svc = HealthAiStack::builder()
+        .request_deadline(Duration::ZERO)
+        .build()
+        .layer(upstream.service());
+    let response = svc.clone().oneshot(ask("ada", "c")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_displaced_by_a_higher_priority_degrades_to_the_fallback() {
+    let upstream = Upstream::new(Duration::from_secs(5));
+    let stack = one_slot()
+        .queue_capacity(1)
+        .request_check(|parts, _body| {
+            if parts.headers.contains_key("x-verified-plan") {
+                parts
+                    .extensions
+                    .insert(tower_health_ai::priority_queue::Priority::Urgent);
+            }
+            Ok(())
+        })
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let busy = tokio::spawn(svc.clone().oneshot(ask("ada", "busy")));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let waiting = tokio::spawn(svc.clone().oneshot(ask("grace", "waiting")));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut paying = ask("carol", "paying");
+    paying
+        .headers_mut()
+        .insert("x-verified-plan", "pro".parse().unwrap());
+    let start = tokio::time::Instant::now();
+    let paying = tokio::spawn(svc.clone().oneshot(paying));
+    // The waiting request is displaced, and answered at once from the fallback.
+    let response = waiting.await.unwrap().unwrap();
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(start.elapsed() < Duration::from_millis(10));
+    assert_eq!(handle.degraded().queue_full, 1);
+    assert_eq!(text(busy.await.unwrap().unwrap()).await, "ai:busy");
+    assert_eq!(text(paying.await.unwrap().unwrap()).await, "ai:paying");
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_requests_at_the_same_instant_all_get_the_fallback_at_the_deadline() {
+    let upstream = Upstream::new(Duration::from_secs(10_000));
+    let stack = HealthAiStack::builder()
+        .request_deadline(Duration::from_secs(2))
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let svc = stack.layer(upstream.service());
+    let start = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(svc.clone().oneshot(ask("ada", "same"))))
+        .collect();
+    for call in calls {
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-degraded"], "true");
+        assert!(
+            start.elapsed() <= Duration::from_millis(2_100),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    assert_eq!(upstream.calls(), 1);
 }

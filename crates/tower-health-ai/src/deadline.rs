@@ -1,0 +1,506 @@
+//! One deadline per request, from its arrival: it covers the cache's wait for an identical
+//! call, queueing, pacing, every attempt and every backoff.
+//!
+//! [`RequestDeadline`], just inside the RED metrics layer, stamps each request with its
+//! [`Deadline`] (the builder's budget, shortened, never lengthened, by the client's
+//! `grpc-timeout` or `x-request-timeout`, or by a [`Deadline`] the application put in the
+//! extensions) and answers by it whatever happens below. [`EnforceDeadline`], just below
+//! the fallback, ends the call at the deadline with [`DeadlineExceeded`], which the
+//! fallback answers (degraded) or the preset turns into 504 (gRPC 4 `DEADLINE_EXCEEDED`).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{Either, Full};
+use pin_project::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tower::BoxError;
+use tower_breaker::fallback::Capture;
+use tower_breaker::{CaptureHead, MarkDegraded};
+use tower_service::Service;
+
+use crate::degraded::{DegradeReason, DegradedCounters};
+use crate::policy::FallbackFn;
+use crate::refusal::{is_grpc, refusal_response};
+
+/// The header in which an HTTP client may shorten its deadline, in seconds (`2.5`).
+pub const X_REQUEST_TIMEOUT: &str = "x-request-timeout";
+/// The gRPC deadline header (`<at most 8 digits><H|M|S|m|u|n>`).
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The instant by which the preset answers a request, in the request's extensions.
+///
+/// The preset puts it there on arrival, so the upstream service can read it (for instance
+/// to give its own client call a timeout that ends in time). An application may insert
+/// one before the preset, to shorten a request's budget; it never lengthens it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    /// A deadline at `instant`.
+    #[must_use]
+    pub fn at(instant: Instant) -> Self {
+        Self(instant)
+    }
+
+    /// The instant.
+    #[must_use]
+    pub fn instant(self) -> Instant {
+        self.0
+    }
+
+    /// The time left until it, zero once passed.
+    #[must_use]
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+}
+
+/// The request's deadline passed before a real answer: 504 (gRPC 4
+/// `DEADLINE_EXCEEDED`), or the fallback's answer, marked degraded, when one is
+/// configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadlineExceeded;
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline exceeded: no answer within the request's deadline")
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// A request's deadline: `now + budget`, shortened by the client's headers and by an
+/// application's [`Deadline`] extension. The second value says whether anything
+/// shortened it. `None` when the budget is too large to add to `now` (no deadline).
+pub(crate) fn deadline_of(
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+    budget: Duration,
+    now: Instant,
+) -> (Option<Instant>, bool) {
+    let mut shortest = budget;
+    if !headers.is_empty() {
+        for asked in [
+            headers.get(X_REQUEST_TIMEOUT).and_then(parse_seconds),
+            headers.get(GRPC_TIMEOUT).and_then(parse_grpc_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            shortest = shortest.min(asked);
+        }
+    }
+    let mut shortened = shortest < budget;
+    let mut deadline = now.checked_add(shortest);
+    if let Some(Deadline(set)) = extensions.get::<Deadline>()
+        && deadline.is_none_or(|deadline| *set < deadline)
+    {
+        deadline = Some(*set);
+        shortened = true;
+    }
+    (deadline, shortened)
+}
+
+/// `x-request-timeout`: seconds, digits with an optional fraction. Anything else
+/// (signs, exponents, `NaN`, more than 32 characters, more seconds than a `Duration`
+/// holds) is ignored.
+fn parse_seconds(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if text.is_empty() || text.len() > 32 || !text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    {
+        return None;
+    }
+    let seconds: f64 = text.parse().ok()?;
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// `grpc-timeout` as the gRPC spec writes it: 1 to 8 digits and a unit (`H`, `M`, `S`,
+/// `m`, `u`, `n`). Anything else is ignored.
+fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let (unit, digits) = value.as_bytes().split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount = digits
+        .iter()
+        .fold(0_u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+    match unit {
+        b'H' => Some(Duration::from_secs(amount * 3600)),
+        b'M' => Some(Duration::from_secs(amount * 60)),
+        b'S' => Some(Duration::from_secs(amount)),
+        b'm' => Some(Duration::from_millis(amount)),
+        b'u' => Some(Duration::from_micros(amount)),
+        b'n' => Some(Duration::from_nanos(amount)),
+        _ => None,
+    }
+}
+
+/// How long after a request's deadline [`RequestDeadline`] answers it itself, when it
+/// cannot answer from the fallback: the time the fallback below has to answer at the
+/// deadline first (for the request whose call is running, and, through the cache, for
+/// the identical requests waiting on it).
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
+/// What the outermost deadline needs to answer a request itself.
+#[derive(Clone)]
+pub(crate) struct OnDeadline {
+    /// The request budget.
+    pub(crate) budget: Duration,
+    /// The fallback, when degraded answers are on and one is configured.
+    pub(crate) fallback: Option<FallbackFn>,
+    pub(crate) counters: Arc<DegradedCounters>,
+}
+
+/// Stamps each request with its [`Deadline`] and answers by it, whatever the layers
+/// below are doing (for example waiting for an identical request's call in the cache):
+/// with the fallback's answer, marked degraded, when one is configured, else 504. A
+/// request whose deadline the client (or the application) shortened is answered at its
+/// deadline; any other at most [`DEADLINE_GRACE`] after it, as the layers below
+/// answer it at the deadline first.
+///
+/// Built by the preset, just inside the RED metrics layer.
+#[derive(Clone)]
+pub struct RequestDeadline<S> {
+    inner: S,
+    on_deadline: OnDeadline,
+}
+
+impl<S> RequestDeadline<S> {
+    pub(crate) fn new(inner: S, on_deadline: OnDeadline) -> Self {
+        Self { inner, on_deadline }
+    }
+}
+
+impl<S> fmt::Debug for RequestDeadline<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestDeadline")
+            .field("budget", &self.on_deadline.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestDeadline<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<Either<ResBody, Full<Bytes>>>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestDeadlineFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let (deadline, shortened) = deadline_of(
+            request.headers(),
+            request.extensions(),
+            self.on_deadline.budget,
+            Instant::now(),
+        );
+        let mut answer = None;
+        if let Some(deadline) = deadline {
+            request.extensions_mut().insert(Deadline(deadline));
+            // Below, the fallback answers at the deadline of the request whose call is
+            // running. Only a request whose own deadline is earlier than the one it may
+            // be waiting behind (an identical request that arrived first, without a
+            // shorter deadline) can need an answer from here: keep its head for the
+            // fallback.
+            if shortened && let Some(fallback) = &self.on_deadline.fallback {
+                let checked = HeadSlot::default();
+                request.extensions_mut().insert(checked.clone());
+                answer = Some(DeadlineAnswer {
+                    parts: CaptureHead.capture(&request),
+                    checked,
+                    fallback: Arc::clone(fallback),
+                    counters: Arc::clone(&self.on_deadline.counters),
+                });
+            }
+        }
+        // With the head kept, answer at the deadline; else leave the fallback below
+        // (which answers at the deadline of the call being waited on) a moment first.
+        let deadline = match answer {
+            Some(_) => deadline,
+            None => {
+                deadline.map(|deadline| deadline.checked_add(DEADLINE_GRACE).unwrap_or(deadline))
+            }
+        };
+        RequestDeadlineFuture {
+            grpc: is_grpc(request.headers()),
+            inner: self.inner.call(request),
+            deadline,
+            sleep: None,
+            answer,
+        }
+    }
+}
+
+/// What [`RequestDeadline`] answers with at the deadline, when a fallback may answer.
+struct DeadlineAnswer {
+    /// The head as it arrived.
+    parts: http::request::Parts,
+    /// The head once the request check has run (with the extensions it added), when the
+    /// request got that far.
+    checked: HeadSlot,
+    fallback: FallbackFn,
+    counters: Arc<DegradedCounters>,
+}
+
+/// Where the body layer leaves the request head once the request check has run, for
+/// [`RequestDeadline`]'s fallback: a request extension, only on requests that may need
+/// it.
+#[derive(Clone, Default)]
+pub(crate) struct HeadSlot(Arc<std::sync::OnceLock<http::request::Parts>>);
+
+impl HeadSlot {
+    /// Keeps a copy of `parts` (the first one only).
+    pub(crate) fn fill(&self, parts: &http::request::Parts) {
+        let _ = self.0.get_or_init(|| {
+            let mut copy = parts.clone();
+            copy.extensions.remove::<HeadSlot>();
+            copy
+        });
+    }
+}
+
+/// The future of [`RequestDeadline`].
+#[pin_project]
+pub struct RequestDeadlineFuture<F> {
+    #[pin]
+    inner: F,
+    deadline: Option<Instant>,
+    /// Set when the inner future first waits: an answer ready at once (a cache hit)
+    /// costs no timer.
+    #[pin]
+    sleep: Option<Sleep>,
+    answer: Option<DeadlineAnswer>,
+    grpc: bool,
+}
+
+impl<F> fmt::Debug for RequestDeadlineFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestDeadlineFuture")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for RequestDeadlineFuture<F>
+where
+    F: Future<Output = Result<Response<Either<ResBody, Full<Bytes>>>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.inner.poll(cx) {
+            return Poll::Ready(output);
+        }
+        let Some(deadline) = *this.deadline else {
+            return Poll::Pending;
+        };
+        if this.sleep.is_none() {
+            this.sleep.set(Some(sleep_until(deadline)));
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            std::task::ready!(sleep.poll(cx));
+        }
+        *this.deadline = None;
+        tracing::info!("request deadline passed while waiting below the stack");
+        let error: BoxError = Box::new(DeadlineExceeded);
+        if let Some(DeadlineAnswer {
+            parts,
+            checked,
+            fallback,
+            counters,
+        }) = this.answer.take()
+            && let Some(response) = fallback(checked.0.get().unwrap_or(&parts), &error)
+        {
+            counters.record(DegradeReason::Deadline);
+            let mut response = response.map(|body| Either::Right(Full::new(body)));
+            crate::policy::set_retry_after(&mut response, &error);
+            response.mark_degraded();
+            return Poll::Ready(Ok(response));
+        }
+        Poll::Ready(Ok(
+            refusal_response::<Full<Bytes>>(&error, *this.grpc).map(Either::Right)
+        ))
+    }
+}
+
+/// Ends the call below at the request's [`Deadline`] with [`DeadlineExceeded`]: below the
+/// fallback, so that the fallback answers it; above the retries, so that it covers every
+/// attempt and backoff, the breaker, the queue and the pace.
+#[derive(Clone, Debug)]
+pub struct EnforceDeadline<S> {
+    inner: S,
+}
+
+impl<S> EnforceDeadline<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B> Service<Request<B>> for EnforceDeadline<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = EnforceDeadlineFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let deadline = request.extensions().get::<Deadline>().copied();
+        // A request whose deadline has already passed is not sent: its call could not
+        // answer in time, and might be billed.
+        let inner = match deadline {
+            Some(deadline) if deadline.0 <= Instant::now() => None,
+            _ => Some(self.inner.call(request)),
+        };
+        EnforceDeadlineFuture {
+            inner,
+            sleep: deadline.map(|deadline| sleep_until(deadline.0)),
+        }
+    }
+}
+
+/// The future of [`EnforceDeadline`].
+#[pin_project]
+pub struct EnforceDeadlineFuture<F> {
+    /// `None` when the deadline had passed before the call.
+    #[pin]
+    inner: Option<F>,
+    #[pin]
+    sleep: Option<Sleep>,
+}
+
+impl<F> fmt::Debug for EnforceDeadlineFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnforceDeadlineFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for EnforceDeadlineFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(inner) = this.inner.as_pin_mut()
+            && let Poll::Ready(result) = inner.poll(cx)
+        {
+            return Poll::Ready(result.map_err(Into::into));
+        }
+        match this.sleep.as_pin_mut() {
+            Some(sleep) => {
+                std::task::ready!(sleep.poll(cx));
+                Poll::Ready(Err(Box::new(DeadlineExceeded)))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_shorten_never_lengthen_and_garbage_is_ignored() {
+        let now = Instant::now();
+        let budget = Duration::from_secs(150);
+        let of = |pairs: &[(&'static str, &str)]| {
+            deadline_of(&headers(pairs), &http::Extensions::new(), budget, now)
+        };
+        assert_eq!(of(&[]), (Some(now + budget), false));
+        assert_eq!(
+            of(&[(X_REQUEST_TIMEOUT, "2.5")]),
+            (Some(now + Duration::from_millis(2500)), true)
+        );
+        assert_eq!(
+            of(&[(X_REQUEST_TIMEOUT, "9"), (GRPC_TIMEOUT, "3S")]),
+            (Some(now + Duration::from_secs(3)), true)
+        );
+        for garbage in [
+            "",
+            "-1",
+            "1e3",
+            "inf",
+            "NaN",
+            ".",
+            "1.2.3",
+            "9".repeat(33).as_str(),
+        ] {
+            assert_eq!(
+                of(&[(X_REQUEST_TIMEOUT, garbage)]),
+                (Some(now + budget), false)
+            );
+        }
+        for garbage in ["S", "123456789S", "5X", "-5S", "99999999H"] {
+            assert_eq!(of(&[(GRPC_TIMEOUT, garbage)]), (Some(now + budget), false));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_largest_budgets_and_headers_never_panic() {
+        let now = Instant::now();
+        let none = http::Extensions::new();
+        assert_eq!(
+            deadline_of(&HeaderMap::new(), &none, Duration::MAX, now),
+            (None, false)
+        );
+        let (deadline, _) = deadline_of(
+            &headers(&[
+                (GRPC_TIMEOUT, "99999999H"),
+                (X_REQUEST_TIMEOUT, "18446744073709551615"),
+            ]),
+            &none,
+            Duration::MAX,
+            now,
+        );
+        assert_eq!(
+            deadline,
+            now.checked_add(Duration::from_secs(99_999_999 * 3600))
+        );
+        assert_eq!(
+            deadline_of(&HeaderMap::new(), &none, Duration::ZERO, now),
+            (Some(now), false)
+        );
+        let mut set = http::Extensions::new();
+        set.insert(Deadline::at(now + Duration::from_secs(1)));
+        assert_eq!(
+            deadline_of(&HeaderMap::new(), &set, Duration::MAX, now),
+            (Some(now + Duration::from_secs(1)), true)
+        );
+        assert_eq!(
+            deadline_of(&HeaderMap::new(), &set, Duration::ZERO, now),
+            (Some(now), false)
+        );
+    }
+}
