@@ -11,6 +11,7 @@ use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tower_service::Service;
 
+use crate::overload::{OverloadClassifier, TimeoutOverload};
 use crate::priority::Priority;
 use crate::shared::{Permit, WaitGuard};
 
@@ -19,13 +20,17 @@ use crate::shared::{Permit, WaitGuard};
 /// It waits for a slot (if the request had to queue), then drives the inner service to
 /// readiness and calls it. Dropping it at any point leaves the waiting room or frees the
 /// slot.
+///
+/// When the limit is adaptive, the inner call's outcome is classified by `C` (see
+/// [`OverloadClassifier`]) before the slot is freed.
 #[pin_project]
-pub struct ResponseFuture<S, Req>
+pub struct ResponseFuture<S, Req, C = TimeoutOverload>
 where
     S: Service<Req>,
 {
     #[pin]
     state: State<S, Req>,
+    classifier: C,
 }
 
 #[pin_project(project = StateProj)]
@@ -46,7 +51,7 @@ where
     /// Calling the inner service.
     Calling {
         // Held until the inner future completes; released on drop.
-        _permit: Permit,
+        permit: Permit,
         #[pin]
         future: S::Future,
     },
@@ -70,22 +75,21 @@ struct Pending<S, Req> {
     request: Option<Req>,
 }
 
-impl<S, Req> ResponseFuture<S, Req>
+impl<S, Req, C> ResponseFuture<S, Req, C>
 where
     S: Service<Req>,
 {
-    pub(crate) fn failed(error: BoxError) -> Self {
+    pub(crate) fn failed(error: BoxError, classifier: C) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
+            classifier,
         }
     }
 
-    pub(crate) fn calling(permit: Permit, future: S::Future) -> Self {
+    pub(crate) fn calling(permit: Permit, future: S::Future, classifier: C) -> Self {
         ResponseFuture {
-            state: State::Calling {
-                _permit: permit,
-                future,
-            },
+            state: State::Calling { permit, future },
+            classifier,
         }
     }
 
@@ -96,20 +100,24 @@ where
         max_wait: Option<Duration>,
         inner: S,
         request: Req,
+        classifier: C,
     ) -> Self {
         let arrived = Instant::now();
         let timeout = max_wait
             .and_then(|wait| arrived.checked_add(wait))
             .map(tokio::time::sleep_until);
-        Self::pending(Pending {
-            guard: None,
-            priority,
-            arrived,
-            timeout,
-            permit: Some(permit),
-            inner,
-            request: Some(request),
-        })
+        Self::pending(
+            Pending {
+                guard: None,
+                priority,
+                arrived,
+                timeout,
+                permit: Some(permit),
+                inner,
+                request: Some(request),
+            },
+            classifier,
+        )
     }
 
     /// In the waiting room.
@@ -118,26 +126,31 @@ where
         max_wait: Option<Duration>,
         inner: S,
         request: Req,
+        classifier: C,
     ) -> Self {
         let timeout = max_wait
             .and_then(|wait| guard.enqueued().checked_add(wait))
             .map(tokio::time::sleep_until);
-        Self::pending(Pending {
-            priority: guard.priority(),
-            arrived: guard.enqueued(),
-            guard: Some(guard),
-            timeout,
-            permit: None,
-            inner,
-            request: Some(request),
-        })
+        Self::pending(
+            Pending {
+                priority: guard.priority(),
+                arrived: guard.enqueued(),
+                guard: Some(guard),
+                timeout,
+                permit: None,
+                inner,
+                request: Some(request),
+            },
+            classifier,
+        )
     }
 
-    fn pending(pending: Pending<S, Req>) -> Self {
+    fn pending(pending: Pending<S, Req>, classifier: C) -> Self {
         ResponseFuture {
             state: State::Pending {
                 pending: Box::pin(pending),
             },
+            classifier,
         }
     }
 }
@@ -207,36 +220,43 @@ where
     }
 }
 
-impl<S, Req> Future for ResponseFuture<S, Req>
+impl<S, Req, C> Future for ResponseFuture<S, Req, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    C: OverloadClassifier<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
     // Always inlined: the common case is the inner call's completion.
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        if let StateProj::Calling { future, .. } = state.as_mut().project() {
-            let output = ready!(future.poll(cx));
+        let this = self.project();
+        let mut state = this.state;
+        if let StateProj::Calling { future, permit } = state.as_mut().project() {
+            let output = ready!(future.poll(cx)).map_err(Into::into);
+            if permit.classifies() {
+                permit.record(this.classifier.classify(&output));
+            }
             // Frees the slot before the caller sees the response.
             state.set(State::Done);
-            return Poll::Ready(output.map_err(Into::into));
+            return Poll::Ready(output);
         }
-        poll_state(state, cx)
+        poll_state(state, this.classifier, cx)
     }
 }
 
 /// The response future's states other than a call in progress on entry.
 #[inline(never)]
-fn poll_state<S, Req>(
+fn poll_state<S, Req, C>(
     mut state: Pin<&mut State<S, Req>>,
+    classifier: &C,
     cx: &mut Context<'_>,
 ) -> Poll<Result<S::Response, BoxError>>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    C: OverloadClassifier<S::Response>,
 {
     loop {
         match state.as_mut().project() {
@@ -246,28 +266,28 @@ where
                 return Poll::Ready(Err(error));
             }
             StateProj::Pending { pending } => match ready!(pending.as_mut().poll_call(cx)) {
-                Ok((permit, future)) => state.set(State::Calling {
-                    _permit: permit,
-                    future,
-                }),
+                Ok((permit, future)) => state.set(State::Calling { permit, future }),
                 Err(error) => {
                     // Leaves the room or frees the slot.
                     state.set(State::Done);
                     return Poll::Ready(Err(error));
                 }
             },
-            StateProj::Calling { future, .. } => {
-                let output = ready!(future.poll(cx));
+            StateProj::Calling { future, permit } => {
+                let output = ready!(future.poll(cx)).map_err(Into::into);
+                if permit.classifies() {
+                    permit.record(classifier.classify(&output));
+                }
                 // Frees the slot before the caller sees the response.
                 state.set(State::Done);
-                return Poll::Ready(output.map_err(Into::into));
+                return Poll::Ready(output);
             }
             StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
         }
     }
 }
 
-impl<S, Req> fmt::Debug for ResponseFuture<S, Req>
+impl<S, Req, C> fmt::Debug for ResponseFuture<S, Req, C>
 where
     S: Service<Req>,
 {

@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use tokio::time::Instant;
+
+use crate::limit::Limit;
 use crate::shared::Shared;
 
 /// Reads the state of a priority queue: the layer and every service it built share it.
@@ -28,10 +31,17 @@ impl QueueHandle {
         &self.shared.settings.name
     }
 
-    /// The most requests in flight at once.
+    /// The most requests in flight at once now: the fixed limit, or the adaptive limit's
+    /// current value.
     #[must_use]
     pub fn max_in_flight(&self) -> usize {
-        self.shared.settings.max_in_flight
+        self.shared.limit()
+    }
+
+    /// The limit the queue was built with.
+    #[must_use]
+    pub fn limit_setting(&self) -> Limit {
+        self.shared.settings.limit
     }
 
     /// The current state. Takes the waiting room's lock briefly.
@@ -39,9 +49,14 @@ impl QueueHandle {
     pub fn snapshot(&self) -> QueueSnapshot {
         let processing = self.shared.in_flight();
         let ([urgent, high, normal, low], queue_size) = self.shared.depths();
+        let cooling_down_secs = self.shared.cooling_down(Instant::now()).map_or(0, |left| {
+            left.as_secs() + u64::from(left.subsec_nanos() > 0)
+        });
         QueueSnapshot {
             queue_size,
             processing,
+            limit: self.shared.limit(),
+            cooling_down_secs,
             urgent,
             high,
             normal,
@@ -61,7 +76,7 @@ impl fmt::Debug for QueueHandle {
 
 /// A priority queue's state at one moment.
 ///
-/// Serializes as `{"queueSize":…,"processing":…,"urgent":…,"high":…,"normal":…,"low":…}`.
+/// Serializes as `{"queueSize":…,"processing":…,"limit":…,"coolingDownSecs":…,"urgent":…,"high":…,"normal":…,"low":…}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -70,6 +85,11 @@ pub struct QueueSnapshot {
     pub queue_size: usize,
     /// Requests holding a slot (in flight).
     pub processing: usize,
+    /// The in-flight limit now (fixed, or the adaptive limit's current value).
+    pub limit: usize,
+    /// Seconds left in the cool-down an upstream's `Retry-After` started (rounded up), 0
+    /// when none runs.
+    pub cooling_down_secs: u64,
     /// Urgent requests waiting.
     pub urgent: usize,
     /// High-priority requests waiting.

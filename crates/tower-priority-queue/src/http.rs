@@ -8,7 +8,12 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Response, StatusCode};
 
+use std::time::SystemTime;
+
+use tower::BoxError;
+
 use crate::error::QueueError;
+use crate::overload::{OverloadClassifier, Signal};
 use crate::priority::{Priority, PriorityExtractor};
 
 /// Reads the priority from a request header, `x-priority` unless told otherwise.
@@ -166,6 +171,62 @@ impl<B> PriorityExtractor<http::Request<B>> for ExtensionPriority {
             .get::<Priority>()
             .copied()
             .unwrap_or(self.default))
+    }
+}
+
+/// The HTTP [`OverloadClassifier`]: a `429 Too Many Requests` or `503 Service
+/// Unavailable` from the upstream is overload, with its `Retry-After` (seconds or an HTTP
+/// date) when it carries one; an error that is a timeout (see
+/// [`is_timeout`](crate::retry::is_timeout)) is overload; any other answer or error,
+/// 5xx included, is [`Signal::Normal`]: it says nothing about the upstream's load.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::BoxError;
+/// use tower_priority_queue::{HttpOverload, OverloadClassifier, Signal};
+///
+/// let throttled: Result<http::Response<()>, BoxError> = Ok(http::Response::builder()
+///     .status(429)
+///     .header("retry-after", "3")
+///     .body(())
+///     .unwrap());
+/// assert_eq!(
+///     HttpOverload::new().classify(&throttled),
+///     Signal::OverloadRetryAfter(Duration::from_secs(3))
+/// );
+/// let failed: Result<http::Response<()>, BoxError> =
+///     Ok(http::Response::builder().status(500).body(()).unwrap());
+/// assert_eq!(HttpOverload::new().classify(&failed), Signal::Normal);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpOverload;
+
+impl HttpOverload {
+    /// The HTTP classifier.
+    #[must_use]
+    pub const fn new() -> Self {
+        HttpOverload
+    }
+}
+
+impl<B> OverloadClassifier<Response<B>> for HttpOverload {
+    fn classify(&self, result: &Result<Response<B>, BoxError>) -> Signal {
+        match result {
+            Ok(response)
+                if matches!(
+                    response.status(),
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                ) =>
+            {
+                match crate::retry::retry_after(response.headers(), SystemTime::now()) {
+                    Some(wait) => Signal::OverloadRetryAfter(wait),
+                    None => Signal::Overload,
+                }
+            }
+            Ok(_) => Signal::Normal,
+            Err(error) if crate::retry::is_timeout(error) => Signal::Overload,
+            Err(_) => Signal::Normal,
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use tower_layer::Layer;
 
 use crate::core::{Limits, WaitQueue};
 use crate::handle::QueueHandle;
+use crate::limit::Limit;
+use crate::overload::TimeoutOverload;
 use crate::priority::Priority;
 use crate::service::PriorityQueue;
 use crate::shared::{Settings, Shared};
@@ -19,9 +21,10 @@ use crate::shared::{Settings, Shared};
 /// Every service this layer builds, and every clone of those services, shares one set of
 /// slots and one waiting room: build the layer once per queue you want.
 #[derive(Clone)]
-pub struct PriorityQueueLayer<E> {
+pub struct PriorityQueueLayer<E, C = TimeoutOverload> {
     shared: Arc<Shared>,
     extractor: E,
+    classifier: C,
 }
 
 #[cfg(feature = "http")]
@@ -47,7 +50,7 @@ impl Default for PriorityQueueLayer<crate::http::HeaderPriority> {
     }
 }
 
-impl<E> PriorityQueueLayer<E> {
+impl<E, C> PriorityQueueLayer<E, C> {
     /// A handle on the queue's state, shared with every service the layer builds.
     #[must_use]
     pub fn handle(&self) -> QueueHandle {
@@ -55,19 +58,24 @@ impl<E> PriorityQueueLayer<E> {
     }
 }
 
-impl<S, E: Clone> Layer<S> for PriorityQueueLayer<E> {
-    type Service = PriorityQueue<S, E>;
+impl<S, E: Clone, C: Clone> Layer<S> for PriorityQueueLayer<E, C> {
+    type Service = PriorityQueue<S, E, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PriorityQueue::new(inner, self.extractor.clone(), Arc::clone(&self.shared))
+        PriorityQueue::new(
+            inner,
+            self.extractor.clone(),
+            self.classifier.clone(),
+            Arc::clone(&self.shared),
+        )
     }
 }
 
-impl<E> fmt::Debug for PriorityQueueLayer<E> {
+impl<E, C> fmt::Debug for PriorityQueueLayer<E, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PriorityQueueLayer")
             .field("name", &self.shared.settings.name)
-            .field("max_in_flight", &self.shared.settings.max_in_flight)
+            .field("limit", &self.shared.settings.limit)
             .finish_non_exhaustive()
     }
 }
@@ -77,16 +85,18 @@ impl<E> fmt::Debug for PriorityQueueLayer<E> {
 /// | setting | default |
 /// |---|---|
 /// | [`name`](Self::name) | `"default"` |
-/// | [`max_in_flight`](Self::max_in_flight) | 2 |
+/// | [`limit`](Self::limit) (or [`max_in_flight`](Self::max_in_flight)) | fixed, 2 |
+/// | [`overload_classifier`](Self::overload_classifier) | [`TimeoutOverload`] (use [`HttpOverload`](crate::HttpOverload) for HTTP answers) |
 /// | [`capacity`](Self::capacity) (waiting, all levels) | 32 |
 /// | [`level_capacity`](Self::level_capacity) | the total capacity |
 /// | [`max_wait`](Self::max_wait) | 60 s at every level |
 /// | [`aging`](Self::aging) | 10 s per level |
 /// | [`retry_after`](Self::retry_after) | 5 s |
 #[derive(Clone, Debug)]
-pub struct QueueBuilder<E> {
+pub struct QueueBuilder<E, C = TimeoutOverload> {
     name: Cow<'static, str>,
-    max_in_flight: usize,
+    limit: Limit,
+    classifier: C,
     capacity: usize,
     level_capacity: [Option<usize>; 4],
     max_wait: [Option<Duration>; 4],
@@ -100,7 +110,8 @@ impl<E> QueueBuilder<E> {
     pub fn with_extractor(extractor: E) -> Self {
         QueueBuilder {
             name: Cow::Borrowed("default"),
-            max_in_flight: 2,
+            limit: Limit::default(),
+            classifier: TimeoutOverload,
             capacity: 32,
             level_capacity: [None; 4],
             max_wait: [Some(Duration::from_secs(60)); 4],
@@ -109,7 +120,9 @@ impl<E> QueueBuilder<E> {
             extractor,
         }
     }
+}
 
+impl<E, C> QueueBuilder<E, C> {
     /// The queue's name: the `queue` label of its metrics and the `queue` field of its
     /// tracing events.
     #[must_use]
@@ -118,11 +131,50 @@ impl<E> QueueBuilder<E> {
         self
     }
 
-    /// The most requests in flight at once (at least 1; 0 is taken as 1).
+    /// A fixed limit: the most requests in flight at once (at least 1; 0 is taken as 1).
+    /// The same as `limit(Limit::fixed(max_in_flight))`.
     #[must_use]
     pub fn max_in_flight(mut self, max_in_flight: usize) -> Self {
-        self.max_in_flight = max_in_flight.max(1);
+        self.limit = Limit::fixed(max_in_flight);
         self
+    }
+
+    /// The in-flight limit: [`Limit::Fixed`] (the default, 2) or an
+    /// [`AdaptiveLimit`](crate::AdaptiveLimit) that finds the upstream's capacity from its
+    /// overload signals. An adaptive limit reads each call's outcome through the
+    /// [overload classifier](Self::overload_classifier): for HTTP answers set
+    /// [`HttpOverload`](crate::HttpOverload), or only timeouts count.
+    ///
+    /// ```
+    /// use tower_priority_queue::{HttpOverload, Limit, PriorityQueueLayer};
+    ///
+    /// let layer = PriorityQueueLayer::builder()
+    ///     .limit(Limit::adaptive().initial(2).max(32))
+    ///     .overload_classifier(HttpOverload::new())
+    ///     .build();
+    /// assert_eq!(layer.handle().max_in_flight(), 2);
+    /// ```
+    #[must_use]
+    pub fn limit(mut self, limit: impl Into<Limit>) -> Self {
+        self.limit = limit.into();
+        self
+    }
+
+    /// What each call's outcome says about the upstream's load, for an adaptive limit:
+    /// any [`OverloadClassifier`](crate::OverloadClassifier) for the inner service's response type.
+    #[must_use]
+    pub fn overload_classifier<C2>(self, classifier: C2) -> QueueBuilder<E, C2> {
+        QueueBuilder {
+            name: self.name,
+            limit: self.limit,
+            classifier,
+            capacity: self.capacity,
+            level_capacity: self.level_capacity,
+            max_wait: self.max_wait,
+            aging: self.aging,
+            retry_after: self.retry_after,
+            extractor: self.extractor,
+        }
     }
 
     /// The most requests waiting, all levels together. With 0, a request that finds every
@@ -181,10 +233,11 @@ impl<E> QueueBuilder<E> {
     /// Where priorities come from: any [`PriorityExtractor`](crate::PriorityExtractor)
     /// for the service's request type.
     #[must_use]
-    pub fn extractor<E2>(self, extractor: E2) -> QueueBuilder<E2> {
+    pub fn extractor<E2>(self, extractor: E2) -> QueueBuilder<E2, C> {
         QueueBuilder {
             name: self.name,
-            max_in_flight: self.max_in_flight,
+            limit: self.limit,
+            classifier: self.classifier,
             capacity: self.capacity,
             level_capacity: self.level_capacity,
             max_wait: self.max_wait,
@@ -197,7 +250,7 @@ impl<E> QueueBuilder<E> {
     /// Builds the layer. Metric handles are resolved here: install the `metrics` recorder
     /// first.
     #[must_use]
-    pub fn build(self) -> PriorityQueueLayer<E> {
+    pub fn build(self) -> PriorityQueueLayer<E, C> {
         let limits = Limits {
             capacity: self.capacity,
             level_capacity: self
@@ -207,7 +260,7 @@ impl<E> QueueBuilder<E> {
         };
         let settings = Settings {
             name: self.name,
-            max_in_flight: self.max_in_flight,
+            limit: self.limit,
             max_wait: self.max_wait,
             retry_after: self.retry_after,
         };
@@ -215,6 +268,7 @@ impl<E> QueueBuilder<E> {
         PriorityQueueLayer {
             shared: Arc::new(shared),
             extractor: self.extractor,
+            classifier: self.classifier,
         }
     }
 }

@@ -121,7 +121,9 @@ mod handle;
 #[cfg(feature = "http")]
 mod http;
 mod layer;
+mod limit;
 pub mod metrics;
+mod overload;
 mod priority;
 pub mod retry;
 mod service;
@@ -131,8 +133,10 @@ pub use crate::error::QueueError;
 pub use crate::future::ResponseFuture;
 pub use crate::handle::{QueueHandle, QueueSnapshot};
 #[cfg(feature = "http")]
-pub use crate::http::{ExtensionPriority, HeaderPriority};
+pub use crate::http::{ExtensionPriority, HeaderPriority, HttpOverload};
 pub use crate::layer::{PriorityQueueLayer, QueueBuilder};
+pub use crate::limit::{AdaptiveLimit, Limit};
+pub use crate::overload::{OverloadClassifier, OverloadFn, Signal, TimeoutOverload, overload_fn};
 pub use crate::priority::{Priority, PriorityExtractor, PriorityFn, priority_fn};
 pub use crate::retry::{
     Classify, ClassifyFn, CloneReplay, IdempotentIf, Replay, Retry, RetryBuilder, RetryDecision,

@@ -10,6 +10,9 @@
 //! | [`QUEUE_IN_FLIGHT`] | gauge | `queue` |
 //! | [`QUEUE_WAIT_SECONDS`] | histogram | `queue`, `priority` |
 //! | [`QUEUE_SHED_TOTAL`] | counter | `queue`, `priority`, `reason` |
+//! | [`QUEUE_LIMIT`] | gauge | `queue` |
+//! | [`QUEUE_COOLDOWNS_TOTAL`] | counter | `queue` |
+//! | [`QUEUE_COOLDOWN_SECONDS`] | gauge | `queue` |
 //! | [`RETRY_ATTEMPTS_TOTAL`] | counter | `outcome` |
 
 use std::borrow::Cow;
@@ -34,6 +37,13 @@ pub const QUEUE_WAIT_SECONDS: &str = "queue_wait_seconds";
 /// (waited longer than its level allows) or `invalid` (with `priority="invalid"`: the
 /// request named no valid priority).
 pub const QUEUE_SHED_TOTAL: &str = "queue_shed_total";
+/// The in-flight limit requests are admitted by (gauge; label `queue`): fixed, or moved
+/// by the adaptive limit.
+pub const QUEUE_LIMIT: &str = "queue_limit";
+/// Cool-downs started by an upstream's `Retry-After` (counter; label `queue`).
+pub const QUEUE_COOLDOWNS_TOTAL: &str = "queue_cooldowns_total";
+/// The length of the cool-down in progress, 0 when none runs (gauge; label `queue`).
+pub const QUEUE_COOLDOWN_SECONDS: &str = "queue_cooldown_seconds";
 /// Retry decisions (counter; label `outcome`): `returned` (the outcome was not retryable
 /// and went back to the caller), `retried`, `exhausted` (retryable, but it was the last
 /// attempt), `budget_exhausted`, `deadline_exceeded` (the backoff would end past the
@@ -63,6 +73,17 @@ pub fn describe_metrics() {
         QUEUE_SHED_TOTAL,
         Unit::Count,
         "Requests refused by the queue."
+    );
+    metrics::describe_gauge!(QUEUE_LIMIT, Unit::Count, "The queue's in-flight limit.");
+    metrics::describe_counter!(
+        QUEUE_COOLDOWNS_TOTAL,
+        Unit::Count,
+        "Cool-downs started by an upstream's Retry-After."
+    );
+    metrics::describe_gauge!(
+        QUEUE_COOLDOWN_SECONDS,
+        Unit::Seconds,
+        "The length of the cool-down in progress (0 when none)."
     );
     metrics::describe_counter!(
         RETRY_ATTEMPTS_TOTAL,
@@ -107,6 +128,9 @@ pub(crate) struct QueueMetrics {
     wait: [Histogram; 4],
     shed: [[Counter; 3]; 4],
     invalid: Counter,
+    limit: Gauge,
+    cooldowns: Counter,
+    cooldown: Gauge,
 }
 
 impl QueueMetrics {
@@ -138,6 +162,9 @@ impl QueueMetrics {
                 "priority" => "invalid",
                 "reason" => "invalid"
             ),
+            limit: metrics::gauge!(QUEUE_LIMIT, "queue" => queue.clone()),
+            cooldowns: metrics::counter!(QUEUE_COOLDOWNS_TOTAL, "queue" => queue.clone()),
+            cooldown: metrics::gauge!(QUEUE_COOLDOWN_SECONDS, "queue" => queue.clone()),
         }
     }
 
@@ -164,6 +191,20 @@ impl QueueMetrics {
 
     pub(crate) fn invalid(&self) {
         self.invalid.increment(1);
+    }
+
+    pub(crate) fn set_limit(&self, limit: usize) {
+        #[allow(clippy::cast_precision_loss)] // a limit is far below 2^52
+        self.limit.set(limit as f64);
+    }
+
+    pub(crate) fn cooldown_started(&self, wait: Duration) {
+        self.cooldowns.increment(1);
+        self.cooldown.set(wait.as_secs_f64());
+    }
+
+    pub(crate) fn cooldown_ended(&self) {
+        self.cooldown.set(0.0);
     }
 }
 

@@ -11,6 +11,7 @@ use tower_service::Service;
 use crate::error::QueueError;
 use crate::future::ResponseFuture;
 use crate::handle::QueueHandle;
+use crate::overload::{OverloadClassifier, TimeoutOverload};
 use crate::priority::{Priority, PriorityExtractor};
 use crate::shared::{Admission, Permit, Shared};
 
@@ -40,17 +41,19 @@ use crate::shared::{Admission, Permit, Shared};
 ///
 /// Errors are [`BoxError`]: the queue's refusals are a boxed [`QueueError`], errors of the
 /// inner service pass through unchanged.
-pub struct PriorityQueue<S, E> {
+pub struct PriorityQueue<S, E, C = TimeoutOverload> {
     inner: S,
     extractor: E,
+    classifier: C,
     shared: Arc<Shared>,
 }
 
-impl<S, E> PriorityQueue<S, E> {
-    pub(crate) fn new(inner: S, extractor: E, shared: Arc<Shared>) -> Self {
+impl<S, E, C> PriorityQueue<S, E, C> {
+    pub(crate) fn new(inner: S, extractor: E, classifier: C, shared: Arc<Shared>) -> Self {
         PriorityQueue {
             inner,
             extractor,
+            classifier,
             shared,
         }
     }
@@ -77,17 +80,18 @@ impl<S, E> PriorityQueue<S, E> {
     }
 }
 
-impl<S: Clone, E: Clone> Clone for PriorityQueue<S, E> {
+impl<S: Clone, E: Clone, C: Clone> Clone for PriorityQueue<S, E, C> {
     fn clone(&self) -> Self {
         PriorityQueue {
             inner: self.inner.clone(),
             extractor: self.extractor.clone(),
+            classifier: self.classifier.clone(),
             shared: Arc::clone(&self.shared),
         }
     }
 }
 
-impl<S: fmt::Debug, E> fmt::Debug for PriorityQueue<S, E> {
+impl<S: fmt::Debug, E, C> fmt::Debug for PriorityQueue<S, E, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PriorityQueue")
             .field("inner", &self.inner)
@@ -96,7 +100,7 @@ impl<S: fmt::Debug, E> fmt::Debug for PriorityQueue<S, E> {
     }
 }
 
-impl<S, E> PriorityQueue<S, E> {
+impl<S, E, C: Clone> PriorityQueue<S, E, C> {
     /// Calls the inner service with a slot just taken.
     ///
     /// If the inner service is ready now (checked without registering a waker), it is
@@ -104,7 +108,7 @@ impl<S, E> PriorityQueue<S, E> {
     /// allocation, no copy of the request into the future. Otherwise a clone of it is
     /// driven to readiness by the response future.
     #[inline]
-    fn call_admitted<Req>(&mut self, priority: Priority, request: Req) -> ResponseFuture<S, Req>
+    fn call_admitted<Req>(&mut self, priority: Priority, request: Req) -> ResponseFuture<S, Req, C>
     where
         S: Service<Req> + Clone,
         S::Error: Into<BoxError>,
@@ -112,8 +116,12 @@ impl<S, E> PriorityQueue<S, E> {
         let permit = Permit::new(Arc::clone(&self.shared));
         let mut cx = Context::from_waker(Waker::noop());
         match self.inner.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => ResponseFuture::calling(permit, self.inner.call(request)),
-            Poll::Ready(Err(error)) => ResponseFuture::failed(error.into()),
+            Poll::Ready(Ok(())) => {
+                ResponseFuture::calling(permit, self.inner.call(request), self.classifier.clone())
+            }
+            Poll::Ready(Err(error)) => {
+                ResponseFuture::failed(error.into(), self.classifier.clone())
+            }
             Poll::Pending => self.call_not_ready(permit, priority, request),
         }
     }
@@ -127,7 +135,7 @@ impl<S, E> PriorityQueue<S, E> {
         permit: Permit,
         priority: Priority,
         request: Req,
-    ) -> ResponseFuture<S, Req>
+    ) -> ResponseFuture<S, Req, C>
     where
         S: Service<Req> + Clone,
         S::Error: Into<BoxError>,
@@ -135,19 +143,21 @@ impl<S, E> PriorityQueue<S, E> {
         let fresh = self.inner.clone();
         let polled = std::mem::replace(&mut self.inner, fresh);
         let max_wait = self.shared.settings.max_wait[priority.index()];
-        ResponseFuture::admitted(permit, priority, max_wait, polled, request)
+        let classifier = self.classifier.clone();
+        ResponseFuture::admitted(permit, priority, max_wait, polled, request, classifier)
     }
 }
 
-impl<S, E, Req> Service<Req> for PriorityQueue<S, E>
+impl<S, E, C, Req> Service<Req> for PriorityQueue<S, E, C>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     E: PriorityExtractor<Req>,
+    C: OverloadClassifier<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, Req>;
+    type Future = ResponseFuture<S, Req, C>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -164,7 +174,7 @@ where
     }
 }
 
-impl<S, E> PriorityQueue<S, E> {
+impl<S, E, C: Clone> PriorityQueue<S, E, C> {
     /// `call` off the common path: refuses an invalid priority, or takes a slot under the
     /// room's lock, waits in the room, or is shed.
     #[inline(never)]
@@ -172,7 +182,7 @@ impl<S, E> PriorityQueue<S, E> {
         &mut self,
         extracted: Result<Priority, QueueError>,
         request: Req,
-    ) -> ResponseFuture<S, Req>
+    ) -> ResponseFuture<S, Req, C>
     where
         S: Service<Req> + Clone,
         S::Error: Into<BoxError>,
@@ -184,16 +194,19 @@ impl<S, E> PriorityQueue<S, E> {
                     self.shared.metrics.invalid();
                     tracing::debug!(queue = %self.shared.settings.name, "invalid priority: request refused");
                 }
-                return ResponseFuture::failed(error.into());
+                return ResponseFuture::failed(error.into(), self.classifier.clone());
             }
         };
         match self.shared.acquire_or_wait(priority, Instant::now()) {
             Admission::Admitted => self.call_admitted(priority, request),
             Admission::Waiting(guard) => {
                 let max_wait = self.shared.settings.max_wait[priority.index()];
-                ResponseFuture::waiting(guard, max_wait, self.inner.clone(), request)
+                let classifier = self.classifier.clone();
+                ResponseFuture::waiting(guard, max_wait, self.inner.clone(), request, classifier)
             }
-            Admission::Refused(error) => ResponseFuture::failed(error.into()),
+            Admission::Refused(error) => {
+                ResponseFuture::failed(error.into(), self.classifier.clone())
+            }
         }
     }
 }

@@ -6,14 +6,22 @@
 //! says someone waits. While nobody waits and a slot is free, admission is one
 //! compare-and-swap and release is one more: no lock, no clock read, no allocation.
 //!
-//! The flag is only set (under the room's lock) when every slot is taken, and it stays set
-//! while anyone waits. While it is set, a finishing request does not give its slot back:
-//! under the lock it hands the slot to the next waiter, so a slot can never be taken by a
-//! newcomer ahead of a waiter, and the count of slots in use never moves. The flag is
-//! cleared, under the lock, when the room becomes empty.
+//! The flag is only set (under the room's lock) when no slot can be taken (every slot is
+//! taken, or a cool-down runs), and it stays set while anyone waits. While it is set, a
+//! finishing request does not give its slot back to newcomers: under the lock it hands the
+//! slot to the next waiter (unless the limit has been lowered below the slots in use, or a
+//! cool-down runs, when the slot is given back), so a slot can never be taken by a newcomer
+//! ahead of a waiter. The flag is cleared, under the lock, when the room becomes empty.
+//!
+//! # Limit and cool-down
+//!
+//! The limit is an atomic word: fixed, or moved by the adaptive controller when calls
+//! complete. A second flag in the slot word says a cool-down runs (the upstream asked for
+//! a pause with `Retry-After`): nothing is admitted until it ends. When the limit rises or
+//! a cool-down ends, [`Shared::pump`] hands free slots to waiters, in priority order.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -23,11 +31,15 @@ use tower::BoxError;
 
 use crate::core::{Push, WaitQueue};
 use crate::error::QueueError;
+use crate::limit::{Aimd, Limit};
 use crate::metrics::{QueueMetrics, ShedReason};
+use crate::overload::Signal;
 use crate::priority::Priority;
 
 const WAITERS: usize = 1;
-const ONE_SLOT: usize = 2;
+const COOLING: usize = 2;
+const ONE_SLOT: usize = 4;
+const SLOT_SHIFT: u32 = 2;
 
 /// Waiting: in the room.
 const WAITING: u8 = 0;
@@ -68,7 +80,7 @@ impl WaitCell {
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) name: Cow<'static, str>,
-    pub(crate) max_in_flight: usize,
+    pub(crate) limit: Limit,
     pub(crate) max_wait: [Option<Duration>; 4],
     pub(crate) retry_after: Duration,
 }
@@ -91,9 +103,24 @@ impl std::ops::Deref for SlotWord {
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: SlotWord,
+    /// The slots requests are admitted by.
+    limit: AtomicUsize,
     room: Mutex<WaitQueue<Arc<WaitCell>>>,
+    /// The adaptive controller, when the limit is adaptive.
+    adaptive: Option<Adaptive>,
+    /// When the current cool-down ends; read and written under the room's lock.
+    cooldown: Mutex<Option<Instant>>,
     pub(crate) settings: Settings,
     pub(crate) metrics: QueueMetrics,
+}
+
+/// The adaptive limit's state.
+#[derive(Debug)]
+struct Adaptive {
+    aimd: Mutex<Aimd>,
+    /// The controller's epoch, readable without its lock at admission.
+    epoch: AtomicU64,
+    max_cooldown: Duration,
 }
 
 /// The outcome of asking for a slot.
@@ -110,12 +137,53 @@ pub(crate) enum Admission {
 impl Shared {
     pub(crate) fn new(settings: Settings, room: WaitQueue<Arc<WaitCell>>) -> Self {
         let metrics = QueueMetrics::new(&settings.name);
+        let initial = settings.limit.initial();
+        metrics.set_limit(initial);
+        let adaptive = match settings.limit {
+            Limit::Fixed(_) => None,
+            Limit::Adaptive(adaptive) => Some(Adaptive {
+                aimd: Mutex::new(Aimd::new(adaptive)),
+                epoch: AtomicU64::new(0),
+                max_cooldown: adaptive.max_cooldown,
+            }),
+        };
         Shared {
             state: SlotWord(AtomicUsize::new(0)),
+            limit: AtomicUsize::new(initial),
             room: Mutex::new(room),
+            adaptive,
+            cooldown: Mutex::new(None),
             settings,
             metrics,
         }
+    }
+
+    /// The current limit.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Whether calls' outcomes feed an adaptive limit.
+    pub(crate) fn is_adaptive(&self) -> bool {
+        self.adaptive.is_some()
+    }
+
+    /// The epoch a call admitted now belongs to.
+    fn epoch(&self) -> u64 {
+        self.adaptive
+            .as_ref()
+            .map_or(0, |adaptive| adaptive.epoch.load(Ordering::Relaxed))
+    }
+
+    /// The time left in the current cool-down, if one runs.
+    pub(crate) fn cooling_down(&self, now: Instant) -> Option<Duration> {
+        if self.state.load(Ordering::Acquire) & COOLING == 0 {
+            return None;
+        }
+        let until = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+        until
+            .map(|until| until.saturating_duration_since(now))
+            .filter(|left| !left.is_zero())
     }
 
     fn lock(&self) -> MutexGuard<'_, WaitQueue<Arc<WaitCell>>> {
@@ -126,7 +194,7 @@ impl Shared {
 
     /// Slots in use.
     pub(crate) fn in_flight(&self) -> usize {
-        self.state.load(Ordering::Acquire) >> 1
+        self.state.load(Ordering::Acquire) >> SLOT_SHIFT
     }
 
     /// Waiters per level (urgent first) and in total.
@@ -137,10 +205,10 @@ impl Shared {
 
     /// Takes a free slot if nobody waits. Lock-free.
     pub(crate) fn try_acquire(&self) -> bool {
-        let max = self.settings.max_in_flight;
+        let max = self.limit.load(Ordering::Relaxed);
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
-            if state & WAITERS != 0 || state >> 1 >= max {
+            if state & (WAITERS | COOLING) != 0 || state >> SLOT_SHIFT >= max {
                 return false;
             }
             match self.state.compare_exchange_weak(
@@ -161,12 +229,15 @@ impl Shared {
     /// Takes a free slot, or waits in the room, or is shed.
     pub(crate) fn acquire_or_wait(self: &Arc<Self>, priority: Priority, now: Instant) -> Admission {
         let mut room = self.lock();
+        self.end_cooldown_if_due(now);
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             if state & WAITERS != 0 {
                 break;
             }
-            let (next, admitted) = if state >> 1 < self.settings.max_in_flight {
+            let (next, admitted) = if state & COOLING == 0
+                && state >> SLOT_SHIFT < self.limit.load(Ordering::Relaxed)
+            {
                 (state + ONE_SLOT, true)
             } else {
                 (state | WAITERS, false)
@@ -206,7 +277,11 @@ impl Shared {
             self.metrics.set_depth(level, room.depth(level));
             (level, victim.payload.settle(DISPLACED))
         });
+        // Slots may be free while others wait (the limit rose, a cool-down ended): hand
+        // them out in priority order, this arrival included.
+        let granted = self.pump_locked(&mut room);
         drop(room);
+        wake_all(granted);
         if let Some((level, waker)) = to_wake {
             self.metrics.shed(level, ShedReason::Displaced);
             tracing::debug!(
@@ -246,6 +321,16 @@ impl Shared {
             }
         }
         let mut room = self.lock();
+        let state = self.state.load(Ordering::Acquire);
+        if state & COOLING != 0 || state >> SLOT_SHIFT > self.limit.load(Ordering::Relaxed) {
+            // A cool-down runs, or the limit was lowered below the slots in use: the slot
+            // goes back, and the waiters wait for the end of the cool-down or a free slot
+            // under the new limit.
+            self.state.fetch_sub(ONE_SLOT, Ordering::AcqRel);
+            drop(room);
+            self.metrics.released();
+            return;
+        }
         let Some((priority, entry)) = room.pop_next() else {
             // The room emptied (timeouts, cancellations) since the flag was read.
             self.state.fetch_and(!WAITERS, Ordering::AcqRel);
@@ -270,16 +355,185 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Hands free slots to waiters, in priority order, while no cool-down runs and the
+    /// limit allows; returns the wakers to wake once the lock is released.
+    fn pump_locked(&self, room: &mut WaitQueue<Arc<WaitCell>>) -> Vec<Waker> {
+        let mut wakers = Vec::new();
+        loop {
+            let state = self.state.load(Ordering::Acquire);
+            if state & COOLING != 0
+                || state >> SLOT_SHIFT >= self.limit.load(Ordering::Relaxed)
+                || room.is_empty()
+            {
+                break;
+            }
+            let Some((priority, entry)) = room.pop_next() else {
+                break;
+            };
+            self.state.fetch_add(ONE_SLOT, Ordering::AcqRel);
+            self.metrics.admitted();
+            self.metrics.set_depth(priority, room.depth(priority));
+            self.metrics.waited(
+                priority,
+                Instant::now().saturating_duration_since(entry.enqueued),
+            );
+            if let Some(waker) = entry.payload.settle(GRANTED) {
+                wakers.push(waker);
+            }
+        }
+        if room.is_empty() {
+            self.state.fetch_and(!WAITERS, Ordering::AcqRel);
+        }
+        wakers
+    }
+
+    /// Hands free slots to waiters (after the limit rose or a cool-down ended).
+    fn pump(&self) {
+        if self.state.load(Ordering::Acquire) & WAITERS == 0 {
+            return;
+        }
+        let mut room = self.lock();
+        let granted = self.pump_locked(&mut room);
+        drop(room);
+        wake_all(granted);
+    }
+
+    /// Ends the cool-down if it is due (the room's lock is held).
+    fn end_cooldown_if_due(&self, now: Instant) {
+        if self.state.load(Ordering::Acquire) & COOLING == 0 {
+            return;
+        }
+        let mut until = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+        if until.is_none_or(|until| until <= now) {
+            *until = None;
+            self.state.fetch_and(!COOLING, Ordering::AcqRel);
+            self.metrics.cooldown_ended();
+            tracing::debug!(queue = %self.settings.name, "priority queue: cool-down over");
+        }
+    }
+
+    /// Ends the cool-down if it is due and hands out the free slots.
+    fn end_cooldown(&self) {
+        let mut room = self.lock();
+        self.end_cooldown_if_due(Instant::now());
+        let granted = self.pump_locked(&mut room);
+        drop(room);
+        wake_all(granted);
+    }
+
+    /// Starts (or extends) a cool-down of `wait`, capped; a timer task ends it.
+    fn start_cooldown(self: &Arc<Self>, wait: Duration, max_cooldown: Duration) {
+        let wait = wait.min(max_cooldown);
+        if wait.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let Some(end) = now.checked_add(wait) else {
+            return;
+        };
+        {
+            let _room = self.lock();
+            let mut until = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+            if until.is_some_and(|until| until >= end) {
+                return;
+            }
+            *until = Some(end);
+            self.state.fetch_or(COOLING, Ordering::AcqRel);
+        }
+        self.metrics.cooldown_started(wait);
+        tracing::warn!(
+            queue = %self.settings.name,
+            cooldown_ms = wait.as_millis(),
+            "priority queue: the upstream asked for a pause (Retry-After): admission paused"
+        );
+        // The cool-down also ends lazily at the next arrival; the timer serves the waiters.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = Arc::downgrade(self);
+            runtime.spawn(async move {
+                tokio::time::sleep_until(end).await;
+                if let Some(shared) = shared.upgrade() {
+                    shared.end_cooldown();
+                }
+            });
+        }
+    }
+
+    /// Feeds one completed call's load signal to the adaptive limit. `in_flight` counts
+    /// the call itself.
+    pub(crate) fn record(self: &Arc<Self>, signal: Signal, admitted_epoch: u64) {
+        let Some(adaptive) = &self.adaptive else {
+            return;
+        };
+        let in_flight = self.in_flight();
+        let change = {
+            let mut aimd = adaptive.aimd.lock().unwrap_or_else(PoisonError::into_inner);
+            let change = if signal.is_overload() {
+                aimd.on_overload(admitted_epoch)
+            } else {
+                aimd.on_success(in_flight)
+            };
+            adaptive.epoch.store(aimd.epoch(), Ordering::Relaxed);
+            if let Some(change) = change {
+                self.limit.store(change.to, Ordering::Relaxed);
+            }
+            change
+        };
+        if let Some(change) = change {
+            self.metrics.set_limit(change.to);
+            if change.to < change.from {
+                tracing::warn!(
+                    queue = %self.settings.name,
+                    from = change.from,
+                    to = change.to,
+                    "priority queue: upstream overloaded: limit lowered"
+                );
+            } else {
+                tracing::debug!(
+                    queue = %self.settings.name,
+                    from = change.from,
+                    to = change.to,
+                    "priority queue: limit raised"
+                );
+                self.pump();
+            }
+        }
+        if let Signal::OverloadRetryAfter(wait) = signal {
+            self.start_cooldown(wait, adaptive.max_cooldown);
+        }
+    }
+}
+
+fn wake_all(wakers: Vec<Waker>) {
+    for waker in wakers {
+        waker.wake();
+    }
+}
+
 /// A slot held by one request; dropping it releases the slot.
 #[derive(Debug)]
 pub(crate) struct Permit {
     shared: Arc<Shared>,
+    /// The adaptive limit's epoch when the slot was taken.
+    epoch: u64,
 }
 
 impl Permit {
     /// Wraps a slot that was just taken.
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Permit { shared }
+        let epoch = shared.epoch();
+        Permit { shared, epoch }
+    }
+
+    /// Whether this call's outcome is classified (the limit is adaptive).
+    #[inline]
+    pub(crate) fn classifies(&self) -> bool {
+        self.shared.is_adaptive()
+    }
+
+    /// Feeds this call's load signal to the adaptive limit.
+    pub(crate) fn record(&self, signal: Signal) {
+        self.shared.record(signal, self.epoch);
     }
 
     /// The request held this slot past its maximum wait while the inner service was not

@@ -61,6 +61,13 @@ fn queue_error(result: Result<&'static str, BoxError>) -> QueueError {
         .unwrap_or_else(|| panic!("not a queue error: {error}"))
 }
 
+/// The snapshot of a queue with nobody in flight or waiting.
+fn idle(handle: &tower_priority_queue::QueueHandle) -> QueueSnapshot {
+    let mut snapshot = QueueSnapshot::default();
+    snapshot.limit = handle.max_in_flight();
+    snapshot
+}
+
 async fn settle() {
     // Lets spawned tasks run up to their next timer without moving the clock.
     for _ in 0..10 {
@@ -198,7 +205,7 @@ async fn a_waiter_past_its_level_maximum_wait_is_shed() {
     assert_eq!(handle.snapshot().queue_size, 1);
     busy.await.expect("task").expect("served");
     assert_eq!(high.await.expect("task").expect("served"), "high");
-    assert_eq!(handle.snapshot(), QueueSnapshot::default());
+    assert_eq!(handle.snapshot(), idle(&handle));
 }
 
 #[tokio::test(start_paused = true)]
@@ -231,7 +238,7 @@ async fn invalid_priority_is_refused_without_queueing() {
         .expect("task");
     assert_eq!(queue_error(result), QueueError::InvalidPriority);
     assert!(log.lock().expect("log").is_empty());
-    assert_eq!(handle.snapshot(), QueueSnapshot::default());
+    assert_eq!(handle.snapshot(), idle(&handle));
     // A request without the header is normal and served.
     let plain = http::Request::new("plain");
     let result = send(&service, plain).await.await.expect("task");
@@ -281,7 +288,7 @@ async fn a_dropped_waiter_leaves_and_a_dropped_call_frees_its_slot() {
     let snapshot = handle.snapshot();
     assert_eq!((snapshot.processing, snapshot.queue_size), (1, 0));
     assert_eq!(next.await.expect("task").expect("served"), "next");
-    assert_eq!(handle.snapshot(), QueueSnapshot::default());
+    assert_eq!(handle.snapshot(), idle(&handle));
     assert_eq!(*log.lock().expect("log"), ["busy", "next"]);
 }
 
@@ -308,7 +315,7 @@ async fn a_slot_is_held_while_the_inner_service_gets_ready() {
     }
     assert_eq!(start.elapsed(), Duration::from_secs(3));
     assert_eq!(*log.lock().expect("log"), ["first", "second", "third"]);
-    assert_eq!(handle.snapshot(), QueueSnapshot::default());
+    assert_eq!(handle.snapshot(), idle(&handle));
 }
 
 #[tokio::test(start_paused = true)]
@@ -338,7 +345,7 @@ async fn inner_readiness_errors_pass_through_and_free_the_slot() {
         .expect("task")
         .expect_err("broken");
     assert!(error.is::<std::io::Error>());
-    assert_eq!(handle.snapshot(), QueueSnapshot::default());
+    assert_eq!(handle.snapshot(), idle(&handle));
 }
 
 #[tokio::test(start_paused = true)]
@@ -362,7 +369,7 @@ async fn inner_errors_pass_through_unchanged() {
         .await
         .expect_err("inner error");
     assert!(error.is::<UpstreamDown>());
-    assert_eq!(handle.snapshot(), QueueSnapshot::default());
+    assert_eq!(handle.snapshot(), idle(&handle));
 }
 
 #[tokio::test(start_paused = true)]
@@ -412,7 +419,7 @@ async fn snapshot_serializes_with_the_umbrella_field_names() {
     let json = serde_json::to_value(snapshot).expect("serializable");
     assert_eq!(
         json,
-        serde_json::json!({"queueSize":0,"processing":0,"urgent":0,"high":0,"normal":0,"low":0})
+        serde_json::json!({"queueSize":0,"processing":0,"limit":2,"coolingDownSecs":0,"urgent":0,"high":0,"normal":0,"low":0})
     );
 }
 
@@ -603,7 +610,7 @@ mod cancellation {
                         Err(error) => assert!(error.is::<QueueError>(), "{error}"),
                     }
                 }
-                assert_eq!(handle.snapshot(), QueueSnapshot::default());
+                assert_eq!(handle.snapshot(), idle(&handle));
                 assert_eq!(concurrency.now.load(Ordering::SeqCst), 0);
                 // Every slot is still there: `max_in_flight` calls run at once again.
                 let mut running = Vec::new();
@@ -618,7 +625,7 @@ mod cancellation {
                 for task in running {
                     task.await.expect("task").expect("served");
                 }
-                assert_eq!(handle.snapshot(), QueueSnapshot::default());
+                assert_eq!(handle.snapshot(), idle(&handle));
             });
         }
     }

@@ -1,0 +1,508 @@
+//! The queue's in-flight limit: fixed, or adaptive.
+//!
+//! The adaptive limit is loss-based AIMD driven by the upstream's overload signals (its
+//! 429 and 503 answers and call timeouts), not by latency: at 45-90 s a call a
+//! latency-based limiter gets too few samples to move, and an AI call's latency follows
+//! the length of its answer, not queueing. [`Aimd`] is the pure controller; the queue feeds
+//! it each call's outcome and admits by its current value.
+
+use std::time::Duration;
+
+/// How many requests the queue lets call the inner service at once.
+///
+/// [`Limit::Fixed`] is today's behaviour and the crate's default (2). An
+/// [`AdaptiveLimit`] finds the upstream's capacity by itself; see its docs for the
+/// algorithm and the numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// At most this many at once (at least 1; 0 is taken as 1). Outcomes are not
+    /// classified and the upstream's `Retry-After` starts no cool-down.
+    Fixed(usize),
+    /// A limit that follows the upstream's overload signals.
+    Adaptive(AdaptiveLimit),
+}
+
+impl Limit {
+    /// A fixed limit of `max_in_flight` (at least 1).
+    #[must_use]
+    pub const fn fixed(max_in_flight: usize) -> Self {
+        Limit::Fixed(if max_in_flight == 0 { 1 } else { max_in_flight })
+    }
+
+    /// An adaptive limit with the default settings; see [`AdaptiveLimit`].
+    #[must_use]
+    pub const fn adaptive() -> AdaptiveLimit {
+        AdaptiveLimit::new()
+    }
+
+    /// The limit requests are admitted by at first.
+    pub(crate) fn initial(&self) -> usize {
+        match self {
+            Limit::Fixed(limit) => (*limit).max(1),
+            Limit::Adaptive(adaptive) => adaptive.initial,
+        }
+    }
+}
+
+impl Default for Limit {
+    fn default() -> Self {
+        Limit::fixed(2)
+    }
+}
+
+impl From<AdaptiveLimit> for Limit {
+    fn from(adaptive: AdaptiveLimit) -> Self {
+        Limit::Adaptive(adaptive)
+    }
+}
+
+impl From<usize> for Limit {
+    fn from(max_in_flight: usize) -> Self {
+        Limit::fixed(max_in_flight)
+    }
+}
+
+/// Successes at the plateau (the limit just below where overload last began) before the
+/// first probe one step past it.
+pub(crate) const PROBE_AFTER: u32 = 32;
+/// The longest interval between probes: each probe that meets overload again doubles the
+/// interval, up to this.
+pub(crate) const MAX_PROBE_AFTER: u32 = 1024;
+
+/// An in-flight limit that finds the upstream's real capacity: loss-based AIMD with a
+/// memory of where overload began.
+///
+/// Each call's outcome is classified by the queue's
+/// [`OverloadClassifier`](crate::OverloadClassifier) (HTTP: a 429 or 503, or a call
+/// timeout, is overload):
+///
+/// - **Decrease.** On overload the limit becomes `min(⌊limit × decrease_factor⌋,
+///   limit − 1)`, at least `min`. Only calls admitted after the last decrease can lower it
+///   again, so the burst of 429s that one overload causes lowers it once. The limit in
+///   force when the overload began is remembered as the *ceiling*.
+/// - **Increase**, only while the limit is in use (at least half of it in flight when a
+///   call completes), so an idle period does not inflate it:
+///   - well below the ceiling (under `ceiling × decrease_factor`, as after an outage),
+///     `+increase` per successful call: recovery is fast;
+///   - below the ceiling, `+increase` per window (a limit's worth of successful calls);
+///   - at the plateau (one step below the ceiling), the limit stays put for 32 successful
+///     calls, then probes one step past it. A probe that meets overload again doubles the
+///     wait before the next one (up to 1024 calls); a probe that holds for another full
+///     interval means the capacity grew, and the ceiling is forgotten.
+///   - with no ceiling yet, `+increase` per window.
+/// - **Cool-down.** A 429 or 503 with `Retry-After` stops all admission until it ends
+///   (waiting requests stay queued, bounded by their maximum wait), capped by
+///   [`max_cooldown`](Self::max_cooldown).
+///
+/// **Steady state.** Against an upstream that accepts `C` calls at once and answers 429
+/// above that, with enough demand to fill it, the limit settles at `C` and spends a few
+/// calls at `C + 1` once per probe interval: it lies within
+/// `[min(⌊(C + 1) × decrease_factor⌋, C), C + 1]` (for C ≤ 9 with the defaults, `C` or
+/// `C + 1`), and the share of calls that meet a 429 is about one per probe interval
+/// (under 1/32, falling as the interval doubles).
+///
+/// **Recovery.** After an outage has driven the limit to `min` (a run of timeouts keeps
+/// the ceiling from where it began), it climbs back to `⌊ceiling × decrease_factor⌋` in
+/// at most `(ceiling × decrease_factor − min) / increase` successful calls, and to the
+/// plateau in at most `ceiling` further windows of calls: for a ceiling of 16 with the
+/// defaults, about 14 + 2 × 15 = 44 successful calls.
+///
+/// | setting | default |
+/// |---|---|
+/// | [`min`](Self::min) | 1 |
+/// | [`max`](Self::max) | 32 |
+/// | [`initial`](Self::initial) | 2 |
+/// | [`increase`](Self::increase) | 1 |
+/// | [`decrease_factor`](Self::decrease_factor) | 0.9 (Netflix's concurrency-limits default) |
+/// | [`max_cooldown`](Self::max_cooldown) | 60 s |
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdaptiveLimit {
+    pub(crate) min: usize,
+    pub(crate) max: usize,
+    pub(crate) initial: usize,
+    pub(crate) increase: f64,
+    pub(crate) decrease_factor: f64,
+    pub(crate) max_cooldown: Duration,
+}
+
+impl Default for AdaptiveLimit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AdaptiveLimit {
+    /// The default settings (table above).
+    #[must_use]
+    pub const fn new() -> Self {
+        AdaptiveLimit {
+            min: 1,
+            max: 32,
+            initial: 2,
+            increase: 1.0,
+            decrease_factor: 0.9,
+            max_cooldown: Duration::from_secs(60),
+        }
+    }
+
+    /// The lowest the limit goes (at least 1; 0 is taken as 1). `max` and `initial` are
+    /// raised to it if below.
+    #[must_use]
+    pub fn min(mut self, min: usize) -> Self {
+        self.min = min.max(1);
+        self.max = self.max.max(self.min);
+        self.initial = self.initial.clamp(self.min, self.max);
+        self
+    }
+
+    /// The highest the limit goes (at least `min`).
+    #[must_use]
+    pub fn max(mut self, max: usize) -> Self {
+        self.max = max.max(self.min);
+        self.initial = self.initial.clamp(self.min, self.max);
+        self
+    }
+
+    /// The limit at first, clamped to `[min, max]`.
+    #[must_use]
+    pub fn initial(mut self, initial: usize) -> Self {
+        self.initial = initial.clamp(self.min, self.max);
+        self
+    }
+
+    /// The increase step: how much the limit grows per window of successful calls (and
+    /// per call while recovering). Finite and positive; anything else is taken as 1.
+    #[must_use]
+    pub fn increase(mut self, step: f64) -> Self {
+        self.increase = if step.is_finite() && step > 0.0 {
+            step
+        } else {
+            1.0
+        };
+        self
+    }
+
+    /// What the limit is multiplied by on overload, in `(0, 1)`; anything else is taken
+    /// as 0.9. Whatever the factor, a decrease lowers the limit by at least one.
+    #[must_use]
+    pub fn decrease_factor(mut self, factor: f64) -> Self {
+        self.decrease_factor = if factor > 0.0 && factor < 1.0 {
+            factor
+        } else {
+            0.9
+        };
+        self
+    }
+
+    /// The longest cool-down an upstream's `Retry-After` can start, so that a broken or
+    /// hostile upstream cannot freeze the queue for hours. `Duration::ZERO` turns
+    /// cool-downs off.
+    #[must_use]
+    pub fn max_cooldown(mut self, cap: Duration) -> Self {
+        self.max_cooldown = cap;
+        self
+    }
+}
+
+/// A change of the integer limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub(crate) from: usize,
+    pub(crate) to: usize,
+}
+
+/// The adaptive limit's controller: pure, with no clock and no tower in it.
+#[derive(Clone, Debug)]
+pub(crate) struct Aimd {
+    settings: AdaptiveLimit,
+    /// The limit, with its fraction (additive increases come in fractions of a step).
+    limit: f64,
+    /// The integer limit in force when overload last began.
+    ceiling: Option<usize>,
+    /// Decreases since the last successful call: a cascade keeps the ceiling from where
+    /// it began.
+    cascade: bool,
+    /// Successful calls at the plateau since the last probe.
+    plateau: u32,
+    /// Successful calls at the plateau before the next probe.
+    probe_after: u32,
+    /// Bumped by each decrease; a call admitted before the current epoch cannot lower
+    /// the limit again.
+    epoch: u64,
+}
+
+impl Aimd {
+    pub(crate) fn new(settings: AdaptiveLimit) -> Self {
+        #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
+        let limit = settings.initial as f64;
+        Aimd {
+            settings,
+            limit,
+            ceiling: None,
+            cascade: false,
+            plateau: 0,
+            probe_after: PROBE_AFTER,
+            epoch: 0,
+        }
+    }
+
+    /// The integer limit requests are admitted by.
+    pub(crate) fn current(&self) -> usize {
+        // A window's worth of fractional steps adds up to a whole step, give or take the
+        // rounding of the fractions.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // within [min, max]
+        let limit = (self.limit + 1e-9) as usize;
+        limit.clamp(self.settings.min, self.settings.max)
+    }
+
+    /// The current epoch: record it when a call is admitted.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The ceiling, if overload has been met.
+    #[cfg(test)]
+    pub(crate) fn ceiling(&self) -> Option<usize> {
+        self.ceiling
+    }
+
+    /// A call completed without an overload signal while `in_flight` calls (itself
+    /// included) were in flight.
+    pub(crate) fn on_success(&mut self, in_flight: usize) -> Option<Change> {
+        self.cascade = false;
+        let from = self.current();
+        if from >= self.settings.max || in_flight.saturating_mul(2) < from {
+            return None;
+        }
+        let next = from + 1;
+        let step = self.settings.increase;
+        #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
+        match self.ceiling {
+            Some(ceiling) if next >= ceiling => {
+                self.plateau += 1;
+                if self.plateau >= self.probe_after {
+                    self.plateau = 0;
+                    self.limit = (from as f64 + step).max(next as f64);
+                    if next > ceiling {
+                        // A probe past the ceiling held: the capacity grew.
+                        self.ceiling = None;
+                        self.probe_after = PROBE_AFTER;
+                    }
+                }
+            }
+            Some(ceiling) => {
+                let recovering = (from as f64) < ceiling as f64 * self.settings.decrease_factor;
+                self.limit += if recovering { step } else { step / from as f64 };
+                // Below the ceiling, growth stops at the plateau.
+                self.limit = self.limit.min((ceiling - 1) as f64).max(from as f64);
+            }
+            None => self.limit += step / from as f64,
+        }
+        #[allow(clippy::cast_precision_loss)]
+        {
+            self.limit = self
+                .limit
+                .clamp(self.settings.min as f64, self.settings.max as f64);
+        }
+        let to = self.current();
+        (to != from).then_some(Change { from, to })
+    }
+
+    /// A call admitted in `admitted_epoch` met overload.
+    pub(crate) fn on_overload(&mut self, admitted_epoch: u64) -> Option<Change> {
+        if admitted_epoch < self.epoch {
+            // Admitted under a limit that has been lowered since: already accounted for.
+            return None;
+        }
+        let from = self.current();
+        if !self.cascade {
+            self.probe_after = if self.ceiling.is_some_and(|ceiling| from >= ceiling) {
+                // A probe met overload where it began last time: probe less often.
+                self.probe_after.saturating_mul(2).min(MAX_PROBE_AFTER)
+            } else {
+                PROBE_AFTER
+            };
+            self.ceiling = Some(from);
+        }
+        self.cascade = true;
+        self.plateau = 0;
+        self.epoch += 1;
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let lowered = ((from as f64 * self.settings.decrease_factor) as usize)
+            .min(from.saturating_sub(1))
+            .max(self.settings.min);
+        #[allow(clippy::cast_precision_loss)]
+        {
+            self.limit = lowered as f64;
+        }
+        let to = self.current();
+        (to != from).then_some(Change { from, to })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn aimd() -> Aimd {
+        Aimd::new(AdaptiveLimit::new().max(64))
+    }
+
+    /// Drives the controller against an upstream that takes `capacity` calls at once:
+    /// each round fills the limit; calls past the capacity are overloaded.
+    fn run(aimd: &mut Aimd, capacity: usize, rounds: usize) -> (Vec<usize>, usize, usize) {
+        let mut limits = Vec::new();
+        let (mut calls, mut overloaded) = (0, 0);
+        for _ in 0..rounds {
+            let limit = aimd.current();
+            let epoch = aimd.epoch();
+            for call in 0..limit {
+                calls += 1;
+                if call >= capacity {
+                    overloaded += 1;
+                    aimd.on_overload(epoch);
+                } else {
+                    aimd.on_success(limit);
+                }
+            }
+            limits.push(aimd.current());
+        }
+        (limits, calls, overloaded)
+    }
+
+    #[test]
+    fn settings_are_clamped() {
+        let settings = AdaptiveLimit::new().min(0).max(0).initial(100);
+        assert_eq!((settings.min, settings.max, settings.initial), (1, 1, 1));
+        let settings = AdaptiveLimit::new().min(5);
+        assert_eq!((settings.min, settings.max, settings.initial), (5, 32, 5));
+        let settings = AdaptiveLimit::new().increase(f64::NAN).decrease_factor(1.5);
+        assert_eq!((settings.increase, settings.decrease_factor), (1.0, 0.9));
+        assert_eq!(Limit::fixed(0), Limit::Fixed(1));
+    }
+
+    #[test]
+    fn an_idle_limit_does_not_grow() {
+        let mut aimd = Aimd::new(AdaptiveLimit::new().initial(8));
+        for _ in 0..1000 {
+            assert_eq!(aimd.on_success(3), None);
+        }
+        assert_eq!(aimd.current(), 8);
+    }
+
+    #[test]
+    fn a_burst_of_overloads_from_one_epoch_lowers_the_limit_once() {
+        let mut aimd = Aimd::new(AdaptiveLimit::new().initial(20));
+        let epoch = aimd.epoch();
+        assert_eq!(aimd.on_overload(epoch), Some(Change { from: 20, to: 18 }));
+        for _ in 0..10 {
+            assert_eq!(aimd.on_overload(epoch), None);
+        }
+        assert_eq!(aimd.current(), 18);
+        assert_eq!(aimd.ceiling(), Some(20));
+    }
+
+    #[test]
+    fn each_capacity_is_found_with_few_overloads() {
+        for capacity in 1..=32 {
+            let mut aimd = aimd();
+            let (limits, calls, overloaded) = run(&mut aimd, capacity, 3000);
+            let settled = &limits[1000..];
+            #[allow(clippy::cast_precision_loss)]
+            let mean = settled.iter().sum::<usize>() as f64 / settled.len() as f64;
+            #[allow(clippy::cast_precision_loss)]
+            let capacity_f = capacity as f64;
+            assert!(
+                (mean - capacity_f).abs() <= 0.2 * capacity_f,
+                "capacity {capacity}: mean limit {mean}"
+            );
+            assert!(
+                settled.iter().all(|limit| *limit <= capacity + 1),
+                "capacity {capacity}: above C + 1"
+            );
+            #[allow(clippy::cast_precision_loss)]
+            let share = overloaded as f64 / calls as f64;
+            assert!(
+                share < 0.05,
+                "capacity {capacity}: {share} of calls overloaded"
+            );
+        }
+    }
+
+    #[test]
+    fn after_an_outage_the_limit_climbs_back_within_a_bound() {
+        let mut aimd = aimd();
+        run(&mut aimd, 16, 2000);
+        assert!(aimd.current() >= 15);
+        // An outage: every call times out until the limit is at its minimum.
+        while aimd.current() > 1 {
+            let epoch = aimd.epoch();
+            aimd.on_overload(epoch);
+        }
+        let mut successes = 0;
+        while aimd.current() < 15 {
+            let limit = aimd.current();
+            aimd.on_success(limit);
+            successes += 1;
+            assert!(
+                successes <= 60,
+                "still at {} after {successes}",
+                aimd.current()
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_limit_stays_within_its_bounds(
+            min in 1_usize..8,
+            span in 0_usize..40,
+            initial in 0_usize..64,
+            events in prop::collection::vec((any::<bool>(), 0_usize..80, any::<bool>()), 0..400),
+        ) {
+            let settings = AdaptiveLimit::new().min(min).max(min + span).initial(initial);
+            let mut aimd = Aimd::new(settings);
+            for (overload, in_flight, stale) in events {
+                let epoch = if stale { aimd.epoch().saturating_sub(1) } else { aimd.epoch() };
+                if overload {
+                    aimd.on_overload(epoch);
+                } else {
+                    aimd.on_success(in_flight);
+                }
+                prop_assert!(aimd.current() >= min && aimd.current() <= min + span);
+            }
+        }
+
+        #[test]
+        fn a_run_of_overloads_lowers_the_limit_to_min(initial in 1_usize..64, runs in 64_usize..100) {
+            let mut aimd = Aimd::new(AdaptiveLimit::new().max(64).initial(initial));
+            for _ in 0..runs {
+                let epoch = aimd.epoch();
+                let before = aimd.current();
+                aimd.on_overload(epoch);
+                prop_assert!(aimd.current() < before || before == 1);
+            }
+            prop_assert_eq!(aimd.current(), 1);
+        }
+
+        #[test]
+        fn successes_at_full_use_raise_the_limit(initial in 1_usize..32) {
+            let mut aimd = Aimd::new(AdaptiveLimit::new().max(64).initial(initial));
+            let mut last = aimd.current();
+            for _ in 0..64 {
+                for _ in 0..aimd.current() {
+                    aimd.on_success(aimd.current());
+                }
+                prop_assert!(aimd.current() > last);
+                last = aimd.current();
+                if last == 64 { break; }
+            }
+        }
+    }
+}
