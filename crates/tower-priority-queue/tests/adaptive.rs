@@ -1,0 +1,437 @@
+//! The adaptive limit against simulated upstreams, on paused time: it finds a hidden
+//! capacity, honours `Retry-After` with a capped cool-down, sees every attempt under the
+//! retry layer, and leaks nothing when callers give up.
+
+#![cfg(feature = "http")]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use proptest::prelude::*;
+use tokio::time::Instant;
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_priority_queue::{
+    HttpOverload, HttpReplay, Limit, PriorityQueueLayer, QueueHandle, RetryLayer,
+};
+
+type Request = http::Request<()>;
+type Response = http::Response<()>;
+
+fn request() -> Request {
+    http::Request::new(())
+}
+
+fn status(code: u16, retry_after: Option<&str>) -> Response {
+    let mut response = http::Response::builder().status(code);
+    if let Some(retry_after) = retry_after {
+        response = response.header("retry-after", retry_after);
+    }
+    response.body(()).expect("valid response")
+}
+
+/// A small deterministic generator (xorshift64*), so that runs repeat by seed.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// What the simulated upstream saw.
+#[derive(Debug, Default)]
+struct Seen {
+    calls: AtomicUsize,
+    throttled: AtomicUsize,
+    /// When the upstream last answered 429, in ms since the start (a decrease follows
+    /// at that instant).
+    last_throttle_ms: AtomicU64,
+    /// Calls that found more in flight than the limit, outside an instant of a decrease.
+    over_limit: AtomicUsize,
+}
+
+/// An upstream that accepts `capacity` calls at once, each taking 1-3 s, and answers 429
+/// with `Retry-After: 1` at once above that.
+fn upstream(
+    capacity: usize,
+    seed: u64,
+    seen: &Arc<Seen>,
+    handle: &Arc<Mutex<Option<QueueHandle>>>,
+    start: Instant,
+) -> impl Service<Request, Response = Response, Error = BoxError, Future: Send> + Clone + Send + use<>
+{
+    let active = Arc::new(AtomicUsize::new(0));
+    let rng = Arc::new(Mutex::new(Rng::new(seed)));
+    let seen = Arc::clone(seen);
+    let handle = Arc::clone(handle);
+    service_fn(move |_request: Request| {
+        let now_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        seen.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(handle) = handle.lock().expect("handle").as_ref() {
+            let snapshot = handle.snapshot();
+            if snapshot.processing > snapshot.limit
+                && seen.last_throttle_ms.load(Ordering::Relaxed) != now_ms
+            {
+                seen.over_limit.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let accepted = active.fetch_add(1, Ordering::AcqRel) < capacity;
+        let latency = Duration::from_millis(1000 + rng.lock().expect("rng").below(2000));
+        let active = Arc::clone(&active);
+        let seen = Arc::clone(&seen);
+        async move {
+            if !accepted {
+                active.fetch_sub(1, Ordering::AcqRel);
+                seen.throttled.fetch_add(1, Ordering::Relaxed);
+                seen.last_throttle_ms.store(now_ms, Ordering::Relaxed);
+                return Ok(status(429, Some("1")));
+            }
+            // Counted out even if the caller gives up.
+            struct Leave(Arc<AtomicUsize>);
+            impl Drop for Leave {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            let _leave = Leave(active);
+            tokio::time::sleep(latency).await;
+            Ok(status(200, None))
+        }
+    })
+}
+
+struct Outcome {
+    mean_limit: f64,
+    max_limit: usize,
+    calls: usize,
+    throttled: usize,
+    over_limit: usize,
+}
+
+/// Runs `clients` closed-loop clients for `run` against an upstream of `capacity`, and
+/// samples the limit every 100 ms after `warm_up`.
+async fn simulate(
+    capacity: usize,
+    seed: u64,
+    clients: usize,
+    warm_up: Duration,
+    run: Duration,
+) -> Outcome {
+    let start = Instant::now();
+    let seen = Arc::new(Seen::default());
+    let slot = Arc::new(Mutex::new(None));
+    let layer = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive().max(64))
+        .overload_classifier(HttpOverload::new())
+        .capacity(1024)
+        .max_wait_all(Duration::MAX)
+        .build();
+    let handle = layer.handle();
+    *slot.lock().expect("slot") = Some(handle.clone());
+    let service = layer.layer(upstream(capacity, seed, &seen, &slot, start));
+    let end = start + run;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let _ = service.clone().oneshot(request()).await;
+            }
+        }));
+    }
+    tokio::time::sleep(warm_up).await;
+    let (mut sum, mut samples, mut max_limit) = (0_usize, 0_usize, 0_usize);
+    while Instant::now() < end {
+        let limit = handle.max_in_flight();
+        sum += limit;
+        samples += 1;
+        max_limit = max_limit.max(limit);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for task in tasks {
+        task.await.expect("no panic");
+    }
+    let snapshot = handle.snapshot();
+    assert_eq!(snapshot.processing, 0);
+    assert_eq!(snapshot.queue_size, 0);
+    #[allow(clippy::cast_precision_loss)]
+    let mean_limit = sum as f64 / samples as f64;
+    Outcome {
+        mean_limit,
+        max_limit,
+        calls: seen.calls.load(Ordering::Relaxed),
+        throttled: seen.throttled.load(Ordering::Relaxed),
+        over_limit: seen.over_limit.load(Ordering::Relaxed),
+    }
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The limit finds a hidden capacity C: after warm-up its mean is within 20% of C, it
+    /// never goes past C + 1, fewer than 5% of calls meet a 429, and no call is admitted
+    /// past the limit.
+    #[test]
+    fn the_limit_finds_a_hidden_capacity(capacity in 1_usize..=32, seed in any::<u64>()) {
+        let outcome = paused_runtime().block_on(simulate(
+            capacity,
+            seed,
+            2 * capacity + 4,
+            Duration::from_secs(300),
+            Duration::from_secs(1500),
+        ));
+        #[allow(clippy::cast_precision_loss)]
+        let (c, share) = (capacity as f64, outcome.throttled as f64 / outcome.calls as f64);
+        prop_assert!(
+            (outcome.mean_limit - c).abs() <= 0.2 * c,
+            "C = {}: mean limit {:.2}", capacity, outcome.mean_limit
+        );
+        prop_assert!(outcome.max_limit <= capacity + 1, "C = {}: limit reached {}", capacity, outcome.max_limit);
+        prop_assert!(share < 0.05, "C = {}: {:.3} of {} calls got 429", capacity, share, outcome.calls);
+        prop_assert_eq!(outcome.over_limit, 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_admitted_during_a_cool_down_and_it_is_capped() {
+    let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let log = Arc::clone(&calls);
+    let start = Instant::now();
+    let upstream = service_fn(move |_request: Request| {
+        let mut log = log.lock().expect("log");
+        log.push(Instant::now());
+        // The first answer asks for a pause of a day; the rest succeed.
+        let response = if log.len() == 1 {
+            status(503, Some("86400"))
+        } else {
+            status(200, None)
+        };
+        async move { Ok::<_, BoxError>(response) }
+    });
+    let layer = PriorityQueueLayer::builder()
+        .limit(
+            Limit::adaptive()
+                .initial(4)
+                .max_cooldown(Duration::from_secs(30)),
+        )
+        .overload_classifier(HttpOverload::new())
+        .max_wait_all(Duration::MAX)
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    let first = service.clone().oneshot(request()).await.expect("answered");
+    assert_eq!(first.status(), 503);
+    assert_eq!(handle.snapshot().cooling_down_secs, 30, "capped at 30 s");
+    assert_eq!(handle.max_in_flight(), 3, "the 503 lowered the limit");
+    let waiters: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(service.clone().oneshot(request())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(
+        calls.lock().expect("log").len(),
+        1,
+        "nothing admitted while cooling down"
+    );
+    assert_eq!(
+        handle.snapshot().queue_size,
+        3,
+        "the requests wait in the room"
+    );
+    for waiter in waiters {
+        let response = waiter.await.expect("no panic").expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+    let calls = calls.lock().expect("log");
+    assert_eq!(calls.len(), 4);
+    assert!(
+        calls[1..]
+            .iter()
+            .all(|at| *at == start + Duration::from_secs(30))
+    );
+    assert_eq!(handle.snapshot().cooling_down_secs, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_limit_ignores_overload_signals() {
+    let upstream =
+        service_fn(|_request: Request| async move { Ok::<_, BoxError>(status(429, Some("60"))) });
+    let layer = PriorityQueueLayer::builder().max_in_flight(3).build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    for _ in 0..5 {
+        let response = service.clone().oneshot(request()).await.expect("answered");
+        assert_eq!(response.status(), 429);
+    }
+    assert_eq!(handle.max_in_flight(), 3);
+    assert_eq!(handle.snapshot().cooling_down_secs, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_that_a_retry_turns_into_a_success_still_lowers_the_limit() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&attempts);
+    let upstream = service_fn(
+        move |_request: http::Request<http_body_util::Full<bytes::Bytes>>| {
+            let attempt = counted.fetch_add(1, Ordering::Relaxed);
+            async move {
+                Ok::<_, BoxError>(if attempt == 0 {
+                    status(429, None)
+                } else {
+                    status(200, None)
+                })
+            }
+        },
+    );
+    let queue = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive().initial(10))
+        .overload_classifier(HttpOverload::new())
+        .build();
+    let handle = queue.handle();
+    let retry = RetryLayer::builder()
+        .replay(HttpReplay::new())
+        .backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .build();
+    let service = retry.layer(queue.layer(upstream));
+    let request = http::Request::post("/analyze")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .expect("request");
+    let response = service.oneshot(request).await.expect("answered");
+    assert_eq!(
+        response.status(),
+        200,
+        "the retry turned the 429 into a success"
+    );
+    assert_eq!(attempts.load(Ordering::Relaxed), 2);
+    assert_eq!(handle.max_in_flight(), 9, "the queue saw the 429 attempt");
+}
+
+#[test]
+fn the_limit_and_cool_downs_are_recorded() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        paused_runtime().block_on(async {
+            let upstream =
+                service_fn(
+                    |_request: Request| async move { Ok::<_, BoxError>(status(429, Some("5"))) },
+                );
+            let layer = PriorityQueueLayer::builder()
+                .name("ai")
+                .limit(Limit::adaptive().initial(8))
+                .overload_classifier(HttpOverload::new())
+                .build();
+            let service = layer.layer(upstream);
+            service.oneshot(request()).await.expect("answered");
+        });
+    });
+    let recorded = snapshotter.snapshot().into_vec();
+    let value = |name: &str| {
+        recorded
+            .iter()
+            .find(|(key, _, _, _)| {
+                key.key().name() == name
+                    && key
+                        .key()
+                        .labels()
+                        .any(|label| label.key() == "queue" && label.value() == "ai")
+            })
+            .map(|(_, _, _, value)| value)
+    };
+    assert_eq!(
+        value("queue_limit"),
+        Some(&DebugValue::Gauge(7.0.into())),
+        "8 lowered to 7"
+    );
+    assert_eq!(
+        value("queue_cooldowns_total"),
+        Some(&DebugValue::Counter(1))
+    );
+    assert_eq!(
+        value("queue_cooldown_seconds"),
+        Some(&DebugValue::Gauge(5.0.into()))
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Random overloads, cool-downs and cancellations: every request ends, and afterwards
+    /// no slot is held, nobody waits, and the limit is within its bounds.
+    #[test]
+    fn random_cancellation_leaks_nothing(
+        answers in prop::collection::vec((0_u8..4, 0_u64..3000), 1..40),
+        cancel_after in prop::collection::vec(prop::option::of(0_u64..4000), 1..40),
+        max in 1_usize..6,
+    ) {
+        paused_runtime().block_on(async move {
+            let answers = Arc::new(answers);
+            let next = Arc::new(AtomicUsize::new(0));
+            let upstream = service_fn(move |_request: Request| {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let (kind, latency) = answers[index % answers.len()];
+                async move {
+                    tokio::time::sleep(Duration::from_millis(latency)).await;
+                    Ok::<_, BoxError>(match kind {
+                        0 => status(429, Some("1")),
+                        1 => status(503, None),
+                        _ => status(200, None),
+                    })
+                }
+            });
+            let layer = PriorityQueueLayer::builder()
+                .limit(Limit::adaptive().max(max).initial(max))
+                .overload_classifier(HttpOverload::new())
+                .capacity(64)
+                .max_wait_all(Duration::from_secs(20))
+                .build();
+            let handle = layer.handle();
+            let service = layer.layer(upstream);
+            let mut tasks = Vec::new();
+            for cancel in cancel_after {
+                let call: Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>> =
+                    Box::pin(service.clone().oneshot(request()));
+                tasks.push(tokio::spawn(async move {
+                    match cancel {
+                        Some(after) => {
+                            let _ = tokio::time::timeout(Duration::from_millis(after), call).await;
+                        }
+                        None => {
+                            let _ = call.await;
+                        }
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.expect("no panic");
+            }
+            let snapshot = handle.snapshot();
+            assert_eq!(snapshot.processing, 0, "no slot is held");
+            assert_eq!(snapshot.queue_size, 0, "nobody waits");
+            assert!((1..=max).contains(&snapshot.limit));
+        });
+    }
+}
