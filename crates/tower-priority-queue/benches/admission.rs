@@ -19,7 +19,9 @@ use tower::limit::ConcurrencyLimitLayer;
 use tower::retry::Policy;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_priority_queue::retry::clone_request;
-use tower_priority_queue::{Priority, PriorityQueueLayer, QueueError, RetryLayer};
+use tower_priority_queue::{
+    HttpOverload, Limit, Priority, PriorityQueueLayer, QueueError, RetryLayer,
+};
 
 type Request = http::Request<Full<Bytes>>;
 type Response = http::Response<()>;
@@ -103,6 +105,17 @@ fn single_thread(c: &mut Criterion) {
     group.bench_function("priority_queue_with_recorder", |b| {
         b.to_async(&runtime).iter(|| drive(&recorded));
     });
+    // The same with an adaptive limit: each response is classified (its status read) and
+    // fed to the controller. The bench keeps one request in flight, so once the limit has
+    // grown past 2 it is idle and stays put, as in production between bursts.
+    let adaptive = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive())
+        .overload_classifier(HttpOverload::new())
+        .build()
+        .layer(bare());
+    group.bench_function("priority_queue_adaptive", |b| {
+        b.to_async(&runtime).iter(|| drive(&adaptive));
+    });
     // The same without reading the header: the cost of the extractor.
     let fixed = PriorityQueueLayer::builder()
         .max_in_flight(2)
@@ -167,6 +180,14 @@ fn two_threads(c: &mut Criterion) {
     .layer(bare());
     group.bench_function("priority_queue_with_recorder", |b| {
         b.iter_custom(|iters| contend(&recorded, iters, &overlap));
+    });
+    let adaptive = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive())
+        .overload_classifier(HttpOverload::new())
+        .build()
+        .layer(bare());
+    group.bench_function("priority_queue_adaptive", |b| {
+        b.iter_custom(|iters| contend(&adaptive, iters, &overlap));
     });
     let limit = ConcurrencyLimitLayer::new(2).layer(bare());
     group.bench_function("tower_concurrency_limit", |b| {
