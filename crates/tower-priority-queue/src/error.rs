@@ -21,6 +21,14 @@ pub enum QueueError {
         /// When a client may try again.
         retry_after: Duration,
     },
+    /// The upstream asked for a pause (`Retry-After`) longer than this request's level may
+    /// wait: refused at once rather than after its whole maximum wait.
+    CoolingDown {
+        /// The level of the refused request.
+        priority: Priority,
+        /// What is left of the cool-down: when a client may try again.
+        retry_after: Duration,
+    },
     /// The request waited longer than its level's maximum wait.
     QueueTimeout {
         /// The level of the refused request.
@@ -40,6 +48,7 @@ impl QueueError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             QueueError::QueueFull { retry_after, .. }
+            | QueueError::CoolingDown { retry_after, .. }
             | QueueError::QueueTimeout { retry_after, .. } => Some(*retry_after),
             QueueError::InvalidPriority => None,
         }
@@ -49,9 +58,9 @@ impl QueueError {
     #[must_use]
     pub fn priority(&self) -> Option<Priority> {
         match self {
-            QueueError::QueueFull { priority, .. } | QueueError::QueueTimeout { priority, .. } => {
-                Some(*priority)
-            }
+            QueueError::QueueFull { priority, .. }
+            | QueueError::CoolingDown { priority, .. }
+            | QueueError::QueueTimeout { priority, .. } => Some(*priority),
             QueueError::InvalidPriority => None,
         }
     }
@@ -63,6 +72,14 @@ impl fmt::Display for QueueError {
             QueueError::QueueFull { priority, .. } => {
                 write!(f, "queue full: {priority} priority request shed")
             }
+            QueueError::CoolingDown {
+                priority,
+                retry_after,
+            } => write!(
+                f,
+                "upstream cooling down: {priority} priority request shed, {} s of pause left",
+                retry_after.as_secs()
+            ),
             QueueError::QueueTimeout {
                 priority, waited, ..
             } => write!(

@@ -236,9 +236,9 @@ impl QueueError {
     #[must_use]
     pub fn status_code(&self) -> StatusCode {
         match self {
-            QueueError::QueueFull { .. } | QueueError::QueueTimeout { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            QueueError::QueueFull { .. }
+            | QueueError::CoolingDown { .. }
+            | QueueError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             QueueError::InvalidPriority => StatusCode::BAD_REQUEST,
         }
     }
@@ -248,7 +248,9 @@ impl QueueError {
     #[must_use]
     pub fn grpc_code(&self) -> i32 {
         match self {
-            QueueError::QueueFull { .. } | QueueError::QueueTimeout { .. } => 14,
+            QueueError::QueueFull { .. }
+            | QueueError::CoolingDown { .. }
+            | QueueError::QueueTimeout { .. } => 14,
             QueueError::InvalidPriority => 3,
         }
     }

@@ -8,6 +8,12 @@
 //! it; every level has a maximum wait. Refusals are a [`QueueError`] (503 with
 //! `Retry-After`, or 400 for a malformed priority, over HTTP).
 //!
+//! The in-flight limit is fixed ([`Limit::Fixed`], the default) or adaptive
+//! ([`AdaptiveLimit`]): loss-based AIMD that finds the upstream's real capacity from its
+//! overload signals (429, 503, call timeouts, read by a swappable
+//! [`OverloadClassifier`] such as [`HttpOverload`]), probes past it only rarely, and
+//! pauses admission for the upstream's `Retry-After` (a capped cool-down).
+//!
 //! [`RetryLayer`] retries failed calls on tower's [`retry`](tower::retry) machinery:
 //! `max_attempts` calls in all, full-jitter exponential backoff, the upstream's
 //! `Retry-After`, an optional overall deadline, and a retry budget.
@@ -92,6 +98,36 @@
 //!   queue paces the requests that hold slots, in priority order. A request waiting in the
 //!   queue holds no slot, and a call timeout below the queue does not count queueing time.
 //!
+//! # Finding the upstream's capacity
+//!
+//! A fixed limit is a guess, and wrong one way or the other: too low and requests are
+//! refused while the upstream idles, too high and the upstream answers 429. An adaptive
+//! limit finds it:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_priority_queue::{HttpOverload, Limit, PriorityQueueLayer};
+//!
+//! let queue = PriorityQueueLayer::builder()
+//!     .limit(
+//!         Limit::adaptive()
+//!             .initial(2)
+//!             .max(32)
+//!             .max_cooldown(Duration::from_secs(60)),
+//!     )
+//!     // Reads 429 and 503 (and their Retry-After) and call timeouts as overload.
+//!     .overload_classifier(HttpOverload::new())
+//!     .build();
+//! assert_eq!(queue.handle().snapshot().limit, 2);
+//! ```
+//!
+//! It is driven by loss (the upstream's overload signals), not by latency: at 45-90 s a
+//! call, a latency-based limiter gets too few samples to move, and an AI call's latency
+//! follows the length of its answer, not queueing. Every attempt counts: the queue sits
+//! below the retry layer, so a 429 that a retry turns into a success still lowers the
+//! limit. [`AdaptiveLimit`] gives the algorithm, the steady-state band for a hidden
+//! capacity and the number of calls it takes to recover after an outage.
+//!
 //! # Starvation
 //!
 //! Priorities age: each level counts `aging` (default 10 s) earlier than the one below
@@ -104,7 +140,8 @@
 //! # Features
 //!
 //! - `http` (default): [`HeaderPriority`], [`ExtensionPriority`], the HTTP and gRPC
-//!   responses of [`QueueError`], [`HttpClassifier`] and [`HttpReplay`].
+//!   responses of [`QueueError`], [`HttpClassifier`], [`HttpReplay`] and
+//!   [`HttpOverload`].
 //!
 //! # Metrics
 //!

@@ -34,7 +34,8 @@ pub const QUEUE_IN_FLIGHT: &str = "queue_in_flight";
 pub const QUEUE_WAIT_SECONDS: &str = "queue_wait_seconds";
 /// Refused requests (counter; labels `queue`, `priority`, `reason`). `reason` is `full`
 /// (the room was full on arrival), `displaced` (a higher level took its place), `timeout`
-/// (waited longer than its level allows) or `invalid` (with `priority="invalid"`: the
+/// (waited longer than its level allows), `cooldown` (the upstream's pause outlasts what
+/// its level may wait) or `invalid` (with `priority="invalid"`: the
 /// request named no valid priority).
 pub const QUEUE_SHED_TOTAL: &str = "queue_shed_total";
 /// The in-flight limit requests are admitted by (gauge; label `queue`): fixed, or moved
@@ -98,16 +99,23 @@ pub(crate) enum ShedReason {
     Full,
     Displaced,
     Timeout,
+    CoolingDown,
 }
 
 impl ShedReason {
-    const ALL: [ShedReason; 3] = [ShedReason::Full, ShedReason::Displaced, ShedReason::Timeout];
+    const ALL: [ShedReason; 4] = [
+        ShedReason::Full,
+        ShedReason::Displaced,
+        ShedReason::Timeout,
+        ShedReason::CoolingDown,
+    ];
 
     const fn as_str(self) -> &'static str {
         match self {
             ShedReason::Full => "full",
             ShedReason::Displaced => "displaced",
             ShedReason::Timeout => "timeout",
+            ShedReason::CoolingDown => "cooldown",
         }
     }
 
@@ -116,6 +124,7 @@ impl ShedReason {
             ShedReason::Full => 0,
             ShedReason::Displaced => 1,
             ShedReason::Timeout => 2,
+            ShedReason::CoolingDown => 3,
         }
     }
 }
@@ -126,7 +135,7 @@ pub(crate) struct QueueMetrics {
     depth: [Gauge; 4],
     in_flight: Gauge,
     wait: [Histogram; 4],
-    shed: [[Counter; 3]; 4],
+    shed: [[Counter; 4]; 4],
     invalid: Counter,
     limit: Gauge,
     cooldowns: Counter,

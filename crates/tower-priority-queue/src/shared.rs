@@ -230,6 +230,24 @@ impl Shared {
     pub(crate) fn acquire_or_wait(self: &Arc<Self>, priority: Priority, now: Instant) -> Admission {
         let mut room = self.lock();
         self.end_cooldown_if_due(now);
+        if let Some(left) = self.cooldown_left(now)
+            && self.settings.max_wait[priority.index()].is_some_and(|wait| left > wait)
+        {
+            // The pause outlasts what this request may wait: refuse it now, not after
+            // its whole maximum wait.
+            drop(room);
+            self.metrics.shed(priority, ShedReason::CoolingDown);
+            tracing::debug!(
+                queue = %self.settings.name,
+                %priority,
+                cooldown_left_ms = left.as_millis(),
+                "priority queue cooling down past the max wait: request shed"
+            );
+            return Admission::Refused(QueueError::CoolingDown {
+                priority,
+                retry_after: left,
+            });
+        }
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             if state & WAITERS != 0 {
@@ -397,6 +415,15 @@ impl Shared {
         let granted = self.pump_locked(&mut room);
         drop(room);
         wake_all(granted);
+    }
+
+    /// What is left of the cool-down (the room's lock is held).
+    fn cooldown_left(&self, now: Instant) -> Option<Duration> {
+        if self.state.load(Ordering::Acquire) & COOLING == 0 {
+            return None;
+        }
+        let until = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+        until.map(|until| until.saturating_duration_since(now))
     }
 
     /// Ends the cool-down if it is due (the room's lock is held).

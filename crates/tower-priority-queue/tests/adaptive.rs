@@ -435,3 +435,47 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cool_down_longer_than_the_max_wait_refuses_at_once() {
+    let upstream =
+        service_fn(|_request: Request| async move { Ok::<_, BoxError>(status(429, Some("40"))) });
+    let layer = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive())
+        .overload_classifier(HttpOverload::new())
+        .max_wait(
+            tower_priority_queue::Priority::Normal,
+            Duration::from_secs(10),
+        )
+        .max_wait(
+            tower_priority_queue::Priority::Urgent,
+            Duration::from_secs(60),
+        )
+        .build();
+    let service = layer.layer(upstream);
+    let first = service.clone().oneshot(request()).await.expect("answered");
+    assert_eq!(first.status(), 429);
+    let started = Instant::now();
+    let error = service
+        .clone()
+        .oneshot(request())
+        .await
+        .expect_err("refused during the cool-down");
+    assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
+    let refusal = error
+        .downcast_ref::<tower_priority_queue::QueueError>()
+        .unwrap_or_else(|| panic!("a queue refusal, not {error}"));
+    assert!(
+        matches!(refusal, tower_priority_queue::QueueError::CoolingDown { retry_after, .. } if *retry_after == Duration::from_secs(40)),
+        "{refusal:?}"
+    );
+    assert_eq!(refusal.status_code(), 503);
+    // An urgent request may wait out the pause: it is admitted when it ends.
+    let urgent = http::Request::builder()
+        .header("x-priority", "urgent")
+        .body(())
+        .expect("request");
+    let response = service.clone().oneshot(urgent).await.expect("answered");
+    assert_eq!(response.status(), 429);
+    assert_eq!(started.elapsed(), Duration::from_secs(40));
+}
