@@ -5,7 +5,9 @@
 
 use std::convert::Infallible;
 use std::fmt::Debug;
+use std::future::Future;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -155,6 +157,69 @@ where
     })
 }
 
+/// Counts the requests of a contended run that had to wait for a hand-over: their future
+/// returned `Pending` at least once, and with nothing else to run, their thread's runtime
+/// parked the thread until the other thread's release woke it (a futex wake and a
+/// context switch, microseconds, against tens of nanoseconds for a request that never
+/// waits). The share of such requests decides which of the two modes a run is in.
+#[derive(Debug, Default)]
+struct Handovers {
+    requests: AtomicU64,
+    waited: AtomicU64,
+}
+
+impl Handovers {
+    fn report(&self, name: &str) {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let waited = self.waited.load(Ordering::Relaxed);
+        if requests > 0 {
+            #[allow(clippy::cast_precision_loss)]
+            let share = waited as f64 * 100.0 / requests as f64;
+            println!(
+                "{name}: {share:.2}% of {requests} requests waited for a hand-over (parked their thread)"
+            );
+        }
+    }
+}
+
+/// [`drive`], counting whether the request had to wait.
+async fn drive_counting<S>(service: &S, handovers: &Handovers)
+where
+    S: Service<Request, Response = Response> + Clone,
+    S::Error: Debug,
+{
+    let mut service = service.clone();
+    let ready = service.ready().await.expect("ready");
+    let mut call = std::pin::pin!(ready.call(request()));
+    let mut waited = false;
+    let response = std::future::poll_fn(|cx| {
+        let poll = call.as_mut().poll(cx);
+        waited |= poll.is_pending();
+        poll
+    })
+    .await;
+    black_box(response.expect("response"));
+    handovers.requests.fetch_add(1, Ordering::Relaxed);
+    if waited {
+        handovers.waited.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn contend_counting<S>(
+    service: &S,
+    iters: u64,
+    overlap: &Overlap,
+    handovers: &Handovers,
+) -> Duration
+where
+    S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+    S::Error: Debug,
+{
+    bench_harness::contended(iters, overlap, service, async |service, _| {
+        drive_counting(service, handovers).await;
+    })
+}
+
 fn two_threads(c: &mut Criterion) {
     let overlap = Overlap::default();
     let mut group = c.benchmark_group("two_threads");
@@ -198,12 +263,14 @@ fn two_threads(c: &mut Criterion) {
         .max_in_flight(1)
         .build()
         .layer(bare());
+    let ours_handovers = Handovers::default();
     group.bench_function("priority_queue_one_slot", |b| {
-        b.iter_custom(|iters| contend(&saturated, iters, &overlap));
+        b.iter_custom(|iters| contend_counting(&saturated, iters, &overlap, &ours_handovers));
     });
     let limit_saturated = ConcurrencyLimitLayer::new(1).layer(bare());
+    let peer_handovers = Handovers::default();
     group.bench_function("tower_concurrency_limit_one_slot", |b| {
-        b.iter_custom(|iters| contend(&limit_saturated, iters, &overlap));
+        b.iter_custom(|iters| contend_counting(&limit_saturated, iters, &overlap, &peer_handovers));
     });
     let retry = RetryLayer::new().layer(bare());
     group.bench_function("retry", |b| {
@@ -218,6 +285,8 @@ fn two_threads(c: &mut Criterion) {
     });
     group.finish();
     overlap.report("two_threads");
+    ours_handovers.report("two_threads/priority_queue_one_slot");
+    peer_handovers.report("two_threads/tower_concurrency_limit_one_slot");
 }
 
 /// Saturation on paused time: 2 slots, 100 ms calls (20/s), 25 arrivals/s with uniformly
