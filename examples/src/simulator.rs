@@ -8,7 +8,7 @@
 //!   [`DEFAULT_CAPACITY`], 0 for unlimited), as a real AI provider's concurrency quota.
 //!   A call above it is answered at once with `429 Too Many Requests`, a `Retry-After`
 //!   header (whole seconds, rounded up, at least 1) and a `retry-after-ms` header (the
-//!   exact wait, as Azure OpenAI sends it and the OpenAI SDKs read it), by default
+//!   exact wait, as some AI providers send it and their SDKs read it), by default
 //!   [`DEFAULT_RETRY_AFTER`]. Such a call does no work and is **not billed**: it is
 //!   counted in [`Simulator::overloaded`], not in [`Simulator::billed`].
 //! - **Latency**: an admitted call takes a time drawn uniformly from

@@ -85,8 +85,8 @@ impl UpstreamError {
     }
 }
 
-/// The wait a provider's answer asks for: `retry-after-ms` (milliseconds, as Azure OpenAI
-/// sends it) if present, else `Retry-After` in delta-seconds. HTTP dates are not read.
+/// The wait a provider's answer asks for: `retry-after-ms` (milliseconds, as some AI providers
+/// send it) if present, else `Retry-After` in delta-seconds. HTTP dates are not read.
 #[must_use]
 pub fn retry_after_of(headers: &http::HeaderMap) -> Option<Duration> {
     let number = |name: &str| {

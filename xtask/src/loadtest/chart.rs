@@ -511,8 +511,8 @@ mod tests {
 
     #[test]
     fn the_timeline_draws_each_run_in_its_own_panel() {
-        let adaptive: Vec<Sample> = (0..=36)
-            .map(|i| sample(f64::from(i) * 100.0, Some(2 + (i as usize) / 6), 2))
+        let adaptive: Vec<Sample> = (0..=36_u16)
+            .map(|i| sample(f64::from(i) * 100.0, Some(2 + usize::from(i) / 6), 2))
             .collect();
         let before: Vec<Sample> = (0..=10)
             .map(|i| sample(f64::from(i) * 60.0, None, 9))
