@@ -230,20 +230,62 @@ pub(crate) struct Panel<'a> {
 const PANEL_H: f64 = 170.0;
 const PANEL_GAP: f64 = 46.0;
 const TIMELINE_TOP: f64 = 78.0;
+/// The timeline's margins: the right one holds the waiting room's axis.
+const TL_LEFT: f64 = 56.0;
+const TL_RIGHT: f64 = 56.0;
 
-/// The lines of a panel: a label, a colour, a width, a dash pattern and what it reads.
-type Line = (
-    &'static str,
-    &'static str,
-    f64,
-    &'static str,
-    fn(&Sample) -> Option<usize>,
-);
+/// A line of a panel.
+struct Line {
+    label: &'static str,
+    /// A CSS colour; empty for the panel's own.
+    color: &'static str,
+    width: f64,
+    dash: &'static str,
+    read: fn(&Sample) -> Option<usize>,
+    /// On the right axis (the waiting room), not the left one (calls).
+    right: bool,
+}
 
 const LIMIT_COLOR: &str = "#111";
-const QUEUE_COLOR: &str = "#999";
+const QUEUE_COLOR: &str = "#aaa";
 const PROVIDER_COLOR: &str = "#e67e22";
 const CAPACITY_COLOR: &str = "#c0392b";
+
+/// Drawn in this order: the last on top.
+const LINES: [Line; 4] = [
+    Line {
+        label: "waiting (right axis)",
+        color: QUEUE_COLOR,
+        width: 1.0,
+        dash: "",
+        read: |s| s.queued,
+        right: true,
+    },
+    Line {
+        label: "at the provider",
+        color: PROVIDER_COLOR,
+        width: 1.2,
+        dash: "4 3",
+        read: |s| s.provider_in_flight,
+        right: false,
+    },
+    Line {
+        label: "in-flight limit",
+        color: LIMIT_COLOR,
+        width: 2.5,
+        dash: "",
+        read: |s| s.limit,
+        right: false,
+    },
+    Line {
+        label: "in flight",
+        color: "",
+        width: 1.5,
+        dash: "",
+        read: |s| s.in_flight,
+        right: false,
+    },
+];
 
 /// A round upper bound for the y axis, and its tick step.
 fn y_scale(max: usize) -> (usize, usize) {
@@ -258,21 +300,9 @@ fn y_scale(max: usize) -> (usize, usize) {
 }
 
 /// The in-flight chart: one panel per run, sharing the time axis: the queue's in-flight
-/// limit, the calls it has in flight, its waiting room, the calls running at the
-/// provider, and the provider's capacity.
+/// limit, the calls it has in flight, the calls running at the provider and the
+/// provider's capacity on the left axis; the waiting room on the right one.
 pub(crate) fn timeline_svg(title: &str, panels: &[Panel<'_>]) -> String {
-    let lines: [Line; 4] = [
-        ("in-flight limit", LIMIT_COLOR, 2.0, "", |s| s.limit),
-        ("in flight (gateway)", "", 1.5, "", |s| s.in_flight),
-        ("waiting", QUEUE_COLOR, 1.0, "", |s| s.queued),
-        (
-            "in flight at the provider",
-            PROVIDER_COLOR,
-            1.0,
-            "4 3",
-            |s| s.provider_in_flight,
-        ),
-    ];
     let end_secs = panels
         .iter()
         .flat_map(|p| p.samples.iter().map(|s| s.at_secs))
@@ -280,9 +310,9 @@ pub(crate) fn timeline_svg(title: &str, panels: &[Panel<'_>]) -> String {
         .fold(0.0_f64, f64::max);
     // Whole ten minutes, at least ten.
     let end_min = ((end_secs / 60.0 / 10.0).ceil() * 10.0).max(10.0);
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let height = TIMELINE_TOP + panels.len() as f64 * (PANEL_H + PANEL_GAP) + 20.0;
-    let x = |secs: f64| LEFT + (secs / 60.0 / end_min).clamp(0.0, 1.0) * plot_w;
+    let plot_w = WIDTH - TL_LEFT - TL_RIGHT;
+    let height = TIMELINE_TOP + panels.len() as f64 * (PANEL_H + PANEL_GAP) + 10.0;
+    let x = |secs: f64| TL_LEFT + (secs / 60.0 / end_min).clamp(0.0, 1.0) * plot_w;
 
     let mut svg = String::new();
     // Writing to a String cannot fail: the results below are ignored on purpose.
@@ -300,58 +330,79 @@ pub(crate) fn timeline_svg(title: &str, panels: &[Panel<'_>]) -> String {
         WIDTH / 2.0,
         escape(title)
     );
-    // One legend for every panel.
-    let mut lx = LEFT;
-    for (label, color, width, dash, _) in &lines {
-        let color = if color.is_empty() { "#1f6fb2" } else { color };
+    // One legend for every panel; the run's own colour shows as blue.
+    let mut legend: Vec<(&str, &str, f64, &str)> = LINES
+        .iter()
+        .rev()
+        .map(|l| {
+            let color = if l.color.is_empty() {
+                "#1f6fb2"
+            } else {
+                l.color
+            };
+            (l.label, color, l.width, l.dash)
+        })
+        .collect();
+    legend.push(("provider capacity", CAPACITY_COLOR, 1.0, "8 4"));
+    let mut lx = 20.0;
+    for (label, color, width, dash) in legend {
         let _ = writeln!(
             svg,
             r#"<line x1="{lx:.1}" y1="46" x2="{:.1}" y2="46" stroke="{color}" stroke-width="{width}" stroke-dasharray="{dash}"/>"#,
-            lx + 22.0
+            lx + 24.0
         );
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="50">{label}</text>"#, lx + 26.0);
-        lx += 26.0 + 7.0 * label.len() as f64 + 16.0;
+        let _ = writeln!(svg, r#"<text x="{:.1}" y="50">{label}</text>"#, lx + 29.0);
+        lx += 29.0 + 6.3 * label.len() as f64 + 16.0;
     }
-    let _ = writeln!(
-        svg,
-        r#"<line x1="{lx:.1}" y1="46" x2="{:.1}" y2="46" stroke="{CAPACITY_COLOR}" stroke-width="1" stroke-dasharray="8 4"/>"#,
-        lx + 22.0
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="50">provider capacity</text>"#,
-        lx + 26.0
-    );
 
     for (index, panel) in panels.iter().enumerate() {
         let top = TIMELINE_TOP + index as f64 * (PANEL_H + PANEL_GAP);
-        let max = panel
-            .samples
-            .iter()
-            .flat_map(|s| lines.iter().filter_map(|(.., read)| read(s)))
-            .chain(panel.capacity)
-            .max()
-            .unwrap_or(0);
-        let (y_max, step) = y_scale(max);
-        let y = |v: usize| top + PANEL_H - (v as f64 / y_max as f64) * PANEL_H;
+        let axis_max = |right: bool| {
+            panel
+                .samples
+                .iter()
+                .flat_map(|s| {
+                    LINES
+                        .iter()
+                        .filter(|l| l.right == right)
+                        .filter_map(|l| (l.read)(s))
+                })
+                .chain(if right { None } else { panel.capacity })
+                .max()
+                .unwrap_or(0)
+        };
+        let (left_max, left_step) = y_scale(axis_max(false));
+        let (right_max, right_step) = y_scale(axis_max(true));
+        let y = |v: usize, right: bool| {
+            let max = if right { right_max } else { left_max };
+            top + PANEL_H - (v as f64 / max as f64) * PANEL_H
+        };
         let _ = writeln!(
             svg,
-            r#"<text x="{LEFT}" y="{:.1}" font-weight="bold">{}</text>"#,
+            r#"<text x="{TL_LEFT}" y="{:.1}" font-weight="bold">{}</text>"#,
             top - 8.0,
             escape(panel.title)
         );
-        for tick in (0..=y_max).step_by(step) {
-            let gy = y(tick);
+        for tick in (0..=left_max).step_by(left_step) {
+            let gy = y(tick, false);
             let _ = writeln!(
                 svg,
-                r##"<line x1="{LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#e5e5e5"/>"##,
-                LEFT + plot_w
+                r##"<line x1="{TL_LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#e5e5e5"/>"##,
+                TL_LEFT + plot_w
             );
             let _ = writeln!(
                 svg,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{tick}</text>"#,
-                LEFT - 8.0,
+                TL_LEFT - 8.0,
                 gy + 4.0
+            );
+        }
+        for tick in (0..=right_max).step_by(right_step) {
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" fill="{QUEUE_COLOR}">{tick}</text>"#,
+                TL_LEFT + plot_w + 8.0,
+                y(tick, true) + 4.0
             );
         }
         let mut minute = 0.0;
@@ -371,29 +422,32 @@ pub(crate) fn timeline_svg(title: &str, panels: &[Panel<'_>]) -> String {
         }
         let _ = writeln!(
             svg,
-            r##"<rect x="{LEFT}" y="{top:.1}" width="{plot_w}" height="{PANEL_H}" fill="none" stroke="#333"/>"##
+            r##"<rect x="{TL_LEFT}" y="{top:.1}" width="{plot_w}" height="{PANEL_H}" fill="none" stroke="#333"/>"##
         );
         if let Some(capacity) = panel.capacity {
-            let cy = y(capacity);
+            let cy = y(capacity, false);
             let _ = writeln!(
                 svg,
-                r#"<line x1="{LEFT}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}" stroke="{CAPACITY_COLOR}" stroke-width="1" stroke-dasharray="8 4"/>"#,
-                LEFT + plot_w
+                r#"<line x1="{TL_LEFT}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}" stroke="{CAPACITY_COLOR}" stroke-width="1" stroke-dasharray="8 4"/>"#,
+                TL_LEFT + plot_w
             );
         }
-        // Draw the background lines first, the limit last (on top).
-        for (label, color, width, dash, read) in lines.iter().rev() {
-            let color = if color.is_empty() { panel.color } else { color };
+        for line in &LINES {
+            let color = if line.color.is_empty() {
+                panel.color
+            } else {
+                line.color
+            };
             let mut points = String::new();
             let mut last: Option<usize> = None;
             for s in panel.samples {
-                let Some(v) = read(s) else { continue };
+                let Some(v) = (line.read)(s) else { continue };
                 let px = x(s.at_secs);
                 // A step: hold the previous value until this sample.
                 if let Some(previous) = last {
-                    let _ = write!(points, " {px:.1},{:.1}", y(previous));
+                    let _ = write!(points, " {px:.1},{:.1}", y(previous, line.right));
                 }
-                let _ = write!(points, " {px:.1},{:.1}", y(v));
+                let _ = write!(points, " {px:.1},{:.1}", y(v, line.right));
                 last = Some(v);
             }
             if last.is_none() {
@@ -401,8 +455,11 @@ pub(crate) fn timeline_svg(title: &str, panels: &[Panel<'_>]) -> String {
             }
             let _ = writeln!(
                 svg,
-                r#"<polyline data-series="{label}" fill="none" stroke="{}" stroke-width="{width}" stroke-dasharray="{dash}" points="{}"/>"#,
+                r#"<polyline data-series="{}" fill="none" stroke="{}" stroke-width="{}" stroke-dasharray="{}" points="{}"/>"#,
+                line.label,
                 escape(color),
+                line.width,
+                line.dash,
                 points.trim_start()
             );
         }
@@ -547,7 +604,7 @@ mod tests {
             assert!(
                 curve
                     .iter()
-                    .all(|&(px, _)| (LEFT..=WIDTH - RIGHT).contains(&px))
+                    .all(|&(px, _)| (TL_LEFT..=WIDTH - TL_RIGHT).contains(&px))
             );
             // Time never runs backwards.
             assert!(curve.windows(2).all(|w| w[1].0 >= w[0].0));

@@ -128,7 +128,7 @@ impl Column {
     const fn heading(self) -> &'static str {
         match self {
             Self::Before => "Before (no stack)",
-            Self::Fixed => "Seed's fixed limits (max in flight 2)",
+            Self::Fixed => "Seed's fixed limits (2 in flight)",
             Self::Preset => "Default preset",
         }
     }
@@ -524,6 +524,7 @@ fn run_seed(
         .iter()
         .map(|run| stats::Column {
             heading: run.column.heading(),
+            short: run.column.key(),
             summary: &run.summary,
         })
         .collect();

@@ -320,6 +320,8 @@ const SEED_CLAIMS: [(&str, &str); 6] = [
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Column<'a> {
     pub(crate) heading: &'a str,
+    /// A word or two for the change column's heading.
+    pub(crate) short: &'a str,
     pub(crate) summary: &'a Summary,
 }
 
@@ -462,7 +464,7 @@ pub(crate) fn render_table(columns: &[Column<'_>]) -> String {
         _ => (None, None),
     };
     if let (Some(first), Some(last)) = (first, last) {
-        let _ = write!(out, " Change ({} vs {}) |", last.heading, first.heading);
+        let _ = write!(out, " Change ({} vs {}) |", last.short, first.short);
     }
     out.push_str(" The seed claimed |\n|---|");
     for _ in columns {
@@ -676,21 +678,24 @@ mod tests {
         let table = render_table(&[
             Column {
                 heading: "Before",
+                short: "before",
                 summary: &before,
             },
             Column {
                 heading: "Fixed",
+                short: "fixed",
                 summary: &fixed,
             },
             Column {
                 heading: "Preset",
+                short: "preset",
                 summary: &after,
             },
         ]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[0],
-            "| Metric | Before | Fixed | Preset | Change (Preset vs Before) | The seed claimed |"
+            "| Metric | Before | Fixed | Preset | Change (preset vs before) | The seed claimed |"
         );
         assert_eq!(lines[1], "|---|---:|---:|---:|---:|---|");
         assert_eq!(lines.len(), 2 + ROWS.len());
@@ -729,6 +734,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let table = render_table(&[Column {
             heading: "Only",
+            short: "only",
             summary: &only,
         }]);
         assert!(table.starts_with("| Metric | Only | The seed claimed |\n|---|---:|---|\n"));
