@@ -371,8 +371,13 @@ pub(crate) fn timeline_svg(title: &str, panels: &[Panel<'_>]) -> String {
                 .max()
                 .unwrap_or(0)
         };
-        let (left_max, left_step) = y_scale(axis_max(false));
+        // Headroom above the highest line, so that it does not merge with the frame.
+        let (left_max, left_step) = y_scale(axis_max(false) + 1);
         let (right_max, right_step) = y_scale(axis_max(true));
+        let has_right = panel
+            .samples
+            .iter()
+            .any(|s| LINES.iter().any(|l| l.right && (l.read)(s).is_some()));
         let y = |v: usize, right: bool| {
             let max = if right { right_max } else { left_max };
             top + PANEL_H - (v as f64 / max as f64) * PANEL_H
@@ -397,7 +402,7 @@ pub(crate) fn timeline_svg(title: &str, panels: &[Panel<'_>]) -> String {
                 gy + 4.0
             );
         }
-        for tick in (0..=right_max).step_by(right_step) {
+        for tick in (0..=right_max).step_by(right_step).filter(|_| has_right) {
             let _ = writeln!(
                 svg,
                 r#"<text x="{:.1}" y="{:.1}" fill="{QUEUE_COLOR}">{tick}</text>"#,
