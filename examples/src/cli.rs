@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::simulator::LatencyRange;
+use crate::simulator::{DEFAULT_CAPACITY, DEFAULT_RETRY_AFTER, LatencyRange, SimulatorConfig};
 
 /// Serve the demo gateway: an AI-backed analyze endpoint behind the `HealthAiStack`.
 #[derive(Debug, Clone, Parser)]
@@ -83,6 +83,12 @@ pub struct GatewayArgs {
     #[arg(long, default_value_t = 42)]
     pub sim_seed: u64,
 
+    /// Calls the simulated provider serves at once (0: unlimited). Above it, it answers
+    /// 429 at once with `Retry-After: 2` (scaled; exact in `retry-after-ms`), and does not
+    /// bill the call.
+    #[arg(long, default_value_t = DEFAULT_CAPACITY)]
+    pub sim_capacity: usize,
+
     /// Multiplies every duration (provider latency, timeouts, open time, TTL, waits) and
     /// divides every rate by this factor: `0.01` runs the seed's minutes in seconds.
     #[arg(long, default_value_t = 1.0, value_parser = positive_fraction)]
@@ -105,6 +111,21 @@ impl GatewayArgs {
     #[must_use]
     pub fn scaled_secs(&self, seconds: u64) -> Duration {
         self.scaled(Duration::from_secs(seconds))
+    }
+
+    /// The simulated provider's settings, on this gateway's time scale.
+    #[must_use]
+    pub fn simulator_config(&self) -> SimulatorConfig {
+        SimulatorConfig {
+            latency: LatencyRange {
+                min: self.scaled(self.sim_latency_ms.min),
+                max: self.scaled(self.sim_latency_ms.max),
+            },
+            failure_rate: self.sim_failure_rate,
+            seed: self.sim_seed,
+            capacity: self.sim_capacity,
+            retry_after: self.scaled(DEFAULT_RETRY_AFTER),
+        }
     }
 
     /// A rate per second on this gateway's time scale, rounded, at least 1.

@@ -7,7 +7,8 @@
 //!   1 MiB).
 //! - `GET /api/health`, `GET /api/metrics` (JSON) and `GET /metrics` (Prometheus text),
 //!   outside the stack.
-//! - `GET /api/simulator`: the embedded simulated provider's call counts, when it runs.
+//! - `GET /api/simulator`: the embedded simulated provider's counts (calls received,
+//!   billed, refused with 429, failed, in flight, capacity), when it runs.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +24,6 @@ use axum::routing::get;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tower::{BoxError, Service, ServiceBuilder};
 use tower_health_ai::red_metrics::PrometheusMetrics;
@@ -37,7 +37,7 @@ use crate::analysis::{
     parse_context,
 };
 use crate::cli::GatewayArgs;
-use crate::simulator::{Simulator, SimulatorConfig};
+use crate::simulator::Simulator;
 use crate::upstream::{InProcessUpstream, UpstreamClient, json_bytes};
 
 /// The analyze route's template.
@@ -130,12 +130,7 @@ where
             "/api/simulator",
             get(move || {
                 let simulator = Arc::clone(&simulator);
-                async move {
-                    axum::Json(json!({
-                        "calls": simulator.calls(),
-                        "failures": simulator.failures(),
-                    }))
-                }
+                async move { axum::Json(simulator.snapshot()) }
             }),
         );
     }
@@ -247,14 +242,7 @@ where
 ///
 /// Binding the port.
 pub async fn start_simulator(args: &GatewayArgs) -> Result<(Arc<Simulator>, String), BoxError> {
-    let simulator = Simulator::new(SimulatorConfig {
-        latency: crate::simulator::LatencyRange {
-            min: args.scaled(args.sim_latency_ms.min),
-            max: args.scaled(args.sim_latency_ms.max),
-        },
-        failure_rate: args.sim_failure_rate,
-        seed: args.sim_seed,
-    });
+    let simulator = Simulator::new(args.simulator_config());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let router = simulator.router();

@@ -24,7 +24,7 @@ use serde_json::Value;
 use tower::{BoxError, Service};
 
 use crate::analysis::{AnalyzeAnswer, AnalyzeInput, Source};
-use crate::simulator::{ProviderRequest, Simulator};
+use crate::simulator::{ProviderRequest, RETRY_AFTER_MS, SimulatedError, Simulator};
 
 /// The largest provider answer read.
 const MAX_PROVIDER_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -37,6 +37,14 @@ pub enum UpstreamError {
     MissingInput,
     /// The provider answered with a status other than 2xx.
     Status(StatusCode),
+    /// The provider is overloaded: it answered 429, or 503 with a `Retry-After`. This is
+    /// backpressure, not a failure of the call (which did not run).
+    Overloaded {
+        /// 429 or 503.
+        status: StatusCode,
+        /// The wait it asked for: `retry-after-ms` if sent, else `Retry-After` in seconds.
+        retry_after: Option<Duration>,
+    },
     /// The provider's 2xx answer was not a JSON object (or was too large).
     InvalidAnswer(String),
     /// The connection failed: refused, reset, or cut off.
@@ -48,10 +56,54 @@ impl fmt::Display for UpstreamError {
         match self {
             Self::MissingInput => f.write_str("the request carries no analyze input"),
             Self::Status(status) => write!(f, "the AI provider answered {status}"),
+            Self::Overloaded {
+                status,
+                retry_after: Some(wait),
+            } => write!(
+                f,
+                "the AI provider is overloaded ({status}): retry after {} ms",
+                wait.as_millis()
+            ),
+            Self::Overloaded {
+                status,
+                retry_after: None,
+            } => write!(f, "the AI provider is overloaded ({status})"),
             Self::InvalidAnswer(why) => write!(f, "the AI provider's answer is unusable: {why}"),
             Self::Transport(e) => write!(f, "the AI provider could not be reached: {e}"),
         }
     }
+}
+
+impl UpstreamError {
+    /// The wait the provider asked for, when it said it is overloaded.
+    #[must_use]
+    pub const fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Overloaded { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// The wait a provider's answer asks for: `retry-after-ms` (milliseconds, as some AI providers
+/// send it) if present, else `Retry-After` in delta-seconds. HTTP dates are not read.
+#[must_use]
+pub fn retry_after_of(headers: &http::HeaderMap) -> Option<Duration> {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    // Capped at a day: a hostile header must not ask for forever.
+    const DAY_SECS: f64 = 86_400.0;
+    number(RETRY_AFTER_MS)
+        .map(|ms| Duration::from_secs_f64((ms / 1000.0).min(DAY_SECS)))
+        .or_else(|| {
+            number(header::RETRY_AFTER.as_str())
+                .map(|secs| Duration::from_secs_f64(secs.min(DAY_SECS)))
+        })
 }
 
 impl std::error::Error for UpstreamError {
@@ -184,7 +236,18 @@ impl<B> Service<Request<B>> for UpstreamClient {
                 .map_err(|e| UpstreamError::Transport(e.into()))?;
             let status = answer.status();
             if !status.is_success() {
-                return Err(UpstreamError::Status(status).into());
+                let retry_after = retry_after_of(answer.headers());
+                let overloaded = status == StatusCode::TOO_MANY_REQUESTS
+                    || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some());
+                return Err(if overloaded {
+                    UpstreamError::Overloaded {
+                        status,
+                        retry_after,
+                    }
+                } else {
+                    UpstreamError::Status(status)
+                }
+                .into());
             }
             let bytes = Limited::new(answer.into_body(), MAX_PROVIDER_ANSWER_BYTES)
                 .collect()
@@ -237,6 +300,11 @@ impl<B> Service<Request<B>> for InProcessUpstream {
             };
             match simulator.analyze(&request).await {
                 Ok(analysis) => ai_answer(&request.record_id, analysis),
+                Err(SimulatedError::Overloaded { retry_after }) => Err(UpstreamError::Overloaded {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    retry_after: Some(retry_after),
+                }
+                .into()),
                 Err(_) => Err(UpstreamError::Status(StatusCode::SERVICE_UNAVAILABLE).into()),
             }
         })

@@ -27,11 +27,11 @@ struct Demo {
 /// A gateway with these extra flags over an in-process simulator answering in 45 s.
 fn demo(flags: &[&str], failure_rate: f64) -> Demo {
     let args = GatewayArgs::parse_from(std::iter::once("gateway").chain(flags.iter().copied()));
-    let simulator = Simulator::new(SimulatorConfig {
-        latency: LatencyRange::fixed(LATENCY),
+    let simulator = Simulator::new(SimulatorConfig::new(
+        LatencyRange::fixed(LATENCY),
         failure_rate,
-        seed: 1,
-    });
+        1,
+    ));
     let Gateway { router, handle, .. } = gateway::build(
         &args,
         gateway::in_process(&simulator),
@@ -339,11 +339,7 @@ async fn bodies_over_one_mebibyte_get_413_and_bad_ids_400() {
 #[tokio::test(start_paused = true)]
 async fn without_the_stack_calls_go_straight_through_and_failures_are_502() {
     let args = GatewayArgs::parse_from(["gateway", "--no-stack"]);
-    let simulator = Simulator::new(SimulatorConfig {
-        latency: LatencyRange::fixed(LATENCY),
-        failure_rate: 0.0,
-        seed: 1,
-    });
+    let simulator = Simulator::new(SimulatorConfig::new(LatencyRange::fixed(LATENCY), 0.0, 1));
     let Gateway { router, handle, .. } = gateway::build(
         &args,
         gateway::in_process(&simulator),

@@ -1,8 +1,10 @@
-//! The latency chart: the cumulative distribution of each run's latencies on a
-//! logarithmic time axis, as a hand-written SVG (a cache hit and a provider call are
-//! three decades apart; a linear axis would hide one of them).
+//! The charts, as hand-written SVG: the cumulative distribution of each run's latencies
+//! on a logarithmic time axis (a cache hit and a provider call are three decades apart;
+//! a linear axis would hide one of them), and each run's in-flight limit over time.
 
 use std::fmt::Write as _;
+
+use super::timeline::Sample;
 
 /// One curve of the chart.
 #[derive(Debug, Clone)]
@@ -214,6 +216,263 @@ pub(crate) fn cdf_svg(title: &str, series: &[Series<'_>]) -> String {
     svg
 }
 
+/// One panel of the in-flight chart: one run's samples.
+#[derive(Debug, Clone)]
+pub(crate) struct Panel<'a> {
+    pub(crate) title: &'a str,
+    /// A CSS colour for the run's own in-flight count.
+    pub(crate) color: &'a str,
+    pub(crate) samples: &'a [Sample],
+    /// The provider's capacity, drawn as a line; `None` when unlimited.
+    pub(crate) capacity: Option<usize>,
+}
+
+const PANEL_H: f64 = 170.0;
+const PANEL_GAP: f64 = 46.0;
+const TIMELINE_TOP: f64 = 78.0;
+/// The timeline's margins: the right one holds the waiting room's axis.
+const TL_LEFT: f64 = 56.0;
+const TL_RIGHT: f64 = 56.0;
+
+/// A line of a panel.
+struct Line {
+    label: &'static str,
+    /// A CSS colour; empty for the panel's own.
+    color: &'static str,
+    width: f64,
+    dash: &'static str,
+    read: fn(&Sample) -> Option<usize>,
+    /// On the right axis (the waiting room), not the left one (calls).
+    right: bool,
+}
+
+const LIMIT_COLOR: &str = "#111";
+const QUEUE_COLOR: &str = "#aaa";
+const PROVIDER_COLOR: &str = "#e67e22";
+const CAPACITY_COLOR: &str = "#c0392b";
+
+/// Drawn in this order: the last on top.
+const LINES: [Line; 4] = [
+    Line {
+        label: "waiting (right axis)",
+        color: QUEUE_COLOR,
+        width: 1.0,
+        dash: "",
+        read: |s| s.queued,
+        right: true,
+    },
+    Line {
+        label: "at the provider",
+        color: PROVIDER_COLOR,
+        width: 1.2,
+        dash: "4 3",
+        read: |s| s.provider_in_flight,
+        right: false,
+    },
+    Line {
+        label: "in-flight limit",
+        color: LIMIT_COLOR,
+        width: 2.5,
+        dash: "",
+        read: |s| s.limit,
+        right: false,
+    },
+    Line {
+        label: "in flight",
+        color: "",
+        width: 1.5,
+        dash: "",
+        read: |s| s.in_flight,
+        right: false,
+    },
+];
+
+/// A round upper bound for the y axis, and its tick step.
+fn y_scale(max: usize) -> (usize, usize) {
+    let step = match max {
+        0..=8 => 2,
+        9..=20 => 5,
+        21..=50 => 10,
+        51..=100 => 20,
+        _ => max.div_ceil(5).next_multiple_of(10),
+    };
+    (max.max(1).div_ceil(step) * step, step)
+}
+
+/// The in-flight chart: one panel per run, sharing the time axis: the queue's in-flight
+/// limit, the calls it has in flight, the calls running at the provider and the
+/// provider's capacity on the left axis; the waiting room on the right one.
+pub(crate) fn timeline_svg(title: &str, panels: &[Panel<'_>]) -> String {
+    let end_secs = panels
+        .iter()
+        .flat_map(|p| p.samples.iter().map(|s| s.at_secs))
+        .filter(|t| t.is_finite())
+        .fold(0.0_f64, f64::max);
+    // Whole ten minutes, at least ten.
+    let end_min = ((end_secs / 60.0 / 10.0).ceil() * 10.0).max(10.0);
+    let plot_w = WIDTH - TL_LEFT - TL_RIGHT;
+    let height = TIMELINE_TOP + panels.len() as f64 * (PANEL_H + PANEL_GAP) + 10.0;
+    let x = |secs: f64| TL_LEFT + (secs / 60.0 / end_min).clamp(0.0, 1.0) * plot_w;
+
+    let mut svg = String::new();
+    // Writing to a String cannot fail: the results below are ignored on purpose.
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
+        WIDTH / 2.0,
+        escape(title)
+    );
+    // One legend for every panel; the run's own colour shows as blue.
+    let mut legend: Vec<(&str, &str, f64, &str)> = LINES
+        .iter()
+        .rev()
+        .map(|l| {
+            let color = if l.color.is_empty() {
+                "#1f6fb2"
+            } else {
+                l.color
+            };
+            (l.label, color, l.width, l.dash)
+        })
+        .collect();
+    legend.push(("provider capacity", CAPACITY_COLOR, 1.0, "8 4"));
+    let mut lx = 20.0;
+    for (label, color, width, dash) in legend {
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{lx:.1}" y1="46" x2="{:.1}" y2="46" stroke="{color}" stroke-width="{width}" stroke-dasharray="{dash}"/>"#,
+            lx + 24.0
+        );
+        let _ = writeln!(svg, r#"<text x="{:.1}" y="50">{label}</text>"#, lx + 29.0);
+        lx += 29.0 + 6.3 * label.len() as f64 + 16.0;
+    }
+
+    for (index, panel) in panels.iter().enumerate() {
+        let top = TIMELINE_TOP + index as f64 * (PANEL_H + PANEL_GAP);
+        let axis_max = |right: bool| {
+            panel
+                .samples
+                .iter()
+                .flat_map(|s| {
+                    LINES
+                        .iter()
+                        .filter(|l| l.right == right)
+                        .filter_map(|l| (l.read)(s))
+                })
+                .chain(if right { None } else { panel.capacity })
+                .max()
+                .unwrap_or(0)
+        };
+        // Headroom above the highest line, so that it does not merge with the frame.
+        let (left_max, left_step) = y_scale(axis_max(false) + 1);
+        let (right_max, right_step) = y_scale(axis_max(true));
+        let has_right = panel
+            .samples
+            .iter()
+            .any(|s| LINES.iter().any(|l| l.right && (l.read)(s).is_some()));
+        let y = |v: usize, right: bool| {
+            let max = if right { right_max } else { left_max };
+            top + PANEL_H - (v as f64 / max as f64) * PANEL_H
+        };
+        let _ = writeln!(
+            svg,
+            r#"<text x="{TL_LEFT}" y="{:.1}" font-weight="bold">{}</text>"#,
+            top - 8.0,
+            escape(panel.title)
+        );
+        for tick in (0..=left_max).step_by(left_step) {
+            let gy = y(tick, false);
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{TL_LEFT}" y1="{gy:.1}" x2="{:.1}" y2="{gy:.1}" stroke="#e5e5e5"/>"##,
+                TL_LEFT + plot_w
+            );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{tick}</text>"#,
+                TL_LEFT - 8.0,
+                gy + 4.0
+            );
+        }
+        for tick in (0..=right_max).step_by(right_step).filter(|_| has_right) {
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" fill="{QUEUE_COLOR}">{tick}</text>"#,
+                TL_LEFT + plot_w + 8.0,
+                y(tick, true) + 4.0
+            );
+        }
+        let mut minute = 0.0;
+        while minute <= end_min + 1e-9 {
+            let gx = x(minute * 60.0);
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{gx:.1}" y1="{top:.1}" x2="{gx:.1}" y2="{:.1}" stroke="#eee"/>"##,
+                top + PANEL_H
+            );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{gx:.1}" y="{:.1}" text-anchor="middle">{minute:.0} min</text>"#,
+                top + PANEL_H + 16.0
+            );
+            minute += 10.0;
+        }
+        let _ = writeln!(
+            svg,
+            r##"<rect x="{TL_LEFT}" y="{top:.1}" width="{plot_w}" height="{PANEL_H}" fill="none" stroke="#333"/>"##
+        );
+        if let Some(capacity) = panel.capacity {
+            let cy = y(capacity, false);
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{TL_LEFT}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}" stroke="{CAPACITY_COLOR}" stroke-width="1" stroke-dasharray="8 4"/>"#,
+                TL_LEFT + plot_w
+            );
+        }
+        for line in &LINES {
+            let color = if line.color.is_empty() {
+                panel.color
+            } else {
+                line.color
+            };
+            let mut points = String::new();
+            let mut last: Option<usize> = None;
+            for s in panel.samples {
+                let Some(v) = (line.read)(s) else { continue };
+                let px = x(s.at_secs);
+                // A step: hold the previous value until this sample.
+                if let Some(previous) = last {
+                    let _ = write!(points, " {px:.1},{:.1}", y(previous, line.right));
+                }
+                let _ = write!(points, " {px:.1},{:.1}", y(v, line.right));
+                last = Some(v);
+            }
+            if last.is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                svg,
+                r#"<polyline data-series="{}" fill="none" stroke="{}" stroke-width="{}" stroke-dasharray="{}" points="{}"/>"#,
+                line.label,
+                escape(color),
+                line.width,
+                line.dash,
+                points.trim_start()
+            );
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,5 +558,77 @@ mod tests {
         assert_eq!(decade_label(-1), "0.1 s");
         assert_eq!(decade_label(0), "1 s");
         assert_eq!(decade_label(2), "100 s");
+    }
+
+    fn sample(at_secs: f64, limit: Option<usize>, in_flight: usize) -> Sample {
+        Sample {
+            at_secs,
+            limit,
+            in_flight: limit.map(|_| in_flight),
+            queued: limit.map(|_| 1),
+            circuit: None,
+            provider_in_flight: Some(in_flight),
+        }
+    }
+
+    #[test]
+    fn the_timeline_draws_each_run_in_its_own_panel() {
+        let adaptive: Vec<Sample> = (0..=36_u16)
+            .map(|i| sample(f64::from(i) * 100.0, Some(2 + usize::from(i) / 6), 2))
+            .collect();
+        let before: Vec<Sample> = (0..=10)
+            .map(|i| sample(f64::from(i) * 60.0, None, 9))
+            .collect();
+        let svg = timeline_svg(
+            "In flight <over time>",
+            &[
+                Panel {
+                    title: "before",
+                    color: "#c0392b",
+                    samples: &before,
+                    capacity: Some(8),
+                },
+                Panel {
+                    title: "preset",
+                    color: "#1f6fb2",
+                    samples: &adaptive,
+                    capacity: Some(8),
+                },
+            ],
+        );
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("In flight &lt;over time&gt;"));
+        // 3600 s of samples: the axis ends at 60 min.
+        assert!(svg.contains(">60 min<") && !svg.contains(">70 min<"));
+        // Before has only the provider's line; the preset has all four.
+        let polylines = svg.matches("<polyline").count();
+        assert_eq!(polylines, 1 + 4);
+        let curves = points(&svg);
+        for curve in &curves {
+            assert!(
+                curve
+                    .iter()
+                    .all(|&(px, _)| (TL_LEFT..=WIDTH - TL_RIGHT).contains(&px))
+            );
+            // Time never runs backwards.
+            assert!(curve.windows(2).all(|w| w[1].0 >= w[0].0));
+        }
+        // The limit rises from 2 to 8: its line ends higher (smaller y) than it starts.
+        let limit = svg
+            .lines()
+            .find(|l| l.contains("data-series=\"in-flight limit\""))
+            .unwrap_or_default();
+        let limit = &points(limit)[0];
+        assert!(limit[limit.len() - 1].1 < limit[0].1);
+    }
+
+    #[test]
+    fn the_y_axis_rounds_up() {
+        assert_eq!(y_scale(0), (2, 2));
+        assert_eq!(y_scale(7), (8, 2));
+        assert_eq!(y_scale(9), (10, 5));
+        assert_eq!(y_scale(32), (40, 10));
+        assert_eq!(y_scale(101), (120, 30));
     }
 }

@@ -54,8 +54,8 @@ async fn send(
     Ok((parts, body))
 }
 
-/// `GET {base}{path}`, expecting a 200 with a JSON body.
-pub(crate) async fn get_json(client: &HttpClient, base: &str, path: &str) -> Result<Value, String> {
+/// `GET {base}{path}`, expecting a 200; returns the body.
+async fn get(client: &HttpClient, base: &str, path: &str) -> Result<Bytes, String> {
     let url = format!("{base}{path}");
     let request = http::Request::get(&url)
         .body(Empty::new())
@@ -66,7 +66,23 @@ pub(crate) async fn get_json(client: &HttpClient, base: &str, path: &str) -> Res
     if parts.status != http::StatusCode::OK {
         return Err(format!("GET {url} answered {}", parts.status));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("GET {url} did not answer JSON: {e}"))
+    Ok(body)
+}
+
+/// `GET {base}{path}`, expecting a 200 with a JSON body.
+pub(crate) async fn get_json(client: &HttpClient, base: &str, path: &str) -> Result<Value, String> {
+    let body = get(client, base, path).await?;
+    serde_json::from_slice(&body).map_err(|e| format!("GET {base}{path} did not answer JSON: {e}"))
+}
+
+/// `GET {base}{path}`, expecting a 200 with a text body.
+pub(crate) async fn get_text(
+    client: &HttpClient,
+    base: &str,
+    path: &str,
+) -> Result<String, String> {
+    let body = get(client, base, path).await?;
+    String::from_utf8(body.to_vec()).map_err(|e| format!("GET {base}{path} is not UTF-8: {e}"))
 }
 
 async fn analyze(client: &HttpClient, base: &str, arrival: &Arrival) -> Result<Answer, String> {

@@ -1,26 +1,35 @@
-//! `cargo xtask loadtest`: one realistic workload, twice, against the demo gateway over
-//! real HTTP: before (`--no-stack`, a direct call to the provider) and after (the
-//! `HealthAiStack` with its defaults), both in front of the simulated provider.
+//! `cargo xtask loadtest`: one realistic workload, three times, against the demo gateway
+//! over real HTTP, all in front of the same simulated provider (with a capacity: above it,
+//! 429 at once): before (`--no-stack`, a direct call to the provider), the seed's fixed
+//! limits (`HealthAiStack` with `--max-in-flight 2`), and the default preset (the stack
+//! with the gateway's defaults).
 //!
-//! The gateway runs as a child process (`cargo run`); nothing of the library crates is
-//! linked here. The workload and the statistics are pure functions (see `workload` and
-//! `stats`), tested on their own; this module only wires them to the processes, the
-//! network and the files.
+//! The gateway runs as a child process (`cargo run`), on a scaled clock
+//! (`--time-scale`); nothing of the library crates is linked here. While a run lasts, its
+//! queue, in-flight limit, circuit and the provider's load are sampled over HTTP. The
+//! workload, the statistics and the criteria are pure functions (see `workload`, `stats`,
+//! `timeline` and `criteria`), tested on their own; this module only wires them to the
+//! processes, the network and the files.
 
 mod chart;
 mod client;
+mod criteria;
 mod gateway;
 mod stats;
+mod timeline;
 mod workload;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use self::gateway::Gateway;
 use self::stats::{Observation, Outcome, Summary};
+use self::timeline::{Observed, Sample};
 use self::workload::{Arrival, PRIORITY_MIX, WorkloadConfig};
 
 /// The flags of `cargo xtask loadtest`. Every time and rate is unscaled: the real
@@ -36,6 +45,10 @@ pub(crate) struct LoadtestArgs {
     /// Seed of the workload and of the simulated provider.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+
+    /// Several seeds, one table each: e.g. `--seeds 42,7,1234` (instead of `--seed`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
+    seeds: Vec<u64>,
 
     /// Distinct users.
     #[arg(long, default_value_t = 20)]
@@ -65,6 +78,16 @@ pub(crate) struct LoadtestArgs {
     #[arg(long, default_value_t = 0.3)]
     sim_failure_rate: f64,
 
+    /// Calls the simulated provider serves at once (0: unlimited); above it, it answers
+    /// 429 with `Retry-After` at once and does not bill the call.
+    #[arg(long, default_value_t = 8)]
+    sim_capacity: usize,
+
+    /// How often the gateway's queue, in-flight limit and circuit are sampled, in
+    /// (unscaled) seconds.
+    #[arg(long, default_value_t = 10.0)]
+    sample_every_secs: f64,
+
     /// What one provider call costs, in US dollars.
     #[arg(long, default_value_t = 0.01)]
     cost_per_call_usd: f64,
@@ -74,9 +97,53 @@ pub(crate) struct LoadtestArgs {
     #[arg(long, default_value_t = 3600)]
     client_timeout_secs: u64,
 
-    /// Extra gateway flags for the "after" run, after `--`: e.g. `-- --queue-capacity 50`.
+    /// Extra gateway flags for the default preset's column, after `--`: e.g.
+    /// `-- --queue-capacity 50`.
     #[arg(last = true)]
     gateway_args: Vec<String>,
+}
+
+/// The three columns of the table, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    /// No stack: a direct call to the provider.
+    Before,
+    /// The stack with the seed's fixed in-flight limit of 2.
+    Fixed,
+    /// The stack with the gateway's defaults (and the flags after `--`).
+    Preset,
+}
+
+impl Column {
+    const ALL: [Self; 3] = [Self::Before, Self::Fixed, Self::Preset];
+
+    const fn key(self) -> &'static str {
+        match self {
+            Self::Before => "before",
+            Self::Fixed => "fixed",
+            Self::Preset => "preset",
+        }
+    }
+
+    const fn heading(self) -> &'static str {
+        match self {
+            Self::Before => "Before (no stack)",
+            Self::Fixed => "Seed's fixed limits (2 in flight)",
+            Self::Preset => "Default preset",
+        }
+    }
+
+    const fn color(self) -> &'static str {
+        match self {
+            Self::Before => "#c0392b",
+            Self::Fixed => "#8e44ad",
+            Self::Preset => "#1f6fb2",
+        }
+    }
+
+    const fn stacked(self) -> bool {
+        !matches!(self, Self::Before)
+    }
 }
 
 impl LoadtestArgs {
@@ -117,15 +184,25 @@ impl LoadtestArgs {
                 self.cost_per_call_usd
             ));
         }
+        positive("sample-every-secs", self.sample_every_secs)?;
         if self.client_timeout_secs == 0 {
             return Err("--client-timeout-secs must be at least 1".to_owned());
         }
         Ok(())
     }
 
-    fn workload(&self) -> WorkloadConfig {
+    /// The seeds to run, in order.
+    fn seeds(&self) -> Vec<u64> {
+        if self.seeds.is_empty() {
+            vec![self.seed]
+        } else {
+            self.seeds.clone()
+        }
+    }
+
+    fn workload(&self, seed: u64) -> WorkloadConfig {
         WorkloadConfig {
-            seed: self.seed,
+            seed,
             users: self.users,
             records_per_user: self.records_per_user,
             zipf_exponent: self.zipf_exponent,
@@ -134,23 +211,21 @@ impl LoadtestArgs {
         }
     }
 
-    /// The gateway's flags for the "before" run: no stack, a direct call.
-    fn before_flags(&self) -> Vec<String> {
-        let mut flags = self.common_flags();
-        flags.push("--no-stack".to_owned());
+    /// The gateway's flags for one column: the same provider and seed for all three;
+    /// no stack for "before", `--max-in-flight 2` for the seed's fixed limits, and the
+    /// defaults changed only by the flags after `--` for the preset.
+    fn flags(&self, column: Column, seed: u64) -> Vec<String> {
+        let mut flags = self.common_flags(seed);
+        match column {
+            Column::Before => flags.push("--no-stack".to_owned()),
+            Column::Fixed => flags.extend(["--max-in-flight".to_owned(), "2".to_owned()]),
+            Column::Preset => flags.extend(self.gateway_args.iter().cloned()),
+        }
         flags
     }
 
-    /// The gateway's flags for the "after" run: the stack with its defaults, changed
-    /// only by the flags given after `--`.
-    fn after_flags(&self) -> Vec<String> {
-        let mut flags = self.common_flags();
-        flags.extend(self.gateway_args.iter().cloned());
-        flags
-    }
-
-    /// The gateway flags of both runs.
-    fn common_flags(&self) -> Vec<String> {
+    /// The gateway flags of every column.
+    fn common_flags(&self, seed: u64) -> Vec<String> {
         [
             "--listen",
             "127.0.0.1:0",
@@ -160,13 +235,20 @@ impl LoadtestArgs {
             &self.sim_latency_ms,
             "--sim-failure-rate",
             &self.sim_failure_rate.to_string(),
+            "--sim-capacity",
+            &self.sim_capacity.to_string(),
             "--sim-seed",
-            &self.seed.to_string(),
+            &seed.to_string(),
             "--cost-per-call-usd",
             &self.cost_per_call_usd.to_string(),
         ]
         .map(str::to_owned)
         .to_vec()
+    }
+
+    /// The provider's capacity, `None` when unlimited.
+    fn capacity(&self) -> Option<usize> {
+        (self.sim_capacity != 0).then_some(self.sim_capacity)
     }
 }
 
@@ -179,21 +261,26 @@ fn workspace_root() -> PathBuf {
 /// One run's results.
 #[derive(Debug)]
 struct Run {
-    label: &'static str,
+    column: Column,
     flags: Vec<String>,
     observations: Vec<Observation>,
     summary: Summary,
     simulator: Value,
     metrics: Value,
+    samples: Vec<Sample>,
+    observed: Observed,
 }
 
 impl Run {
     fn to_json(&self) -> Value {
         json!({
+            "heading": self.column.heading(),
             "gatewayFlags": self.flags,
             "summary": self.summary,
+            "observed": self.observed,
             "simulator": self.simulator,
             "metrics": self.metrics,
+            "timeline": self.samples,
             "requests": self.observations,
         })
     }
@@ -207,20 +294,73 @@ impl Run {
     }
 }
 
+/// Samples the gateway every `every` (real time) until `stop` is set; one last sample
+/// after it is. Times are unscaled.
+async fn sample_loop(
+    client: client::HttpClient,
+    base: String,
+    column: Column,
+    fixed_limit: usize,
+    scale: f64,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> Vec<Sample> {
+    let start = tokio::time::Instant::now();
+    let mut samples = Vec::new();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let metrics = if column.stacked() {
+            client::get_json(&client, &base, "/api/metrics").await.ok()
+        } else {
+            None
+        };
+        let simulator = client::get_json(&client, &base, "/api/simulator")
+            .await
+            .ok();
+        samples.push(timeline::sample(
+            start.elapsed().as_secs_f64() / scale,
+            metrics.as_ref(),
+            simulator.as_ref(),
+            column.stacked().then_some(fixed_limit),
+        ));
+        if stopping {
+            return samples;
+        }
+        let until = tokio::time::Instant::now() + every;
+        while tokio::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(every.min(Duration::from_millis(20))).await;
+        }
+    }
+}
+
 fn run_once(
     runtime: &tokio::runtime::Runtime,
     args: &LoadtestArgs,
-    label: &'static str,
-    flags: Vec<String>,
+    column: Column,
+    seed: u64,
     arrivals: &[Arrival],
     out_dir: &Path,
 ) -> Result<Run, String> {
+    let label = column.key();
+    let flags = args.flags(column, seed);
     let log = out_dir.join(format!("gateway-{label}.log"));
     let gateway = Gateway::start(&workspace_root(), &flags, &log)?;
     let client = client::client();
     let timeout = Duration::from_secs_f64(args.client_timeout_secs as f64 * args.time_scale);
+    let every = Duration::from_secs_f64(args.sample_every_secs * args.time_scale);
+    let fixed_limit = timeline::configured_max_in_flight(&flags);
     let started = std::time::Instant::now();
-    let (mut observations, simulator, metrics) = runtime.block_on(async {
+    let (mut observations, samples, simulator, metrics, prometheus) = runtime.block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = tokio::spawn(sample_loop(
+            client.clone(),
+            gateway.base_url.clone(),
+            column,
+            fixed_limit,
+            args.time_scale,
+            every,
+            Arc::clone(&stop),
+        ));
         let observations = client::drive(
             &client,
             &gateway.base_url,
@@ -230,9 +370,12 @@ fn run_once(
             label,
         )
         .await;
+        stop.store(true, Ordering::Relaxed);
+        let samples = sampler.await.unwrap_or_default();
         let simulator = client::get_json(&client, &gateway.base_url, "/api/simulator").await;
         let metrics = client::get_json(&client, &gateway.base_url, "/api/metrics").await;
-        (observations, simulator, metrics)
+        let prometheus = client::get_text(&client, &gateway.base_url, "/metrics").await;
+        (observations, samples, simulator, metrics, prometheus)
     });
     eprintln!(
         "loadtest: the {label} run took {:.0} s",
@@ -243,17 +386,32 @@ fn run_once(
     let simulator = simulator?;
     let Some(calls) = simulator["calls"].as_u64() else {
         return Err(format!(
-            "/api/simulator should answer {{\"calls\": n, \"failures\": n}}, not {simulator}"
+            "/api/simulator should answer {{\"calls\": n, \"billed\": n, ...}}, not {simulator}"
         ));
     };
+    // Calls refused for want of capacity are not billed; an older gateway bills them all.
+    let billed = simulator["billed"].as_u64().unwrap_or(calls);
+    let overloaded = simulator["overloaded"].as_u64().unwrap_or(0);
     let metrics = metrics.unwrap_or_else(|e| {
-        if label == "after" {
+        if column.stacked() {
             eprintln!("xtask: warning: no stack metrics: {e}");
         }
         Value::Null
     });
-    let summary = stats::summarize(arrivals.len(), &observations, calls, args.cost_per_call_usd)
-        .map_err(|e| format!("{label} run: nothing may be lost, yet {e}"))?;
+    let prometheus = prometheus.ok();
+    let summary = stats::summarize(
+        arrivals.len(),
+        &observations,
+        billed,
+        overloaded,
+        args.cost_per_call_usd,
+    )
+    .map_err(|e| format!("{label} run: nothing may be lost, yet {e}"))?;
+    let observed = timeline::observe(
+        &samples,
+        column.stacked().then_some(&metrics),
+        prometheus.as_deref().filter(|_| column.stacked()),
+    );
     let mut details: BTreeMap<&str, usize> = BTreeMap::new();
     for detail in observations.iter().filter_map(|o| o.detail.as_deref()) {
         *details.entry(detail).or_default() += 1;
@@ -279,28 +437,38 @@ fn run_once(
         );
     }
     Ok(Run {
-        label,
+        column,
         flags,
         observations,
         summary,
         simulator,
         metrics,
+        samples,
+        observed,
     })
 }
 
 /// What the table's figures mean, printed under it.
-fn notes(args: &LoadtestArgs, arrivals: usize) -> String {
+fn notes(args: &LoadtestArgs, seed: u64, arrivals: usize) -> String {
     let mix = PRIORITY_MIX
         .map(|share| format!("{:.0}", share * 100.0))
         .join("/");
+    let capacity = match args.capacity() {
+        Some(n) => format!(
+            "at most {n} calls at once (above that: 429 with Retry-After: 2 s at once, not billed)"
+        ),
+        None => "no capacity limit".to_owned(),
+    };
     format!(
         "Every figure is unscaled: measured with `--time-scale {scale}` and divided by it (so one \
          millisecond of local HTTP reads as {ms:.1} s).\n\
          Workload: {arrivals} requests over {minutes} min (Poisson arrivals, {rate}/min, open loop), \
          {users} users x {records} records each (Zipf exponent {zipf}), priorities \
          {mix}% urgent/high/normal/low, seed {seed}.\n\
-         Provider: {latency} ms a call, {failure:.0}% failures, ${cost} a call; cost is provider \
-         calls x cost / requests sent.\n\
+         Provider: {latency} ms a call, {failure:.0}% failures, {capacity}, ${cost} a call; cost \
+         is billed provider calls x cost / requests sent.\n\
+         Columns: no stack; the stack with `--max-in-flight 2`; the stack with the gateway's \
+         defaults{extra}.\n\
          Latency is over answered requests (real or fallback); refusals and failures are counted \
          in their own rows, and every request sent is in exactly one of Reliability, Fallback, \
          Refused, Failed, No answer and Other errors.\n",
@@ -311,10 +479,14 @@ fn notes(args: &LoadtestArgs, arrivals: usize) -> String {
         users = args.users,
         records = args.records_per_user,
         zipf = args.zipf_exponent,
-        seed = args.seed,
         latency = args.sim_latency_ms,
         failure = args.sim_failure_rate * 100.0,
         cost = args.cost_per_call_usd,
+        extra = if args.gateway_args.is_empty() {
+            String::new()
+        } else {
+            format!(" and `{}`", args.gateway_args.join(" "))
+        },
     )
 }
 
@@ -322,52 +494,51 @@ fn write(path: &Path, contents: &str) -> Result<(), String> {
     std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// Runs the loadtest: builds the gateway, runs the workload before and after, prints
-/// the table and writes `target/loadtest/{results.json,latency.svg,table.md}`.
-pub(crate) fn run(args: &LoadtestArgs) -> Result<(), String> {
-    args.validate()?;
-    let root = workspace_root();
-    let out_dir = root.join("target").join("loadtest");
-    std::fs::create_dir_all(&out_dir)
+/// Runs the three columns on one seed, prints the table and the criteria, and writes
+/// `{results.json,latency.svg,inflight.svg,table.md}` in `out_dir`.
+fn run_seed(
+    runtime: &tokio::runtime::Runtime,
+    args: &LoadtestArgs,
+    seed: u64,
+    out_dir: &Path,
+) -> Result<(), String> {
+    std::fs::create_dir_all(out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    let workload = args.workload();
+    let workload = args.workload(seed);
     let arrivals = workload::generate(&workload);
     eprintln!(
-        "loadtest: {} requests over {} min unscaled ({:.0} s at time scale {}), twice",
+        "\nloadtest: seed {seed}: {} requests over {} min unscaled ({:.0} s at time scale {}), \
+         three times",
         arrivals.len(),
         args.minutes,
         args.minutes * 60.0 * args.time_scale,
         args.time_scale
     );
+    let runs = Column::ALL
+        .into_iter()
+        .map(|column| run_once(runtime, args, column, seed, &arrivals, out_dir))
+        .collect::<Result<Vec<Run>, String>>()?;
+    let [before, _, preset] = [&runs[0], &runs[1], &runs[2]];
 
-    let mut build = vec!["build", "--quiet"];
-    build.extend(gateway::PACKAGE);
-    crate::cargo(&build, &[])?;
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let before = run_once(
-        &runtime,
-        args,
-        "before",
-        args.before_flags(),
-        &arrivals,
-        &out_dir,
-    )?;
-    let after = run_once(
-        &runtime,
-        args,
-        "after",
-        args.after_flags(),
-        &arrivals,
-        &out_dir,
-    )?;
-
-    let table = stats::render_table(&before.summary, &after.summary);
-    let notes = notes(args, arrivals.len());
-    println!("\n{table}\n{notes}");
+    let columns: Vec<stats::Column<'_>> = runs
+        .iter()
+        .map(|run| stats::Column {
+            heading: run.column.heading(),
+            short: run.column.key(),
+            summary: &run.summary,
+        })
+        .collect();
+    let table = stats::render_table(&columns);
+    let notes = notes(args, seed, arrivals.len());
+    let seed_criteria = criteria::render(
+        &format!("The seed's success criteria, default preset, seed {seed}:"),
+        &criteria::seed_criteria(&preset.summary, &preset.observed),
+    );
+    let goals = criteria::render(
+        &format!("The overload goals, default preset against before, seed {seed}:"),
+        &criteria::preset_goals(&preset.summary, &before.summary, args.cost_per_call_usd),
+    );
+    println!("\n## Seed {seed}\n\n{table}\n{notes}\n{seed_criteria}\n{goals}");
 
     let results = json!({
         "units": "seconds and US dollars, unscaled",
@@ -375,6 +546,7 @@ pub(crate) fn run(args: &LoadtestArgs) -> Result<(), String> {
         "provider": {
             "latencyMs": args.sim_latency_ms,
             "failureRate": args.sim_failure_rate,
+            "capacity": args.capacity(),
             "costPerCallUsd": args.cost_per_call_usd,
         },
         "workload": workload,
@@ -385,31 +557,73 @@ pub(crate) fn run(args: &LoadtestArgs) -> Result<(), String> {
             "recordId": a.record_id(),
             "priority": a.priority,
         })).collect::<Vec<_>>(),
-        "runs": { before.label: before.to_json(), after.label: after.to_json() },
+        "runs": runs.iter().map(|run| (run.column.key().to_owned(), run.to_json())).collect::<serde_json::Map<_, _>>(),
     });
     let json_text = serde_json::to_string_pretty(&results)
         .map_err(|e| format!("cannot encode the results: {e}"))?;
-    let svg = chart::cdf_svg(
-        "Latency of answered requests: before vs after",
-        &[
-            chart::Series {
-                label: "before: no stack",
-                color: "#c0392b",
-                latencies: before.answered_latencies(),
-            },
-            chart::Series {
-                label: "after: HealthAiStack",
-                color: "#1f6fb2",
-                latencies: after.answered_latencies(),
-            },
-        ],
+    let latency = chart::cdf_svg(
+        &format!("Latency of answered requests, seed {seed}"),
+        &runs
+            .iter()
+            .map(|run| chart::Series {
+                label: run.column.heading(),
+                color: run.column.color(),
+                latencies: run.answered_latencies(),
+            })
+            .collect::<Vec<_>>(),
+    );
+    let inflight = chart::timeline_svg(
+        &format!("Calls in flight and the in-flight limit over time, seed {seed}"),
+        &runs
+            .iter()
+            .map(|run| chart::Panel {
+                title: run.column.heading(),
+                color: run.column.color(),
+                samples: &run.samples,
+                capacity: args.capacity(),
+            })
+            .collect::<Vec<_>>(),
     );
     write(&out_dir.join("results.json"), &json_text)?;
-    write(&out_dir.join("latency.svg"), &svg)?;
-    write(&out_dir.join("table.md"), &format!("{table}\n{notes}"))?;
+    write(&out_dir.join("latency.svg"), &latency)?;
+    write(&out_dir.join("inflight.svg"), &inflight)?;
+    write(
+        &out_dir.join("table.md"),
+        &format!("{table}\n{notes}\n{seed_criteria}\n{goals}"),
+    )?;
     eprintln!(
-        "loadtest: results in {}/{{results.json,latency.svg,table.md}}",
+        "loadtest: results in {}/{{results.json,latency.svg,inflight.svg,table.md}}",
         out_dir.display()
+    );
+    Ok(())
+}
+
+/// Runs the loadtest: builds the gateway, then for each seed runs the workload in the
+/// three columns, prints the table and the criteria and writes
+/// `target/loadtest/seed-S/{results.json,latency.svg,inflight.svg,table.md}`.
+pub(crate) fn run(args: &LoadtestArgs) -> Result<(), String> {
+    args.validate()?;
+    let started = std::time::Instant::now();
+    let root = workspace_root();
+    let out_root = root.join("target").join("loadtest");
+
+    let mut build = vec!["build", "--quiet"];
+    build.extend(gateway::PACKAGE);
+    crate::cargo(&build, &[])?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let build_secs = started.elapsed().as_secs_f64();
+    for seed in args.seeds() {
+        run_seed(&runtime, args, seed, &out_root.join(format!("seed-{seed}")))?;
+    }
+    eprintln!(
+        "loadtest: done in {:.0} s ({:.0} s building, {:.0} s running)",
+        started.elapsed().as_secs_f64(),
+        build_secs,
+        started.elapsed().as_secs_f64() - build_secs
     );
     Ok(())
 }
@@ -433,15 +647,52 @@ mod tests {
     }
 
     #[test]
-    fn both_runs_share_the_provider_and_differ_only_by_the_stack() {
+    fn the_columns_share_the_provider_and_differ_only_by_the_stack() {
         let args = parse(&["--", "--queue-capacity", "50"]).unwrap_or_else(|e| panic!("{e}"));
         assert!(args.validate().is_ok());
-        let before = args.before_flags();
-        let after = args.after_flags();
         let expected = "--listen 127.0.0.1:0 --time-scale 0.01 --sim-latency-ms 45000-90000 \
-                        --sim-failure-rate 0.3 --sim-seed 42 --cost-per-call-usd 0.01";
-        assert_eq!(before.join(" "), format!("{expected} --no-stack"));
-        assert_eq!(after.join(" "), format!("{expected} --queue-capacity 50"));
+                        --sim-failure-rate 0.3 --sim-capacity 8 --sim-seed 42 \
+                        --cost-per-call-usd 0.01";
+        assert_eq!(
+            args.flags(Column::Before, 42).join(" "),
+            format!("{expected} --no-stack")
+        );
+        assert_eq!(
+            args.flags(Column::Fixed, 42).join(" "),
+            format!("{expected} --max-in-flight 2")
+        );
+        assert_eq!(
+            args.flags(Column::Preset, 42).join(" "),
+            format!("{expected} --queue-capacity 50")
+        );
+        assert_eq!(
+            timeline::configured_max_in_flight(&args.flags(Column::Fixed, 42)),
+            2
+        );
+        assert!(
+            args.flags(Column::Preset, 7)
+                .join(" ")
+                .contains("--sim-seed 7")
+        );
+    }
+
+    #[test]
+    fn seeds_come_from_seed_or_seeds_never_both() {
+        let one = parse(&["--seed", "7"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(one.seeds(), vec![7]);
+        assert_eq!(
+            parse(&[]).unwrap_or_else(|e| panic!("{e}")).seeds(),
+            vec![42]
+        );
+        let many = parse(&["--seeds", "42,7,1234"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(many.seeds(), vec![42, 7, 1234]);
+        assert!(parse(&["--seed", "1", "--seeds", "2,3"]).is_err());
+        // Each seed has its own workload.
+        let (a, b) = (
+            workload::generate(&many.workload(42)),
+            workload::generate(&many.workload(7)),
+        );
+        assert_ne!(a.first().map(|x| x.at_secs), b.first().map(|x| x.at_secs));
     }
 
     #[test]
@@ -449,7 +700,7 @@ mod tests {
         let args = parse(&[]).unwrap_or_else(|e| panic!("{e}"));
         // Arrivals for 60 unscaled minutes at 1/100: 36 s a run, plus the tail.
         assert!((args.minutes * 60.0 * args.time_scale - 36.0).abs() < 1e-9);
-        let arrivals = workload::generate(&args.workload());
+        let arrivals = workload::generate(&args.workload(args.seed));
         assert!((600..850).contains(&arrivals.len()), "{}", arrivals.len());
     }
 
@@ -464,6 +715,7 @@ mod tests {
             (&["--zipf-exponent=-0.5"], "--zipf-exponent"),
             (&["--sim-failure-rate", "1.5"], "--sim-failure-rate"),
             (&["--client-timeout-secs", "0"], "--client-timeout-secs"),
+            (&["--sample-every-secs", "0"], "--sample-every-secs"),
         ] {
             let refused = parse(argv).and_then(|args| args.validate());
             assert!(

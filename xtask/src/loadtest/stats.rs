@@ -95,12 +95,19 @@ pub(crate) struct Summary {
     pub(crate) duration_secs: f64,
     /// Over the answered requests (real or fallback).
     pub(crate) avg_latency_secs: Option<f64>,
+    pub(crate) p50_latency_secs: Option<f64>,
     pub(crate) p95_latency_secs: Option<f64>,
+    pub(crate) max_latency_secs: Option<f64>,
     /// Over the answers served from the cache (hit or stale).
     pub(crate) avg_cached_latency_secs: Option<f64>,
+    /// Provider calls billed (run), retries included.
     pub(crate) upstream_calls: u64,
+    /// Provider calls refused with 429 for want of capacity: not billed.
+    pub(crate) provider_overloaded: u64,
     pub(crate) cost_usd: f64,
     pub(crate) cost_per_request_usd: f64,
+    /// Cost over the real analyses served (`None` without any).
+    pub(crate) cost_per_real_answer_usd: Option<f64>,
     /// Share of requests sent answered with a real analysis, fresh or cached.
     pub(crate) reliability: f64,
     pub(crate) fallback_share: f64,
@@ -145,7 +152,8 @@ fn share(part: usize, whole: usize) -> f64 {
     }
 }
 
-/// The figures of one run of `sent` requests.
+/// The figures of one run of `sent` requests, with the provider's billed calls
+/// (`upstream_calls`) and its 429s for want of capacity (`provider_overloaded`, not billed).
 ///
 /// # Errors
 ///
@@ -155,6 +163,7 @@ pub(crate) fn summarize(
     sent: usize,
     observations: &[Observation],
     upstream_calls: u64,
+    provider_overloaded: u64,
     cost_per_call_usd: f64,
 ) -> Result<Summary, String> {
     let mut seen = vec![false; sent];
@@ -227,7 +236,9 @@ pub(crate) fn summarize(
         errors,
         duration_secs,
         avg_latency_secs: mean(latencies.iter().copied()),
+        p50_latency_secs: percentile(&latencies, 50.0),
         p95_latency_secs: percentile(&latencies, 95.0),
+        max_latency_secs: latencies.last().copied(),
         avg_cached_latency_secs: mean(
             observations
                 .iter()
@@ -235,8 +246,10 @@ pub(crate) fn summarize(
                 .map(|o| o.latency_secs),
         ),
         upstream_calls,
+        provider_overloaded,
         cost_usd,
         cost_per_request_usd,
+        cost_per_real_answer_usd: (real > 0).then(|| cost_usd / real as f64),
         reliability: share(real, sent),
         fallback_share: share(fallback, sent),
         refused_share: share(refused, sent),
@@ -303,118 +316,178 @@ const SEED_CLAIMS: [(&str, &str); 6] = [
     ("Cache hit rate (of requests sent)", "60-70%"),
 ];
 
-/// The before/after table, in Markdown. Every figure is in unscaled units.
-pub(crate) fn render_table(before: &Summary, after: &Summary) -> String {
-    let rows: Vec<(&str, String, String, String)> = vec![
-        (
-            "Requests sent",
-            before.sent.to_string(),
-            after.sent.to_string(),
-            String::new(),
-        ),
-        (
-            "Average latency (answered)",
-            secs(before.avg_latency_secs),
-            secs(after.avg_latency_secs),
-            relative(before.avg_latency_secs, after.avg_latency_secs),
-        ),
-        (
-            "p95 latency (answered)",
-            secs(before.p95_latency_secs),
-            secs(after.p95_latency_secs),
-            relative(before.p95_latency_secs, after.p95_latency_secs),
-        ),
-        (
-            "Average latency (cached answers)",
-            secs(before.avg_cached_latency_secs),
-            secs(after.avg_cached_latency_secs),
-            String::new(),
-        ),
-        (
-            "Cost per request",
-            format!("${:.4}", before.cost_per_request_usd),
-            format!("${:.4}", after.cost_per_request_usd),
-            relative(
-                Some(before.cost_per_request_usd),
-                Some(after.cost_per_request_usd),
-            ),
-        ),
-        (
-            "Reliability (real analysis, fresh or cached)",
-            pct(before.reliability),
-            pct(after.reliability),
-            points(before.reliability, after.reliability),
-        ),
-        (
-            "Fallback answers",
-            pct(before.fallback_share),
-            pct(after.fallback_share),
-            points(before.fallback_share, after.fallback_share),
-        ),
-        (
-            "Refused (429, 503)",
-            pct(before.refused_share),
-            pct(after.refused_share),
-            points(before.refused_share, after.refused_share),
-        ),
-        (
-            "Failed (502, 504)",
-            pct(before.failed_share),
-            pct(after.failed_share),
-            points(before.failed_share, after.failed_share),
-        ),
-        (
-            "No answer within the client's timeout",
-            pct(before.timed_out_share),
-            pct(after.timed_out_share),
-            points(before.timed_out_share, after.timed_out_share),
-        ),
-        (
-            "Other errors",
-            pct(before.error_share),
-            pct(after.error_share),
-            points(before.error_share, after.error_share),
-        ),
-        (
-            "Throughput (real analyses per minute)",
-            format!("{:.1}/min", before.real_per_min),
-            format!("{:.1}/min", after.real_per_min),
-            times(before.real_per_min, after.real_per_min),
-        ),
-        (
-            "Throughput (all answers per minute)",
-            format!("{:.1}/min", before.answered_per_min),
-            format!("{:.1}/min", after.answered_per_min),
-            times(before.answered_per_min, after.answered_per_min),
-        ),
-        (
-            "Cache hit rate (of requests sent)",
-            pct(before.cache_hit_rate),
-            pct(after.cache_hit_rate),
-            points(before.cache_hit_rate, after.cache_hit_rate),
-        ),
-        (
-            "Provider calls",
-            before.upstream_calls.to_string(),
-            after.upstream_calls.to_string(),
-            relative(
-                u64_f64(before.upstream_calls),
-                u64_f64(after.upstream_calls),
-            ),
-        ),
-    ];
-    let mut out = String::new();
-    out.push_str(
-        "| Metric | Before (no stack) | After (HealthAiStack) | Change | The seed claimed |\n",
-    );
-    out.push_str("|---|---:|---:|---:|---|\n");
-    for (metric, b, a, change) in rows {
+/// One column of the table: a run and its heading.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Column<'a> {
+    pub(crate) heading: &'a str,
+    /// A word or two for the change column's heading.
+    pub(crate) short: &'a str,
+    pub(crate) summary: &'a Summary,
+}
+
+/// One row: its name, how a run shows in it, and how the last column compares with the
+/// first.
+struct Row {
+    metric: &'static str,
+    value: fn(&Summary) -> String,
+    change: fn(&Summary, &Summary) -> String,
+}
+
+fn dollars(value: f64) -> String {
+    format!("${value:.4}")
+}
+
+fn no_change(_: &Summary, _: &Summary) -> String {
+    String::new()
+}
+
+const ROWS: &[Row] = &[
+    Row {
+        metric: "Requests sent",
+        value: |s| s.sent.to_string(),
+        change: no_change,
+    },
+    Row {
+        metric: "Answered (real or fallback)",
+        value: |s| pct(s.reliability + s.fallback_share),
+        change: |b, a| {
+            points(
+                b.reliability + b.fallback_share,
+                a.reliability + a.fallback_share,
+            )
+        },
+    },
+    Row {
+        metric: "Average latency (answered)",
+        value: |s| secs(s.avg_latency_secs),
+        change: |b, a| relative(b.avg_latency_secs, a.avg_latency_secs),
+    },
+    Row {
+        metric: "Median latency (answered)",
+        value: |s| secs(s.p50_latency_secs),
+        change: |b, a| relative(b.p50_latency_secs, a.p50_latency_secs),
+    },
+    Row {
+        metric: "p95 latency (answered)",
+        value: |s| secs(s.p95_latency_secs),
+        change: |b, a| relative(b.p95_latency_secs, a.p95_latency_secs),
+    },
+    Row {
+        metric: "Latest answer",
+        value: |s| secs(s.max_latency_secs),
+        change: |b, a| relative(b.max_latency_secs, a.max_latency_secs),
+    },
+    Row {
+        metric: "Average latency (cached answers)",
+        value: |s| secs(s.avg_cached_latency_secs),
+        change: no_change,
+    },
+    Row {
+        metric: "Cost per request",
+        value: |s| dollars(s.cost_per_request_usd),
+        change: |b, a| relative(Some(b.cost_per_request_usd), Some(a.cost_per_request_usd)),
+    },
+    Row {
+        metric: "Cost per real answer",
+        value: |s| {
+            s.cost_per_real_answer_usd
+                .map_or_else(|| "n/a".to_owned(), dollars)
+        },
+        change: |b, a| relative(b.cost_per_real_answer_usd, a.cost_per_real_answer_usd),
+    },
+    Row {
+        metric: "Reliability (real analysis, fresh or cached)",
+        value: |s| pct(s.reliability),
+        change: |b, a| points(b.reliability, a.reliability),
+    },
+    Row {
+        metric: "Fallback answers",
+        value: |s| pct(s.fallback_share),
+        change: |b, a| points(b.fallback_share, a.fallback_share),
+    },
+    Row {
+        metric: "Refused (429, 503)",
+        value: |s| pct(s.refused_share),
+        change: |b, a| points(b.refused_share, a.refused_share),
+    },
+    Row {
+        metric: "Failed (502, 504)",
+        value: |s| pct(s.failed_share),
+        change: |b, a| points(b.failed_share, a.failed_share),
+    },
+    Row {
+        metric: "No answer within the client's timeout",
+        value: |s| pct(s.timed_out_share),
+        change: |b, a| points(b.timed_out_share, a.timed_out_share),
+    },
+    Row {
+        metric: "Other errors",
+        value: |s| pct(s.error_share),
+        change: |b, a| points(b.error_share, a.error_share),
+    },
+    Row {
+        metric: "Throughput (real analyses per minute)",
+        value: |s| format!("{:.1}/min", s.real_per_min),
+        change: |b, a| times(b.real_per_min, a.real_per_min),
+    },
+    Row {
+        metric: "Throughput (all answers per minute)",
+        value: |s| format!("{:.1}/min", s.answered_per_min),
+        change: |b, a| times(b.answered_per_min, a.answered_per_min),
+    },
+    Row {
+        metric: "Cache hit rate (of requests sent)",
+        value: |s| pct(s.cache_hit_rate),
+        change: |b, a| points(b.cache_hit_rate, a.cache_hit_rate),
+    },
+    Row {
+        metric: "Provider calls billed",
+        value: |s| s.upstream_calls.to_string(),
+        change: |b, a| relative(u64_f64(b.upstream_calls), u64_f64(a.upstream_calls)),
+    },
+    Row {
+        metric: "Provider 429s (at capacity, not billed)",
+        value: |s| s.provider_overloaded.to_string(),
+        change: no_change,
+    },
+];
+
+/// The table of runs side by side, in Markdown, with the last column's change against
+/// the first. Every figure is in unscaled units.
+pub(crate) fn render_table(columns: &[Column<'_>]) -> String {
+    let mut out = String::from("| Metric |");
+    for column in columns {
+        let _ = write!(out, " {} |", column.heading);
+    }
+    let (first, last) = match (columns.first(), columns.last()) {
+        (Some(first), Some(last)) if columns.len() > 1 => (Some(first), Some(last)),
+        _ => (None, None),
+    };
+    if let (Some(first), Some(last)) = (first, last) {
+        let _ = write!(out, " Change ({} vs {}) |", last.short, first.short);
+    }
+    out.push_str(" The seed claimed |\n|---|");
+    for _ in columns {
+        out.push_str("---:|");
+    }
+    if first.is_some() {
+        out.push_str("---:|");
+    }
+    out.push_str("---|\n");
+    for row in ROWS {
         let claim = SEED_CLAIMS
             .iter()
-            .find(|(m, _)| *m == metric)
+            .find(|(m, _)| *m == row.metric)
             .map_or("", |(_, claim)| claim);
         // Writing to a String cannot fail.
-        let _ = writeln!(out, "| {metric} | {b} | {a} | {change} | {claim} |");
+        let _ = write!(out, "| {} |", row.metric);
+        for column in columns {
+            let _ = write!(out, " {} |", (row.value)(column.summary));
+        }
+        if let (Some(first), Some(last)) = (first, last) {
+            let _ = write!(out, " {} |", (row.change)(first.summary, last.summary));
+        }
+        let _ = writeln!(out, " {claim} |");
     }
     out
 }
@@ -514,7 +587,7 @@ mod tests {
             obs(7, Outcome::Real, Some(CacheStatus::Miss), 80.0),
             obs(8, Outcome::TimedOut, None, 100.0),
         ];
-        let s = summarize(9, &observations, 4, 0.01).unwrap_or_else(|e| panic!("{e}"));
+        let s = summarize(9, &observations, 4, 0, 0.01).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             (
                 s.real,
@@ -540,6 +613,9 @@ mod tests {
         let avg = (60.0 + 0.05 + 0.15 + 0.5 + 80.0) / 5.0;
         assert!((s.avg_latency_secs.unwrap_or_default() - avg).abs() < 1e-9);
         assert_eq!(s.p95_latency_secs, Some(80.0));
+        assert_eq!(s.p50_latency_secs, Some(0.5));
+        assert_eq!(s.max_latency_secs, Some(80.0));
+        assert!((s.cost_per_real_answer_usd.unwrap_or_default() - 0.01).abs() < 1e-12);
         assert!((s.avg_cached_latency_secs.unwrap_or_default() - 0.1).abs() < 1e-9);
         assert!((s.cost_usd - 0.04).abs() < 1e-12);
         assert!((s.cost_per_request_usd - 0.04 / 9.0).abs() < 1e-12);
@@ -553,19 +629,19 @@ mod tests {
     fn a_lost_or_doubled_request_is_an_error() {
         let one = obs(0, Outcome::Real, None, 1.0);
         let two = obs(1, Outcome::Refused, None, 1.0);
-        let lost = summarize(3, &[one.clone(), two.clone()], 0, 0.01);
+        let lost = summarize(3, &[one.clone(), two.clone()], 0, 0, 0.01);
         assert!(lost.is_err_and(|e| e.contains("1 of 3 requests have no outcome")));
-        let doubled = summarize(2, &[one.clone(), two.clone(), one.clone()], 0, 0.01);
+        let doubled = summarize(2, &[one.clone(), two.clone(), one.clone()], 0, 0, 0.01);
         assert!(doubled.is_err_and(|e| e.contains("twice")));
-        let stray = summarize(1, &[one, two], 0, 0.01);
+        let stray = summarize(1, &[one, two], 0, 0, 0.01);
         assert!(stray.is_err_and(|e| e.contains("never sent")));
-        let empty = summarize(0, &[], 0, 0.01).unwrap_or_else(|e| panic!("{e}"));
+        let empty = summarize(0, &[], 0, 0, 0.01).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(empty.sent, 0);
         assert_eq!(empty.avg_latency_secs, None);
     }
 
     #[test]
-    fn the_table_shows_both_runs_and_the_change() {
+    fn the_table_shows_every_run_and_the_last_against_the_first() {
         let before = summarize(
             2,
             &[
@@ -573,6 +649,18 @@ mod tests {
                 obs(1, Outcome::Failed, None, 70.0),
             ],
             2,
+            0,
+            0.01,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let fixed = summarize(
+            2,
+            &[
+                obs(0, Outcome::Real, Some(CacheStatus::Miss), 60.0),
+                obs(1, Outcome::Refused, None, 0.01),
+            ],
+            1,
+            3,
             0.01,
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -583,33 +671,73 @@ mod tests {
                 obs(1, Outcome::Real, Some(CacheStatus::Hit), 0.06),
             ],
             1,
+            0,
             0.01,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let table = render_table(&before, &after);
+        let table = render_table(&[
+            Column {
+                heading: "Before",
+                short: "before",
+                summary: &before,
+            },
+            Column {
+                heading: "Fixed",
+                short: "fixed",
+                summary: &fixed,
+            },
+            Column {
+                heading: "Preset",
+                short: "preset",
+                summary: &after,
+            },
+        ]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[0],
-            "| Metric | Before (no stack) | After (HealthAiStack) | Change | The seed claimed |"
+            "| Metric | Before | Fixed | Preset | Change (preset vs before) | The seed claimed |"
         );
-        assert_eq!(lines[1], "|---|---:|---:|---:|---|");
+        assert_eq!(lines[1], "|---|---:|---:|---:|---:|---|");
+        assert_eq!(lines.len(), 2 + ROWS.len());
         assert!(lines.iter().all(|l| l.starts_with('|') && l.ends_with('|')));
-        assert!(lines.iter().all(|l| l.matches('|').count() == 6));
+        assert!(lines.iter().all(|l| l.matches('|').count() == 7));
         // Every claim sits on a row.
         for (metric, _) in SEED_CLAIMS {
             assert!(table.contains(&format!("| {metric} |")), "{metric}");
         }
-        assert!(table.contains("| Average latency (answered) | 60.0 s | 30.0 s | -50% |"));
-        assert!(table.contains("| p95 latency (answered) | 60.0 s | 60.0 s | +0% |"));
-        assert!(table.contains("| Average latency (cached answers) | n/a | 0.06 s |  |"));
-        assert!(
-            table.contains("| Cost per request | $0.0100 | $0.0050 | -50% | $0.010 -> $0.004 |")
-        );
+        assert!(table.contains("| Average latency (answered) | 60.0 s | 60.0 s | 30.0 s | -50% |"));
+        assert!(table.contains("| Median latency (answered) | 60.0 s | 60.0 s | 0.06 s | -100% |"));
+        assert!(table.contains("| p95 latency (answered) | 60.0 s | 60.0 s | 60.0 s | +0% |"));
+        assert!(table.contains("| Average latency (cached answers) | n/a | n/a | 0.06 s |  |"));
         assert!(table.contains(
-            "| Reliability (real analysis, fresh or cached) | 50.0% | 100.0% | +50.0 pp |"
+            "| Cost per request | $0.0100 | $0.0050 | $0.0050 | -50% | $0.010 -> $0.004 |"
         ));
-        assert!(table.contains("| Failed (502, 504) | 50.0% | 0.0% | -50.0 pp |"));
-        assert!(table.contains("| Cache hit rate (of requests sent) | 0.0% | 50.0% | +50.0 pp |"));
-        assert!(table.contains("| Provider calls | 2 | 1 | -50% |"));
+        assert!(table.contains("| Cost per real answer | $0.0200 | $0.0100 | $0.0050 | -75% |"));
+        assert!(table.contains(
+            "| Reliability (real analysis, fresh or cached) | 50.0% | 50.0% | 100.0% | +50.0 pp |"
+        ));
+        assert!(
+            table.contains("| Answered (real or fallback) | 50.0% | 50.0% | 100.0% | +50.0 pp |")
+        );
+        assert!(table.contains("| Refused (429, 503) | 0.0% | 50.0% | 0.0% | +0.0 pp |"));
+        assert!(table.contains("| Failed (502, 504) | 50.0% | 0.0% | 0.0% | -50.0 pp |"));
+        assert!(table.contains(
+            "| Cache hit rate (of requests sent) | 0.0% | 0.0% | 50.0% | +50.0 pp | 60-70% |"
+        ));
+        assert!(table.contains("| Provider calls billed | 2 | 1 | 1 | -50% |"));
+        assert!(table.contains("| Provider 429s (at capacity, not billed) | 0 | 3 | 0 |  |"));
+    }
+
+    #[test]
+    fn one_run_alone_has_no_change_column() {
+        let only = summarize(1, &[obs(0, Outcome::Real, None, 1.0)], 1, 0, 0.01)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let table = render_table(&[Column {
+            heading: "Only",
+            short: "only",
+            summary: &only,
+        }]);
+        assert!(table.starts_with("| Metric | Only | The seed claimed |\n|---|---:|---|\n"));
+        assert!(table.lines().all(|l| l.matches('|').count() == 4));
     }
 }
