@@ -479,3 +479,25 @@ async fn a_cool_down_longer_than_the_max_wait_refuses_at_once() {
     assert_eq!(response.status(), 429);
     assert_eq!(started.elapsed(), Duration::from_secs(40));
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_ms_gives_a_cool_down_shorter_than_a_second() {
+    let upstream = service_fn(|_request: Request| async move {
+        let response = http::Response::builder()
+            .status(429)
+            .header("retry-after", "1")
+            .header("retry-after-ms", "250")
+            .body(())
+            .expect("response");
+        Ok::<_, BoxError>(response)
+    });
+    let layer = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive().initial(4))
+        .overload_classifier(HttpOverload::new())
+        .build();
+    let service = layer.layer(upstream);
+    service.clone().oneshot(request()).await.expect("answered");
+    let started = Instant::now();
+    service.clone().oneshot(request()).await.expect("answered");
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+}

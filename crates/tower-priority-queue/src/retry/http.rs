@@ -85,10 +85,24 @@ impl<B> Classify<http::Response<B>> for HttpClassifier {
     }
 }
 
-/// Reads a `Retry-After` header: delay-seconds or an HTTP date (a date in the past means
-/// now). `None` when absent or malformed.
+/// Reads the wait an upstream asked for: a `retry-after-ms` header in milliseconds when it
+/// is present and valid (sent by some AI providers, such as Azure OpenAI, for waits
+/// shorter than a second), else `Retry-After`: delay-seconds or an HTTP date (a date in
+/// the past means now). `None` when absent or malformed.
 #[must_use]
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    if let Some(value) = headers
+        .get(RETRY_AFTER_MS)
+        .and_then(|value| value.to_str().ok())
+    {
+        let value = value.trim();
+        if !value.is_empty() && value.len() <= 12 && value.bytes().all(|byte| byte.is_ascii_digit())
+        {
+            if let Ok(ms) = value.parse() {
+                return Some(Duration::from_millis(ms));
+            }
+        }
+    }
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
         // Too many digits to be a real wait: take it as "very long" (the cap applies).
@@ -97,6 +111,9 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let date = httpdate::parse_http_date(value).ok()?;
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
+
+/// The `retry-after-ms` response header: the wait in milliseconds.
+const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 
 /// Replays `http::Request`s whose body is a buffered, cloneable body (like
 /// `http_body_util::Full<Bytes>`) of at most `max_body_bytes` (64 KiB by default), and
