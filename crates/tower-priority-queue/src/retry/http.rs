@@ -86,7 +86,7 @@ impl<B> Classify<http::Response<B>> for HttpClassifier {
 }
 
 /// Reads the wait an upstream asked for: a `retry-after-ms` header in milliseconds when it
-/// is present and valid (sent by some AI providers, such as Azure OpenAI, for waits
+/// is present and valid (sent by some AI providers, such as Azure `OpenAI`, for waits
 /// shorter than a second), else `Retry-After`: delay-seconds or an HTTP date (a date in
 /// the past means now). `None` when absent or malformed.
 #[must_use]
@@ -96,11 +96,12 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .and_then(|value| value.to_str().ok())
     {
         let value = value.trim();
-        if !value.is_empty() && value.len() <= 12 && value.bytes().all(|byte| byte.is_ascii_digit())
+        if !value.is_empty()
+            && value.len() <= 12
+            && value.bytes().all(|byte| byte.is_ascii_digit())
+            && let Ok(ms) = value.parse()
         {
-            if let Ok(ms) = value.parse() {
-                return Some(Duration::from_millis(ms));
-            }
+            return Some(Duration::from_millis(ms));
         }
     }
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
