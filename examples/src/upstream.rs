@@ -3,8 +3,11 @@
 //!
 //! Both read the call's [`AnalyzeInput`] from the request's extensions (the gateway puts
 //! it there after checking the request) and answer the gateway's JSON with
-//! `"source": "ai"`. Anything but a 2xx JSON object from the provider is an error, so
-//! that the stack above can retry, trip the breaker, and fall back.
+//! `"source": "ai"`. The provider's overload answers (429, or 503 with a wait) are passed
+//! up as answers, with `Retry-After` and `retry-after-ms`, so that the stack reads them as
+//! backpressure: the adaptive limit lowers itself and pauses, the retry waits, the breaker
+//! does not count them. Anything else but a 2xx JSON object is an error, so that the stack
+//! above can retry, trip the breaker, and fall back.
 
 use std::fmt;
 use std::future::Future;
@@ -119,6 +122,29 @@ impl std::error::Error for UpstreamError {
 /// takes seconds: immaterial here).
 pub type UpstreamFuture =
     Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send + 'static>>;
+
+/// The provider's overload passed up as an answer: `status` (429 or 503), `Retry-After` in
+/// whole seconds (rounded up) and `retry-after-ms` when the wait is known, and a short JSON
+/// error body.
+#[must_use]
+pub fn overloaded_answer(status: StatusCode, retry_after: Option<Duration>) -> Response<Body> {
+    let mut response = Response::new(Body::from(
+        r#"{"error":"the AI provider is overloaded"}"#.as_bytes(),
+    ));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(wait) = retry_after {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        headers.insert(RETRY_AFTER_MS, HeaderValue::from(ms));
+    }
+    response
+}
 
 /// The gateway's answer for an analysis from the provider.
 ///
@@ -239,15 +265,10 @@ impl<B> Service<Request<B>> for UpstreamClient {
                 let retry_after = retry_after_of(answer.headers());
                 let overloaded = status == StatusCode::TOO_MANY_REQUESTS
                     || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some());
-                return Err(if overloaded {
-                    UpstreamError::Overloaded {
-                        status,
-                        retry_after,
-                    }
-                } else {
-                    UpstreamError::Status(status)
+                if overloaded {
+                    return Ok(overloaded_answer(status, retry_after));
                 }
-                .into());
+                return Err(UpstreamError::Status(status).into());
             }
             let bytes = Limited::new(answer.into_body(), MAX_PROVIDER_ANSWER_BYTES)
                 .collect()
@@ -300,11 +321,10 @@ impl<B> Service<Request<B>> for InProcessUpstream {
             };
             match simulator.analyze(&request).await {
                 Ok(analysis) => ai_answer(&request.record_id, analysis),
-                Err(SimulatedError::Overloaded { retry_after }) => Err(UpstreamError::Overloaded {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    retry_after: Some(retry_after),
-                }
-                .into()),
+                Err(SimulatedError::Overloaded { retry_after }) => Ok(overloaded_answer(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Some(retry_after),
+                )),
                 Err(_) => Err(UpstreamError::Status(StatusCode::SERVICE_UNAVAILABLE).into()),
             }
         })

@@ -8,7 +8,7 @@ use axum::body::Body;
 use health_ai_examples::simulator::{
     LatencyRange, ProviderRequest, RETRY_AFTER_MS, SimulatedError, Simulator, SimulatorConfig,
 };
-use health_ai_examples::upstream::{UpstreamError, retry_after_of};
+use health_ai_examples::upstream::retry_after_of;
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -199,18 +199,17 @@ async fn the_in_process_upstream_reports_overload_with_its_wait() {
     while sim.in_flight() == 0 {
         tokio::task::yield_now().await;
     }
-    let error = upstream
+    let answer = upstream
         .call(input(1))
         .await
-        .expect_err("the provider is full");
-    let error = error
-        .downcast_ref::<UpstreamError>()
-        .expect("an upstream error");
-    assert!(matches!(
-        error,
-        UpstreamError::Overloaded { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS
-    ));
-    assert_eq!(error.retry_after(), Some(Duration::from_secs(2)));
+        .expect("the provider's overload is an answer");
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        retry_after_of(answer.headers()),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(answer.headers()["retry-after"], "2");
+    assert_eq!(answer.headers()["retry-after-ms"], "2000");
     assert!(busy.await.expect("no panic").is_ok());
 }
 
