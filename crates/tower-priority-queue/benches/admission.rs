@@ -189,9 +189,16 @@ where
     S::Error: Debug,
 {
     let mut service = service.clone();
-    let ready = service.ready().await.expect("ready");
-    let mut call = std::pin::pin!(ready.call(request()));
+    // tower's ConcurrencyLimit waits in `poll_ready`, the queue in its response future.
     let mut waited = false;
+    std::future::poll_fn(|cx| {
+        let poll = service.poll_ready(cx);
+        waited |= poll.is_pending();
+        poll
+    })
+    .await
+    .expect("ready");
+    let mut call = std::pin::pin!(service.call(request()));
     let response = std::future::poll_fn(|cx| {
         let poll = call.as_mut().poll(cx);
         waited |= poll.is_pending();
