@@ -5,7 +5,7 @@
 use std::{future::poll_fn, sync::Arc};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, header};
 use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -17,7 +17,7 @@ use crate::{
     error::{BoxError, CacheError},
     key::CacheKey,
     metrics::Outcome,
-    shared::HttpShared,
+    shared::{Asked, Grpc, HttpShared, Verdict, vary_names, vary_values},
     store::{CacheStore, Entry},
 };
 
@@ -34,6 +34,11 @@ enum Own<B> {
     Error(BoxError),
 }
 
+/// How many times a request behind failed leaders joins the next flight before it calls
+/// on its own (with `share_failures(false)`): each round is one inner call, so the
+/// upstream sees the waiters one at a time, never as a burst.
+const MAX_ROUNDS: usize = 16;
+
 pub(crate) async fn miss<S, ReqB, ResB, St>(
     shared: Arc<HttpShared<St>>,
     svc: S,
@@ -48,76 +53,100 @@ where
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
-    let mut call = Some((svc, req));
-    let mut own = None;
-    let flight = shared
-        .core
-        .flight(key, async {
-            let Some((svc, req)) = call.take() else {
-                return Flight::Alone;
-            };
-            let (result, flight) = lead(&shared, svc, req, key).await;
-            own = Some(result);
-            flight
-        })
-        .await;
     let core = &shared.core;
-    let serve_stale = |entry: &Entry<CachedResponse>| {
-        core.record(Outcome::Stale);
-        Ok(entry.value().replay("STALE", Some(age_secs(entry))))
+    // Whether a stale entry may answer is judged when it would be served: a slow call
+    // may have outlived the grace period it started in.
+    let serve_stale = |when: bool| {
+        core.still_stale(stale.as_deref())
+            .filter(|_| when)
+            .map(|entry| {
+                core.record(Outcome::Stale);
+                Ok(entry.value().replay("STALE", Some(age_secs(entry))))
+            })
     };
+    let mut call = Some((svc, req));
+    let mut rounds = 0;
+    loop {
+        let mut own = None;
+        let flight = core
+            .flight(key, async {
+                let Some((svc, req)) = call.take() else {
+                    return Flight::Alone;
+                };
+                let (result, flight) = lead(&shared, svc, req, key).await;
+                own = Some(result);
+                flight
+            })
+            .await;
 
-    if let Some(own) = own {
-        return match own {
-            Own::Hit(res) => {
-                core.record(Outcome::Hit);
-                Ok(res)
-            }
-            Own::Response { res, failed } => match stale.as_deref() {
-                Some(entry) if failed => serve_stale(entry),
-                _ => {
-                    core.record(Outcome::Miss);
+        if let Some(own) = own {
+            return match own {
+                Own::Hit(res) => {
+                    core.record(Outcome::Hit);
                     Ok(res)
                 }
-            },
-            Own::Error(e) => match stale.as_deref() {
-                Some(entry) => {
-                    tracing::debug!(cache = %core.name, error = %e, "inner call failed");
-                    serve_stale(entry)
-                }
-                None => {
-                    core.record(Outcome::Miss);
-                    Err(e)
-                }
-            },
-        };
-    }
-
-    match &*flight {
-        Flight::Stored(entry) => {
-            core.record(Outcome::Coalesced);
-            Ok(entry.value().replay("MISS", Some(age_secs(entry))))
+                Own::Response { res, failed } => match serve_stale(failed) {
+                    Some(stale) => stale,
+                    None => {
+                        core.record(Outcome::Miss);
+                        Ok(res)
+                    }
+                },
+                Own::Error(e) => match serve_stale(true) {
+                    Some(stale) => {
+                        tracing::debug!(cache = %core.name, error = %e, "inner call failed");
+                        stale
+                    }
+                    None => {
+                        core.record(Outcome::Miss);
+                        Err(e)
+                    }
+                },
+            };
         }
-        Flight::Shared { value, failed } => match stale.as_deref() {
-            Some(entry) if *failed => serve_stale(entry),
-            _ => {
+
+        // A waiter: the answer is this request's only if it varies on nothing this
+        // request sends differently.
+        match &*flight {
+            Flight::Stored(entry) if fits(call.as_ref(), entry.value()) => {
                 core.record(Outcome::Coalesced);
-                Ok(value.replay("MISS", None))
+                return Ok(entry.value().replay("MISS", Some(age_secs(entry))));
             }
-        },
-        Flight::Failed(message) => match stale.as_deref() {
-            Some(entry) => serve_stale(entry),
-            None if shared.share_failures => {
-                core.record(Outcome::Coalesced);
-                Err(CacheError::Coalesced {
-                    message: Arc::clone(message),
+            Flight::Shared { value, failed } if fits(call.as_ref(), value) => {
+                if let Some(stale) = serve_stale(*failed) {
+                    return stale;
                 }
-                .into())
+                core.record(Outcome::Coalesced);
+                return Ok(value.replay("MISS", None));
             }
-            None => call_alone(core, call.take()).await,
-        },
-        Flight::Alone => call_alone(core, call.take()).await,
+            Flight::Failed(message) => {
+                if let Some(stale) = serve_stale(true) {
+                    return stale;
+                }
+                if shared.share_failures {
+                    core.record(Outcome::Coalesced);
+                    return Err(CacheError::Coalesced {
+                        message: Arc::clone(message),
+                    }
+                    .into());
+                }
+                if rounds < MAX_ROUNDS {
+                    // Join (or lead) the next flight rather than all calling at once.
+                    rounds += 1;
+                    continue;
+                }
+                return call_alone(core, call.take()).await;
+            }
+            // Not shareable, or another variant: this request's own call.
+            _ => return call_alone(core, call.take()).await,
+        }
     }
+}
+
+/// Whether a shared answer answers this request too: it varies on nothing this request
+/// sends differently.
+fn fits<S, ReqB>(call: Option<&(S, Request<ReqB>)>, value: &CachedResponse) -> bool {
+    call.is_some_and(|(_, req)| value.vary_matches(req.headers()))
 }
 
 /// A call of this request's own, uncached: the leader's answer could not be buffered, or
@@ -166,11 +195,19 @@ where
     St: CacheStore<CachedResponse>,
 {
     let core = &shared.core;
+    // Read before the call: an invalidation during it keeps its answer out of the store.
+    let generation = core.generation();
     // A flight for this key may have finished between our lookup and now.
-    if let Found::Fresh(entry) = core.classify(core.store.get(&key).await, Instant::now()) {
+    if let Found::Fresh(entry) = core.classify(core.store.get(&key).await, Instant::now())
+        && entry.value().vary_matches(req.headers())
+    {
         let res = entry.value().replay("HIT", Some(age_secs(&entry)));
         return (Own::Hit(res), Flight::Stored(entry));
     }
+    let asked = Asked {
+        authorized: req.headers().contains_key(header::AUTHORIZATION),
+        headers: req.headers().clone(),
+    };
     let failed = |e: BoxError| {
         let message: Arc<str> = e.to_string().into();
         (Own::Error(e), Flight::Failed(message))
@@ -184,8 +221,20 @@ where
     };
     let (parts, body) = res.into_parts();
     let degraded = (shared.degraded)(&parts);
-    let is_failure = degraded || parts.status.is_server_error();
-    let ttl = shared.storable_for(&parts, degraded);
+    let (verdict, is_failure) = shared.judge(&asked, &parts, degraded);
+    if verdict == Verdict::Alone {
+        // This request's own answer: passed through as it comes, never buffered.
+        let mut res = Response::from_parts(parts, CacheBody::inner(body));
+        mark(res.headers_mut(), "MISS", None);
+        return (
+            Own::Response {
+                res,
+                failed: is_failure,
+            },
+            Flight::Alone,
+        );
+    }
+    let grpc = Grpc::of(&parts);
     match collect(body, shared.max_response_body).await {
         Collected::Failed(e) => failed(CacheError::ResponseBody(e).into()),
         Collected::TooBig(body) => {
@@ -201,18 +250,36 @@ where
             )
         }
         Collected::Full { data, trailers } => {
-            let cached = CachedResponse::from_parts(parts, data, trailers);
+            // A gRPC status in the trailers is known only now.
+            let grpc_failed = grpc.with_trailers(trailers.as_ref()) == Grpc::Failed;
+            let is_failure = is_failure || grpc_failed;
+            let vary = vary_names(&parts.headers)
+                .filter(|names| !names.is_empty())
+                .map(|names| vary_values(names, &asked.headers));
+            let mut cached = CachedResponse::from_parts(parts, data, trailers);
+            if let Some(vary) = vary {
+                cached = cached.with_vary(vary);
+            }
             let res = cached.replay("MISS", None);
-            match ttl {
-                Some(ttl) => {
-                    let entry = core.store(key, cached.for_storage(), ttl);
-                    (Own::Response { res, failed: false }, Flight::Stored(entry))
+            let own = Own::Response {
+                res,
+                failed: is_failure,
+            };
+            match verdict {
+                Verdict::Store(ttl) if !grpc_failed => {
+                    match core.store(key, cached.for_storage(), ttl, generation) {
+                        Ok(entry) => (own, Flight::Stored(entry)),
+                        Err(_) => (
+                            own,
+                            Flight::Shared {
+                                value: cached,
+                                failed: false,
+                            },
+                        ),
+                    }
                 }
-                None => (
-                    Own::Response {
-                        res,
-                        failed: is_failure,
-                    },
+                _ => (
+                    own,
                     Flight::Shared {
                         value: cached,
                         failed: is_failure,

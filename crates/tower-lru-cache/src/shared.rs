@@ -1,8 +1,8 @@
 //! The state every clone of one HTTP cache layer and its services share.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::Duration};
 
-use http::response::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, response::Parts};
 
 use crate::{
     cached::CachedResponse,
@@ -39,38 +39,151 @@ impl<St> fmt::Debug for HttpShared<St> {
     }
 }
 
-impl<St: CacheStore<CachedResponse>> HttpShared<St> {
-    /// How long this response may be stored, or `None` if it must not be: degraded
-    /// answers, answers the `cacheable` predicate refuses, `Vary: *`, and what
-    /// `Cache-Control` forbids (when honoured).
-    pub(crate) fn storable_for(
-        &self,
-        parts: &Parts,
-        degraded: bool,
-    ) -> Option<std::time::Duration> {
-        if degraded || !(self.cacheable)(parts) {
-            return None;
+/// What may be done with one answer. Single-flight shares no more than storage allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Store it for this long, and share it with the requests coalesced onto its call.
+    Store(Duration),
+    /// Not stored (not `2xx`, degraded, a failure), but the same answer for every
+    /// request coalesced onto its call.
+    Share,
+    /// Neither stored nor shared: it belongs to the request that asked (private, sets a
+    /// cookie, answers an authorized request, partial, or a stream). Waiters make their
+    /// own calls.
+    Alone,
+}
+
+/// The gRPC status of an answer, from its headers (trailers-only) or trailers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grpc {
+    /// Not a gRPC answer.
+    No,
+    /// `grpc-status: 0`.
+    Ok,
+    /// Any other status.
+    Failed,
+    /// A gRPC answer whose status is not known yet (it comes in the trailers).
+    Pending,
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+impl Grpc {
+    /// From the response head.
+    pub(crate) fn of(parts: &Parts) -> Self {
+        let grpc = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            return Self::No;
         }
-        if !self.cache_control {
-            return Some(self.core.ttl);
+        match parts.headers.get(GRPC_STATUS) {
+            Some(status) if status.as_bytes() == b"0" => Self::Ok,
+            Some(_) => Self::Failed,
+            None => Self::Pending,
         }
-        let vary_any = parts.headers.get_all(http::header::VARY).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii() == b"*")
-        });
-        if vary_any {
-            return None;
-        }
-        Directives::parse(
-            parts
-                .headers
-                .get_all(http::header::CACHE_CONTROL)
-                .iter()
-                .map(http::HeaderValue::as_bytes),
-        )
-        .storable_for(self.core.ttl, self.key.is_partitioned())
     }
+
+    /// Once the body has ended: a pending status is read from the trailers; no status
+    /// at all is a failure.
+    pub(crate) fn with_trailers(self, trailers: Option<&HeaderMap>) -> Self {
+        match self {
+            Self::Pending => match trailers.and_then(|t| t.get(GRPC_STATUS)) {
+                Some(status) if status.as_bytes() == b"0" => Self::Ok,
+                _ => Self::Failed,
+            },
+            done => done,
+        }
+    }
+}
+
+/// What the cache keeps of a request to judge its answer: whether it carried
+/// credentials, and its headers (for the response's `Vary`).
+pub(crate) struct Asked {
+    pub(crate) authorized: bool,
+    pub(crate) headers: HeaderMap,
+}
+
+impl<St: CacheStore<CachedResponse>> HttpShared<St> {
+    /// What may be done with an answer, from its head, and whether it is a failure for
+    /// stale-if-error (degraded, a server error, a gRPC failure in the head). See the
+    /// crate docs, "What is stored and what is shared".
+    pub(crate) fn judge(&self, asked: &Asked, parts: &Parts, degraded: bool) -> (Verdict, bool) {
+        let grpc = Grpc::of(parts);
+        let failed = degraded || parts.status.is_server_error() || grpc == Grpc::Failed;
+        let headers = &parts.headers;
+        let directives = Directives::parse(
+            headers
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        let partitioned = self.key.is_partitioned();
+        let ttl = if self.cache_control {
+            directives.storable_for(self.core.ttl, partitioned)
+        } else {
+            Some(self.core.ttl)
+        };
+        let alone = ttl.is_none()
+            || parts.status == StatusCode::PARTIAL_CONTENT
+            || headers.contains_key(header::SET_COOKIE)
+            || (asked.authorized && !partitioned && !directives.allows_authorized())
+            || is_event_stream(headers)
+            || vary_names(headers).is_none();
+        match ttl {
+            _ if alone => (Verdict::Alone, failed),
+            Some(ttl) if !failed && grpc != Grpc::Failed && (self.cacheable)(parts) => {
+                (Verdict::Store(ttl), failed)
+            }
+            _ => (Verdict::Share, failed),
+        }
+    }
+}
+
+/// `text/event-stream`: a stream of events, passed through and never stored.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+        ct.as_bytes()
+            .get(..17)
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
+    })
+}
+
+/// The request headers named by the response's `Vary`, or `None` when they cannot be
+/// honoured (`*`, or a name that is not a header name).
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        for name in value.as_bytes().split(|b| *b == b',') {
+            let name = name.trim_ascii();
+            if name.is_empty() {
+                continue;
+            }
+            if name == b"*" {
+                return None;
+            }
+            let name = HeaderName::from_bytes(name).ok()?;
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    Some(names)
+}
+
+/// The values the varying request headers had, to keep with the answer.
+pub(crate) fn vary_values(
+    names: Vec<HeaderName>,
+    request: &HeaderMap,
+) -> Vec<(HeaderName, Vec<HeaderValue>)> {
+    names
+        .into_iter()
+        .map(|name| {
+            let values = request.get_all(&name).iter().cloned().collect();
+            (name, values)
+        })
+        .collect()
 }
 
 impl<St: CacheStore<CachedResponse>> HandleOps for HttpShared<St> {
