@@ -80,17 +80,39 @@ impl CachedResponse {
             .all(|(name, values)| request.get_all(name).iter().eq(values.iter()))
     }
 
-    pub(crate) fn from_parts(parts: Parts, body: Bytes, trailers: Option<HeaderMap>) -> Self {
+    /// A response with `parts`' head (copied, extensions included), no body yet, and
+    /// the request header values its `Vary` names.
+    pub(crate) fn from_head(
+        parts: &Parts,
+        vary: Option<Vec<(HeaderName, Vec<HeaderValue>)>>,
+    ) -> Self {
         Self {
             status: parts.status,
             version: parts.version,
-            headers: parts.headers,
-            body,
-            trailers,
-            extensions: parts.extensions,
-            vary: Box::default(),
+            headers: parts.headers.clone(),
+            body: Bytes::new(),
+            trailers: None,
+            extensions: parts.extensions.clone(),
+            vary: vary.map(Vec::into_boxed_slice).unwrap_or_default(),
             marked_hit: false,
         }
+    }
+
+    /// This head, taken out (leaving an empty response), with its body and trailers.
+    pub(crate) fn take_with_body(&mut self, body: Bytes, trailers: Option<HeaderMap>) -> Self {
+        let mut taken = std::mem::replace(
+            self,
+            Self::new(
+                StatusCode::OK,
+                Version::default(),
+                HeaderMap::new(),
+                Bytes::new(),
+                None,
+            ),
+        );
+        taken.body = body;
+        taken.trailers = trailers;
+        taken
     }
 
     /// A copy to store: without extensions, and with the `x-cache: HIT` and `age`

@@ -39,9 +39,18 @@ pub(crate) enum Flight<V> {
     Shared { value: V, failed: bool },
     /// The inner call failed with this message.
     Failed(Arc<str>),
-    /// The answer cannot be shared (too large to buffer): each request calls for itself.
+    /// The answer cannot be shared (too large to buffer, or it may not be shared): each
+    /// request calls for itself.
     Alone,
+    /// The answer's head went to the leading request, and its body is still streaming
+    /// to it: this tells when the whole answer is there (a [`Flight::Stored`] or
+    /// [`Flight::Shared`]), or closes without a value when the copy was abandoned (too
+    /// large, failed, or the leader went away).
+    Streaming(Body<V>),
 }
+
+/// The outcome of a streamed answer, once its body has ended.
+pub(crate) type Body<V> = tokio::sync::watch::Receiver<Option<Arc<Flight<V>>>>;
 
 pub(crate) struct Core<V, St> {
     pub(crate) name: Cow<'static, str>,

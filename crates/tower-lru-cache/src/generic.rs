@@ -526,7 +526,7 @@ where
             }
             .into())
         }
-        (Flight::Alone, _) => {
+        (Flight::Alone | Flight::Streaming(_), _) => {
             let Some((mut svc, req)) = call.take() else {
                 return Err(CacheError::Coalesced {
                     message: "leading request's answer was not shared".into(),

@@ -21,6 +21,9 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
 /// Default largest response body buffered to be cached: 4 MiB.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 4 << 20;
 
+/// Default longest wait for an answer whose body is streaming to another request: 30 s.
+pub const DEFAULT_BODY_WAIT: Duration = Duration::from_secs(30);
+
 /// A [`tower_layer::Layer`] that caches HTTP responses. See the crate docs.
 ///
 /// Every service it builds, and every clone of it, shares one cache.
@@ -95,6 +98,7 @@ pub struct CacheLayerBuilder<St = MokaStore<CachedResponse>> {
     degraded: ResponsePredicate,
     cache_control: bool,
     share_failures: bool,
+    body_wait: Duration,
 }
 
 impl Default for CacheLayerBuilder {
@@ -111,6 +115,7 @@ impl Default for CacheLayerBuilder {
             degraded: Arc::new(|_: &Parts| false),
             cache_control: true,
             share_failures: true,
+            body_wait: DEFAULT_BODY_WAIT,
         }
     }
 }
@@ -125,6 +130,7 @@ impl<St> fmt::Debug for CacheLayerBuilder<St> {
             .field("max_response_body", &self.max_response_body)
             .field("cache_control", &self.cache_control)
             .field("share_failures", &self.share_failures)
+            .field("body_wait", &self.body_wait)
             .finish_non_exhaustive()
     }
 }
@@ -241,6 +247,20 @@ impl<St> CacheLayerBuilder<St> {
         self
     }
 
+    /// How long a request waits for an identical request's answer whose head has
+    /// arrived and whose body is still streaming to that request (default 30 s). The
+    /// answer's head goes to the request that called at once and its body streams on;
+    /// the cache keeps a copy, and the requests coalesced onto the call get the whole
+    /// answer when it ends. Past this wait (or if the copy is abandoned: too large, the
+    /// body failed, or the caller went away), they make a call of their own (one for
+    /// all of them), so no request waits without bound on a body that another client
+    /// reads.
+    #[must_use]
+    pub fn body_wait(mut self, wait: Duration) -> Self {
+        self.body_wait = wait;
+        self
+    }
+
     /// Stores entries in `store` instead of the default in-process moka store; the
     /// `max_entries`/`max_bytes` bounds are then the store's own business.
     #[must_use]
@@ -257,6 +277,7 @@ impl<St> CacheLayerBuilder<St> {
             degraded: self.degraded,
             cache_control: self.cache_control,
             share_failures: self.share_failures,
+            body_wait: self.body_wait,
         }
     }
 }
@@ -275,6 +296,8 @@ impl<St: CacheStore<CachedResponse>> CacheLayerBuilder<St> {
             degraded: self.degraded,
             cache_control: self.cache_control,
             share_failures: self.share_failures,
+            body_wait: self.body_wait,
+            streams: std::sync::Mutex::default(),
         };
         CacheLayer {
             shared: Arc::new(shared),

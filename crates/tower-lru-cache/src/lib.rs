@@ -173,7 +173,8 @@ pub use crate::http_key::{KeyBuilder, Partition, Plan, RequestKey};
 pub use crate::key::{CacheKey, KeyHasher};
 #[cfg(feature = "http")]
 pub use crate::layer::{
-    CacheLayer, CacheLayerBuilder, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
+    CacheLayer, CacheLayerBuilder, DEFAULT_BODY_WAIT, DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_MAX_RESPONSE_BODY,
 };
 pub use crate::metrics::{
     CACHE_ENTRIES, CACHE_REQUESTS_TOTAL, DEFAULT_MAX_ENTRIES, DEFAULT_NAME, DEFAULT_TTL,

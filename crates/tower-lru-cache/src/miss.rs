@@ -2,16 +2,16 @@
 //! storing, sharing, and stale-if-error. It runs as one boxed future: a miss costs an
 //! upstream call, next to which the allocation is nothing; hits never come here.
 
-use std::{future::poll_fn, sync::Arc};
+use std::{future::poll_fn, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body::Body;
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 use tower_service::Service;
 
 use crate::{
-    body::{CacheBody, Collected, collect},
+    body::{CacheBody, Collected, Drained, TeeSink, collect, drain_ready},
     cached::{CachedResponse, mark},
     core::{Core, Flight, Found},
     error::{BoxError, CacheError},
@@ -49,7 +49,7 @@ pub(crate) async fn miss<S, ReqB, ResB, St>(
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes>,
+    ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
@@ -66,14 +66,28 @@ where
     };
     let mut call = Some((svc, req));
     let mut rounds = 0;
+    // Wait at most once for a body streaming to another request.
+    let mut watch_streams = true;
     loop {
+        // An identical call whose answer is streaming to its own caller: wait for the
+        // copy rather than calling again.
+        if watch_streams && let Some(body) = shared.streaming(&key) {
+            watch_streams = false;
+            if let Some(done) = wait_body(body, shared.body_wait).await {
+                return match answer_from(core, &done, call.as_ref(), serve_stale) {
+                    Some(answer) => answer,
+                    None => call_alone(core, call.take()).await,
+                };
+            }
+        }
+
         let mut own = None;
         let flight = core
             .flight(key, async {
                 let Some((svc, req)) = call.take() else {
                     return Flight::Alone;
                 };
-                let (result, flight) = lead(&shared, svc, req, key).await;
+                let (result, flight) = lead(&shared, svc, req, key, stale.is_some()).await;
                 own = Some(result);
                 flight
             })
@@ -105,41 +119,87 @@ where
             };
         }
 
-        // A waiter: the answer is this request's only if it varies on nothing this
-        // request sends differently.
-        match &*flight {
-            Flight::Stored(entry) if fits(call.as_ref(), entry.value()) => {
-                core.record(Outcome::Coalesced);
-                return Ok(entry.value().replay("MISS", Some(age_secs(entry))));
-            }
-            Flight::Shared { value, failed } if fits(call.as_ref(), value) => {
-                if let Some(stale) = serve_stale(*failed) {
-                    return stale;
-                }
-                core.record(Outcome::Coalesced);
-                return Ok(value.replay("MISS", None));
-            }
-            Flight::Failed(message) => {
-                if let Some(stale) = serve_stale(true) {
-                    return stale;
-                }
-                if shared.share_failures {
-                    core.record(Outcome::Coalesced);
-                    return Err(CacheError::Coalesced {
-                        message: Arc::clone(message),
+        let streaming = match &*flight {
+            Flight::Streaming(body) => Some(body.clone()),
+            _ => None,
+        };
+        let done = match streaming {
+            Some(body) => {
+                watch_streams = false;
+                match wait_body(body, shared.body_wait).await {
+                    Some(done) => done,
+                    // Abandoned, or too slow: one of the waiters calls for all of them.
+                    None if rounds < MAX_ROUNDS => {
+                        rounds += 1;
+                        continue;
                     }
-                    .into());
+                    None => return call_alone(core, call.take()).await,
                 }
-                if rounds < MAX_ROUNDS {
-                    // Join (or lead) the next flight rather than all calling at once.
-                    rounds += 1;
-                    continue;
-                }
-                return call_alone(core, call.take()).await;
             }
-            // Not shareable, or another variant: this request's own call.
-            _ => return call_alone(core, call.take()).await,
+            None => flight,
+        };
+        if let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale) {
+            return answer;
         }
+        if let Flight::Failed(message) = &*done {
+            if let Some(stale) = serve_stale(true) {
+                return stale;
+            }
+            if shared.share_failures {
+                core.record(Outcome::Coalesced);
+                return Err(CacheError::Coalesced {
+                    message: Arc::clone(message),
+                }
+                .into());
+            }
+            if rounds < MAX_ROUNDS {
+                // Join (or lead) the next flight rather than all calling at once.
+                rounds += 1;
+                continue;
+            }
+        }
+        // Not shareable, or another variant: this request's own call.
+        return call_alone(core, call.take()).await;
+    }
+}
+
+type Answer<B> = Result<Response<CacheBody<B>>, BoxError>;
+
+/// A waiter's answer from a flight's stored or shared response, when it fits the
+/// waiter's request.
+fn answer_from<S, ReqB, ResB, St>(
+    core: &Core<CachedResponse, St>,
+    flight: &Flight<CachedResponse>,
+    call: Option<&(S, Request<ReqB>)>,
+    serve_stale: impl Fn(bool) -> Option<Answer<ResB>>,
+) -> Option<Answer<ResB>>
+where
+    St: CacheStore<CachedResponse>,
+{
+    match flight {
+        Flight::Stored(entry) if fits(call, entry.value()) => {
+            core.record(Outcome::Coalesced);
+            Some(Ok(entry.value().replay("MISS", Some(age_secs(entry)))))
+        }
+        Flight::Shared { value, failed } if fits(call, value) => {
+            serve_stale(*failed).or_else(|| {
+                core.record(Outcome::Coalesced);
+                Some(Ok(value.replay("MISS", None)))
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Waits, at most `bound`, for a streaming answer's complete copy. `None` when the copy
+/// was abandoned or is too slow to come.
+async fn wait_body(
+    mut body: crate::core::Body<CachedResponse>,
+    bound: Duration,
+) -> Option<Arc<Flight<CachedResponse>>> {
+    match tokio::time::timeout(bound, body.wait_for(Option::is_some)).await {
+        Ok(Ok(done)) => done.clone(),
+        _ => None,
     }
 }
 
@@ -182,15 +242,16 @@ fn age_secs<V>(entry: &Entry<V>) -> u64 {
 
 /// The leading request's inner call: its own result, and what followers share.
 async fn lead<S, ReqB, ResB, St>(
-    shared: &HttpShared<St>,
+    shared: &Arc<HttpShared<St>>,
     mut svc: S,
     req: Request<ReqB>,
     key: CacheKey,
+    has_stale: bool,
 ) -> (Own<ResB>, Flight<CachedResponse>)
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes>,
+    ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
@@ -235,57 +296,149 @@ where
         );
     }
     let grpc = Grpc::of(&parts);
-    match collect(body, shared.max_response_body).await {
-        Collected::Failed(e) => failed(CacheError::ResponseBody(e).into()),
-        Collected::TooBig(body) => {
-            tracing::debug!(cache = %core.name, "response too large to cache; streamed through");
-            let mut res = Response::from_parts(parts, body);
-            mark(res.headers_mut(), "MISS", None);
-            (
-                Own::Response {
-                    res,
-                    failed: is_failure,
-                },
-                Flight::Alone,
-            )
+    let vary = vary_names(&parts.headers)
+        .filter(|names| !names.is_empty())
+        .map(|names| vary_values(names, &asked.headers));
+    let mut publish = Publish {
+        shared: Arc::clone(shared),
+        key,
+        generation,
+        verdict,
+        failed: is_failure,
+        grpc,
+        head: CachedResponse::from_head(&parts, vary),
+        body: None,
+        tx: None,
+    };
+    // With a stale entry to fall back on, a failure (known from the head, or from a gRPC
+    // status in the trailers) must be known before answering: read the body first.
+    let read_first = has_stale && (is_failure || grpc == Grpc::Pending);
+    let full = if read_first {
+        match collect(body, shared.max_response_body).await {
+            Collected::Full { data, trailers } => Ok((data, trailers)),
+            Collected::TooBig(body) => return too_big(core, parts, body, is_failure),
+            Collected::Failed(e) => Err(e),
         }
-        Collected::Full { data, trailers } => {
-            // A gRPC status in the trailers is known only now.
-            let grpc_failed = grpc.with_trailers(trailers.as_ref()) == Grpc::Failed;
-            let is_failure = is_failure || grpc_failed;
-            let vary = vary_names(&parts.headers)
-                .filter(|names| !names.is_empty())
-                .map(|names| vary_values(names, &asked.headers));
-            let mut cached = CachedResponse::from_parts(parts, data, trailers);
-            if let Some(vary) = vary {
-                cached = cached.with_vary(vary);
-            }
-            let res = cached.replay("MISS", None);
-            let own = Own::Response {
-                res,
-                failed: is_failure,
-            };
-            match verdict {
-                Verdict::Store(ttl) if !grpc_failed => {
-                    match core.store(key, cached.for_storage(), ttl, generation) {
-                        Ok(entry) => (own, Flight::Stored(entry)),
-                        Err(_) => (
-                            own,
-                            Flight::Shared {
-                                value: cached,
-                                failed: false,
-                            },
-                        ),
-                    }
-                }
-                _ => (
-                    own,
-                    Flight::Shared {
-                        value: cached,
+    } else {
+        // What is already there (a buffered body, or data that came with the head) is
+        // read at once: such an answer is complete, stored and shared now.
+        let mut body = Box::pin(body);
+        match drain_ready(&mut body, shared.max_response_body) {
+            Drained::Pending(read) => {
+                // Answer at once and stream the body on, keeping a copy: the requests
+                // coalesced onto this call (and those arriving meanwhile) get the copy
+                // when it is complete.
+                let (tx, rx) = watch::channel(None);
+                shared.start_stream(key, rx.clone());
+                publish.body = Some(rx.clone());
+                publish.tx = Some(tx);
+                let body = CacheBody::tee(body, read, shared.max_response_body, Box::new(publish));
+                let mut res = Response::from_parts(parts, body);
+                mark(res.headers_mut(), "MISS", None);
+                return (
+                    Own::Response {
+                        res,
                         failed: is_failure,
                     },
-                ),
+                    Flight::Streaming(rx),
+                );
             }
+            Drained::TooBig(read) => {
+                return too_big(core, parts, CacheBody::prefixed(read, body), is_failure);
+            }
+            Drained::Ended { data, trailers } => Ok((data, trailers)),
+            Drained::Failed(e) => Err(e),
+        }
+    };
+    match full {
+        Ok((data, trailers)) => {
+            let (flight, answer, failed) = publish.finish(data, trailers);
+            let mut res = answer.replay("MISS", None);
+            // The caller's own answer keeps its extensions.
+            *res.extensions_mut() = parts.extensions;
+            (Own::Response { res, failed }, flight)
+        }
+        Err(e) => failed(CacheError::ResponseBody(e).into()),
+    }
+}
+
+/// An answer too large to keep: streamed through to its caller, not shared.
+fn too_big<B, St>(
+    core: &Core<CachedResponse, St>,
+    parts: http::response::Parts,
+    body: CacheBody<B>,
+    failed: bool,
+) -> (Own<B>, Flight<CachedResponse>) {
+    tracing::debug!(cache = %core.name, "response too large to cache; streamed through");
+    let mut res = Response::from_parts(parts, body);
+    mark(res.headers_mut(), "MISS", None);
+    (Own::Response { res, failed }, Flight::Alone)
+}
+
+/// Turns a complete answer into what the cache keeps and shares: stored when its
+/// verdict allows (and no invalidation happened since its call started), shared
+/// otherwise. For a streamed answer, also tells the waiting requests.
+struct Publish<St> {
+    shared: Arc<HttpShared<St>>,
+    key: CacheKey,
+    generation: u64,
+    verdict: Verdict,
+    failed: bool,
+    grpc: Grpc,
+    /// The answer's head, without a body yet.
+    head: CachedResponse,
+    /// For a streamed answer: its entry in the streams map, and the waiters' channel.
+    body: Option<crate::core::Body<CachedResponse>>,
+    tx: Option<watch::Sender<Option<Arc<Flight<CachedResponse>>>>>,
+}
+
+impl<St: CacheStore<CachedResponse>> Publish<St> {
+    /// What the flight shares, the complete answer, and whether it is a failure for
+    /// stale-if-error.
+    fn finish(
+        mut self,
+        data: Bytes,
+        trailers: Option<http::HeaderMap>,
+    ) -> (Flight<CachedResponse>, CachedResponse, bool) {
+        // A gRPC status in the trailers is known only now.
+        let grpc_failed = self.grpc.with_trailers(trailers.as_ref()) == Grpc::Failed;
+        let failed = self.failed || grpc_failed;
+        let cached = self.head.take_with_body(data, trailers);
+        let core = &self.shared.core;
+        let flight = match self.verdict {
+            Verdict::Store(ttl) if !grpc_failed => {
+                match core.store(self.key, cached.for_storage(), ttl, self.generation) {
+                    Ok(entry) => Flight::Stored(entry),
+                    Err(_) => Flight::Shared {
+                        value: cached.clone(),
+                        failed: false,
+                    },
+                }
+            }
+            _ => Flight::Shared {
+                value: cached.clone(),
+                failed,
+            },
+        };
+        (flight, cached, failed)
+    }
+}
+
+impl<St: CacheStore<CachedResponse>> TeeSink for Publish<St> {
+    fn complete(mut self: Box<Self>, data: Bytes, trailers: Option<http::HeaderMap>) {
+        let tx = self.tx.take();
+        let (flight, _, _) = self.finish(data, trailers);
+        if let Some(tx) = tx {
+            // No receiver left is fine: nobody was waiting.
+            let _ = tx.send(Some(Arc::new(flight)));
+        }
+    }
+}
+
+impl<St> Drop for Publish<St> {
+    fn drop(&mut self) {
+        if let Some(body) = &self.body {
+            self.shared.end_stream(&self.key, body);
         }
     }
 }

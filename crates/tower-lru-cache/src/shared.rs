@@ -1,12 +1,17 @@
 //! The state every clone of one HTTP cache layer and its services share.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, response::Parts};
 
 use crate::{
     cached::CachedResponse,
-    core::Core,
+    core::{Body as StreamBody, Core},
     http_key::KeyBuilder,
     key::CacheKey,
     policy::Directives,
@@ -26,6 +31,14 @@ pub(crate) struct HttpShared<St> {
     pub(crate) cache_control: bool,
     /// Whether waiters behind a failed leader get its failure (else they call).
     pub(crate) share_failures: bool,
+    /// How long a request waits for an answer whose body is streaming to another
+    /// request before it makes its own call.
+    pub(crate) body_wait: Duration,
+    /// The answers whose body is streaming to the request that called for them, by key:
+    /// requests arriving meanwhile wait for the complete copy instead of calling. Bounded
+    /// by the number of calls in flight; each entry leaves when its body ends or is
+    /// abandoned.
+    pub(crate) streams: Mutex<HashMap<CacheKey, StreamBody<CachedResponse>>>,
 }
 
 impl<St> fmt::Debug for HttpShared<St> {
@@ -103,6 +116,28 @@ impl Grpc {
 pub(crate) struct Asked {
     pub(crate) authorized: bool,
     pub(crate) headers: HeaderMap,
+}
+
+impl<St> HttpShared<St> {
+    /// The streaming answer for `key`, if a call's body is still streaming.
+    pub(crate) fn streaming(&self, key: &CacheKey) -> Option<StreamBody<CachedResponse>> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.get(key).cloned()
+    }
+
+    /// Registers a streaming answer for `key`.
+    pub(crate) fn start_stream(&self, key: CacheKey, body: StreamBody<CachedResponse>) {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.insert(key, body);
+    }
+
+    /// Forgets `key`'s streaming answer, if it is still `body`.
+    pub(crate) fn end_stream(&self, key: &CacheKey, body: &StreamBody<CachedResponse>) {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if streams.get(key).is_some_and(|b| b.same_channel(body)) {
+            streams.remove(key);
+        }
+    }
 }
 
 impl<St: CacheStore<CachedResponse>> HttpShared<St> {
