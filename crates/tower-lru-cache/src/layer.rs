@@ -201,8 +201,8 @@ impl<St> CacheLayerBuilder<St> {
         self
     }
 
-    /// Responses with larger bodies are streamed through uncached, after at most this
-    /// many bytes were buffered (default 4 MiB).
+    /// Responses with larger bodies are streamed through uncached: the cache's copy of
+    /// a body stops at this many bytes (default 4 MiB).
     #[must_use]
     pub fn max_response_body(mut self, bytes: usize) -> Self {
         self.max_response_body = bytes;
@@ -226,7 +226,9 @@ impl<St> CacheLayerBuilder<St> {
     }
 
     /// Whether the response's `Cache-Control` (`no-store`, `no-cache`, `private`,
-    /// `max-age`, `s-maxage`) and `Vary: *` are honoured (default `true`).
+    /// `max-age`, `s-maxage`) is honoured (default `true`). The other sharing rules
+    /// (`Set-Cookie`, `Authorization`, `Vary`, partial content, gRPC failures, event
+    /// streams) hold either way.
     #[must_use]
     pub fn respect_cache_control(mut self, yes: bool) -> Self {
         self.cache_control = yes;
@@ -239,8 +241,10 @@ impl<St> CacheLayerBuilder<St> {
     /// that a failing upstream sees one call, not one per waiter. `false`: each waiter
     /// calls the inner service itself, and gets its own answer or its own error (with
     /// its own type and status): right when the errors that reach the cache are local
-    /// refusals (a full queue, a rate limit) rather than upstream failures, and the
-    /// layers below bound the calls.
+    /// refusals (a full queue, a rate limit) rather than upstream failures. The
+    /// waiters then coalesce again behind one of them, round after round, so that the
+    /// inner service sees one call for the key at a time rather than one per waiter at
+    /// once.
     #[must_use]
     pub fn share_failures(mut self, share: bool) -> Self {
         self.share_failures = share;
