@@ -46,6 +46,7 @@ pub(crate) enum Flight<V> {
     /// to it: this tells when the whole answer is there (a [`Flight::Stored`] or
     /// [`Flight::Shared`]), or closes without a value when the copy was abandoned (too
     /// large, failed, or the leader went away).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     Streaming(Body<V>),
 }
 

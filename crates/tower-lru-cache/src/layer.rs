@@ -53,6 +53,13 @@ impl Default for CacheLayer {
     }
 }
 
+impl<St> CacheLayer<St> {
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<HttpShared<St>> {
+        &self.shared
+    }
+}
+
 impl<St: CacheStore<CachedResponse>> CacheLayer<St> {
     /// A handle on the cache: statistics and invalidation.
     #[must_use]

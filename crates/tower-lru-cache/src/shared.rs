@@ -242,3 +242,130 @@ impl<St: CacheStore<CachedResponse>> HandleOps for HttpShared<St> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CacheLayer, Partition};
+    use proptest::prelude::*;
+
+    fn head(status: u16, headers: &[(&'static str, &'static str)]) -> Parts {
+        let mut res = http::Response::new(());
+        *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        for (name, value) in headers {
+            res.headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        res.into_parts().0
+    }
+
+    const CACHE_CONTROL: [&str; 7] = [
+        "",
+        "private",
+        "no-store",
+        "no-cache",
+        "public",
+        "max-age=0",
+        "s-maxage=10",
+    ];
+    const VARY: [&str; 4] = ["", "*", "accept-language", "accept, *"];
+    const CONTENT_TYPE: [&str; 4] = ["", "application/grpc", "text/event-stream", "text/plain"];
+    const GRPC_STATUS: [&str; 3] = ["", "0", "14"];
+
+    proptest! {
+        /// What may not be stored is neither stored nor shared, whatever the mix of
+        /// headers; what is stored is a `2xx`, non-failed answer.
+        #[test]
+        fn sharing_never_exceeds_storage(
+            status in prop::sample::select(vec![200u16, 203, 206, 404, 500, 503]),
+            cc in 0..CACHE_CONTROL.len(),
+            vary in 0..VARY.len(),
+            content_type in 0..CONTENT_TYPE.len(),
+            grpc_status in 0..GRPC_STATUS.len(),
+            set_cookie: bool,
+            authorized: bool,
+            partitioned: bool,
+            degraded: bool,
+        ) {
+            let builder = CacheLayer::builder();
+            let layer = if partitioned {
+                builder.partition(Partition::header(header::AUTHORIZATION)).build()
+            } else {
+                builder.build()
+            };
+            let mut headers = Vec::new();
+            for (name, value) in [
+                ("cache-control", CACHE_CONTROL[cc]),
+                ("vary", VARY[vary]),
+                ("content-type", CONTENT_TYPE[content_type]),
+                ("grpc-status", GRPC_STATUS[grpc_status]),
+                ("set-cookie", if set_cookie { "id=1" } else { "" }),
+            ] {
+                if !value.is_empty() {
+                    headers.push((name, value));
+                }
+            }
+            let parts = head(status, &headers);
+            let asked = Asked { authorized, headers: HeaderMap::new() };
+            let (verdict, failed) = layer.shared().judge(&asked, &parts, degraded);
+
+            let cc = CACHE_CONTROL[cc];
+            let private = cc == "private" && !partitioned;
+            let forbidden = status == 206
+                || set_cookie
+                || private
+                || matches!(cc, "no-store" | "no-cache" | "max-age=0")
+                || VARY[vary].contains('*')
+                || CONTENT_TYPE[content_type] == "text/event-stream"
+                || (authorized && !partitioned && !matches!(cc, "public" | "s-maxage=10"));
+            if forbidden {
+                prop_assert_eq!(verdict, Verdict::Alone);
+            } else {
+                prop_assert_ne!(verdict, Verdict::Alone);
+            }
+            let grpc_failed = CONTENT_TYPE[content_type] == "application/grpc"
+                && GRPC_STATUS[grpc_status] == "14";
+            prop_assert_eq!(failed, degraded || status >= 500 || grpc_failed);
+            if let Verdict::Store(ttl) = verdict {
+                prop_assert!((200..300).contains(&status) && !failed);
+                prop_assert!(!ttl.is_zero());
+            }
+        }
+    }
+
+    #[test]
+    fn grpc_status_comes_from_the_head_or_the_trailers() {
+        let grpc = |status: &'static str| {
+            head(
+                200,
+                &[
+                    ("content-type", "application/grpc+proto"),
+                    ("grpc-status", status),
+                ],
+            )
+        };
+        assert_eq!(Grpc::of(&grpc("0")), Grpc::Ok);
+        assert_eq!(Grpc::of(&grpc("2")), Grpc::Failed);
+        assert_eq!(Grpc::of(&head(200, &[])), Grpc::No);
+        let pending = Grpc::of(&head(200, &[("content-type", "application/grpc")]));
+        assert_eq!(pending, Grpc::Pending);
+        let mut trailers = HeaderMap::new();
+        assert_eq!(pending.with_trailers(Some(&trailers)), Grpc::Failed);
+        assert_eq!(pending.with_trailers(None), Grpc::Failed);
+        trailers.insert(super::GRPC_STATUS, HeaderValue::from_static("0"));
+        assert_eq!(pending.with_trailers(Some(&trailers)), Grpc::Ok);
+        assert_eq!(Grpc::Failed.with_trailers(Some(&trailers)), Grpc::Failed);
+    }
+
+    #[test]
+    fn vary_names_are_parsed_and_star_refused() {
+        let names = |v: &'static str| vary_names(&head(200, &[("vary", v)]).headers);
+        assert_eq!(
+            names("Accept-Language, accept-encoding,,accept-language"),
+            Some(vec![header::ACCEPT_LANGUAGE, header::ACCEPT_ENCODING])
+        );
+        assert_eq!(names("accept, *"), None);
+        assert_eq!(names("bad name"), None);
+        assert_eq!(vary_names(&HeaderMap::new()), Some(Vec::new()));
+    }
+}

@@ -3,6 +3,7 @@
 //! and allocates): `cargo test -p tower-lru-cache --test memory -- --ignored --nocapture`,
 //! with `ENTRIES` (default 1,000) entries of 10-byte bodies, each sliced from its own
 //! 1 MiB buffer.
+#![cfg(feature = "http")]
 
 use std::convert::Infallible;
 

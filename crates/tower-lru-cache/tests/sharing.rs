@@ -1,5 +1,6 @@
 //! What a shared cache may store and share (RFC 9111 for shared caches), and how
 //! single-flight follows the same rules. Each test drives the cache as a user would.
+#![cfg(feature = "http")]
 
 use std::{
     convert::Infallible,

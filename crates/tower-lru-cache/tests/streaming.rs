@@ -1,5 +1,6 @@
 //! Streamed answers: the head is returned at once, the body streams to the caller while
 //! the cache keeps a copy, and no request waits without bound on another's body.
+#![cfg(feature = "http")]
 
 use std::{
     convert::Infallible,
