@@ -98,21 +98,24 @@ impl CachedResponse {
         }
     }
 
-    /// This head, taken out (leaving an empty response), with its body and trailers.
-    pub(crate) fn take_with_body(&mut self, body: Bytes, trailers: Option<HeaderMap>) -> Self {
-        let mut taken = std::mem::replace(
-            self,
-            Self::new(
-                StatusCode::OK,
-                Version::default(),
-                HeaderMap::new(),
-                Bytes::new(),
-                None,
-            ),
-        );
-        taken.body = body;
-        taken.trailers = trailers;
-        taken
+    /// This head with its body and trailers.
+    pub(crate) fn with_body(mut self, body: Bytes, trailers: Option<HeaderMap>) -> Self {
+        self.body = body;
+        self.trailers = trailers;
+        self
+    }
+
+    pub(crate) fn from_parts(parts: Parts, body: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+            trailers,
+            extensions: parts.extensions,
+            vary: Box::default(),
+            marked_hit: false,
+        }
     }
 
     /// A copy to store: without extensions, and with the `x-cache: HIT` and `age`

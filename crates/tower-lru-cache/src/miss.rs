@@ -306,7 +306,7 @@ where
         verdict,
         failed: is_failure,
         grpc,
-        head: CachedResponse::from_head(&parts, vary),
+        head: None,
         body: None,
         tx: None,
     };
@@ -330,6 +330,7 @@ where
                 // when it is complete.
                 let (tx, rx) = watch::channel(None);
                 shared.start_stream(key, rx.clone());
+                publish.head = Some(CachedResponse::from_head(&parts, vary));
                 publish.body = Some(rx.clone());
                 publish.tx = Some(tx);
                 let body = CacheBody::tee(body, read, shared.max_response_body, Box::new(publish));
@@ -352,11 +353,24 @@ where
     };
     match full {
         Ok((data, trailers)) => {
-            let (flight, answer, failed) = publish.finish(data, trailers);
-            let mut res = answer.replay("MISS", None);
-            // The caller's own answer keeps its extensions.
-            *res.extensions_mut() = parts.extensions;
-            (Own::Response { res, failed }, flight)
+            let mut cached = CachedResponse::from_parts(parts, data, trailers);
+            if let Some(vary) = vary {
+                cached = cached.with_vary(vary);
+            }
+            // The caller's own answer keeps its extensions (a stored entry does not).
+            match publish.finish(cached) {
+                Finished::Stored { entry, answer } => {
+                    let res = answer.replay("MISS", None);
+                    (Own::Response { res, failed: false }, Flight::Stored(entry))
+                }
+                Finished::Shared { value, failed } => {
+                    let res = value.replay("MISS", None);
+                    (
+                        Own::Response { res, failed },
+                        Flight::Shared { value, failed },
+                    )
+                }
+            }
         }
         Err(e) => failed(CacheError::ResponseBody(e).into()),
     }
@@ -385,53 +399,65 @@ struct Publish<St> {
     verdict: Verdict,
     failed: bool,
     grpc: Grpc,
-    /// The answer's head, without a body yet.
-    head: CachedResponse,
+    /// For a streamed answer: its head, without a body yet.
+    head: Option<CachedResponse>,
     /// For a streamed answer: its entry in the streams map, and the waiters' channel.
     body: Option<crate::core::Body<CachedResponse>>,
     tx: Option<watch::Sender<Option<Arc<Flight<CachedResponse>>>>>,
 }
 
-impl<St: CacheStore<CachedResponse>> Publish<St> {
-    /// What the flight shares, the complete answer, and whether it is a failure for
+/// A complete answer, judged.
+enum Finished {
+    /// Stored as `entry` (a copy without extensions); `answer` is the original.
+    Stored {
+        entry: Arc<Entry<CachedResponse>>,
+        answer: CachedResponse,
+    },
+    /// Not stored: shared with the waiters only. `failed`: a failure for
     /// stale-if-error.
-    fn finish(
-        mut self,
-        data: Bytes,
-        trailers: Option<http::HeaderMap>,
-    ) -> (Flight<CachedResponse>, CachedResponse, bool) {
+    Shared { value: CachedResponse, failed: bool },
+}
+
+impl<St: CacheStore<CachedResponse>> Publish<St> {
+    /// Stores the complete answer when its verdict allows (and no invalidation happened
+    /// since its call started), else keeps it to share.
+    fn finish(&self, cached: CachedResponse) -> Finished {
         // A gRPC status in the trailers is known only now.
-        let grpc_failed = self.grpc.with_trailers(trailers.as_ref()) == Grpc::Failed;
+        let grpc_failed = self.grpc.with_trailers(cached.trailers()) == Grpc::Failed;
         let failed = self.failed || grpc_failed;
-        let cached = self.head.take_with_body(data, trailers);
-        let core = &self.shared.core;
-        let flight = match self.verdict {
+        match self.verdict {
             Verdict::Store(ttl) if !grpc_failed => {
+                let core = &self.shared.core;
                 match core.store(self.key, cached.for_storage(), ttl, self.generation) {
-                    Ok(entry) => Flight::Stored(entry),
-                    Err(_) => Flight::Shared {
-                        value: cached.clone(),
+                    Ok(entry) => Finished::Stored {
+                        entry,
+                        answer: cached,
+                    },
+                    Err(_) => Finished::Shared {
+                        value: cached,
                         failed: false,
                     },
                 }
             }
-            _ => Flight::Shared {
-                value: cached.clone(),
+            _ => Finished::Shared {
+                value: cached,
                 failed,
             },
-        };
-        (flight, cached, failed)
+        }
     }
 }
 
 impl<St: CacheStore<CachedResponse>> TeeSink for Publish<St> {
     fn complete(mut self: Box<Self>, data: Bytes, trailers: Option<http::HeaderMap>) {
-        let tx = self.tx.take();
-        let (flight, _, _) = self.finish(data, trailers);
-        if let Some(tx) = tx {
-            // No receiver left is fine: nobody was waiting.
-            let _ = tx.send(Some(Arc::new(flight)));
-        }
+        let (Some(tx), Some(head)) = (self.tx.take(), self.head.take()) else {
+            return;
+        };
+        let flight = match self.finish(head.with_body(data, trailers)) {
+            Finished::Stored { entry, .. } => Flight::Stored(entry),
+            Finished::Shared { value, failed } => Flight::Shared { value, failed },
+        };
+        // No receiver left is fine: nobody was waiting.
+        let _ = tx.send(Some(Arc::new(flight)));
     }
 }
 

@@ -192,3 +192,20 @@ async fn a_streamed_answer_too_large_to_keep_is_not_stored() {
     }
     assert_eq!(calls.load(SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_invalidation_while_the_body_streams_keeps_it_out() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = CacheLayer::builder().build();
+    let handle = layer.handle();
+    let svc = layer.layer(upstream(&calls, || {
+        Response::new(slow(&["a", "b"], Duration::from_secs(1), false))
+    }));
+    let mut body = head(&svc, Duration::from_secs(1)).await.into_body();
+    assert_eq!(next_chunk(&mut body).await, "a");
+    handle.invalidate_all();
+    assert_eq!(body.collect().await.unwrap().to_bytes(), "b");
+    let res = head(&svc, Duration::from_secs(1)).await;
+    assert_eq!(res.headers()["x-cache"], "MISS");
+    assert_eq!(calls.load(SeqCst), 2);
+}
