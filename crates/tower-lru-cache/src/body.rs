@@ -4,7 +4,7 @@ use std::{
     fmt,
     future::poll_fn,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -39,6 +39,24 @@ enum Kind<B> {
         prefix: Option<Bytes>,
         rest: Pin<Box<B>>,
     },
+    /// The inner body, passed on frame by frame while a copy is kept for the cache.
+    Tee {
+        /// Read before the head was returned: already in `copy`, not yet passed on.
+        prefix: Option<Bytes>,
+        inner: Pin<Box<B>>,
+        copy: Chunks,
+        limit: usize,
+        /// Gone once the copy is complete or abandoned.
+        sink: Option<Box<dyn TeeSink>>,
+    },
+}
+
+/// Where a teed body's copy goes when the body has ended: the cache, and the requests
+/// waiting for the answer. Dropped without [`complete`](Self::complete), the copy is
+/// abandoned (too large, a failed body, or a client that went away).
+pub(crate) trait TeeSink: Send + Sync + 'static {
+    /// The whole body, and its trailers.
+    fn complete(self: Box<Self>, data: Bytes, trailers: Option<HeaderMap>);
 }
 
 impl<B> CacheBody<B> {
@@ -60,7 +78,30 @@ impl<B> CacheBody<B> {
         }
     }
 
-    fn prefixed(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
+    /// `body`, streamed to the caller as it comes, with a copy of at most `limit` bytes
+    /// handed to `sink` when it ends.
+    /// `read` holds the bytes already read from it.
+    pub(crate) fn tee(
+        body: Pin<Box<B>>,
+        read: Chunks,
+        limit: usize,
+        sink: Box<dyn TeeSink>,
+    ) -> Self {
+        let prefix = read.into_bytes();
+        let mut copy = Chunks::default();
+        copy.push(prefix.clone());
+        Self {
+            kind: Kind::Tee {
+                prefix: (!prefix.is_empty()).then_some(prefix),
+                inner: body,
+                copy,
+                limit,
+                sink: Some(sink),
+            },
+        }
+    }
+
+    pub(crate) fn prefixed(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
         let prefix = (!prefix.is_empty()).then_some(prefix);
         Self {
             kind: Kind::Prefixed { prefix, rest },
@@ -74,6 +115,7 @@ impl<B> fmt::Debug for CacheBody<B> {
             Kind::Full { .. } => "Full",
             Kind::Inner(_) => "Inner",
             Kind::Prefixed { .. } => "Prefixed",
+            Kind::Tee { .. } => "Tee",
         };
         f.debug_struct("CacheBody").field("kind", &kind).finish()
     }
@@ -103,6 +145,40 @@ where
                 Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
                 None => rest.as_mut().poll_frame(cx).map_err(Into::into),
             },
+            KindProj::Tee {
+                prefix,
+                inner,
+                copy,
+                limit,
+                sink,
+            } => {
+                if let Some(prefix) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                let frame = ready!(inner.as_mut().poll_frame(cx));
+                if sink.is_some() {
+                    match &frame {
+                        None => complete(sink, copy, None),
+                        Some(Ok(frame)) => {
+                            if let Some(data) = frame.data_ref() {
+                                copy.push(data.clone());
+                                if copy.len > *limit {
+                                    // Too large to keep: stream on, abandon the copy.
+                                    *sink = None;
+                                    *copy = Chunks::default();
+                                } else if inner.is_end_stream() {
+                                    // Callers may stop polling at the end of the stream.
+                                    complete(sink, copy, None);
+                                }
+                            } else if let Some(trailers) = frame.trailers_ref() {
+                                complete(sink, copy, Some(trailers.clone()));
+                            }
+                        }
+                        Some(Err(_)) => *sink = None,
+                    }
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
         }
     }
 
@@ -111,6 +187,7 @@ where
             Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Inner(body) => body.is_end_stream(),
             Kind::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            Kind::Tee { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
         }
     }
 
@@ -120,7 +197,12 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Inner(body) => body.size_hint(),
-            Kind::Prefixed { prefix, rest } => {
+            Kind::Prefixed { prefix, rest }
+            | Kind::Tee {
+                prefix,
+                inner: rest,
+                ..
+            } => {
                 let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 let inner = rest.size_hint();
                 let mut hint = SizeHint::new();
@@ -130,6 +212,82 @@ where
                 }
                 hint
             }
+        }
+    }
+}
+
+/// Hands the complete copy to the sink.
+fn complete(sink: &mut Option<Box<dyn TeeSink>>, copy: &mut Chunks, trailers: Option<HeaderMap>) {
+    if let Some(sink) = sink.take() {
+        sink.complete(std::mem::take(copy).into_bytes(), trailers);
+    }
+}
+
+/// What reading a response body's ready frames found.
+pub(crate) enum Drained {
+    /// All of it, with its trailers.
+    Ended {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// The bytes read so far; the next frame is not there yet.
+    Pending(Chunks),
+    /// More than the limit: the bytes read so far.
+    TooBig(Bytes),
+    /// The body failed.
+    Failed(BoxError),
+}
+
+/// Reads the frames of `body` that are already there (a buffered body, or data that
+/// arrived with the head), without waiting and within `limit` bytes.
+pub(crate) fn drain_ready<B>(body: &mut Pin<Box<B>>, limit: usize) -> Drained
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut chunks = Chunks::default();
+    if body.is_end_stream() {
+        return Drained::Ended {
+            data: Bytes::new(),
+            trailers: None,
+        };
+    }
+    if body.size_hint().lower() > limit as u64 {
+        return Drained::TooBig(Bytes::new());
+    }
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    loop {
+        match body.as_mut().poll_frame(&mut cx) {
+            Poll::Pending => return Drained::Pending(chunks),
+            Poll::Ready(None) => {
+                return Drained::Ended {
+                    data: chunks.into_bytes(),
+                    trailers: None,
+                };
+            }
+            Poll::Ready(Some(Err(e))) => return Drained::Failed(e.into()),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    chunks.push(data);
+                    if chunks.len > limit {
+                        return Drained::TooBig(chunks.into_bytes());
+                    }
+                    if body.is_end_stream() {
+                        return Drained::Ended {
+                            data: chunks.into_bytes(),
+                            trailers: None,
+                        };
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        return Drained::Ended {
+                            data: chunks.into_bytes(),
+                            trailers: Some(trailers),
+                        };
+                    }
+                }
+            },
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{
     Extensions, HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version, header::AGE,
     response::Parts,
@@ -17,6 +17,10 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 ///
 /// Stored entries never keep the response's extensions (they may be per-request);
 /// a response shared with coalesced requests does.
+///
+/// When the response named request headers in its `Vary`, the values those headers had
+/// in the request that fetched it are kept with it ([`vary`](Self::vary)): the response
+/// answers only requests whose values are the same.
 #[derive(Clone)]
 pub struct CachedResponse {
     status: StatusCode,
@@ -25,6 +29,7 @@ pub struct CachedResponse {
     body: Bytes,
     trailers: Option<HeaderMap>,
     extensions: Extensions,
+    vary: Box<[(HeaderName, Vec<HeaderValue>)]>,
     /// The headers already hold `x-cache: HIT` and `age: 0`.
     marked_hit: bool,
 }
@@ -46,8 +51,58 @@ impl CachedResponse {
             body,
             trailers,
             extensions: Extensions::new(),
+            vary: Box::default(),
             marked_hit: false,
         }
+    }
+
+    /// The same response, answering only requests whose headers named in `vary` have
+    /// exactly these values (an empty list: the header was absent). A shared store that
+    /// reads entries back restores them with this.
+    #[must_use]
+    pub fn with_vary(mut self, vary: Vec<(HeaderName, Vec<HeaderValue>)>) -> Self {
+        self.vary = vary.into_boxed_slice();
+        self
+    }
+
+    /// The request headers this response varies on, with the values they had in the
+    /// request that fetched it. Empty when the response has no `Vary`.
+    #[must_use]
+    pub fn vary(&self) -> &[(HeaderName, Vec<HeaderValue>)] {
+        &self.vary
+    }
+
+    /// Whether this response answers a request with these headers: every header it
+    /// varies on has the same values, in the same order. No allocation.
+    pub(crate) fn vary_matches(&self, request: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, values)| request.get_all(name).iter().eq(values.iter()))
+    }
+
+    /// A response with `parts`' head (copied, extensions included), no body yet, and
+    /// the request header values its `Vary` names.
+    pub(crate) fn from_head(
+        parts: &Parts,
+        vary: Option<Vec<(HeaderName, Vec<HeaderValue>)>>,
+    ) -> Self {
+        Self {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body: Bytes::new(),
+            trailers: None,
+            extensions: parts.extensions.clone(),
+            vary: vary.map(Vec::into_boxed_slice).unwrap_or_default(),
+            marked_hit: false,
+        }
+    }
+
+    /// This head with its body and trailers.
+    pub(crate) fn with_body(mut self, body: Bytes, trailers: Option<HeaderMap>) -> Self {
+        self.body = body;
+        self.trailers = trailers;
+        self
     }
 
     pub(crate) fn from_parts(parts: Parts, body: Bytes, trailers: Option<HeaderMap>) -> Self {
@@ -58,22 +113,29 @@ impl CachedResponse {
             body,
             trailers,
             extensions: parts.extensions,
+            vary: Box::default(),
             marked_hit: false,
         }
     }
 
     /// A copy to store: without extensions, and with the `x-cache: HIT` and `age`
     /// headers already in place, so that a hit only rewrites the age.
+    ///
+    /// The body and the header values are copied into buffers of their own: read from
+    /// the network, they are slices of a larger read buffer, which the entry would
+    /// otherwise keep alive while being weighed as a few bytes. The copy is made once,
+    /// on the miss that stores; hits share it.
     pub(crate) fn for_storage(&self) -> Self {
-        let mut headers = self.headers.clone();
+        let mut headers = compact(&self.headers);
         mark(&mut headers, "HIT", Some(0));
         let mut stored = Self::new(
             self.status,
             self.version,
             headers,
-            self.body.clone(),
-            self.trailers.clone(),
+            Bytes::copy_from_slice(&self.body),
+            self.trailers.as_ref().map(compact),
         );
+        stored.vary = self.vary.clone();
         stored.marked_hit = true;
         stored
     }
@@ -117,7 +179,16 @@ impl CachedResponse {
                 .map(|(k, v)| k.as_str().len() + v.len() + 32)
                 .sum()
         }
-        self.body.len() + headers(&self.headers) + self.trailers.as_ref().map_or(0, headers) + 64
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.iter().map(HeaderValue::len).sum::<usize>() + 32)
+            .sum();
+        self.body.len()
+            + headers(&self.headers)
+            + self.trailers.as_ref().map_or(0, headers)
+            + vary
+            + 64
     }
 
     /// A fresh response replaying this one, marked with `x-cache` and, when known, `age`
@@ -140,6 +211,28 @@ impl CachedResponse {
         }
         res
     }
+}
+
+/// A copy of `map` whose values all live in one buffer of their own (one allocation for
+/// the values, whatever their number).
+fn compact(map: &HeaderMap) -> HeaderMap {
+    let total = map.iter().map(|(_, v)| v.len()).sum();
+    let mut buf = BytesMut::with_capacity(total);
+    for (_, value) in map {
+        buf.extend_from_slice(value.as_bytes());
+    }
+    let buf = buf.freeze();
+    let mut out = HeaderMap::with_capacity(map.keys_len());
+    let mut at = 0;
+    for (name, value) in map {
+        let end = at + value.len();
+        let mut copy =
+            HeaderValue::from_maybe_shared(buf.slice(at..end)).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        at = end;
+        out.append(name.clone(), copy);
+    }
+    out
 }
 
 /// Sets `x-cache`, and `age` when given (else removes it), in place when present.
@@ -171,6 +264,7 @@ impl fmt::Debug for CachedResponse {
             .field("headers", &self.headers)
             .field("body_len", &self.body.len())
             .field("trailers", &self.trailers)
+            .field("vary", &self.vary)
             .finish_non_exhaustive()
     }
 }

@@ -1,6 +1,16 @@
 //! What the HTTP and the generic cache share: the store, single-flight, counting.
 
-use std::{borrow::Cow, fmt, future::Future, marker::PhantomData, sync::Arc, time::Duration};
+use std::{
+    borrow::Cow,
+    fmt,
+    future::Future,
+    marker::PhantomData,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -29,9 +39,19 @@ pub(crate) enum Flight<V> {
     Shared { value: V, failed: bool },
     /// The inner call failed with this message.
     Failed(Arc<str>),
-    /// The answer cannot be shared (too large to buffer): each request calls for itself.
+    /// The answer cannot be shared (too large to buffer, or it may not be shared): each
+    /// request calls for itself.
     Alone,
+    /// The answer's head went to the leading request, and its body is still streaming
+    /// to it: this tells when the whole answer is there (a [`Flight::Stored`] or
+    /// [`Flight::Shared`]), or closes without a value when the copy was abandoned (too
+    /// large, failed, or the leader went away).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    Streaming(Body<V>),
 }
+
+/// The outcome of a streamed answer, once its body has ended.
+pub(crate) type Body<V> = tokio::sync::watch::Receiver<Option<Arc<Flight<V>>>>;
 
 pub(crate) struct Core<V, St> {
     pub(crate) name: Cow<'static, str>,
@@ -42,6 +62,10 @@ pub(crate) struct Core<V, St> {
     flights: moka::future::Cache<CacheKey, ()>,
     stats: Stats,
     metrics: Metrics,
+    /// Bumped by every invalidation: a flight that started under an older generation
+    /// does not store its answer, so an invalidation is never undone by a call that was
+    /// already in flight.
+    generation: AtomicU64,
     pub(crate) ttl: Duration,
     pub(crate) grace: Duration,
     _value: PhantomData<fn() -> V>,
@@ -77,6 +101,7 @@ where
             name,
             store,
             stats: Stats::default(),
+            generation: AtomicU64::new(0),
             ttl,
             grace,
             _value: PhantomData,
@@ -106,21 +131,53 @@ where
         }
     }
 
-    pub(crate) fn store(&self, key: CacheKey, value: V, ttl: Duration) -> Arc<Entry<V>> {
+    /// A stale entry still within its grace period now, at the moment it would be
+    /// served (a slow refill may have outlived the grace it started in).
+    pub(crate) fn still_stale<'a>(&self, entry: Option<&'a Entry<V>>) -> Option<&'a Entry<V>> {
+        entry.filter(|entry| {
+            freshness(entry.stored_at(), entry.ttl(), self.grace, Instant::now())
+                != Freshness::Expired
+        })
+    }
+
+    /// The invalidation generation, read when a flight starts.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Stores `value`, unless an invalidation happened since `generation` was read (then
+    /// `Err(value)`: the answer may still be given to the requests that asked for it).
+    pub(crate) fn store(
+        &self,
+        key: CacheKey,
+        value: V,
+        ttl: Duration,
+        generation: u64,
+    ) -> Result<Arc<Entry<V>>, V> {
+        if self.generation() != generation {
+            tracing::debug!(cache = %self.name, %key, "invalidated during the call; not stored");
+            return Err(value);
+        }
         let entry = Arc::new(Entry::new(value, Instant::now(), ttl, self.grace));
         self.store.insert(key, Arc::clone(&entry));
+        if self.generation() != generation {
+            // An invalidation ran between the check and the insert: undo the insert.
+            self.store.remove(&key);
+        }
         self.metrics.set_entries(self.store.entry_count());
         tracing::debug!(cache = %self.name, %key, ?ttl, "stored a response");
-        entry
+        Ok(entry)
     }
 
     pub(crate) fn remove(&self, key: &CacheKey) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.store.remove(key);
         self.metrics.set_entries(self.store.entry_count());
         tracing::debug!(cache = %self.name, %key, "invalidated an entry");
     }
 
     pub(crate) fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.store.clear();
         self.metrics.set_entries(self.store.entry_count());
         tracing::info!(cache = %self.name, "invalidated every entry");

@@ -158,7 +158,10 @@ where
 {
     pub(crate) fn new(shared: &Arc<HttpShared<St>>, inner: &S, req: Request<ReqB>) -> Self {
         let (parts, body) = req.into_parts();
+        // A range asks for part of an answer: never served from, nor stored in, the cache.
+        let ranged = parts.headers.contains_key(http::header::RANGE);
         let key = match shared.key.plan(&parts) {
+            _ if ranged => None,
             Plan::Bypass => None,
             Plan::WithoutBody => shared.key.key(&parts, None),
             // An empty body needs no reading: key it as empty and pass it on untouched.
@@ -316,6 +319,12 @@ where
 {
     let now = Instant::now();
     let stale = match shared.core.classify(found, now) {
+        // An entry of another variant (its `Vary` headers differ) is no answer here.
+        Found::Fresh(entry) | Found::Stale(entry)
+            if !entry.value().vary_matches(&parts.headers) =>
+        {
+            None
+        }
         Found::Fresh(entry) => {
             shared.core.record(Outcome::Hit);
             let age = now.saturating_duration_since(entry.stored_at()).as_secs();

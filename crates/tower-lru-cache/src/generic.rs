@@ -439,6 +439,7 @@ where
             let Some((mut svc, req)) = call.take() else {
                 return Flight::Alone;
             };
+            let generation = core.generation();
             if let Found::Fresh(entry) = core.classify(core.store.get(&key).await, Instant::now()) {
                 own = Some(Own::Hit(entry.value().clone()));
                 return Flight::Stored(entry);
@@ -462,7 +463,13 @@ where
                             value: value.clone(),
                             failed: false,
                         });
-                        Flight::Stored(core.store(key, value, core.ttl))
+                        match core.store(key, value, core.ttl, generation) {
+                            Ok(entry) => Flight::Stored(entry),
+                            Err(value) => Flight::Shared {
+                                value,
+                                failed: false,
+                            },
+                        }
                     } else {
                         own = Some(Own::Value {
                             value: value.clone(),
@@ -481,8 +488,10 @@ where
         core.record(Outcome::Stale);
         Ok(entry.value().clone())
     };
+    // Judged now, when it would be served: the call may have outlived the grace.
+    let stale = core.still_stale(stale.as_deref());
     if let Some(own) = own {
-        return match (own, stale.as_deref()) {
+        return match (own, stale) {
             (Own::Hit(value), _) => {
                 core.record(Outcome::Hit);
                 Ok(value)
@@ -498,7 +507,7 @@ where
             }
         };
     }
-    match (&*flight, stale.as_deref()) {
+    match (&*flight, stale) {
         (Flight::Shared { failed: true, .. } | Flight::Failed(_), Some(entry)) => {
             serve_stale(entry)
         }
@@ -517,7 +526,7 @@ where
             }
             .into())
         }
-        (Flight::Alone, _) => {
+        (Flight::Alone | Flight::Streaming(_), _) => {
             let Some((mut svc, req)) = call.take() else {
                 return Err(CacheError::Coalesced {
                     message: "leading request's answer was not shared".into(),

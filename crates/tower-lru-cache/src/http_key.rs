@@ -3,7 +3,7 @@
 
 use std::{fmt, hash::Hash, sync::Arc};
 
-use http::{HeaderName, Method, request::Parts};
+use http::{HeaderName, Method, header::HOST, request::Parts};
 
 use crate::key::{CacheKey, KeyHasher};
 
@@ -160,7 +160,10 @@ impl std::hash::Hasher for ByteHasher {
 ///
 /// By default `GET`, `HEAD` and `POST` requests are cached (POST because an analysis
 /// request is a lookup with a body); other methods bypass the cache. Add `host` to the
-/// vary list when one service answers for several hosts.
+/// vary list when one service answers for several hosts: the URI's authority counts as
+/// the host when there is one (HTTP/2 requests carry the host there, not in a `Host`
+/// header), so `https://a.example/x` over HTTP/2 and `Host: a.example` over HTTP/1.1
+/// share one key.
 #[derive(Clone, Debug)]
 pub struct RequestKey {
     methods: Vec<Method>,
@@ -244,6 +247,19 @@ impl KeyBuilder for RequestKey {
         key.optional(TAG_QUERY, parts.uri.query().map(str::as_bytes));
         key.count(TAG_HEADER, self.vary.len());
         for name in &self.vary {
+            // Over HTTP/2 (and in HTTP/1.1's absolute form) the host is the URI's
+            // authority, and there may be no `Host` header: key the authority, encoded
+            // as a `Host` header with that value would be.
+            if *name == HOST
+                && let Some(authority) = parts.uri.authority()
+            {
+                let host = authority.as_str();
+                let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
+                key.field(TAG_HEADER, name.as_str().as_bytes());
+                key.count(TAG_HEADER, 1);
+                key.field(TAG_HEADER, host.as_bytes());
+                continue;
+            }
             let values = parts.headers.get_all(name);
             key.field(TAG_HEADER, name.as_str().as_bytes());
             key.count(TAG_HEADER, values.iter().count());

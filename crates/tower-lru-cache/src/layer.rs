@@ -21,6 +21,9 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
 /// Default largest response body buffered to be cached: 4 MiB.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 4 << 20;
 
+/// Default longest wait for an answer whose body is streaming to another request: 30 s.
+pub const DEFAULT_BODY_WAIT: Duration = Duration::from_secs(30);
+
 /// A [`tower_layer::Layer`] that caches HTTP responses. See the crate docs.
 ///
 /// Every service it builds, and every clone of it, shares one cache.
@@ -47,6 +50,13 @@ impl CacheLayer {
 impl Default for CacheLayer {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl<St> CacheLayer<St> {
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<HttpShared<St>> {
+        &self.shared
     }
 }
 
@@ -95,6 +105,7 @@ pub struct CacheLayerBuilder<St = MokaStore<CachedResponse>> {
     degraded: ResponsePredicate,
     cache_control: bool,
     share_failures: bool,
+    body_wait: Duration,
 }
 
 impl Default for CacheLayerBuilder {
@@ -111,6 +122,7 @@ impl Default for CacheLayerBuilder {
             degraded: Arc::new(|_: &Parts| false),
             cache_control: true,
             share_failures: true,
+            body_wait: DEFAULT_BODY_WAIT,
         }
     }
 }
@@ -125,6 +137,7 @@ impl<St> fmt::Debug for CacheLayerBuilder<St> {
             .field("max_response_body", &self.max_response_body)
             .field("cache_control", &self.cache_control)
             .field("share_failures", &self.share_failures)
+            .field("body_wait", &self.body_wait)
             .finish_non_exhaustive()
     }
 }
@@ -195,8 +208,8 @@ impl<St> CacheLayerBuilder<St> {
         self
     }
 
-    /// Responses with larger bodies are streamed through uncached, after at most this
-    /// many bytes were buffered (default 4 MiB).
+    /// Responses with larger bodies are streamed through uncached: the cache's copy of
+    /// a body stops at this many bytes (default 4 MiB).
     #[must_use]
     pub fn max_response_body(mut self, bytes: usize) -> Self {
         self.max_response_body = bytes;
@@ -220,7 +233,9 @@ impl<St> CacheLayerBuilder<St> {
     }
 
     /// Whether the response's `Cache-Control` (`no-store`, `no-cache`, `private`,
-    /// `max-age`, `s-maxage`) and `Vary: *` are honoured (default `true`).
+    /// `max-age`, `s-maxage`) is honoured (default `true`). The other sharing rules
+    /// (`Set-Cookie`, `Authorization`, `Vary`, partial content, gRPC failures, event
+    /// streams) hold either way.
     #[must_use]
     pub fn respect_cache_control(mut self, yes: bool) -> Self {
         self.cache_control = yes;
@@ -233,11 +248,27 @@ impl<St> CacheLayerBuilder<St> {
     /// that a failing upstream sees one call, not one per waiter. `false`: each waiter
     /// calls the inner service itself, and gets its own answer or its own error (with
     /// its own type and status): right when the errors that reach the cache are local
-    /// refusals (a full queue, a rate limit) rather than upstream failures, and the
-    /// layers below bound the calls.
+    /// refusals (a full queue, a rate limit) rather than upstream failures. The
+    /// waiters then coalesce again behind one of them, round after round, so that the
+    /// inner service sees one call for the key at a time rather than one per waiter at
+    /// once.
     #[must_use]
     pub fn share_failures(mut self, share: bool) -> Self {
         self.share_failures = share;
+        self
+    }
+
+    /// How long a request waits for an identical request's answer whose head has
+    /// arrived and whose body is still streaming to that request (default 30 s). The
+    /// answer's head goes to the request that called at once and its body streams on;
+    /// the cache keeps a copy, and the requests coalesced onto the call get the whole
+    /// answer when it ends. Past this wait (or if the copy is abandoned: too large, the
+    /// body failed, or the caller went away), they make a call of their own (one for
+    /// all of them), so no request waits without bound on a body that another client
+    /// reads.
+    #[must_use]
+    pub fn body_wait(mut self, wait: Duration) -> Self {
+        self.body_wait = wait;
         self
     }
 
@@ -257,6 +288,7 @@ impl<St> CacheLayerBuilder<St> {
             degraded: self.degraded,
             cache_control: self.cache_control,
             share_failures: self.share_failures,
+            body_wait: self.body_wait,
         }
     }
 }
@@ -275,6 +307,8 @@ impl<St: CacheStore<CachedResponse>> CacheLayerBuilder<St> {
             degraded: self.degraded,
             cache_control: self.cache_control,
             share_failures: self.share_failures,
+            body_wait: self.body_wait,
+            streams: std::sync::Mutex::default(),
         };
         CacheLayer {
             shared: Arc::new(shared),

@@ -67,39 +67,93 @@
 //!   retry layer further in can still clone it). Request trailers are not carried over.
 //!   A body that fails, or sends more than it promised, is a [`CacheError::RequestBody`]
 //!   (400).
-//! - **Response bodies** of any `http_body::Body<Data = Bytes>` are collected into
-//!   `Bytes` once (with their trailers, so unary gRPC answers replay whole) and replayed
-//!   as [`CacheBody`]. A body larger than [`CacheLayerBuilder::max_response_body`] is
-//!   streamed through uncached after at most that many bytes were buffered.
+//! - **Response bodies** of any `http_body::Body<Data = Bytes>` are never held back. What
+//!   is already there when the head arrives (a buffered body) is read at once; otherwise
+//!   the head is returned at once and the body streams to the caller while the cache
+//!   keeps a copy (a tee). The copy, with its trailers (so that unary gRPC answers replay
+//!   whole), is stored and shared only when the body completes within
+//!   [`CacheLayerBuilder::max_response_body`] bytes; a longer body, a failed one, or one
+//!   whose caller goes away is streamed on and its copy dropped. Stored answers replay
+//!   as [`CacheBody`].
 //!
-//! # What is stored
+//! # What is stored and what is shared
 //!
-//! Only answers the [`cacheable`](CacheLayerBuilder::cacheable) predicate accepts (`2xx`
-//! by default), that are not [degraded](CacheLayerBuilder::degraded_if), and that their
-//! `Cache-Control` allows: `no-store` and `no-cache` are never stored; `private` only
-//! when the key is partitioned; `s-maxage`, else `max-age`, shortens the TTL (never
-//! lengthens it); `Vary: *` is never stored. Errors are never stored.
+//! A shared cache shares only what [RFC 9111] lets a shared cache share, and
+//! single-flight (handing one call's answer to the identical requests that waited for
+//! it) follows the same rules as storage: an answer that may not be stored is not
+//! shared, and the requests that waited for it make their own calls.
 //!
-//! Entries are bounded by [`max_entries`](CacheLayerBuilder::max_entries) (100 by default)
-//! or by [`max_bytes`](CacheLayerBuilder::max_bytes), evicted least-recently-used, fresh
-//! for the [`ttl`](CacheLayerBuilder::ttl) (one hour by default).
+//! **Never stored, never shared** (passed through to the request that asked, unbuffered):
+//!
+//! - `Cache-Control: no-store`, `no-cache` (this cache never revalidates), `max-age=0` or
+//!   `s-maxage=0`; `private`, unless the key is partitioned ([`Partition`]). Honoured
+//!   unless [`respect_cache_control(false)`](CacheLayerBuilder::respect_cache_control).
+//! - An answer carrying `Set-Cookie`: one client's session is never given to another.
+//! - The answer to a request with `Authorization` (RFC 9111 §3.5), unless it says
+//!   `public`, `s-maxage` or `must-revalidate`, or the key is partitioned.
+//! - `206 Partial Content`. Requests with `Range` bypass the cache (`x-cache: BYPASS`):
+//!   only complete answers are stored, and a fragment never answers a plain request.
+//! - `Vary: *`, or a `Vary` that names something that is not a header.
+//! - `text/event-stream`: a stream of events is passed through as it comes.
+//!
+//! **Shared with the waiting requests, not stored**: an answer the
+//! [`cacheable`](CacheLayerBuilder::cacheable) predicate refuses (by default anything
+//! but `2xx`), a [degraded](CacheLayerBuilder::degraded_if) one, a server error, a
+//! gRPC failure.
+//!
+//! **Stored** (and shared): the rest, fresh for the [`ttl`](CacheLayerBuilder::ttl),
+//! shortened (never lengthened) by `s-maxage`, else `max-age`. Besides:
+//!
+//! - **gRPC**: an answer with `content-type: application/grpc*` is stored only with
+//!   `grpc-status: 0`, read from its head (a trailers-only answer) or its trailers; any
+//!   other status, or none, is a failure, never stored, and stale-if-error answers for
+//!   it like for a server error.
+//! - **The response's `Vary`** is honoured: the values the named request headers had are
+//!   kept with the entry, and the entry answers only requests with the same values
+//!   (another variant is a miss and replaces it); a waiting request whose values differ
+//!   from the caller's makes its own call. This works with any key; adding the header to
+//!   the key ([`RequestKey::vary`]) keeps one entry per variant instead.
+//! - **The host**: with `host` in the key, the URI's authority is the host when there is
+//!   one (HTTP/2 has no `Host` header), so virtual hosts never share entries.
+//! - **Invalidation wins**: a call that started before an invalidation
+//!   ([`CacheHandle::invalidate`], [`CacheHandle::invalidate_all`],
+//!   [`CacheHandle::invalidate_request`]) does not store its answer.
+//! - **Memory**: a stored body and its header values are copied out of the buffers they
+//!   were read into, so an entry keeps alive only what
+//!   [`max_bytes`](CacheLayerBuilder::max_bytes) weighs.
+//!
+//! Errors are never stored. Entries are bounded by
+//! [`max_entries`](CacheLayerBuilder::max_entries) (100 by default) or by
+//! [`max_bytes`](CacheLayerBuilder::max_bytes), evicted least-recently-used.
 //!
 //! # Single-flight
 //!
 //! Concurrent misses for one key make exactly one inner call, through moka's
 //! `try_get_with` coalescing: the others wait and get the same answer (counted as
-//! `coalesced`). If the leading request is dropped, a waiting one takes over with its
-//! own inner call. If the inner call fails, the leader gets the inner error unchanged and
-//! each waiter gets a [`CacheError::Coalesced`] carrying its message (no request hangs,
-//! and a failing upstream is not hit again by every waiter). An uncacheable answer (a
-//! `404`, a degraded one) is shared with the waiters as well.
+//! `coalesced`), within the rules above. If the leading request is dropped, a waiting
+//! one takes over with its own inner call. When the answer's body streams, the waiters
+//! (and identical requests arriving meanwhile) get the complete copy when it ends, or,
+//! past [`body_wait`](CacheLayerBuilder::body_wait) (30 s by default) or when the copy
+//! is dropped, one of them calls for all: no request waits on a body that another
+//! client is reading.
+//!
+//! If the inner call fails, the leader gets the inner error unchanged. With
+//! [`share_failures(true)`](CacheLayerBuilder::share_failures) (the default) each
+//! waiter gets a [`CacheError::Coalesced`] carrying its message (no request hangs, and
+//! a failing upstream is not hit again by every waiter). With `false`, each waiter gets
+//! its own answer or error, but the waiters do not all call at once: they coalesce
+//! again, so the upstream sees one call for the key at a time.
 //!
 //! # Stale-if-error
 //!
 //! With [`stale_if_error`](CacheLayerBuilder::stale_if_error), an expired entry is kept
 //! for that grace period. A request that finds one calls the inner service; if the call
-//! fails, answers with a server error (`5xx`), or answers degraded, the stale entry is
-//! served instead, marked `x-cache: STALE`.
+//! fails, answers with a server error (`5xx`), a gRPC failure, or answers degraded, the
+//! stale entry is served instead, marked `x-cache: STALE`. Whether it is still within
+//! its grace is judged when it would be served, not when the request arrived: a slow
+//! refill does not stretch the grace. To be able to fall back, such a refill reads a
+//! failed answer's body (or a gRPC answer's, whose status comes in the trailers) before
+//! answering; a body that fails after its head was returned cannot be replaced.
 //!
 //! # Headers and counts
 //!
@@ -130,6 +184,7 @@
 //! store answers with a ready future, so the seam costs nothing on the hit path.
 //!
 //! [tower]: https://docs.rs/tower
+//! [RFC 9111]: https://www.rfc-editor.org/rfc/rfc9111
 //! [moka]: https://docs.rs/moka
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -173,7 +228,8 @@ pub use crate::http_key::{KeyBuilder, Partition, Plan, RequestKey};
 pub use crate::key::{CacheKey, KeyHasher};
 #[cfg(feature = "http")]
 pub use crate::layer::{
-    CacheLayer, CacheLayerBuilder, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
+    CacheLayer, CacheLayerBuilder, DEFAULT_BODY_WAIT, DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_MAX_RESPONSE_BODY,
 };
 pub use crate::metrics::{
     CACHE_ENTRIES, CACHE_REQUESTS_TOTAL, DEFAULT_MAX_ENTRIES, DEFAULT_NAME, DEFAULT_TTL,

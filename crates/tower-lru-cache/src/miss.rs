@@ -2,22 +2,22 @@
 //! storing, sharing, and stale-if-error. It runs as one boxed future: a miss costs an
 //! upstream call, next to which the allocation is nothing; hits never come here.
 
-use std::{future::poll_fn, sync::Arc};
+use std::{future::poll_fn, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, header};
 use http_body::Body;
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 use tower_service::Service;
 
 use crate::{
-    body::{CacheBody, Collected, collect},
+    body::{CacheBody, Collected, Drained, TeeSink, collect, drain_ready},
     cached::{CachedResponse, mark},
     core::{Core, Flight, Found},
     error::{BoxError, CacheError},
     key::CacheKey,
     metrics::Outcome,
-    shared::HttpShared,
+    shared::{Asked, Grpc, HttpShared, Verdict, vary_names, vary_values},
     store::{CacheStore, Entry},
 };
 
@@ -34,6 +34,11 @@ enum Own<B> {
     Error(BoxError),
 }
 
+/// How many times a request behind failed leaders joins the next flight before it calls
+/// on its own (with `share_failures(false)`): each round is one inner call, so the
+/// upstream sees the waiters one at a time, never as a burst.
+const MAX_ROUNDS: usize = 16;
+
 pub(crate) async fn miss<S, ReqB, ResB, St>(
     shared: Arc<HttpShared<St>>,
     svc: S,
@@ -44,80 +49,164 @@ pub(crate) async fn miss<S, ReqB, ResB, St>(
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes>,
+    ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
-    let mut call = Some((svc, req));
-    let mut own = None;
-    let flight = shared
-        .core
-        .flight(key, async {
-            let Some((svc, req)) = call.take() else {
-                return Flight::Alone;
-            };
-            let (result, flight) = lead(&shared, svc, req, key).await;
-            own = Some(result);
-            flight
-        })
-        .await;
     let core = &shared.core;
-    let serve_stale = |entry: &Entry<CachedResponse>| {
-        core.record(Outcome::Stale);
-        Ok(entry.value().replay("STALE", Some(age_secs(entry))))
+    // Whether a stale entry may answer is judged when it would be served: a slow call
+    // may have outlived the grace period it started in.
+    let serve_stale = |when: bool| {
+        core.still_stale(stale.as_deref())
+            .filter(|_| when)
+            .map(|entry| {
+                core.record(Outcome::Stale);
+                Ok(entry.value().replay("STALE", Some(age_secs(entry))))
+            })
     };
-
-    if let Some(own) = own {
-        return match own {
-            Own::Hit(res) => {
-                core.record(Outcome::Hit);
-                Ok(res)
+    let mut call = Some((svc, req));
+    let mut rounds = 0;
+    // Wait at most once for a body streaming to another request.
+    let mut watch_streams = true;
+    loop {
+        // An identical call whose answer is streaming to its own caller: wait for the
+        // copy rather than calling again.
+        if watch_streams && let Some(body) = shared.streaming(&key) {
+            watch_streams = false;
+            if let Some(done) = wait_body(body, shared.body_wait).await {
+                return match answer_from(core, &done, call.as_ref(), serve_stale) {
+                    Some(answer) => answer,
+                    None => call_alone(core, call.take()).await,
+                };
             }
-            Own::Response { res, failed } => match stale.as_deref() {
-                Some(entry) if failed => serve_stale(entry),
-                _ => {
-                    core.record(Outcome::Miss);
+        }
+
+        let mut own = None;
+        let flight = core
+            .flight(key, async {
+                let Some((svc, req)) = call.take() else {
+                    return Flight::Alone;
+                };
+                let (result, flight) = lead(&shared, svc, req, key, stale.is_some()).await;
+                own = Some(result);
+                flight
+            })
+            .await;
+
+        if let Some(own) = own {
+            return match own {
+                Own::Hit(res) => {
+                    core.record(Outcome::Hit);
                     Ok(res)
                 }
-            },
-            Own::Error(e) => match stale.as_deref() {
-                Some(entry) => {
-                    tracing::debug!(cache = %core.name, error = %e, "inner call failed");
-                    serve_stale(entry)
-                }
-                None => {
-                    core.record(Outcome::Miss);
-                    Err(e)
-                }
-            },
-        };
-    }
-
-    match &*flight {
-        Flight::Stored(entry) => {
-            core.record(Outcome::Coalesced);
-            Ok(entry.value().replay("MISS", Some(age_secs(entry))))
+                Own::Response { res, failed } => match serve_stale(failed) {
+                    Some(stale) => stale,
+                    None => {
+                        core.record(Outcome::Miss);
+                        Ok(res)
+                    }
+                },
+                Own::Error(e) => match serve_stale(true) {
+                    Some(stale) => {
+                        tracing::debug!(cache = %core.name, error = %e, "inner call failed");
+                        stale
+                    }
+                    None => {
+                        core.record(Outcome::Miss);
+                        Err(e)
+                    }
+                },
+            };
         }
-        Flight::Shared { value, failed } => match stale.as_deref() {
-            Some(entry) if *failed => serve_stale(entry),
-            _ => {
-                core.record(Outcome::Coalesced);
-                Ok(value.replay("MISS", None))
+
+        let streaming = match &*flight {
+            Flight::Streaming(body) => Some(body.clone()),
+            _ => None,
+        };
+        let done = match streaming {
+            Some(body) => {
+                watch_streams = false;
+                match wait_body(body, shared.body_wait).await {
+                    Some(done) => done,
+                    // Abandoned, or too slow: one of the waiters calls for all of them.
+                    None if rounds < MAX_ROUNDS => {
+                        rounds += 1;
+                        continue;
+                    }
+                    None => return call_alone(core, call.take()).await,
+                }
             }
-        },
-        Flight::Failed(message) => match stale.as_deref() {
-            Some(entry) => serve_stale(entry),
-            None if shared.share_failures => {
+            None => flight,
+        };
+        if let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale) {
+            return answer;
+        }
+        if let Flight::Failed(message) = &*done {
+            if let Some(stale) = serve_stale(true) {
+                return stale;
+            }
+            if shared.share_failures {
                 core.record(Outcome::Coalesced);
-                Err(CacheError::Coalesced {
+                return Err(CacheError::Coalesced {
                     message: Arc::clone(message),
                 }
-                .into())
+                .into());
             }
-            None => call_alone(core, call.take()).await,
-        },
-        Flight::Alone => call_alone(core, call.take()).await,
+            if rounds < MAX_ROUNDS {
+                // Join (or lead) the next flight rather than all calling at once.
+                rounds += 1;
+                continue;
+            }
+        }
+        // Not shareable, or another variant: this request's own call.
+        return call_alone(core, call.take()).await;
     }
+}
+
+type Answer<B> = Result<Response<CacheBody<B>>, BoxError>;
+
+/// A waiter's answer from a flight's stored or shared response, when it fits the
+/// waiter's request.
+fn answer_from<S, ReqB, ResB, St>(
+    core: &Core<CachedResponse, St>,
+    flight: &Flight<CachedResponse>,
+    call: Option<&(S, Request<ReqB>)>,
+    serve_stale: impl Fn(bool) -> Option<Answer<ResB>>,
+) -> Option<Answer<ResB>>
+where
+    St: CacheStore<CachedResponse>,
+{
+    match flight {
+        Flight::Stored(entry) if fits(call, entry.value()) => {
+            core.record(Outcome::Coalesced);
+            Some(Ok(entry.value().replay("MISS", Some(age_secs(entry)))))
+        }
+        Flight::Shared { value, failed } if fits(call, value) => {
+            serve_stale(*failed).or_else(|| {
+                core.record(Outcome::Coalesced);
+                Some(Ok(value.replay("MISS", None)))
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Waits, at most `bound`, for a streaming answer's complete copy. `None` when the copy
+/// was abandoned or is too slow to come.
+async fn wait_body(
+    mut body: crate::core::Body<CachedResponse>,
+    bound: Duration,
+) -> Option<Arc<Flight<CachedResponse>>> {
+    match tokio::time::timeout(bound, body.wait_for(Option::is_some)).await {
+        Ok(Ok(done)) => done.clone(),
+        _ => None,
+    }
+}
+
+/// Whether a shared answer answers this request too: it varies on nothing this request
+/// sends differently.
+fn fits<S, ReqB>(call: Option<&(S, Request<ReqB>)>, value: &CachedResponse) -> bool {
+    call.is_some_and(|(_, req)| value.vary_matches(req.headers()))
 }
 
 /// A call of this request's own, uncached: the leader's answer could not be buffered, or
@@ -153,24 +242,33 @@ fn age_secs<V>(entry: &Entry<V>) -> u64 {
 
 /// The leading request's inner call: its own result, and what followers share.
 async fn lead<S, ReqB, ResB, St>(
-    shared: &HttpShared<St>,
+    shared: &Arc<HttpShared<St>>,
     mut svc: S,
     req: Request<ReqB>,
     key: CacheKey,
+    has_stale: bool,
 ) -> (Own<ResB>, Flight<CachedResponse>)
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: Into<BoxError>,
-    ResB: Body<Data = Bytes>,
+    ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
     let core = &shared.core;
+    // Read before the call: an invalidation during it keeps its answer out of the store.
+    let generation = core.generation();
     // A flight for this key may have finished between our lookup and now.
-    if let Found::Fresh(entry) = core.classify(core.store.get(&key).await, Instant::now()) {
+    if let Found::Fresh(entry) = core.classify(core.store.get(&key).await, Instant::now())
+        && entry.value().vary_matches(req.headers())
+    {
         let res = entry.value().replay("HIT", Some(age_secs(&entry)));
         return (Own::Hit(res), Flight::Stored(entry));
     }
+    let asked = Asked {
+        authorized: req.headers().contains_key(header::AUTHORIZATION),
+        headers: req.headers().clone(),
+    };
     let failed = |e: BoxError| {
         let message: Arc<str> = e.to_string().into();
         (Own::Error(e), Flight::Failed(message))
@@ -184,41 +282,189 @@ where
     };
     let (parts, body) = res.into_parts();
     let degraded = (shared.degraded)(&parts);
-    let is_failure = degraded || parts.status.is_server_error();
-    let ttl = shared.storable_for(&parts, degraded);
-    match collect(body, shared.max_response_body).await {
-        Collected::Failed(e) => failed(CacheError::ResponseBody(e).into()),
-        Collected::TooBig(body) => {
-            tracing::debug!(cache = %core.name, "response too large to cache; streamed through");
-            let mut res = Response::from_parts(parts, body);
-            mark(res.headers_mut(), "MISS", None);
-            (
-                Own::Response {
-                    res,
-                    failed: is_failure,
-                },
-                Flight::Alone,
-            )
+    let (verdict, is_failure) = shared.judge(&asked, &parts, degraded);
+    if verdict == Verdict::Alone {
+        // This request's own answer: passed through as it comes, never buffered.
+        let mut res = Response::from_parts(parts, CacheBody::inner(body));
+        mark(res.headers_mut(), "MISS", None);
+        return (
+            Own::Response {
+                res,
+                failed: is_failure,
+            },
+            Flight::Alone,
+        );
+    }
+    let grpc = Grpc::of(&parts);
+    let vary = vary_names(&parts.headers)
+        .filter(|names| !names.is_empty())
+        .map(|names| vary_values(names, &asked.headers));
+    let mut publish = Publish {
+        shared: Arc::clone(shared),
+        key,
+        generation,
+        verdict,
+        failed: is_failure,
+        grpc,
+        head: None,
+        body: None,
+        tx: None,
+    };
+    // With a stale entry to fall back on, a failure (known from the head, or from a gRPC
+    // status in the trailers) must be known before answering: read the body first.
+    let read_first = has_stale && (is_failure || grpc == Grpc::Pending);
+    let full = if read_first {
+        match collect(body, shared.max_response_body).await {
+            Collected::Full { data, trailers } => Ok((data, trailers)),
+            Collected::TooBig(body) => return too_big(core, parts, body, is_failure),
+            Collected::Failed(e) => Err(e),
         }
-        Collected::Full { data, trailers } => {
-            let cached = CachedResponse::from_parts(parts, data, trailers);
-            let res = cached.replay("MISS", None);
-            match ttl {
-                Some(ttl) => {
-                    let entry = core.store(key, cached.for_storage(), ttl);
-                    (Own::Response { res, failed: false }, Flight::Stored(entry))
-                }
-                None => (
+    } else {
+        // What is already there (a buffered body, or data that came with the head) is
+        // read at once: such an answer is complete, stored and shared now.
+        let mut body = Box::pin(body);
+        match drain_ready(&mut body, shared.max_response_body) {
+            Drained::Pending(read) => {
+                // Answer at once and stream the body on, keeping a copy: the requests
+                // coalesced onto this call (and those arriving meanwhile) get the copy
+                // when it is complete.
+                let (tx, rx) = watch::channel(None);
+                shared.start_stream(key, rx.clone());
+                publish.head = Some(CachedResponse::from_head(&parts, vary));
+                publish.body = Some(rx.clone());
+                publish.tx = Some(tx);
+                let body = CacheBody::tee(body, read, shared.max_response_body, Box::new(publish));
+                let mut res = Response::from_parts(parts, body);
+                mark(res.headers_mut(), "MISS", None);
+                return (
                     Own::Response {
                         res,
                         failed: is_failure,
                     },
-                    Flight::Shared {
-                        value: cached,
-                        failed: is_failure,
-                    },
-                ),
+                    Flight::Streaming(rx),
+                );
             }
+            Drained::TooBig(read) => {
+                return too_big(core, parts, CacheBody::prefixed(read, body), is_failure);
+            }
+            Drained::Ended { data, trailers } => Ok((data, trailers)),
+            Drained::Failed(e) => Err(e),
+        }
+    };
+    match full {
+        Ok((data, trailers)) => {
+            let mut cached = CachedResponse::from_parts(parts, data, trailers);
+            if let Some(vary) = vary {
+                cached = cached.with_vary(vary);
+            }
+            // The caller's own answer keeps its extensions (a stored entry does not).
+            match publish.finish(cached) {
+                Finished::Stored { entry, answer } => {
+                    let res = answer.replay("MISS", None);
+                    (Own::Response { res, failed: false }, Flight::Stored(entry))
+                }
+                Finished::Shared { value, failed } => {
+                    let res = value.replay("MISS", None);
+                    (
+                        Own::Response { res, failed },
+                        Flight::Shared { value, failed },
+                    )
+                }
+            }
+        }
+        Err(e) => failed(CacheError::ResponseBody(e).into()),
+    }
+}
+
+/// An answer too large to keep: streamed through to its caller, not shared.
+fn too_big<B, St>(
+    core: &Core<CachedResponse, St>,
+    parts: http::response::Parts,
+    body: CacheBody<B>,
+    failed: bool,
+) -> (Own<B>, Flight<CachedResponse>) {
+    tracing::debug!(cache = %core.name, "response too large to cache; streamed through");
+    let mut res = Response::from_parts(parts, body);
+    mark(res.headers_mut(), "MISS", None);
+    (Own::Response { res, failed }, Flight::Alone)
+}
+
+/// Turns a complete answer into what the cache keeps and shares: stored when its
+/// verdict allows (and no invalidation happened since its call started), shared
+/// otherwise. For a streamed answer, also tells the waiting requests.
+struct Publish<St> {
+    shared: Arc<HttpShared<St>>,
+    key: CacheKey,
+    generation: u64,
+    verdict: Verdict,
+    failed: bool,
+    grpc: Grpc,
+    /// For a streamed answer: its head, without a body yet.
+    head: Option<CachedResponse>,
+    /// For a streamed answer: its entry in the streams map, and the waiters' channel.
+    body: Option<crate::core::Body<CachedResponse>>,
+    tx: Option<watch::Sender<Option<Arc<Flight<CachedResponse>>>>>,
+}
+
+/// A complete answer, judged.
+enum Finished {
+    /// Stored as `entry` (a copy without extensions); `answer` is the original.
+    Stored {
+        entry: Arc<Entry<CachedResponse>>,
+        answer: CachedResponse,
+    },
+    /// Not stored: shared with the waiters only. `failed`: a failure for
+    /// stale-if-error.
+    Shared { value: CachedResponse, failed: bool },
+}
+
+impl<St: CacheStore<CachedResponse>> Publish<St> {
+    /// Stores the complete answer when its verdict allows (and no invalidation happened
+    /// since its call started), else keeps it to share.
+    fn finish(&self, cached: CachedResponse) -> Finished {
+        // A gRPC status in the trailers is known only now.
+        let grpc_failed = self.grpc.with_trailers(cached.trailers()) == Grpc::Failed;
+        let failed = self.failed || grpc_failed;
+        match self.verdict {
+            Verdict::Store(ttl) if !grpc_failed => {
+                let core = &self.shared.core;
+                match core.store(self.key, cached.for_storage(), ttl, self.generation) {
+                    Ok(entry) => Finished::Stored {
+                        entry,
+                        answer: cached,
+                    },
+                    Err(_) => Finished::Shared {
+                        value: cached,
+                        failed: false,
+                    },
+                }
+            }
+            _ => Finished::Shared {
+                value: cached,
+                failed,
+            },
+        }
+    }
+}
+
+impl<St: CacheStore<CachedResponse>> TeeSink for Publish<St> {
+    fn complete(mut self: Box<Self>, data: Bytes, trailers: Option<http::HeaderMap>) {
+        let (Some(tx), Some(head)) = (self.tx.take(), self.head.take()) else {
+            return;
+        };
+        let flight = match self.finish(head.with_body(data, trailers)) {
+            Finished::Stored { entry, .. } => Flight::Stored(entry),
+            Finished::Shared { value, failed } => Flight::Shared { value, failed },
+        };
+        // No receiver left is fine: nobody was waiting.
+        let _ = tx.send(Some(Arc::new(flight)));
+    }
+}
+
+impl<St> Drop for Publish<St> {
+    fn drop(&mut self) {
+        if let Some(body) = &self.body {
+            self.shared.end_stream(&self.key, body);
         }
     }
 }

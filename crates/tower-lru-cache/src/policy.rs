@@ -41,6 +41,8 @@ pub(crate) struct Directives {
     pub(crate) no_store: bool,
     pub(crate) no_cache: bool,
     pub(crate) private: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
     pub(crate) max_age: Option<u64>,
     pub(crate) s_maxage: Option<u64>,
 }
@@ -68,6 +70,10 @@ impl Directives {
                     out.no_cache = true;
                 } else if name.eq_ignore_ascii_case(b"private") {
                     out.private = true;
+                } else if name.eq_ignore_ascii_case(b"public") {
+                    out.public = true;
+                } else if name.eq_ignore_ascii_case(b"must-revalidate") {
+                    out.must_revalidate = true;
                 } else if name.eq_ignore_ascii_case(b"max-age") {
                     out.max_age = Some(delta_seconds(arg));
                 } else if name.eq_ignore_ascii_case(b"s-maxage") {
@@ -76,6 +82,13 @@ impl Directives {
             }
         }
         out
+    }
+
+    /// Whether a response to a request with `Authorization` may be stored by a shared
+    /// cache (RFC 9111 §3.5): only when it says `public`, `s-maxage` or
+    /// `must-revalidate`.
+    pub(crate) fn allows_authorized(&self) -> bool {
+        self.public || self.s_maxage.is_some() || self.must_revalidate
     }
 
     /// How long a response carrying these directives may be stored, or `None` when it
@@ -149,6 +162,15 @@ mod tests {
             freshness(t0, ttl, Duration::ZERO, t0 + ttl),
             Freshness::Expired
         );
+    }
+
+    #[test]
+    fn authorized_answers_need_an_explicit_permission() {
+        assert!(!parse("").allows_authorized());
+        assert!(!parse("max-age=60").allows_authorized());
+        assert!(parse("Public").allows_authorized());
+        assert!(parse("s-maxage=5").allows_authorized());
+        assert!(parse("must-revalidate").allows_authorized());
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! The state every clone of one HTTP cache layer and its services share.
 
-use std::{fmt, sync::Arc};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
-use http::response::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, response::Parts};
 
 use crate::{
     cached::CachedResponse,
-    core::Core,
+    core::{Body as StreamBody, Core},
     http_key::KeyBuilder,
     key::CacheKey,
     policy::Directives,
@@ -26,6 +31,14 @@ pub(crate) struct HttpShared<St> {
     pub(crate) cache_control: bool,
     /// Whether waiters behind a failed leader get its failure (else they call).
     pub(crate) share_failures: bool,
+    /// How long a request waits for an answer whose body is streaming to another
+    /// request before it makes its own call.
+    pub(crate) body_wait: Duration,
+    /// The answers whose body is streaming to the request that called for them, by key:
+    /// requests arriving meanwhile wait for the complete copy instead of calling. Bounded
+    /// by the number of calls in flight; each entry leaves when its body ends or is
+    /// abandoned.
+    pub(crate) streams: Mutex<HashMap<CacheKey, StreamBody<CachedResponse>>>,
 }
 
 impl<St> fmt::Debug for HttpShared<St> {
@@ -39,38 +52,173 @@ impl<St> fmt::Debug for HttpShared<St> {
     }
 }
 
-impl<St: CacheStore<CachedResponse>> HttpShared<St> {
-    /// How long this response may be stored, or `None` if it must not be: degraded
-    /// answers, answers the `cacheable` predicate refuses, `Vary: *`, and what
-    /// `Cache-Control` forbids (when honoured).
-    pub(crate) fn storable_for(
-        &self,
-        parts: &Parts,
-        degraded: bool,
-    ) -> Option<std::time::Duration> {
-        if degraded || !(self.cacheable)(parts) {
-            return None;
+/// What may be done with one answer. Single-flight shares no more than storage allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Store it for this long, and share it with the requests coalesced onto its call.
+    Store(Duration),
+    /// Not stored (not `2xx`, degraded, a failure), but the same answer for every
+    /// request coalesced onto its call.
+    Share,
+    /// Neither stored nor shared: it belongs to the request that asked (private, sets a
+    /// cookie, answers an authorized request, partial, or a stream). Waiters make their
+    /// own calls.
+    Alone,
+}
+
+/// The gRPC status of an answer, from its headers (trailers-only) or trailers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grpc {
+    /// Not a gRPC answer.
+    No,
+    /// `grpc-status: 0`.
+    Ok,
+    /// Any other status.
+    Failed,
+    /// A gRPC answer whose status is not known yet (it comes in the trailers).
+    Pending,
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+impl Grpc {
+    /// From the response head.
+    pub(crate) fn of(parts: &Parts) -> Self {
+        let grpc = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            return Self::No;
         }
-        if !self.cache_control {
-            return Some(self.core.ttl);
+        match parts.headers.get(GRPC_STATUS) {
+            Some(status) if status.as_bytes() == b"0" => Self::Ok,
+            Some(_) => Self::Failed,
+            None => Self::Pending,
         }
-        let vary_any = parts.headers.get_all(http::header::VARY).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii() == b"*")
-        });
-        if vary_any {
-            return None;
-        }
-        Directives::parse(
-            parts
-                .headers
-                .get_all(http::header::CACHE_CONTROL)
-                .iter()
-                .map(http::HeaderValue::as_bytes),
-        )
-        .storable_for(self.core.ttl, self.key.is_partitioned())
     }
+
+    /// Once the body has ended: a pending status is read from the trailers; no status
+    /// at all is a failure.
+    pub(crate) fn with_trailers(self, trailers: Option<&HeaderMap>) -> Self {
+        match self {
+            Self::Pending => match trailers.and_then(|t| t.get(GRPC_STATUS)) {
+                Some(status) if status.as_bytes() == b"0" => Self::Ok,
+                _ => Self::Failed,
+            },
+            done => done,
+        }
+    }
+}
+
+/// What the cache keeps of a request to judge its answer: whether it carried
+/// credentials, and its headers (for the response's `Vary`).
+pub(crate) struct Asked {
+    pub(crate) authorized: bool,
+    pub(crate) headers: HeaderMap,
+}
+
+impl<St> HttpShared<St> {
+    /// The streaming answer for `key`, if a call's body is still streaming.
+    pub(crate) fn streaming(&self, key: &CacheKey) -> Option<StreamBody<CachedResponse>> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.get(key).cloned()
+    }
+
+    /// Registers a streaming answer for `key`.
+    pub(crate) fn start_stream(&self, key: CacheKey, body: StreamBody<CachedResponse>) {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.insert(key, body);
+    }
+
+    /// Forgets `key`'s streaming answer, if it is still `body`.
+    pub(crate) fn end_stream(&self, key: &CacheKey, body: &StreamBody<CachedResponse>) {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if streams.get(key).is_some_and(|b| b.same_channel(body)) {
+            streams.remove(key);
+        }
+    }
+}
+
+impl<St: CacheStore<CachedResponse>> HttpShared<St> {
+    /// What may be done with an answer, from its head, and whether it is a failure for
+    /// stale-if-error (degraded, a server error, a gRPC failure in the head). See the
+    /// crate docs, "What is stored and what is shared".
+    pub(crate) fn judge(&self, asked: &Asked, parts: &Parts, degraded: bool) -> (Verdict, bool) {
+        let grpc = Grpc::of(parts);
+        let failed = degraded || parts.status.is_server_error() || grpc == Grpc::Failed;
+        let headers = &parts.headers;
+        let directives = Directives::parse(
+            headers
+                .get_all(header::CACHE_CONTROL)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        );
+        let partitioned = self.key.is_partitioned();
+        let ttl = if self.cache_control {
+            directives.storable_for(self.core.ttl, partitioned)
+        } else {
+            Some(self.core.ttl)
+        };
+        let alone = ttl.is_none()
+            || parts.status == StatusCode::PARTIAL_CONTENT
+            || headers.contains_key(header::SET_COOKIE)
+            || (asked.authorized && !partitioned && !directives.allows_authorized())
+            || is_event_stream(headers)
+            || vary_names(headers).is_none();
+        match ttl {
+            _ if alone => (Verdict::Alone, failed),
+            Some(ttl) if !failed && grpc != Grpc::Failed && (self.cacheable)(parts) => {
+                (Verdict::Store(ttl), failed)
+            }
+            _ => (Verdict::Share, failed),
+        }
+    }
+}
+
+/// `text/event-stream`: a stream of events, passed through and never stored.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+        ct.as_bytes()
+            .get(..17)
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
+    })
+}
+
+/// The request headers named by the response's `Vary`, or `None` when they cannot be
+/// honoured (`*`, or a name that is not a header name).
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        for name in value.as_bytes().split(|b| *b == b',') {
+            let name = name.trim_ascii();
+            if name.is_empty() {
+                continue;
+            }
+            if name == b"*" {
+                return None;
+            }
+            let name = HeaderName::from_bytes(name).ok()?;
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    Some(names)
+}
+
+/// The values the varying request headers had, to keep with the answer.
+pub(crate) fn vary_values(
+    names: Vec<HeaderName>,
+    request: &HeaderMap,
+) -> Vec<(HeaderName, Vec<HeaderValue>)> {
+    names
+        .into_iter()
+        .map(|name| {
+            let values = request.get_all(&name).iter().cloned().collect();
+            (name, values)
+        })
+        .collect()
 }
 
 impl<St: CacheStore<CachedResponse>> HandleOps for HttpShared<St> {
@@ -92,5 +240,132 @@ impl<St: CacheStore<CachedResponse>> HandleOps for HttpShared<St> {
             crate::http_key::Plan::WithoutBody => self.key.key(parts, None),
             crate::http_key::Plan::WithBody => self.key.key(parts, Some(body)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CacheLayer, Partition};
+    use proptest::prelude::*;
+
+    fn head(status: u16, headers: &[(&'static str, &'static str)]) -> Parts {
+        let mut res = http::Response::new(());
+        *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        for (name, value) in headers {
+            res.headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        res.into_parts().0
+    }
+
+    const CACHE_CONTROL: [&str; 7] = [
+        "",
+        "private",
+        "no-store",
+        "no-cache",
+        "public",
+        "max-age=0",
+        "s-maxage=10",
+    ];
+    const VARY: [&str; 4] = ["", "*", "accept-language", "accept, *"];
+    const CONTENT_TYPE: [&str; 4] = ["", "application/grpc", "text/event-stream", "text/plain"];
+    const GRPC_STATUS: [&str; 3] = ["", "0", "14"];
+
+    proptest! {
+        /// What may not be stored is neither stored nor shared, whatever the mix of
+        /// headers; what is stored is a `2xx`, non-failed answer.
+        #[test]
+        fn sharing_never_exceeds_storage(
+            status in prop::sample::select(vec![200u16, 203, 206, 404, 500, 503]),
+            cc in 0..CACHE_CONTROL.len(),
+            vary in 0..VARY.len(),
+            content_type in 0..CONTENT_TYPE.len(),
+            grpc_status in 0..GRPC_STATUS.len(),
+            set_cookie: bool,
+            authorized: bool,
+            partitioned: bool,
+            degraded: bool,
+        ) {
+            let builder = CacheLayer::builder();
+            let layer = if partitioned {
+                builder.partition(Partition::header(header::AUTHORIZATION)).build()
+            } else {
+                builder.build()
+            };
+            let mut headers = Vec::new();
+            for (name, value) in [
+                ("cache-control", CACHE_CONTROL[cc]),
+                ("vary", VARY[vary]),
+                ("content-type", CONTENT_TYPE[content_type]),
+                ("grpc-status", GRPC_STATUS[grpc_status]),
+                ("set-cookie", if set_cookie { "id=1" } else { "" }),
+            ] {
+                if !value.is_empty() {
+                    headers.push((name, value));
+                }
+            }
+            let parts = head(status, &headers);
+            let asked = Asked { authorized, headers: HeaderMap::new() };
+            let (verdict, failed) = layer.shared().judge(&asked, &parts, degraded);
+
+            let cc = CACHE_CONTROL[cc];
+            let private = cc == "private" && !partitioned;
+            let forbidden = status == 206
+                || set_cookie
+                || private
+                || matches!(cc, "no-store" | "no-cache" | "max-age=0")
+                || VARY[vary].contains('*')
+                || CONTENT_TYPE[content_type] == "text/event-stream"
+                || (authorized && !partitioned && !matches!(cc, "public" | "s-maxage=10"));
+            if forbidden {
+                prop_assert_eq!(verdict, Verdict::Alone);
+            } else {
+                prop_assert_ne!(verdict, Verdict::Alone);
+            }
+            let grpc_failed = CONTENT_TYPE[content_type] == "application/grpc"
+                && GRPC_STATUS[grpc_status] == "14";
+            prop_assert_eq!(failed, degraded || status >= 500 || grpc_failed);
+            if let Verdict::Store(ttl) = verdict {
+                prop_assert!((200..300).contains(&status) && !failed);
+                prop_assert!(!ttl.is_zero());
+            }
+        }
+    }
+
+    #[test]
+    fn grpc_status_comes_from_the_head_or_the_trailers() {
+        let grpc = |status: &'static str| {
+            head(
+                200,
+                &[
+                    ("content-type", "application/grpc+proto"),
+                    ("grpc-status", status),
+                ],
+            )
+        };
+        assert_eq!(Grpc::of(&grpc("0")), Grpc::Ok);
+        assert_eq!(Grpc::of(&grpc("2")), Grpc::Failed);
+        assert_eq!(Grpc::of(&head(200, &[])), Grpc::No);
+        let pending = Grpc::of(&head(200, &[("content-type", "application/grpc")]));
+        assert_eq!(pending, Grpc::Pending);
+        let mut trailers = HeaderMap::new();
+        assert_eq!(pending.with_trailers(Some(&trailers)), Grpc::Failed);
+        assert_eq!(pending.with_trailers(None), Grpc::Failed);
+        trailers.insert(super::GRPC_STATUS, HeaderValue::from_static("0"));
+        assert_eq!(pending.with_trailers(Some(&trailers)), Grpc::Ok);
+        assert_eq!(Grpc::Failed.with_trailers(Some(&trailers)), Grpc::Failed);
+    }
+
+    #[test]
+    fn vary_names_are_parsed_and_star_refused() {
+        let names = |v: &'static str| vary_names(&head(200, &[("vary", v)]).headers);
+        assert_eq!(
+            names("Accept-Language, accept-encoding,,accept-language"),
+            Some(vec![header::ACCEPT_LANGUAGE, header::ACCEPT_ENCODING])
+        );
+        assert_eq!(names("accept, *"), None);
+        assert_eq!(names("bad name"), None);
+        assert_eq!(vary_names(&HeaderMap::new()), Some(Vec::new()));
     }
 }

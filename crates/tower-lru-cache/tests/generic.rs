@@ -274,3 +274,32 @@ async fn an_asynchronous_store_behaves_the_same() {
     let s = handle.snapshot();
     assert_eq!((s.hits, s.misses, s.bypassed, s.entries), (1, 1, 1, 1));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_failed_refill_serves_no_entry_past_its_grace() {
+    let sdk = Sdk::default();
+    let svc = FnCacheLayer::builder(key_of)
+        .ttl(Duration::from_secs(10))
+        .stale_if_error(Duration::from_secs(10))
+        .build()
+        .layer(sdk.service(Duration::from_secs(60)));
+    assert_eq!(svc.clone().oneshot("a".to_owned()).await.unwrap(), "a#1");
+    tokio::time::advance(Duration::from_secs(15)).await;
+    *sdk.failing.lock().unwrap() = true;
+    // The refill fails at age 75 s, past TTL + grace (20 s).
+    let err = svc.clone().oneshot("a".to_owned()).await.unwrap_err();
+    assert_eq!(err.to_string(), "sdk unavailable");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalidation_during_a_call_is_not_undone() {
+    let sdk = Sdk::default();
+    let layer = FnCacheLayer::builder(key_of).build();
+    let handle = layer.handle();
+    let svc = layer.layer(sdk.service(Duration::from_secs(10)));
+    let call = tokio::spawn(svc.clone().oneshot("a".to_owned()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    handle.invalidate_all();
+    assert_eq!(call.await.unwrap().unwrap(), "a#1");
+    assert_eq!(svc.clone().oneshot("a".to_owned()).await.unwrap(), "a#2");
+}
