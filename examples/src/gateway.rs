@@ -3,8 +3,9 @@
 //! - `POST /api/health-records/{id}/analyze`: an AI analysis of a health record, behind
 //!   the stack. The user is the `x-user-id` header, a stand-in for real authentication
 //!   (put your auth middleware's user id there instead); without it, the client IP.
-//!   The priority is the `x-priority` header. The body, if any, is JSON context (at most
-//!   1 MiB).
+//!   The priority is the `x-priority` header, trusted as sent (`urgent` included) so
+//!   that the README's examples show the queue at work; a public deployment must not do
+//!   that (see [`stack`]). The body, if any, is JSON context (at most 1 MiB).
 //! - `GET /api/health`, `GET /api/metrics` (JSON) and `GET /metrics` (Prometheus text),
 //!   outside the stack.
 //! - `GET /api/simulator`: the embedded simulated provider's counts (calls received,
@@ -29,7 +30,8 @@ use tower::{BoxError, Service, ServiceBuilder};
 use tower_health_ai::red_metrics::PrometheusMetrics;
 use tower_health_ai::token_bucket::Quota;
 use tower_health_ai::{
-    BufferBodyLayer, HealthAiHandle, HealthAiStack, RequestRejected, refusal_response,
+    BufferBodyLayer, HealthAiHandle, HealthAiStack, PriorityHeader, RequestRejected,
+    refusal_response,
 };
 
 use crate::analysis::{
@@ -62,6 +64,13 @@ pub struct Gateway {
 
 /// Builds the preset from the command line's settings. Install the Prometheus recorder
 /// first (see [`run`]) to have `/metrics`.
+///
+/// The demo trusts the client's `x-priority` header ([`PriorityHeader::Trusted`]), so
+/// that `curl -H 'x-priority: urgent'` jumps the queue as the README shows. A public
+/// deployment must not: any client could then put all its requests ahead of everyone
+/// else's and displace their waiting requests. Keep the preset's default
+/// ([`PriorityHeader::LowerOnly`]) and set a [`Priority`](tower_health_ai::priority_queue::Priority)
+/// extension from what authentication knows about the caller (its plan) instead.
 #[must_use]
 pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> HealthAiStack {
     let mut builder = HealthAiStack::builder();
@@ -95,6 +104,8 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
         .max_body_bytes(MAX_CONTEXT_BYTES)
         .request_check(check_analyze_request)
         .fallback(fallback_answer)
+        // Demo only: a public deployment must not trust the client's priority (see above).
+        .priority_header(PriorityHeader::Trusted)
         .build()
 }
 

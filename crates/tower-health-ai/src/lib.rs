@@ -91,9 +91,9 @@ pub use crate::priority::{PresetPriority, PriorityHeader};
 pub use crate::prometheus::install_prometheus;
 pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
 pub use crate::stack::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi,
-    HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME,
-    UpstreamRequest,
+    DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE,
+    DEFAULT_USER_HEADER, HealthAi, HealthAiFuture, HealthAiStack, HealthAiStackBuilder,
+    PER_USER_LIMITER, UPSTREAM_NAME, UpstreamRequest,
 };
 
 /// The names most users need, in one import.

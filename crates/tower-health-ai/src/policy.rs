@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::RETRY_AFTER;
-use http::{HeaderValue, Response};
+use http::{HeaderValue, Response, StatusCode};
 use tower::BoxError;
 use tower_breaker::fallback::{FallbackCause, FallbackPolicy, FallbackRequest};
 use tower_breaker::{BreakerError, DefaultClassifier, Verdict};
@@ -46,7 +46,9 @@ pub fn is_capacity_refusal(error: &BoxError) -> bool {
 }
 
 /// The preset breaker's classifier: local refusals are ignored (they say nothing about
-/// the upstream); everything else as [`DefaultClassifier`] (5xx, errors and timeouts are
+/// the upstream), and so is the upstream's own backpressure (a `429`, or a `503` with
+/// `Retry-After`: the upstream is busy, not broken; the retry layer waits as it asks);
+/// everything else as [`DefaultClassifier`] (5xx, errors and the call timeout are
 /// failures, 4xx successes).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BreakerClassifier {
@@ -57,14 +59,28 @@ impl<B> tower_breaker::Classify<Response<B>> for BreakerClassifier {
     fn classify(&self, result: &Result<Response<B>, BoxError>) -> Verdict {
         match result {
             Err(error) if is_local_refusal(error) => Verdict::Ignored,
+            Ok(response) if is_backpressure(response) => Verdict::Ignored,
             other => self.default.classify(other),
         }
     }
 }
 
+/// Whether the upstream answered "not now": a `429`, or a `503` that says when to come
+/// back (`Retry-After`). A `503` without it is an outage like any other 5xx.
+fn is_backpressure<B>(response: &Response<B>) -> bool {
+    let status = response.status();
+    status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::SERVICE_UNAVAILABLE
+            && response.headers().contains_key(RETRY_AFTER))
+}
+
 /// The preset retry classifier: never retries a local refusal or an open circuit (an open
-/// circuit stops retries at once); everything else as [`HttpClassifier`] (errors,
-/// timeouts and 5xx are retried, honouring `Retry-After`).
+/// circuit stops retries at once); the breaker's call timeout
+/// ([`BreakerError::Timeout`]) is a timed-out attempt
+/// ([`RetryDecision::RetryIfIdempotentTimedOut`]: retried only where the layer retries
+/// timeouts); everything else as [`HttpClassifier`]: a refused connection, `429` and
+/// `503` are retried for any request (after their `Retry-After`), other errors and 5xx
+/// only for idempotent requests, a `504` like a timeout.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetryClassifier {
     http: HttpClassifier,
@@ -73,15 +89,13 @@ pub struct RetryClassifier {
 impl<B> tower_priority_queue::Classify<Response<B>> for RetryClassifier {
     fn classify(&self, result: &Result<Response<B>, BoxError>) -> RetryDecision {
         match result {
-            Err(error)
-                if is_local_refusal(error)
-                    || error
-                        .downcast_ref::<BreakerError>()
-                        .is_some_and(BreakerError::is_circuit_open) =>
-            {
-                RetryDecision::Return
-            }
-            other => self.http.classify(other),
+            Err(error) if is_local_refusal(error) => RetryDecision::Return,
+            Err(error) => match error.downcast_ref::<BreakerError>() {
+                Some(breaker) if breaker.is_circuit_open() => RetryDecision::Return,
+                Some(breaker) if breaker.is_timeout() => RetryDecision::RetryIfIdempotentTimedOut,
+                _ => self.http.classify(result),
+            },
+            Ok(_) => self.http.classify(result),
         }
     }
 }
@@ -228,3 +242,88 @@ impl fmt::Display for UnknownCause {
 }
 
 impl std::error::Error for UnknownCause {}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower_breaker::Classify as _;
+    use tower_priority_queue::Classify as _;
+
+    use super::*;
+
+    fn response(code: u16, retry_after: Option<&str>) -> Result<Response<()>, BoxError> {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(code).unwrap();
+        if let Some(after) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_str(after).unwrap());
+        }
+        Ok(response)
+    }
+
+    fn error(
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Result<Response<()>, BoxError> {
+        Err(Box::new(error))
+    }
+
+    #[test]
+    fn the_breakers_call_timeout_is_a_timed_out_attempt() {
+        let retry = RetryClassifier::default();
+        let timeout = error(BreakerError::Timeout {
+            after: Duration::from_secs(120),
+        });
+        assert_eq!(
+            retry.classify(&timeout),
+            RetryDecision::RetryIfIdempotentTimedOut
+        );
+        let open = error(BreakerError::CircuitOpen { retry_after: None });
+        assert_eq!(retry.classify(&open), RetryDecision::Return);
+        assert_eq!(
+            retry.classify(&error(DeadlineExceeded)),
+            RetryDecision::Return
+        );
+        assert_eq!(
+            retry.classify(&Err::<Response<()>, BoxError>("connection reset".into())),
+            RetryDecision::RetryIfIdempotent
+        );
+        assert_eq!(
+            retry.classify(&response(500, None)),
+            RetryDecision::RetryIfIdempotent
+        );
+        assert_eq!(
+            retry.classify(&response(504, None)),
+            RetryDecision::RetryIfIdempotentTimedOut
+        );
+        assert_eq!(
+            retry.classify(&response(429, Some("3"))),
+            RetryDecision::RetryAfter(Duration::from_secs(3))
+        );
+        assert_eq!(retry.classify(&response(200, None)), RetryDecision::Return);
+    }
+
+    #[test]
+    fn the_upstreams_backpressure_is_no_breaker_failure() {
+        let breaker = BreakerClassifier::default();
+        assert_eq!(breaker.classify(&response(429, None)), Verdict::Ignored);
+        assert_eq!(
+            breaker.classify(&response(429, Some("5"))),
+            Verdict::Ignored
+        );
+        assert_eq!(
+            breaker.classify(&response(503, Some("5"))),
+            Verdict::Ignored
+        );
+        // A 503 that says nothing of when to come back is an outage.
+        assert_eq!(breaker.classify(&response(503, None)), Verdict::Failure);
+        assert_eq!(breaker.classify(&response(500, None)), Verdict::Failure);
+        assert_eq!(breaker.classify(&response(404, None)), Verdict::Success);
+        let timeout = error(BreakerError::Timeout {
+            after: Duration::from_secs(120),
+        });
+        assert_eq!(breaker.classify(&timeout), Verdict::Failure);
+        assert_eq!(breaker.classify(&error(DeadlineExceeded)), Verdict::Ignored);
+    }
+}

@@ -107,20 +107,35 @@ async fn an_open_circuit_stops_retries_and_the_fallback_answers_fast() {
     let handle = stack.handle();
     let svc = stack.layer(upstream.service());
 
-    // One request: three attempts (the seed's), three failures: the circuit opens, and
-    // the fallback answers, marked degraded.
+    // The analysis is safe to repeat: a failed call is retried, three attempts in all
+    // (the seed's), and the fallback answers, marked degraded. Three failures are no
+    // outage yet: the circuit stays closed.
     let response = svc.clone().oneshot(ask("ada", "r1")).await.unwrap();
     assert_eq!(response.headers()["x-degraded"], "true");
     assert_eq!(text(response).await, "fallback");
     assert_eq!(upstream.calls(), 3);
-    assert_eq!(handle.circuit_state(), State::Open);
+    assert_eq!(handle.circuit_state(), State::Closed);
+
+    // Every call keeps failing: the circuit opens at the 20th failed call (the window's
+    // minimum, all of them failures), which also ends that request's retries.
+    let mut requests = 1;
+    while handle.circuit_state() == State::Closed {
+        assert!(
+            requests < 20,
+            "no outage detected after {requests} requests"
+        );
+        let response = svc.clone().oneshot(ask("ada", "r1")).await.unwrap();
+        assert_eq!(text(response).await, "fallback");
+        requests += 1;
+    }
+    assert_eq!(upstream.calls(), 20);
     assert_eq!(handle.health().status, HealthStatus::Degraded);
 
     // While open: no upstream call, no retry, no wait.
     let start = tokio::time::Instant::now();
     let response = svc.clone().oneshot(ask("ada", "r2")).await.unwrap();
     assert_eq!(text(response).await, "fallback");
-    assert_eq!(upstream.calls(), 3);
+    assert_eq!(upstream.calls(), 20);
     assert!(start.elapsed() < Duration::from_millis(10));
 
     // After the seed's 60 s, a good probe closes the circuit.
@@ -527,14 +542,21 @@ async fn the_application_sets_a_trusted_priority_through_an_extension() {
 
 #[tokio::test(start_paused = true)]
 async fn no_answer_comes_later_than_the_deadline_from_a_hanging_upstream() {
-    // The seed's settings: 120 s call timeout, 3 attempts with backoff; a 150 s deadline.
-    let stack = stack();
+    // The seed's settings (120 s call timeout, 3 attempts with backoff, a 150 s
+    // deadline), with timeouts retried: the second attempt is cut by the deadline.
+    let stack = HealthAiStack::builder()
+        .retry_timeouts(true)
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
     let handle = stack.handle();
     let svc = stack.layer(hanging());
     let start = tokio::time::Instant::now();
     let response = svc.clone().oneshot(ask("ada", "r1")).await.unwrap();
     let elapsed = start.elapsed();
-    assert!(elapsed <= Duration::from_millis(150_010), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(150) && elapsed <= Duration::from_millis(150_010),
+        "{elapsed:?}"
+    );
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-degraded"], "true");
     assert!(response.headers().contains_key("retry-after"));
@@ -570,6 +592,15 @@ async fn past_the_deadline_without_a_fallback_is_a_504() {
     assert_eq!(response.headers()["grpc-status"], "4");
 }
 
+/// The preset with a fallback and a call timeout longer than any deadline: only the
+/// deadline ends a call to a hanging upstream.
+fn deadline_only() -> HealthAiStack {
+    HealthAiStack::builder()
+        .call_timeout(Duration::from_secs(3600))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_client_may_shorten_its_deadline_never_lengthen_it() {
     for (value, expected) in [
@@ -583,7 +614,7 @@ async fn a_client_may_shorten_its_deadline_never_lengthen_it() {
         ("soon", Duration::from_secs(150)),
     ] {
         // A fresh stack each time: no breaker state or rate limit carried over.
-        let svc = stack().layer(hanging());
+        let svc = deadline_only().layer(hanging());
         let mut request = ask("ada", "r1");
         request
             .headers_mut()
@@ -605,7 +636,7 @@ async fn a_client_may_shorten_its_deadline_never_lengthen_it() {
         ("5X", Duration::from_secs(150)),
         ("S", Duration::from_secs(150)),
     ] {
-        let svc = stack().layer(hanging());
+        let svc = deadline_only().layer(hanging());
         let mut request = ask("ada", "r1");
         request
             .headers_mut()
@@ -918,4 +949,378 @@ async fn identical_requests_at_the_same_instant_all_get_the_fallback_at_the_dead
         );
     }
     assert_eq!(upstream.calls(), 1);
+}
+
+/// What a [`scripted`] upstream does with one call: answer this, or never answer.
+type Script = Option<Result<Response<Body>, BoxError>>;
+
+/// An upstream that answers each call, after `latency`, as `answer` says, given the
+/// call's number (from 0) and its body; counts its calls in `calls`.
+fn scripted<F>(
+    calls: Arc<AtomicU64>,
+    latency: Duration,
+    answer: F,
+) -> impl Service<
+    UpstreamRequest,
+    Response = Response<Body>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<Body>, BoxError>> + Send,
+> + Clone
++ Send
++ Sync
++ 'static
+where
+    F: Fn(u64, &str) -> Script + Clone + Send + Sync + 'static,
+{
+    service_fn(move |request: UpstreamRequest| {
+        let calls = Arc::clone(&calls);
+        let answer = answer.clone();
+        async move {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            let body = request.into_body().collect().await?.to_bytes();
+            tokio::time::sleep(latency).await;
+            match answer(call, &String::from_utf8_lossy(&body)) {
+                Some(result) => result,
+                None => std::future::pending().await,
+            }
+        }
+    })
+}
+
+fn answer(body: &str) -> Script {
+    Some(Ok(Response::new(Body::from(format!("ai:{body}")))))
+}
+
+fn status(code: u16, retry_after: Option<&str>) -> Script {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::from_u16(code).unwrap();
+    if let Some(after) = retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", after.parse().unwrap());
+    }
+    Some(Ok(response))
+}
+
+fn owned_ask(user: &str, body: String) -> Request<Body> {
+    Request::post("/analyze")
+        .header("x-user-id", user)
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// A seeded pseudo-random source (SplitMix64): the same failures on every run.
+#[derive(Clone)]
+struct Seeded(Arc<std::sync::Mutex<u64>>);
+
+impl Seeded {
+    fn new(seed: u64) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(seed)))
+    }
+
+    /// True with probability `per_mille` / 1000.
+    fn chance(&self, per_mille: u64) -> bool {
+        let mut state = self.0.lock().unwrap();
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % 1000 < per_mille
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_call_of_the_analysis_is_retried_whatever_the_method() {
+    // The first two calls fail with a 500, the third answers: a POST gets the real answer.
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = scripted(
+        Arc::clone(&calls),
+        Duration::from_millis(10),
+        |call, body| {
+            if call < 2 {
+                status(500, None)
+            } else {
+                answer(body)
+            }
+        },
+    );
+    let svc = stack().layer(upstream);
+    let response = svc.oneshot(ask("ada", "r1")).await.unwrap();
+    assert_eq!(text(response).await, "ai:r1");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // An upstream declared not safe to repeat: a 500 on a POST is not retried, a 503
+    // (the upstream did not process it) is, after its Retry-After.
+    for (code, expected_calls) in [(500, 1), (503, 2)] {
+        let calls = Arc::new(AtomicU64::new(0));
+        let upstream = scripted(Arc::clone(&calls), Duration::ZERO, move |call, body| {
+            if call == 0 {
+                status(code, Some("2"))
+            } else {
+                answer(body)
+            }
+        });
+        let svc = HealthAiStack::builder()
+            .retry_idempotent(false)
+            .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+            .build()
+            .layer(upstream);
+        let start = tokio::time::Instant::now();
+        let response = svc.oneshot(ask("ada", "r1")).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), expected_calls, "{code}");
+        if code == 503 {
+            assert!(
+                start.elapsed() >= Duration::from_secs(2),
+                "{:?}",
+                start.elapsed()
+            );
+            assert_eq!(text(response).await, "ai:r1");
+        } else {
+            assert_ne!(text(response).await, "ai:r1");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_call_is_not_retried_unless_the_builder_says_so() {
+    for (retry_timeouts, expected_calls) in [(false, 1), (true, 3)] {
+        let calls = Arc::new(AtomicU64::new(0));
+        let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |_, _| None);
+        let svc = HealthAiStack::builder()
+            .call_timeout(Duration::from_secs(5))
+            .retry_timeouts(retry_timeouts)
+            .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+            .build()
+            .layer(upstream);
+        let start = tokio::time::Instant::now();
+        let response = svc.oneshot(ask("ada", "r1")).await.unwrap();
+        assert_eq!(text(response).await, "fallback");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            expected_calls,
+            "{retry_timeouts}"
+        );
+        if !retry_timeouts {
+            // Answered by the fallback right after the one timeout.
+            assert_eq!(start.elapsed(), Duration::from_secs(5));
+        }
+    }
+    // An upstream's own 504 is a timeout too.
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |_, _| status(504, None));
+    let response = stack()
+        .layer(upstream)
+        .oneshot(ask("ada", "r1"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_prompt_does_not_open_the_circuit_for_everyone() {
+    // One prompt never finishes; the others answer in a second. The seed's 120 s call
+    // timeout.
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = scripted(Arc::clone(&calls), Duration::from_secs(1), |_, body| {
+        if body == "slow" { None } else { answer(body) }
+    });
+    let stack = stack();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream);
+
+    // Its user asks five times: each time one call, one timeout, the fallback after 120 s.
+    for asked in 1..=5 {
+        let start = tokio::time::Instant::now();
+        let response = svc.clone().oneshot(ask("ada", "slow")).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(120));
+        assert_eq!(response.headers()["x-degraded"], "true");
+        assert_eq!(calls.load(Ordering::SeqCst), asked);
+        assert_eq!(handle.circuit_state(), State::Closed, "after {asked}");
+    }
+    // Everyone else still gets real answers.
+    for user in ["grace", "linus"] {
+        let response = svc.clone().oneshot(ask(user, "fine")).await.unwrap();
+        assert_eq!(response.headers().get("x-degraded"), None);
+        assert_eq!(text(response).await, "ai:fine");
+    }
+}
+
+/// The preset with a fallback and a generous per-user limit and pace, for many requests.
+fn busy_stack() -> HealthAiStack {
+    HealthAiStack::builder()
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .global_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build()
+}
+
+/// An upstream that fails (an error, as an HTTP client reports a 5xx) each call
+/// independently with probability `failing_per_mille` / 1000 (settable), else answers,
+/// after one second.
+fn flaky(
+    calls: &Arc<AtomicU64>,
+    failing_per_mille: &Arc<AtomicU64>,
+    seed: u64,
+) -> impl Service<
+    UpstreamRequest,
+    Response = Response<Body>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<Body>, BoxError>> + Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    let rng = Seeded::new(seed);
+    let failing = Arc::clone(failing_per_mille);
+    scripted(Arc::clone(calls), Duration::from_secs(1), move |_, body| {
+        if rng.chance(failing.load(Ordering::SeqCst)) {
+            Some(Err("the analysis failed".into()))
+        } else {
+            answer(body)
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn thirty_percent_independent_failures_never_open_the_circuit() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let failing = Arc::new(AtomicU64::new(300));
+    let stack = busy_stack();
+    let handle = stack.handle();
+    let svc = stack.layer(flaky(&calls, &failing, 42));
+
+    let mut fallbacks = 0;
+    for i in 0..500 {
+        let response = svc
+            .clone()
+            .oneshot(owned_ask(&format!("user-{i}"), format!("record-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        if response.headers().contains_key("x-degraded") {
+            fallbacks += 1;
+        }
+        assert_eq!(handle.circuit_state(), State::Closed, "request {i}");
+    }
+    let calls = calls.load(Ordering::SeqCst);
+    // About 0.3 + 0.09 retries a request: the failures were there, and were retried.
+    assert!(calls > 600, "{calls} calls");
+    // A request falls back only when its three calls all fail (2.7 %), or the retry
+    // budget is spent.
+    assert!(fallbacks < 25, "{fallbacks} fallbacks");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_opens_the_circuit_within_33_calls() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let failing = Arc::new(AtomicU64::new(300));
+    let stack = busy_stack();
+    let handle = stack.handle();
+    let svc = stack.layer(flaky(&calls, &failing, 7));
+
+    // A normal day first: the window is full of 30 % failures.
+    for i in 0..100 {
+        let request = owned_ask(&format!("user-{i}"), format!("record-{i}"));
+        let _ = svc.clone().oneshot(request).await.unwrap();
+    }
+    assert_eq!(handle.circuit_state(), State::Closed);
+
+    // Then every call fails: 65 % of the last 50 is 33 failures, whatever came before.
+    failing.store(1000, Ordering::SeqCst);
+    let before = calls.load(Ordering::SeqCst);
+    let mut i = 100;
+    while handle.circuit_state() == State::Closed {
+        assert!(i < 200, "not open after {i} requests");
+        let request = owned_ask(&format!("user-{i}"), format!("record-{i}"));
+        let _ = svc.clone().oneshot(request).await.unwrap();
+        i += 1;
+    }
+    let outage_calls = calls.load(Ordering::SeqCst) - before;
+    assert!((1..=33).contains(&outage_calls), "{outage_calls} calls");
+
+    // Open: the fallback answers without a call.
+    let response = svc.clone().oneshot(ask("ada", "r1")).await.unwrap();
+    assert_eq!(text(response).await, "fallback");
+    assert_eq!(calls.load(Ordering::SeqCst) - before, outage_calls);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_upstreams_backpressure_is_waited_out_and_never_opens_the_circuit() {
+    // Every call is refused with 429 and `Retry-After: 1`: the upstream is busy, not
+    // broken.
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |_, _| {
+        status(429, Some("1"))
+    });
+    let stack = busy_stack();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream);
+    // Retried (a 429 was not processed), each time after the upstream's second at least.
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(ask("ada", "r1")).await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Far past the window's minimum (the retry budget decides how many are retries):
+    // never a failure, the circuit stays closed.
+    for i in 0..30 {
+        let request = owned_ask(&format!("user-{i}"), format!("record-{i}"));
+        let _ = svc.clone().oneshot(request).await.unwrap();
+    }
+    assert!(calls.load(Ordering::SeqCst) >= 33);
+    assert_eq!(handle.circuit_state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_users_at_once_over_a_one_call_at_a_time_upstream_both_complete() {
+    // A reservation-style inner service: `ConcurrencyLimit`'s readiness is a permit
+    // claimed by the instance that was polled. One long-lived service instance, two
+    // calls in flight at once.
+    let upstream = Upstream::new(Duration::from_millis(100));
+    let mut svc = stack().layer(tower::limit::ConcurrencyLimit::new(upstream.service(), 1));
+    let first = ServiceExt::<Request<Body>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(ask("ada", "r1"));
+    let second = ServiceExt::<Request<Body>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(ask("grace", "r2"));
+    let (first, second) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(first, second)
+    })
+    .await
+    .expect("both requests complete");
+    assert_eq!(text(first.unwrap()).await, "ai:r1");
+    assert_eq!(text(second.unwrap()).await, "ai:r2");
+    assert_eq!(upstream.calls(), 2);
+    drop(svc);
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_settings_out_of_range_are_clamped_not_panics() {
+    for (rate, window, minimum) in [
+        (f64::NAN, 0, 0),
+        (0.0, 1, 5),
+        (-1.0, u32::MAX, u32::MAX),
+        (2.0, 3, 0),
+        (f64::INFINITY, 1, 1),
+    ] {
+        let upstream = Upstream::new(Duration::from_millis(10));
+        let svc = HealthAiStack::builder()
+            .breaker_failure_rate(rate, window.min(1000), minimum)
+            .build()
+            .layer(upstream.service());
+        let response = svc.oneshot(ask("ada", "r1")).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{rate} {window} {minimum}"
+        );
+    }
 }
