@@ -41,9 +41,15 @@ pub struct GatewayArgs {
     #[arg(long, default_value_t = 3600)]
     pub cache_ttl_secs: u64,
 
-    /// Calls to the provider in flight at once.
-    #[arg(long, default_value_t = 2)]
-    pub max_in_flight: usize,
+    /// A fixed number of calls to the provider in flight at once (the seed's was 2).
+    /// Without it, the limit is adaptive: it starts at 2 and finds the provider's
+    /// capacity from its 429s and timeouts, up to `--max-in-flight-ceiling`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in_flight: Option<u64>,
+
+    /// The most calls in flight the adaptive limit may reach.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_in_flight_ceiling: u64,
 
     /// Requests that may wait for a slot, over all priorities.
     #[arg(long, default_value_t = 100)]
@@ -53,9 +59,15 @@ pub struct GatewayArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub retry_attempts: u32,
 
-    /// Consecutive provider failures that open the circuit.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub breaker_failures: u32,
+    /// Also open the circuit after this many consecutive provider failures (by default it
+    /// opens when 65% of the last 50 calls failed, at least 20 counted).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_failures: Option<u32>,
+
+    /// Each request's deadline from arrival, in seconds: queueing, pacing, every attempt
+    /// and backoff included; past it, the fallback answers.
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_deadline_secs: u64,
 
     /// How long the circuit stays open before a probe, in seconds.
     #[arg(long, default_value_t = 60)]

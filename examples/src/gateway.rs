@@ -27,6 +27,7 @@ use http::Request;
 use http_body_util::Full;
 use tokio::net::TcpListener;
 use tower::{BoxError, Service, ServiceBuilder};
+use tower_health_ai::priority_queue::Limit;
 use tower_health_ai::red_metrics::PrometheusMetrics;
 use tower_health_ai::token_bucket::Quota;
 use tower_health_ai::{
@@ -77,7 +78,7 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
     if let Some(prometheus) = prometheus {
         builder = builder.prometheus(prometheus);
     }
-    builder
+    builder = builder
         .per_user_quota(
             Quota::new(
                 args.scaled_rate(args.per_user_rps),
@@ -92,12 +93,12 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
         .global_max_wait(args.scaled_secs(30))
         .cache_capacity(args.cache_capacity)
         .cache_ttl(args.scaled_secs(args.cache_ttl_secs))
-        .max_in_flight(args.max_in_flight)
+        .limit(in_flight_limit(args))
         .queue_capacity(args.queue_capacity)
         .max_queue_wait(args.scaled_secs(300))
         .retry_attempts(args.retry_attempts)
         .retry_backoff(args.scaled_secs(1), args.scaled_secs(30))
-        .breaker_failures(args.breaker_failures)
+        .request_deadline(args.scaled_secs(args.request_deadline_secs))
         .breaker_open_for(args.scaled_secs(args.breaker_open_secs))
         .call_timeout(args.scaled_secs(args.call_timeout_secs))
         .cost_per_call_usd(args.cost_per_call_usd)
@@ -105,8 +106,26 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
         .request_check(check_analyze_request)
         .fallback(fallback_answer)
         // Demo only: a public deployment must not trust the client's priority (see above).
-        .priority_header(PriorityHeader::Trusted)
-        .build()
+        .priority_header(PriorityHeader::Trusted);
+    if let Some(failures) = args.breaker_failures {
+        builder = builder.breaker_failures(failures);
+    }
+    builder.build()
+}
+
+/// The in-flight limit: fixed with `--max-in-flight`, else adaptive from 2 up to
+/// `--max-in-flight-ceiling`, its cool-downs capped at 60 s on the gateway's time scale.
+fn in_flight_limit(args: &GatewayArgs) -> Limit {
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    match args.max_in_flight {
+        Some(fixed) => Limit::fixed(to_usize(fixed)),
+        None => Limit::Adaptive(
+            Limit::adaptive()
+                .initial(2)
+                .max(to_usize(args.max_in_flight_ceiling))
+                .max_cooldown(args.scaled_secs(60)),
+        ),
+    }
 }
 
 /// Builds the gateway's routes around `upstream`, the service that calls the provider.

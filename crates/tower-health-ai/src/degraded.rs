@@ -10,6 +10,7 @@ use tower_priority_queue::QueueError;
 use tower_token_bucket::RateLimitError;
 
 use crate::deadline::DeadlineExceeded;
+use crate::policy::UpstreamAnswered;
 use crate::refusal::GLOBAL_LIMITER;
 
 /// Counter `degraded_total{reason}`: answers given by the fallback, marked degraded, with
@@ -32,21 +33,27 @@ pub enum DegradeReason {
     PaceWait,
     /// The request's deadline passed.
     Deadline,
+    /// The upstream asked for a pause (`Retry-After`) longer than the request may wait.
+    CoolingDown,
+    /// The upstream was still overloaded (429, or 503 with a wait) after the retries.
+    UpstreamOverloaded,
 }
 
 impl DegradeReason {
     /// Every reason, in the order of [`DegradedStats`]'s fields.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::UpstreamFailure,
         Self::CircuitOpen,
         Self::QueueFull,
         Self::QueueTimeout,
         Self::PaceWait,
         Self::Deadline,
+        Self::CoolingDown,
+        Self::UpstreamOverloaded,
     ];
 
     /// The `reason` label: `upstream_failure`, `circuit_open`, `queue_full`,
-    /// `queue_timeout`, `pace_wait` or `deadline`.
+    /// `queue_timeout`, `pace_wait`, `deadline`, `cooldown` or `upstream_overloaded`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -56,6 +63,8 @@ impl DegradeReason {
             Self::QueueTimeout => "queue_timeout",
             Self::PaceWait => "pace_wait",
             Self::Deadline => "deadline",
+            Self::CoolingDown => "cooldown",
+            Self::UpstreamOverloaded => "upstream_overloaded",
         }
     }
 
@@ -70,6 +79,7 @@ impl DegradeReason {
             return match error {
                 QueueError::QueueFull { .. } => Self::QueueFull,
                 QueueError::QueueTimeout { .. } => Self::QueueTimeout,
+                QueueError::CoolingDown { .. } => Self::CoolingDown,
                 _ => Self::UpstreamFailure,
             };
         }
@@ -84,6 +94,12 @@ impl DegradeReason {
         {
             return Self::CircuitOpen;
         }
+        if error
+            .downcast_ref::<UpstreamAnswered>()
+            .is_some_and(UpstreamAnswered::is_overload)
+        {
+            return Self::UpstreamOverloaded;
+        }
         Self::UpstreamFailure
     }
 
@@ -92,7 +108,11 @@ impl DegradeReason {
     pub(crate) const fn is_capacity(self) -> bool {
         matches!(
             self,
-            Self::QueueFull | Self::QueueTimeout | Self::PaceWait | Self::Deadline
+            Self::QueueFull
+                | Self::QueueTimeout
+                | Self::PaceWait
+                | Self::Deadline
+                | Self::CoolingDown
         )
     }
 
@@ -120,13 +140,17 @@ pub struct DegradedStats {
     pub pace_wait: u64,
     /// The request's deadline passed.
     pub deadline: u64,
+    /// The upstream's pause outlasted what the request could wait.
+    pub cooldown: u64,
+    /// The upstream was still overloaded after the retries.
+    pub upstream_overloaded: u64,
 }
 
 /// The counts, and their Prometheus counters (resolved once, when the stack is built).
 #[derive(Debug)]
 pub(crate) struct DegradedCounters {
-    counts: [AtomicU64; 6],
-    counters: [Counter; 6],
+    counts: [AtomicU64; 8],
+    counters: [Counter; 8],
 }
 
 impl DegradedCounters {
@@ -155,6 +179,8 @@ impl DegradedCounters {
             queue_timeout,
             pace_wait,
             deadline,
+            cooldown,
+            upstream_overloaded,
         ] = self
             .counts
             .each_ref()
@@ -165,13 +191,17 @@ impl DegradedCounters {
                 + queue_full
                 + queue_timeout
                 + pace_wait
-                + deadline,
+                + deadline
+                + cooldown
+                + upstream_overloaded,
             upstream_failure,
             circuit_open,
             queue_full,
             queue_timeout,
             pace_wait,
             deadline,
+            cooldown,
+            upstream_overloaded,
         }
     }
 }

@@ -74,7 +74,7 @@ pub use crate::axum::{health_handler, metrics_handler};
 pub use crate::body::{
     BufferBody, BufferBodyFuture, BufferBodyLayer, RequestCheck, RequestRejected,
 };
-pub use crate::count::CountCalls;
+pub use crate::count::{CountCalls, CountCallsFuture};
 pub use crate::deadline::{
     DEADLINE_GRACE, Deadline, DeadlineExceeded, EnforceDeadline, EnforceDeadlineFuture,
     GRPC_TIMEOUT, RequestDeadline, RequestDeadlineFuture, X_REQUEST_TIMEOUT,
@@ -84,16 +84,16 @@ pub use crate::handle::{
     CircuitBreakers, Cost, Health, HealthAiHandle, HealthStatus, MetricsReport, RateLimits,
 };
 pub use crate::policy::{
-    BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, RetryClassifier,
-    is_capacity_refusal, is_local_refusal,
+    BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, PresetOverload,
+    RetryClassifier, UpstreamAnswered, is_capacity_refusal, is_local_refusal,
 };
 pub use crate::priority::{PresetPriority, PriorityHeader};
 pub use crate::prometheus::install_prometheus;
 pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
 pub use crate::stack::{
-    DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE,
-    DEFAULT_USER_HEADER, HealthAi, HealthAiFuture, HealthAiStack, HealthAiStackBuilder,
-    PER_USER_LIMITER, UPSTREAM_NAME, UpstreamRequest,
+    DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi, HealthAiFuture, HealthAiStack,
+    HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME, UpstreamRequest,
 };
 
 /// The names most users need, in one import.

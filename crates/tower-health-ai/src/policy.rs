@@ -16,7 +16,9 @@ use tower::BoxError;
 use tower_breaker::fallback::{FallbackCause, FallbackPolicy, FallbackRequest};
 use tower_breaker::{BreakerError, DefaultClassifier, Verdict};
 use tower_lru_cache::CacheError;
-use tower_priority_queue::{HttpClassifier, QueueError, RetryDecision};
+use tower_priority_queue::{
+    HttpClassifier, HttpOverload, OverloadClassifier, QueueError, RetryDecision, Signal,
+};
 use tower_service::Service;
 use tower_token_bucket::RateLimitError;
 
@@ -126,10 +128,11 @@ impl Default for FallbackOnUpstreamFailure {
     }
 }
 
-impl<Res> FallbackPolicy<Res> for FallbackOnUpstreamFailure {
-    fn should_fall_back(&self, result: &Result<Res, BoxError>) -> bool {
+impl<B> FallbackPolicy<Response<B>> for FallbackOnUpstreamFailure {
+    fn should_fall_back(&self, result: &Result<Response<B>, BoxError>) -> bool {
         match result {
-            Ok(_) => false,
+            // A final 5xx answer, or the upstream still overloaded after the retries.
+            Ok(response) => response.status().is_server_error() || is_backpressure(response),
             Err(error) if is_capacity_refusal(error) => self.degrade_on_overload,
             Err(error) => !is_local_refusal(error),
         }
@@ -156,6 +159,8 @@ pub(crate) fn set_retry_after<B>(response: &mut Response<B>, error: &BoxError) {
         error.retry_after()
     } else if error.is::<DeadlineExceeded>() {
         Some(DEGRADED_RETRY_AFTER)
+    } else if let Some(error) = error.downcast_ref::<UpstreamAnswered>() {
+        error.retry_after.or(Some(DEGRADED_RETRY_AFTER))
     } else {
         None
     };
@@ -210,24 +215,96 @@ where
         &mut self,
         request: FallbackRequest<http::request::Parts, Response<B>>,
     ) -> Self::Future {
-        let error: BoxError = match request.cause {
-            FallbackCause::Error(error) => error,
-            FallbackCause::Response(response) => return ready(Ok(response)),
-            _ => Box::new(UnknownCause),
+        let (error, answered): (BoxError, _) = match request.cause {
+            FallbackCause::Error(error) => (error, None),
+            FallbackCause::Response(response) => {
+                (Box::new(UpstreamAnswered::of(&response)), Some(response))
+            }
+            _ => (Box::new(UnknownCause), None),
         };
         let answer = self
             .answer
             .as_ref()
             .and_then(|answer| answer(&request.context, &error));
-        ready(match answer {
-            Some(response) => {
+        ready(match (answer, answered) {
+            (Some(response), _) => {
                 self.counters.record(DegradeReason::of(&error));
                 let mut response = response.map(B::from);
                 set_retry_after(&mut response, &error);
                 Ok(response)
             }
-            None => Err(error),
+            // No fallback answer: the upstream's own answer goes through.
+            (None, Some(response)) => Ok(response),
+            (None, None) => Err(error),
         })
+    }
+}
+
+/// The upstream's final answer was a failure (a 5xx) or still an overload (a 429, or a
+/// 503 with `Retry-After`) after the retries: what the fallback function sees as the
+/// error in that case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamAnswered {
+    /// The upstream's status.
+    pub status: StatusCode,
+    /// The wait it asked for, if it said.
+    pub retry_after: Option<Duration>,
+}
+
+impl UpstreamAnswered {
+    fn of<B>(response: &Response<B>) -> Self {
+        Self {
+            status: response.status(),
+            retry_after: tower_priority_queue::retry::retry_after(
+                response.headers(),
+                std::time::SystemTime::now(),
+            ),
+        }
+    }
+
+    /// Whether the upstream answered "not now" (429, or 503 with a wait) rather than
+    /// failed.
+    #[must_use]
+    pub fn is_overload(&self) -> bool {
+        self.status == StatusCode::TOO_MANY_REQUESTS
+            || (self.status == StatusCode::SERVICE_UNAVAILABLE && self.retry_after.is_some())
+    }
+}
+
+impl fmt::Display for UpstreamAnswered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_overload() {
+            write!(f, "the upstream is overloaded ({})", self.status)
+        } else {
+            write!(f, "the upstream answered {}", self.status)
+        }
+    }
+}
+
+impl std::error::Error for UpstreamAnswered {}
+
+/// The preset queue's overload classifier: the upstream's `429` and `503` (with their
+/// `Retry-After` or `retry-after-ms`) as [`HttpOverload`] reads them, and the call timeout
+/// ([`BreakerError::Timeout`]), lower the adaptive limit; local refusals (the global
+/// pace) and other answers do not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PresetOverload {
+    http: HttpOverload,
+}
+
+impl<B> OverloadClassifier<Response<B>> for PresetOverload {
+    fn classify(&self, result: &Result<Response<B>, BoxError>) -> Signal {
+        match result {
+            Err(error)
+                if error
+                    .downcast_ref::<BreakerError>()
+                    .is_some_and(BreakerError::is_timeout) =>
+            {
+                Signal::Overload
+            }
+            Err(error) if is_local_refusal(error) => Signal::Normal,
+            other => self.http.classify(other),
+        }
     }
 }
 

@@ -16,7 +16,8 @@ pub fn install_prometheus() -> Result<PrometheusMetrics, InstallError> {
     use tower_breaker::metrics::{CIRCUIT_CALLS_TOTAL, CIRCUIT_STATE, CIRCUIT_TRANSITIONS_TOTAL};
     use tower_lru_cache::{CACHE_ENTRIES, CACHE_REQUESTS_TOTAL};
     use tower_priority_queue::metrics::{
-        QUEUE_DEPTH, QUEUE_IN_FLIGHT, QUEUE_SHED_TOTAL, QUEUE_WAIT_SECONDS, RETRY_ATTEMPTS_TOTAL,
+        QUEUE_COOLDOWN_SECONDS, QUEUE_COOLDOWNS_TOTAL, QUEUE_DEPTH, QUEUE_IN_FLIGHT, QUEUE_LIMIT,
+        QUEUE_SHED_TOTAL, QUEUE_WAIT_SECONDS, RETRY_ATTEMPTS_TOTAL,
     };
     use tower_token_bucket::metrics::RATELIMIT_DECISIONS_TOTAL;
 
@@ -61,6 +62,18 @@ pub fn install_prometheus() -> Result<PrometheusMetrics, InstallError> {
         .describe_counter(
             CIRCUIT_CALLS_TOTAL,
             "Calls through the circuit breaker, by outcome.",
+        )
+        .describe_gauge(
+            QUEUE_LIMIT,
+            "The queue's in-flight limit, fixed or adaptive.",
+        )
+        .describe_counter(
+            QUEUE_COOLDOWNS_TOTAL,
+            "Cool-downs started by the upstream's Retry-After.",
+        )
+        .describe_gauge(
+            QUEUE_COOLDOWN_SECONDS,
+            "The length of the cool-down in progress, 0 when none.",
         )
         .describe_counter(
             crate::degraded::DEGRADED_TOTAL,

@@ -23,7 +23,9 @@ use tower_breaker::{
     CaptureHead, CircuitBreaker, CircuitBreakerLayer, Degraded, Timeout, TimeoutLayer,
 };
 use tower_lru_cache::{CacheLayer, CacheService, Partition};
-use tower_priority_queue::{HttpReplay, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer};
+use tower_priority_queue::{
+    AdaptiveLimit, HttpReplay, Limit, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer,
+};
 use tower_red_metrics::{HttpClassify, HttpLabels, PrometheusMetrics, RedMetrics, RedMetricsLayer};
 use tower_token_bucket::http::{HeaderKey, PeerIp};
 use tower_token_bucket::{
@@ -36,7 +38,8 @@ use crate::deadline::{EnforceDeadline, OnDeadline, RequestDeadline};
 use crate::degraded::DegradedCounters;
 use crate::handle::HealthAiHandle;
 use crate::policy::{
-    BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, RetryClassifier,
+    BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, PresetOverload,
+    RetryClassifier,
 };
 use crate::priority::{PresetPriority, PriorityHeader};
 use crate::refusal::{GLOBAL_LIMITER, Refusals, RefusalsLayer, is_grpc, refusal_response};
@@ -53,6 +56,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The request budget, by default: 150 s from arrival.
 pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(150);
+
+/// The preset's in-flight limit: adaptive, from the seed's 2 calls at once up to 32, with
+/// the queue's defaults otherwise (decrease ×0.9, +1 per window, cool-downs capped at 60 s);
+/// see [`AdaptiveLimit`](tower_priority_queue::AdaptiveLimit).
+pub const DEFAULT_ADAPTIVE_LIMIT: AdaptiveLimit = AdaptiveLimit::new();
 
 /// The breaker's trip policy, by default: open when at least 65 % of the last 50 calls
 /// failed, once 20 calls are counted, as `(rate, window, minimum_calls)`; see
@@ -81,6 +89,7 @@ type Stacked<S> = RedMetrics<
                                                 InMemoryBackend<()>,
                                             >,
                                             PresetPriority,
+                                            PresetOverload,
                                         >,
                                         BreakerClassifier,
                                     >,
@@ -305,7 +314,7 @@ pub struct HealthAiStack {
     fallback: FallbackLayer<CaptureHead, PresetFallback, FallbackOnUpstreamFailure>,
     retry: RetryLayer<RetryClassifier, HttpReplay>,
     breaker: CircuitBreakerLayer<BreakerClassifier>,
-    queue: PriorityQueueLayer<PresetPriority>,
+    queue: PriorityQueueLayer<PresetPriority, PresetOverload>,
     global: RateLimitLayer<GlobalKey>,
     timeout: TimeoutLayer,
     on_deadline: OnDeadline,
@@ -392,7 +401,7 @@ pub struct HealthAiStackBuilder {
     breaker_failures: Option<u32>,
     breaker_open_for: Duration,
     breaker_probes: u32,
-    max_in_flight: usize,
+    limit: Limit,
     queue_capacity: usize,
     max_queue_wait: Option<Duration>,
     global_quota: Quota,
@@ -426,7 +435,7 @@ impl Default for HealthAiStackBuilder {
             breaker_failures: None,
             breaker_open_for: Duration::from_secs(60),
             breaker_probes: 1,
-            max_in_flight: 2,
+            limit: Limit::Adaptive(DEFAULT_ADAPTIVE_LIMIT),
             queue_capacity: 100,
             max_queue_wait: None,
             global_quota: Quota::per_second(2),
@@ -455,7 +464,7 @@ impl fmt::Debug for HealthAiStackBuilder {
             .field("breaker_failure_rate", &self.breaker_failure_rate)
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_open_for", &self.breaker_open_for)
-            .field("max_in_flight", &self.max_in_flight)
+            .field("limit", &self.limit)
             .field("queue_capacity", &self.queue_capacity)
             .field("global_quota", &self.global_quota)
             .field("call_timeout", &self.call_timeout)
@@ -620,9 +629,29 @@ impl HealthAiStackBuilder {
         self
     }
 
-    /// Upstream calls in flight at once (default 2).
+    /// A fixed limit of upstream calls in flight at once, in place of the default
+    /// adaptive one (the seed's setting was 2).
     pub fn max_in_flight(mut self, calls: usize) -> Self {
-        self.max_in_flight = calls;
+        self.limit = Limit::fixed(calls);
+        self
+    }
+
+    /// The adaptive in-flight limit's maximum (default 32); it starts at 2 and finds the
+    /// upstream's capacity below this. Makes the limit adaptive if
+    /// [`max_in_flight`](Self::max_in_flight) had fixed it.
+    pub fn max_in_flight_ceiling(mut self, calls: usize) -> Self {
+        let adaptive = match self.limit {
+            Limit::Adaptive(adaptive) => adaptive,
+            _ => DEFAULT_ADAPTIVE_LIMIT,
+        };
+        self.limit = Limit::Adaptive(adaptive.max(calls));
+        self
+    }
+
+    /// The in-flight limit, fixed or adaptive, with every setting (default
+    /// [`DEFAULT_ADAPTIVE_LIMIT`]).
+    pub fn limit(mut self, limit: impl Into<Limit>) -> Self {
+        self.limit = limit.into();
         self
     }
 
@@ -778,7 +807,8 @@ impl HealthAiStackBuilder {
         let mut queue = PriorityQueueLayer::builder()
             .extractor(PresetPriority::new(self.priority_header))
             .name(UPSTREAM_NAME)
-            .max_in_flight(self.max_in_flight)
+            .limit(self.limit)
+            .overload_classifier(PresetOverload::default())
             .capacity(self.queue_capacity);
         if let Some(wait) = self.max_queue_wait {
             queue = queue.max_wait_all(wait);

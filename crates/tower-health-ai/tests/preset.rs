@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 use tower_health_ai::breaker::State;
@@ -1105,10 +1105,21 @@ async fn a_timed_out_call_is_not_retried_unless_the_builder_says_so() {
             assert_eq!(start.elapsed(), Duration::from_secs(5));
         }
     }
-    // An upstream's own 504 is a timeout too.
+    // An upstream's own 504 is a timeout too: not retried, and answered by the fallback.
     let calls = Arc::new(AtomicU64::new(0));
     let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |_, _| status(504, None));
     let response = stack()
+        .layer(upstream)
+        .oneshot(ask("ada", "r1"))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, "fallback");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Without a fallback, the upstream's 504 goes through as it came.
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |_, _| status(504, None));
+    let response = HealthAiStack::builder()
+        .build()
         .layer(upstream)
         .oneshot(ask("ada", "r1"))
         .await
@@ -1264,7 +1275,11 @@ async fn the_upstreams_backpressure_is_waited_out_and_never_opens_the_circuit() 
         "{:?}",
         start.elapsed()
     );
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Still overloaded after the retries: the fallback answers, counted as such.
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(text(response).await, "fallback");
+    assert_eq!(handle.degraded().upstream_overloaded, 1);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     // Far past the window's minimum (the retry budget decides how many are retries):
     // never a failure, the circuit stays closed.
@@ -1323,4 +1338,169 @@ async fn breaker_settings_out_of_range_are_clamped_not_panics() {
             "{rate} {window} {minimum}"
         );
     }
+}
+
+/// An upstream that takes `capacity` calls at once (each `latency`), answers 429 with
+/// `Retry-After: 1` at once above that, and counts both.
+fn with_capacity(
+    capacity: u64,
+    latency: Duration,
+    calls: &Arc<AtomicU64>,
+    throttled: &Arc<AtomicU64>,
+) -> impl Service<
+    UpstreamRequest,
+    Response = Response<Body>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<Body>, BoxError>> + Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    let active = Arc::new(AtomicU64::new(0));
+    let calls = Arc::clone(calls);
+    let throttled = Arc::clone(throttled);
+    service_fn(move |_request: UpstreamRequest| {
+        let active = Arc::clone(&active);
+        let calls = Arc::clone(&calls);
+        let throttled = Arc::clone(&throttled);
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if active.fetch_add(1, Ordering::SeqCst) >= capacity {
+                active.fetch_sub(1, Ordering::SeqCst);
+                throttled.fetch_add(1, Ordering::SeqCst);
+                let mut response = Response::new(Body::empty());
+                *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+                return Ok(response);
+            }
+            tokio::time::sleep(latency).await;
+            active.fetch_sub(1, Ordering::SeqCst);
+            Ok(Response::new(Body::from("real")))
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_limit_finds_the_upstreams_capacity_and_429s_are_not_billed() {
+    let (calls, throttled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stack = HealthAiStack::builder()
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(1000))
+        .global_quota(tower_health_ai::token_bucket::Quota::per_second(1000))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    assert_eq!(
+        handle.metrics().queue.limit,
+        2,
+        "the seed's 2 to start with"
+    );
+    let svc = stack.layer(with_capacity(
+        5,
+        Duration::from_secs(10),
+        &calls,
+        &throttled,
+    ));
+    // Twelve users ask for distinct analyses, one after another, for an hour.
+    let end = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let real = Arc::new(AtomicU64::new(0));
+    let mut users = Vec::new();
+    for user in 0..12 {
+        let svc = svc.clone();
+        let real = Arc::clone(&real);
+        users.push(tokio::spawn(async move {
+            let mut n = 0;
+            while tokio::time::Instant::now() < end {
+                let request = owned_ask(&format!("user-{user}"), format!("record-{user}-{n}"));
+                let response = svc.clone().oneshot(request).await.unwrap();
+                if text(response).await == "real" {
+                    real.fetch_add(1, Ordering::SeqCst);
+                }
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1800)).await;
+    let limit = handle.metrics().queue.limit;
+    assert!((4..=6).contains(&limit), "the limit settled at {limit}");
+    for user in users {
+        user.await.unwrap();
+    }
+    let (calls, throttled) = (
+        calls.load(Ordering::SeqCst),
+        throttled.load(Ordering::SeqCst),
+    );
+    assert!(
+        throttled * 20 < calls,
+        "{throttled} of {calls} calls were refused by the upstream"
+    );
+    // 5 at once for 10 s each, for an hour: close to 1800 real answers.
+    assert!(real.load(Ordering::SeqCst) > 1500, "{real:?} real answers");
+    assert_eq!(
+        handle.upstream_calls(),
+        calls - throttled,
+        "the upstream's 429s are not billed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_limit_stays_where_it_is_set() {
+    let (calls, throttled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stack = HealthAiStack::builder()
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(1000))
+        .global_quota(tower_health_ai::token_bucket::Quota::per_second(1000))
+        .max_in_flight(3)
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(with_capacity(
+        1,
+        Duration::from_secs(10),
+        &calls,
+        &throttled,
+    ));
+    let mut users = Vec::new();
+    for user in 0..6 {
+        let request = owned_ask(&format!("user-{user}"), format!("record-{user}"));
+        users.push(tokio::spawn(svc.clone().oneshot(request)));
+    }
+    for user in users {
+        let _ = user.await.unwrap();
+    }
+    assert!(throttled.load(Ordering::SeqCst) > 0);
+    assert_eq!(handle.metrics().queue.limit, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_longer_than_the_wait_degrades_at_once() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |call, _| {
+        if call == 0 {
+            status(429, Some("600"))
+        } else {
+            Some(Ok(Response::new(Body::from("real"))))
+        }
+    });
+    let stack = HealthAiStack::builder()
+        .retry_attempts(1)
+        .max_queue_wait(Duration::from_secs(30))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream);
+    let first = svc.clone().oneshot(ask("ada", "r1")).await.unwrap();
+    assert_eq!(
+        text(first).await,
+        "fallback",
+        "the upstream's 429, answered by the fallback"
+    );
+    // The pause (capped at 60 s) outlasts the 30 s a request may wait: degraded at once.
+    let start = tokio::time::Instant::now();
+    let second = svc.clone().oneshot(ask("grace", "r2")).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(second.headers()["x-degraded"], "true");
+    assert_eq!(second.headers()["retry-after"], "60");
+    assert_eq!(text(second).await, "fallback");
+    assert_eq!(handle.degraded().cooldown, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
