@@ -165,7 +165,10 @@ pub(crate) fn set_retry_after<B>(response: &mut Response<B>, error: &BoxError) {
         None
     };
     if let Some(after) = after {
-        let secs = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
+        let secs = after
+            .as_secs()
+            .saturating_add(u64::from(after.subsec_nanos() > 0))
+            .max(1);
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(secs));

@@ -135,7 +135,11 @@ pub fn refusal_response<B: Default + From<Bytes>>(error: &BoxError, grpc: bool) 
                 StatusCode::SERVICE_UNAVAILABLE,
                 14,
                 "upstream capacity exhausted: try again later",
-                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)),
+                Some(
+                    retry_after
+                        .as_secs()
+                        .saturating_add(u64::from(retry_after.subsec_nanos() > 0)),
+                ),
                 grpc,
             );
         }

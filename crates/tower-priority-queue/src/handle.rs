@@ -50,7 +50,8 @@ impl QueueHandle {
         let processing = self.shared.in_flight();
         let ([urgent, high, normal, low], queue_size) = self.shared.depths();
         let cooling_down_secs = self.shared.cooling_down(Instant::now()).map_or(0, |left| {
-            left.as_secs() + u64::from(left.subsec_nanos() > 0)
+            left.as_secs()
+                .saturating_add(u64::from(left.subsec_nanos() > 0))
         });
         QueueSnapshot {
             queue_size,

@@ -324,7 +324,9 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 
 /// Whole seconds, rounded up.
 fn whole_seconds(duration: Duration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+    duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
 fn push_json_escaped(out: &mut String, text: &str) {

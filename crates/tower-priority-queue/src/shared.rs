@@ -456,9 +456,11 @@ impl Shared {
             return;
         }
         let now = Instant::now();
-        let Some(end) = now.checked_add(wait) else {
-            return;
-        };
+        // A pause too long to represent (a cap of Duration::MAX) lasts a year.
+        let end = now
+            .checked_add(wait)
+            .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+            .unwrap_or(now);
         {
             let _room = self.lock();
             let mut until = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
