@@ -224,7 +224,7 @@ impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
         C: ::redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
     {
         let backend = redis
-            .defaults(&self.name, self.max_keys, self.prune_interval)
+            .defaults(self.name.clone(), self.max_keys, self.prune_interval)
             .build(&self.quotas);
         self.build_with_backend(backend)
     }

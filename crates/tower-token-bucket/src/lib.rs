@@ -107,12 +107,12 @@ pub use layer::{Mode, RateLimitLayer, RateLimitLayerBuilder};
 pub use quota::{InvalidQuota, Quota, QuotaInfo};
 pub use service::RateLimit;
 
+/// The `redis` crate this backend is built on (feature `redis`), for its connection
+/// and error types.
+#[cfg(feature = "redis")]
+pub use redis;
 #[cfg(feature = "redis")]
 pub use redis_backend::{
     DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, DEFAULT_UNAVAILABLE_RETRY_AFTER, FailurePolicy,
     ManualClock, RedisBackend, RedisBackendBuilder, RedisClock, RedisFuture, RedisKey, RedisStats,
 };
-/// The `redis` crate this backend is built on (feature `redis`), for its connection
-/// and error types.
-#[cfg(feature = "redis")]
-pub use redis;

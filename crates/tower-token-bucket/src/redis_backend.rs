@@ -364,12 +364,12 @@ where
 
     pub(crate) fn defaults(
         mut self,
-        name: &Cow<'static, str>,
+        name: Cow<'static, str>,
         max_keys: usize,
         prune_interval: Duration,
     ) -> Self {
         if self.name.is_none() {
-            self.name = Some(name.clone());
+            self.name = Some(name);
         }
         self.max_keys = max_keys.max(1);
         self.prune_interval = prune_interval;
@@ -399,10 +399,7 @@ where
                 LABEL_REASON => reason
             )
         };
-        let local_quotas: Vec<Quota> = quotas
-            .iter()
-            .map(|q| share(*q, self.instances))
-            .collect();
+        let local_quotas: Vec<Quota> = quotas.iter().map(|q| share(*q, self.instances)).collect();
         let smallest = *quotas
             .iter()
             .min_by_key(|q| q.burst())
@@ -543,7 +540,9 @@ impl RedisBackend<(), ConnectionManager> {
     /// # Panics
     ///
     /// Outside a tokio runtime (the manager starts a task).
-    pub fn from_url(url: &str) -> Result<RedisBackendBuilder<ConnectionManager>, redis::RedisError> {
+    pub fn from_url(
+        url: &str,
+    ) -> Result<RedisBackendBuilder<ConnectionManager>, redis::RedisError> {
         RedisBackendBuilder::from_url(url)
     }
 }
@@ -661,7 +660,9 @@ where
     /// clock's).
     fn now(&self) -> u64 {
         match &self.clock {
-            RedisClock::Server => u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            RedisClock::Server => {
+                u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+            }
             RedisClock::Manual(clock) => clock.micros(),
         }
     }
@@ -943,21 +944,33 @@ mod tests {
             .prefix("p:")
             .build::<EitherKey<String, IpAddr>>(&[Quota::per_second(1), Quota::per_minute(5)]);
         let keys = b.redis_keys(&EitherKey::First("alice".into()));
-        assert_eq!(keys, vec![b"p:{1:alice}:0".to_vec(), b"p:{1:alice}:1".to_vec()]);
+        assert_eq!(
+            keys,
+            vec![b"p:{1:alice}:0".to_vec(), b"p:{1:alice}:1".to_vec()]
+        );
         let ip = b.redis_keys(&EitherKey::Second(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         assert_eq!(ip[0], b"p:{2:127.0.0.1}:0".to_vec());
         let b = RedisBackend::from_url("redis://127.0.0.1:1")
             .unwrap()
             .build::<String>(&[Quota::per_second(1)]);
-        assert_eq!(b.redis_keys(&String::new())[0], b"ratelimit:{\0}:0".to_vec());
-        assert_eq!(b.redis_keys(&"x".to_owned())[0], b"ratelimit:{x}:0".to_vec());
+        assert_eq!(
+            b.redis_keys(&String::new())[0],
+            b"ratelimit:{\0}:0".to_vec()
+        );
+        assert_eq!(
+            b.redis_keys(&"x".to_owned())[0],
+            b"ratelimit:{x}:0".to_vec()
+        );
     }
 
     #[test]
     fn a_share_keeps_the_rate_over_the_instances() {
         let three = NonZeroU32::new(3).unwrap();
         let q = share(Quota::per_second(5), three);
-        assert_eq!((q.count(), q.period(), q.burst()), (5, Duration::from_secs(3), 1));
+        assert_eq!(
+            (q.count(), q.period(), q.burst()),
+            (5, Duration::from_secs(3), 1)
+        );
         let q = share(Quota::per_second(30).with_burst(12), three);
         assert_eq!(q.burst(), 4);
         assert_eq!(q.replenish_interval(), Duration::from_millis(100));

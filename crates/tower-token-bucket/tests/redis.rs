@@ -21,8 +21,8 @@ use proptest::prelude::*;
 use redis_server::RedisServer;
 use tower::{Service, ServiceExt, service_fn};
 use tower_token_bucket::{
-    Decision, FailurePolicy, InMemoryBackend, ManualClock, Quota, RateLimitBackend,
-    RateLimitError, RateLimitLayer, RedisBackend, RedisBackendBuilder, RedisClock, key_fn,
+    Decision, FailurePolicy, InMemoryBackend, ManualClock, Quota, RateLimitBackend, RateLimitError,
+    RateLimitLayer, RedisBackend, RedisBackendBuilder, RedisClock, key_fn,
 };
 
 const ONE: NonZeroU32 = NonZeroU32::MIN;
@@ -50,7 +50,10 @@ fn prefix(test: &str) -> String {
     format!("{test}-{}:", N.fetch_add(1, Ordering::Relaxed))
 }
 
-fn builder(url: &str, test: &str) -> RedisBackendBuilder<tower_token_bucket::redis::aio::ConnectionManager> {
+fn builder(
+    url: &str,
+    test: &str,
+) -> RedisBackendBuilder<tower_token_bucket::redis::aio::ConnectionManager> {
     RedisBackend::from_url(url).unwrap().prefix(prefix(test))
 }
 
@@ -184,8 +187,14 @@ fn three_instances_share_one_quota() {
         // take a while over 60 round trips), across all three.
         let refilled = u64::try_from(elapsed.as_millis() / 100).unwrap();
         assert!(shared >= 10, "shared admitted {shared}");
-        assert!(shared <= 10 + refilled + 1, "shared admitted {shared} in {elapsed:?}");
-        assert!(separate >= 30, "three separate limiters admitted {separate}");
+        assert!(
+            shared <= 10 + refilled + 1,
+            "shared admitted {shared} in {elapsed:?}"
+        );
+        assert!(
+            separate >= 30,
+            "three separate limiters admitted {separate}"
+        );
         for redis in &instances {
             assert_eq!(redis.stats().failures, 0);
         }
@@ -201,7 +210,10 @@ fn weighted_costs_and_several_quotas_on_redis() {
             .timeout(Duration::from_secs(2))
             .build::<u64>(&[Quota::per_second(10), Quota::per_minute(12)]);
         // Cost above the smallest burst: refused without a round trip.
-        assert!(matches!(decide(&backend, &1, 11).await, Decision::CostTooLarge { .. }));
+        assert!(matches!(
+            decide(&backend, &1, 11).await,
+            Decision::CostTooLarge { .. }
+        ));
         assert_eq!(backend.stats().round_trips, 0);
         assert_eq!(decide(&backend, &1, 8).await, Decision::Allowed);
         // 2 left per second; 4 left per minute: cost 3 is refused by the first quota
@@ -268,7 +280,10 @@ fn script_flush_is_survived() {
         assert_eq!(decide(&backend, &1, 1).await, Decision::Allowed);
         assert_eq!(server.command("SCRIPT FLUSH").trim(), "+OK");
         assert_eq!(decide(&backend, &1, 1).await, Decision::Allowed);
-        assert!(matches!(decide(&backend, &1, 1).await, Decision::Limited { .. }));
+        assert!(matches!(
+            decide(&backend, &1, 1).await,
+            Decision::Limited { .. }
+        ));
         assert_eq!(backend.stats().failures, 0);
         assert!(server.command_calls("script|load") + server.command_calls("script") >= 1);
     });
@@ -305,10 +320,17 @@ fn a_refused_key_is_answered_locally_until_its_retry_after() {
         }
         assert_eq!(refused, 100);
         assert_eq!(backend.stats().local_refusals, 100);
-        assert_eq!(server.command_calls("evalsha"), 0, "a command reached redis");
+        assert_eq!(
+            server.command_calls("evalsha"),
+            0,
+            "a command reached redis"
+        );
         assert_eq!(server.command_calls("eval"), 0, "a command reached redis");
         // A different key still goes to Redis.
-        assert_eq!(decide(&backend, &"eve".to_owned(), 1).await, Decision::Allowed);
+        assert_eq!(
+            decide(&backend, &"eve".to_owned(), 1).await,
+            Decision::Allowed
+        );
         assert_eq!(server.command_calls("evalsha"), 1);
         // After the retry-after, the key goes to Redis again and is admitted.
         tokio::time::sleep(retry_after).await;
@@ -349,7 +371,10 @@ fn an_outage_switches_to_the_policy_and_back() {
         // Between probes, the policy answers at once.
         let start = Instant::now();
         for _ in 0..50 {
-            assert!(matches!(decide(&backend, &1, 1).await, Decision::Unavailable { .. }));
+            assert!(matches!(
+                decide(&backend, &1, 1).await,
+                Decision::Unavailable { .. }
+            ));
         }
         assert!(start.elapsed() < Duration::from_secs(5));
         server.restart();
@@ -432,7 +457,10 @@ fn the_local_policy_admits_this_instances_share() {
         // A third of the burst (and perhaps a token of refill on a slow machine).
         assert!((3..=4).contains(&admitted), "admitted {admitted}");
         // A cost the shared burst holds but the share's does not: refused, not 413.
-        assert!(matches!(decide(&backend, &2, 5).await, Decision::Limited { .. }));
+        assert!(matches!(
+            decide(&backend, &2, 5).await,
+            Decision::Limited { .. }
+        ));
     });
 }
 
@@ -442,7 +470,9 @@ fn fail_closed_answers_503_with_retry_after() {
     runtime().block_on(async {
         let layer = RateLimitLayer::builder(Quota::per_second(5))
             .name("closed")
-            .key(key_fn(|_: &http::Request<()>| Ok::<_, tower_token_bucket::KeyError>(1u64)))
+            .key(key_fn(|_: &http::Request<()>| {
+                Ok::<_, tower_token_bucket::KeyError>(1u64)
+            }))
             .build_redis(
                 RedisBackend::from_url(&url)
                     .unwrap()
@@ -461,7 +491,12 @@ fn fail_closed_answers_503_with_retry_after() {
             .await
             .unwrap_err();
         let err = err.downcast_ref::<RateLimitError>().unwrap();
-        assert_eq!(err, &RateLimitError::Unavailable { retry_after: Duration::from_secs(2) });
+        assert_eq!(
+            err,
+            &RateLimitError::Unavailable {
+                retry_after: Duration::from_secs(2)
+            }
+        );
         let response: http::Response<Bytes> = err.to_http_response();
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()["retry-after"], "2");
@@ -495,7 +530,11 @@ fn wait_mode_waits_out_the_redis_retry_after() {
         let third = svc.clone().oneshot(()).await.unwrap();
         assert!(first - start < Duration::from_millis(500));
         // One token every 100 ms: the third is at least ~200 ms after the start.
-        assert!(third - start >= Duration::from_millis(180), "{:?}", third - start);
+        assert!(
+            third - start >= Duration::from_millis(180),
+            "{:?}",
+            third - start
+        );
         assert!(second <= third);
         let snapshot = layer.handle().snapshot();
         assert_eq!(snapshot.allowed + snapshot.waited, 3);
