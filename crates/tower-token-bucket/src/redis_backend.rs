@@ -963,6 +963,14 @@ mod tests {
         );
     }
 
+    /// A Redis Cluster connection is a connection the backend takes.
+    #[cfg(feature = "redis-cluster")]
+    #[test]
+    fn a_cluster_connection_fits() {
+        fn takes<C: ConnectionLike + Clone + Send + Sync + 'static>() {}
+        takes::<redis::cluster_async::ClusterConnection>();
+    }
+
     #[test]
     fn a_share_keeps_the_rate_over_the_instances() {
         let three = NonZeroU32::new(3).unwrap();
