@@ -16,7 +16,6 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use metrics::Counter;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use tokio::time::Instant;
 
 use crate::backend::{Decision, RateLimitBackend};
 use crate::in_memory::{DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL};
@@ -410,6 +409,8 @@ where
             args.push(interval);
             args.push(interval.saturating_mul(u64::from(q.burst() - 1)));
         }
+        let tsc = quanta::Clock::new();
+        let start = tsc.raw();
         RedisBackend {
             inner: Arc::new(Inner {
                 connection: self.connection,
@@ -433,7 +434,8 @@ where
                 sweeping: Mutex::new(()),
                 down: AtomicBool::new(false),
                 next_probe: AtomicU64::new(0),
-                start: Instant::now(),
+                tsc,
+                start,
                 timeouts: counter(TIMEOUT),
                 errors: counter(ERROR),
                 name,
@@ -602,7 +604,12 @@ struct Inner<K: Hash + Eq + Clone, C> {
     down: AtomicBool,
     /// When the next probe may go (µs since `start`).
     next_probe: AtomicU64,
-    start: Instant,
+    /// The local clock of the refusal cache and the outage probes, with the server's
+    /// clock: the CPU's time-stamp counter, as the in-memory backend's (a refused key
+    /// is answered at about the in-memory backend's cost). Decisions never read it.
+    tsc: quanta::Clock,
+    /// `tsc`'s reading when the backend was built.
+    start: u64,
     timeouts: Counter,
     errors: Counter,
     name: Cow<'static, str>,
@@ -660,9 +667,7 @@ where
     /// clock's).
     fn now(&self) -> u64 {
         match &self.clock {
-            RedisClock::Server => {
-                u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
-            }
+            RedisClock::Server => self.tsc.delta_as_nanos(self.start, self.tsc.raw()) / 1000,
             RedisClock::Manual(clock) => clock.micros(),
         }
     }
