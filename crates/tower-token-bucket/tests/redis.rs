@@ -339,10 +339,43 @@ fn a_refused_key_is_answered_locally_until_its_retry_after() {
     });
 }
 
-/// Stopping Redis mid-run: decisions fall to the policy within the timeout; after a
-/// restart they go back to Redis by themselves.
+/// Counts the `WARN` and `INFO` events of this crate.
+#[derive(Default)]
+struct Events {
+    warn: AtomicU64,
+    info: AtomicU64,
+}
+
+impl tracing::Subscriber for &'static Events {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let meta = event.metadata();
+        if !meta.target().starts_with("tower_token_bucket") {
+            return;
+        }
+        if *meta.level() == tracing::Level::WARN {
+            self.warn.fetch_add(1, Ordering::Relaxed);
+        } else if *meta.level() == tracing::Level::INFO {
+            self.info.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Stopping Redis mid-run: decisions fall to the policy within the timeout, with one
+/// warning per outage; after a restart they go back to Redis by themselves.
 #[test]
 fn an_outage_switches_to_the_policy_and_back() {
+    let events: &'static Events = Box::leak(Box::default());
+    let _log = tracing::subscriber::set_default(events);
     let mut server = server!();
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -377,6 +410,16 @@ fn an_outage_switches_to_the_policy_and_back() {
             ));
         }
         assert!(start.elapsed() < Duration::from_secs(5));
+        // Over several probe intervals (100 ms each): each probe fails, still refused.
+        let until = Instant::now() + Duration::from_millis(350);
+        while Instant::now() < until {
+            assert!(matches!(
+                decide(&backend, &1, 1).await,
+                Decision::Unavailable { .. }
+            ));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(backend.stats().round_trips >= 4, "{:?}", backend.stats());
         server.restart();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -387,6 +430,25 @@ fn an_outage_switches_to_the_policy_and_back() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(backend.is_reachable());
+        assert_eq!(
+            events.warn.load(Ordering::Relaxed),
+            1,
+            "one warning per outage"
+        );
+        assert_eq!(
+            events.info.load(Ordering::Relaxed),
+            1,
+            "one line on recovery"
+        );
+        // A second outage warns again, once.
+        server.stop();
+        for _ in 0..20 {
+            assert!(matches!(
+                decide(&backend, &1, 1).await,
+                Decision::Unavailable { .. }
+            ));
+        }
+        assert_eq!(events.warn.load(Ordering::Relaxed), 2);
     });
     let errors: u64 = snapshotter
         .snapshot()
