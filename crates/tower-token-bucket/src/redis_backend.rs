@@ -353,9 +353,10 @@ where
         self
     }
 
-    /// The most keys held in process (default 100,000): by the local refusal cache,
-    /// and by the [`FailurePolicy::Local`] limiter (see
-    /// [`InMemoryBackend`]).
+    /// The most keys held in process (default 100,000; with
+    /// [`build_redis`](crate::RateLimitLayerBuilder::build_redis), the layer
+    /// builder's `max_keys`): by the local refusal cache, and by the
+    /// [`FailurePolicy::Local`] limiter (see [`InMemoryBackend`]).
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys.max(1);
         self
