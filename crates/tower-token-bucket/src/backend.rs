@@ -32,6 +32,12 @@ pub enum Decision {
         /// When to try again: idle keys are pruned by then.
         retry_after: Duration,
     },
+    /// The backend cannot decide now (a shared store is unreachable) and is configured
+    /// to refuse rather than guess. Nothing was spent.
+    Unavailable {
+        /// When to try again.
+        retry_after: Duration,
+    },
 }
 
 /// Where rate-limit state lives and how decisions are made.

@@ -39,6 +39,12 @@ pub enum RateLimitError {
         /// When idle keys will have been pruned.
         retry_after: Duration,
     },
+    /// The limiter's shared store (Redis) is unreachable and its failure policy refuses.
+    /// HTTP 503, gRPC 14 `UNAVAILABLE`.
+    Unavailable {
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The rate-limit key could not be taken from the request (a missing or malformed
     /// header, no peer address). HTTP 400, gRPC 3 `INVALID_ARGUMENT`.
     InvalidKey {
@@ -58,9 +64,9 @@ impl RateLimitError {
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after, .. } | Self::KeyCapacity { retry_after } => {
-                Some(*retry_after)
-            }
+            Self::RateLimited { retry_after, .. }
+            | Self::KeyCapacity { retry_after }
+            | Self::Unavailable { retry_after } => Some(*retry_after),
             Self::CostTooLarge { .. } | Self::InvalidKey { .. } | Self::Unauthenticated { .. } => {
                 None
             }
@@ -95,6 +101,7 @@ impl fmt::Display for RateLimitError {
                 quota.burst()
             ),
             Self::KeyCapacity { .. } => f.write_str("rate limiter is tracking too many clients"),
+            Self::Unavailable { .. } => f.write_str("rate limiter unavailable"),
             Self::InvalidKey { reason } => write!(f, "no rate-limit key: {reason}"),
             Self::Unauthenticated { reason } => write!(f, "unauthenticated: {reason}"),
         }

@@ -21,26 +21,26 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 impl RateLimitError {
-    /// The HTTP status: 429 rate limited, 413 cost too large, 503 key cap reached, 400
-    /// no key, 401 no identity.
+    /// The HTTP status: 429 rate limited, 413 cost too large, 503 key cap reached or
+    /// backend unavailable, 400 no key, 401 no identity.
     #[must_use]
     pub fn status_code(&self) -> StatusCode {
         match self {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::CostTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::KeyCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::KeyCapacity { .. } | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidKey { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 
     /// The numeric gRPC status: 8 `RESOURCE_EXHAUSTED` (rate limited, cost too large),
-    /// 14 `UNAVAILABLE` (key cap), 3 `INVALID_ARGUMENT` (no key), 16 `UNAUTHENTICATED`.
+    /// 14 `UNAVAILABLE` (key cap, backend unavailable), 3 `INVALID_ARGUMENT` (no key), 16 `UNAUTHENTICATED`.
     #[must_use]
     pub fn grpc_code(&self) -> i32 {
         match self {
             Self::RateLimited { .. } | Self::CostTooLarge { .. } => 8,
-            Self::KeyCapacity { .. } => 14,
+            Self::KeyCapacity { .. } | Self::Unavailable { .. } => 14,
             Self::InvalidKey { .. } => 3,
             Self::Unauthenticated { .. } => 16,
         }

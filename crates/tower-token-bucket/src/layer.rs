@@ -206,6 +206,29 @@ impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
         self.build_with_backend(backend)
     }
 
+    /// Builds the layer on a [`RedisBackend`](crate::RedisBackend) (feature `redis`):
+    /// the limit is shared by every instance using the same Redis, prefix and quotas.
+    ///
+    /// The builder's quotas, name, [`max_keys`](Self::max_keys) and
+    /// [`prune_interval`](Self::prune_interval) go to the backend (the name only if
+    /// `redis` has none). See [`RedisBackend`](crate::RedisBackend) for an example.
+    ///
+    /// Install the `metrics` recorder before this call.
+    #[cfg(feature = "redis")]
+    pub fn build_redis<C>(
+        self,
+        redis: crate::RedisBackendBuilder<C>,
+    ) -> RateLimitLayer<X, crate::RedisBackend<X::Key, C>>
+    where
+        X::Key: crate::RedisKey,
+        C: ::redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+    {
+        let backend = redis
+            .defaults(self.name.clone(), self.max_keys, self.prune_interval)
+            .build(&self.quotas);
+        self.build_with_backend(backend)
+    }
+
     /// Builds the layer on another backend (its quotas replace the builder's).
     pub fn build_with_backend<B>(self, backend: B) -> RateLimitLayer<X, B>
     where

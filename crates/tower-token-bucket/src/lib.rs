@@ -66,7 +66,10 @@
 //!   and [`http::ForwardedIp`] (trusted proxies); [`ExtractKeyExt::or`] falls back.
 //! - Decisions sit behind [`RateLimitBackend`]; [`InMemoryBackend`] (governor) is the
 //!   default, with a key cap that makes room (never refusing a new key) and automatic
-//!   pruning.
+//!   pruning. With the `redis` feature, `RedisBackend` shares limits across
+//!   instances (one Lua script per decision on the server's clock, a local cache of
+//!   refusals, and a `FailurePolicy` for when Redis is unreachable); the layer
+//!   builder's `build_redis` puts it under a layer.
 //! - Errors are [`RateLimitError`], boxed; with `http`, `to_response` builds the 429 (or
 //!   gRPC `RESOURCE_EXHAUSTED`) with `Retry-After`, `RateLimit-Policy` and `RateLimit`.
 //! - [`RateLimitHandle`] reads counts and a key's remaining tokens;
@@ -88,6 +91,8 @@ mod key;
 mod layer;
 pub mod metrics;
 mod quota;
+#[cfg(feature = "redis")]
+mod redis_backend;
 mod service;
 
 pub use backend::{Decision, RateLimitBackend};
@@ -101,3 +106,13 @@ pub use key::{
 pub use layer::{Mode, RateLimitLayer, RateLimitLayerBuilder};
 pub use quota::{InvalidQuota, Quota, QuotaInfo};
 pub use service::RateLimit;
+
+/// The `redis` crate this backend is built on (feature `redis`), for its connection
+/// and error types.
+#[cfg(feature = "redis")]
+pub use redis;
+#[cfg(feature = "redis")]
+pub use redis_backend::{
+    DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, DEFAULT_UNAVAILABLE_RETRY_AFTER, FailurePolicy,
+    ManualClock, RedisBackend, RedisBackendBuilder, RedisClock, RedisFuture, RedisKey, RedisStats,
+};

@@ -22,6 +22,17 @@ pub const REJECTED: &str = "rejected";
 /// Admitted after waiting for tokens (wait mode).
 pub const WAITED: &str = "waited";
 
+/// `ratelimit_backend_errors_total{limiter,reason}`: decisions a shared backend (Redis)
+/// did not answer, with `reason` one of [`TIMEOUT`], [`ERROR`]. Each is then decided
+/// by the backend's failure policy.
+pub const RATELIMIT_BACKEND_ERRORS_TOTAL: &str = "ratelimit_backend_errors_total";
+/// The `reason` label.
+pub const LABEL_REASON: &str = "reason";
+/// The backend did not answer within its timeout.
+pub const TIMEOUT: &str = "timeout";
+/// The backend answered with an error, or the connection failed.
+pub const ERROR: &str = "error";
+
 /// A counter on its own cache line.
 #[derive(Debug, Default)]
 #[repr(align(64))]

@@ -175,6 +175,7 @@ pub(crate) fn refusal<X: KeyExtractor, B>(
             tracing::warn!(limiter = %shared.name, "rate limiter key cap reached; new keys refused");
             RateLimitError::KeyCapacity { retry_after }
         }
+        Decision::Unavailable { retry_after } => RateLimitError::Unavailable { retry_after },
     };
     shared.recorder.rejected();
     tracing::debug!(
