@@ -90,7 +90,10 @@ pub(crate) const MAX_PROBE_AFTER: u32 = 1024;
 ///     calls, then probes one step past it. A probe that meets overload again doubles the
 ///     wait before the next one (up to 1024 calls); a probe that holds for another full
 ///     interval means the capacity grew, and the ceiling is forgotten.
-///   - with no ceiling yet, `+increase` per window.
+///   - until the first overload, `+increase` per successful call
+///     (slow start: each window doubles the limit), so that from the seed's 2 a capacity
+///     of 32 is found in four windows, not thirty; with no ceiling after that (a probe
+///     past it held), `+increase` per window.
 /// - **Cool-down.** A 429 or 503 with `Retry-After` stops all admission until it ends
 ///   (waiting requests stay queued, bounded by their maximum wait), capped by
 ///   [`max_cooldown`](Self::max_cooldown).
@@ -230,6 +233,8 @@ pub(crate) struct Aimd {
     /// Bumped by each decrease; a call admitted before the current epoch cannot lower
     /// the limit again.
     epoch: u64,
+    /// No overload met yet.
+    slow_start: bool,
 }
 
 impl Aimd {
@@ -244,6 +249,7 @@ impl Aimd {
             plateau: 0,
             probe_after: PROBE_AFTER,
             epoch: 0,
+            slow_start: true,
         }
     }
 
@@ -297,6 +303,9 @@ impl Aimd {
                 // Below the ceiling, growth stops at the plateau.
                 self.limit = self.limit.min((ceiling - 1) as f64).max(from as f64);
             }
+            // No overload met yet: slow start, as TCP does (a window of successes doubles
+            // the limit), so that a large capacity is found in a few windows.
+            None if self.slow_start => self.limit += step,
             None => self.limit += step / from as f64,
         }
         #[allow(clippy::cast_precision_loss)]
@@ -326,6 +335,7 @@ impl Aimd {
             self.ceiling = Some(from);
         }
         self.cascade = true;
+        self.slow_start = false;
         self.plateau = 0;
         self.epoch += 1;
         #[allow(
@@ -385,6 +395,28 @@ mod tests {
         let settings = AdaptiveLimit::new().increase(f64::NAN).decrease_factor(1.5);
         assert_eq!((settings.increase, settings.decrease_factor), (1.0, 0.9));
         assert_eq!(Limit::fixed(0), Limit::Fixed(1));
+    }
+
+    #[test]
+    fn slow_start_finds_a_large_capacity_in_a_few_windows() {
+        let mut aimd = Aimd::new(AdaptiveLimit::new().max(64));
+        let mut windows = 0;
+        while aimd.current() < 32 {
+            let limit = aimd.current();
+            for _ in 0..limit {
+                aimd.on_success(limit);
+            }
+            windows += 1;
+        }
+        assert!(windows <= 4, "{windows} windows from 2 to 32");
+        // After the first overload, growth is additive again.
+        let epoch = aimd.epoch();
+        aimd.on_overload(epoch);
+        let after = aimd.current();
+        for _ in 0..after {
+            aimd.on_success(after);
+        }
+        assert!(aimd.current() <= after + 1);
     }
 
     #[test]

@@ -673,7 +673,8 @@ async fn retry_after_cap_of_zero_ignores_the_upstreams_wait() {
         .await
         .expect("response");
     let gaps = gaps(&script.calls());
-    assert!(gaps[0] < Duration::from_millis(10), "{gaps:?}");
+    // The backoff is below 10 ms; tokio's timer rounds it up to the millisecond.
+    assert!(gaps[0] <= Duration::from_millis(10), "{gaps:?}");
 }
 
 #[tokio::test(start_paused = true)]
