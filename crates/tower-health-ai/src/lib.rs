@@ -61,6 +61,7 @@ mod policy;
 mod priority;
 mod prometheus;
 mod refusal;
+mod span;
 mod stack;
 
 pub use tower_breaker as breaker;

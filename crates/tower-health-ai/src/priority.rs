@@ -47,6 +47,16 @@ impl PresetPriority {
 impl<B> PriorityExtractor<Request<B>> for PresetPriority {
     #[inline]
     fn extract(&self, request: &Request<B>) -> Result<Priority, QueueError> {
+        let priority = self.priority(request);
+        if let Ok(priority) = &priority {
+            tracing::Span::current().record("priority", priority.as_str());
+        }
+        priority
+    }
+}
+
+impl PresetPriority {
+    fn priority<B>(&self, request: &Request<B>) -> Result<Priority, QueueError> {
         if let Some(priority) = request.extensions().get::<Priority>() {
             return Ok(*priority);
         }

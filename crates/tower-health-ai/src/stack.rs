@@ -320,6 +320,7 @@ pub struct HealthAiStack {
     on_deadline: OnDeadline,
     upstream_calls: Arc<AtomicU64>,
     handle: HealthAiHandle,
+    user_header: &'static str,
 }
 
 impl fmt::Debug for HealthAiStack {
@@ -376,6 +377,7 @@ impl<S> Layer<S> for HealthAiStack {
         HealthAi {
             inner: self.red.layer(inner),
             not_ready: None,
+            user_header: self.user_header,
         }
     }
 }
@@ -846,6 +848,7 @@ impl HealthAiStackBuilder {
             on_deadline,
             upstream_calls,
             handle,
+            user_header,
         }
     }
 }
@@ -877,6 +880,7 @@ fn peer_ip(parts: &http::request::Parts) -> Option<std::net::IpAddr> {
 pub struct HealthAi<S> {
     inner: Stacked<S>,
     not_ready: Option<BoxError>,
+    user_header: &'static str,
 }
 
 impl<S: Clone> Clone for HealthAi<S> {
@@ -884,6 +888,7 @@ impl<S: Clone> Clone for HealthAi<S> {
         Self {
             inner: self.inner.clone(),
             not_ready: None,
+            user_header: self.user_header,
         }
     }
 }
@@ -912,11 +917,12 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let grpc = is_grpc(request.headers());
+        let span = crate::span::request_span(&request, self.user_header);
         let state = match self.not_ready.take() {
             Some(error) => Outcome::NotReady(Some(error)),
-            None => Outcome::Called(self.inner.call(request)),
+            None => Outcome::Called(span.in_scope(|| self.inner.call(request))),
         };
-        HealthAiFuture { state, grpc }
+        HealthAiFuture { state, grpc, span }
     }
 }
 
@@ -926,6 +932,8 @@ pub struct HealthAiFuture<F> {
     #[pin]
     state: Outcome<F>,
     grpc: bool,
+    /// The request's `health_ai.request` span, entered while the stack runs.
+    span: tracing::Span,
 }
 
 #[pin_project(project = OutcomeProj)]
@@ -948,16 +956,19 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         let result = match this.state.project() {
             OutcomeProj::NotReady(error) => Err(error
                 .take()
                 .unwrap_or_else(|| "the stack was not ready".into())),
             OutcomeProj::Called(future) => ready!(future.poll(cx)),
         };
-        Poll::Ready(Ok(match result {
+        let response = match result {
             Ok(response) => response.map(Either::Left),
             Err(error) => refusal_response(&error, *this.grpc).map(Either::Right),
-        }))
+        };
+        crate::span::record_outcome(this.span, &response);
+        Poll::Ready(Ok(response))
     }
 }
 

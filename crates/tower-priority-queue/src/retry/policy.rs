@@ -111,6 +111,9 @@ where
 
     fn retry(&mut self, request: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Sleep> {
         let shared = &*self.shared;
+        // The calls made so far, on the request's span if it has such a field (the
+        // preset's `health_ai.request` does); a no-op otherwise.
+        tracing::Span::current().record("attempts", self.attempts.saturating_add(1));
         let after = match shared.classifier.classify(result) {
             RetryDecision::Retry => None,
             RetryDecision::RetryAfter(after) => Some(after),
