@@ -126,7 +126,10 @@ where
             .merge(handle.router());
         Some(handle)
     };
-    router = router.route(crate::dashboard::DASHBOARD_ROUTE, get(crate::dashboard::page));
+    router = router.route(
+        crate::dashboard::DASHBOARD_ROUTE,
+        get(crate::dashboard::page),
+    );
     if let Some(simulator) = simulator.clone() {
         router = router.route(
             "/api/simulator",
