@@ -123,7 +123,7 @@ fn every_alert_is_tested_and_links_its_runbook_section() {
     }
 }
 
-/// The metric names a PromQL expression reads: identifiers that are not functions,
+/// The metric names a `PromQL` expression reads: identifiers that are not functions,
 /// keywords, label names, label values, durations or dashboard variables.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     // Operators, and aggregations (which may be followed by `by (...)` before their `(`).
