@@ -73,6 +73,8 @@ fn chromium() -> Option<PathBuf> {
 
 /// Runs headless Chromium on `url` with `extra` arguments; returns its stdout.
 fn run_chromium(browser: &Path, profile: &Path, url: &str, extra: &[&str]) -> String {
+    // A fresh profile: no lock or state left by an earlier run.
+    let _ = std::fs::remove_dir_all(profile);
     let mut child = Command::new(browser)
         .args([
             "--headless",
