@@ -8,6 +8,7 @@
 //!   that (see [`stack`]). The body, if any, is JSON context (at most 1 MiB).
 //! - `GET /api/health`, `GET /api/metrics` (JSON) and `GET /metrics` (Prometheus text),
 //!   outside the stack.
+//! - `GET /dashboard`: a live page of the metrics, refreshed every second.
 //! - `GET /api/simulator`: the embedded simulated provider's counts (calls received,
 //!   billed, refused with 429, failed, in flight, capacity), when it runs.
 
@@ -155,6 +156,10 @@ where
             .merge(handle.router());
         Some(handle)
     };
+    router = router.route(
+        crate::dashboard::DASHBOARD_ROUTE,
+        get(crate::dashboard::page),
+    );
     if let Some(simulator) = simulator.clone() {
         router = router.route(
             "/api/simulator",

@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod dashboard;
 pub mod gateway;
 pub mod simulator;
 pub mod upstream;
