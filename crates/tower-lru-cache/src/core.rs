@@ -92,6 +92,7 @@ where
         ttl: Duration,
         grace: Duration,
     ) -> Self {
+        store.set_name(&name);
         store.retain_at_most(ttl.saturating_add(grace));
         let metrics = Metrics::new(&name);
         metrics.set_entries(store.entry_count());

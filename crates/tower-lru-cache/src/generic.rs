@@ -440,7 +440,9 @@ where
                 return Flight::Alone;
             };
             let generation = core.generation();
-            if let Found::Fresh(entry) = core.classify(core.store.get(&key).await, Instant::now()) {
+            if let Found::Fresh(entry) =
+                core.classify(core.store.get_recent(&key).await, Instant::now())
+            {
                 own = Some(Own::Hit(entry.value().clone()));
                 return Flight::Stored(entry);
             }

@@ -208,6 +208,8 @@ mod metrics;
 #[cfg(feature = "http")]
 mod miss;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis_store;
 #[cfg(feature = "http")]
 mod service;
 #[cfg(feature = "http")]
@@ -232,7 +234,13 @@ pub use crate::layer::{
     DEFAULT_MAX_RESPONSE_BODY,
 };
 pub use crate::metrics::{
-    CACHE_ENTRIES, CACHE_REQUESTS_TOTAL, DEFAULT_MAX_ENTRIES, DEFAULT_NAME, DEFAULT_TTL,
+    CACHE_BACKEND_ERRORS_TOTAL, CACHE_ENTRIES, CACHE_REQUESTS_TOTAL, DEFAULT_MAX_ENTRIES,
+    DEFAULT_NAME, DEFAULT_TTL,
+};
+#[cfg(feature = "redis")]
+pub use crate::redis_store::{
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, RedisGet, RedisStore,
+    RedisStoreBuilder,
 };
 #[cfg(feature = "http")]
 pub use crate::service::CacheService;

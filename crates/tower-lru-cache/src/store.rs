@@ -89,6 +89,14 @@ pub trait CacheStore<V>: Send + Sync + 'static {
         None
     }
 
+    /// Looks up an entry that this instance may have stored moments ago (an identical
+    /// request's answer, checked again before calling the inner service). A tiered
+    /// store answers from its local level, without another remote round trip. The
+    /// default is [`get`](Self::get).
+    fn get_recent(&self, key: &CacheKey) -> Self::Get {
+        self.get(key)
+    }
+
     /// Stores `entry` under `key`, replacing any previous one.
     fn insert(&self, key: CacheKey, entry: Arc<Entry<V>>);
 
@@ -108,6 +116,13 @@ pub trait CacheStore<V>: Send + Sync + 'static {
     /// does nothing.
     fn retain_at_most(&mut self, retain: Duration) {
         let _ = retain;
+    }
+
+    /// Called once, when the layer is built and before any other use, with the cache's
+    /// name (the `cache` label of its metrics), for the store's own metrics and logs.
+    /// The default does nothing.
+    fn set_name(&mut self, name: &str) {
+        let _ = name;
     }
 }
 
