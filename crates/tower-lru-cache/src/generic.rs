@@ -446,6 +446,13 @@ where
                 own = Some(Own::Hit(entry.value().clone()));
                 return Flight::Stored(entry);
             }
+            // Another instance may be filling this key (a shared store's lock).
+            if let Some(turn) = core.store.fill_turn(&key)
+                && let Found::Fresh(entry) = core.classify(turn.await, Instant::now())
+            {
+                own = Some(Own::Hit(entry.value().clone()));
+                return Flight::Stored(entry);
+            }
             let ready: Result<(), BoxError> =
                 poll_fn(|cx| svc.poll_ready(cx)).await.map_err(Into::into);
             let result = match ready {

@@ -183,6 +183,12 @@
 //! are asynchronous so that a shared store (Redis) can implement the trait; the moka
 //! store answers with a ready future, so the seam costs nothing on the hit path.
 //!
+//! With the `redis` feature, [`RedisStore`] puts a Redis level shared by every instance
+//! behind the in-process LRU: an answer paid for once is served by all instances and
+//! survives restarts; invalidations reach every instance; Redis down means L1 only,
+//! never a failed request. Its docs say exactly what is written to Redis (the answers
+//! themselves: Redis must be as private as they are).
+//!
 //! [tower]: https://docs.rs/tower
 //! [RFC 9111]: https://www.rfc-editor.org/rfc/rfc9111
 //! [moka]: https://docs.rs/moka

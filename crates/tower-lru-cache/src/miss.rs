@@ -265,6 +265,14 @@ where
         let res = entry.value().replay("HIT", Some(age_secs(&entry)));
         return (Own::Hit(res), Flight::Stored(entry));
     }
+    // Another instance may be filling this key (a shared store's lock): its answer.
+    if let Some(turn) = core.store.fill_turn(&key)
+        && let Found::Fresh(entry) = core.classify(turn.await, Instant::now())
+        && entry.value().vary_matches(req.headers())
+    {
+        let res = entry.value().replay("HIT", Some(age_secs(&entry)));
+        return (Own::Hit(res), Flight::Stored(entry));
+    }
     let asked = Asked {
         authorized: req.headers().contains_key(header::AUTHORIZATION),
         headers: req.headers().clone(),

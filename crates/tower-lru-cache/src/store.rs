@@ -97,6 +97,17 @@ pub trait CacheStore<V>: Send + Sync + 'static {
         self.get(key)
     }
 
+    /// Called by the request about to call the inner service for `key` (after the
+    /// in-process single-flight, so once per key and instance): `None` (the default)
+    /// means "call". A shared store may return a lookup that first settles which
+    /// instance fills the key (a short lock), resolving to `None` for the one that
+    /// fills, and, for the others, to the entry it stored once it is there, or to
+    /// `None` when waiting gave nothing (then they call too). The wait must be bounded.
+    fn fill_turn(&self, key: &CacheKey) -> Option<Self::Get> {
+        let _ = key;
+        None
+    }
+
     /// Stores `entry` under `key`, replacing any previous one.
     fn insert(&self, key: CacheKey, entry: Arc<Entry<V>>);
 

@@ -50,6 +50,8 @@ type Svc = BoxCloneSyncService<
 struct Upstream {
     calls: Arc<AtomicU64>,
     version: Arc<AtomicU64>,
+    /// How long each call takes, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -82,6 +84,10 @@ fn instance(store: RedisStoreBuilder, up: &Upstream, ttl: Duration) -> Instance 
             let up = up.clone();
             async move {
                 up.calls.fetch_add(1, Ordering::SeqCst);
+                let delay = up.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
                 let v = up.version.load(Ordering::SeqCst);
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("v{v}")))))
             }
@@ -448,4 +454,69 @@ async fn a_slow_redis_costs_at_most_the_timeout() {
         started.elapsed()
     );
     assert_eq!(get(&a, "/x").await.0, "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fill_lock_one_instance_calls_for_all() {
+    let server = server!();
+    let up = Upstream::default();
+    up.delay_ms.store(300, Ordering::SeqCst);
+    let locked = || builder(&server).fill_lock(Duration::from_secs(3));
+    let a = instance(locked(), &up, Duration::from_secs(60));
+    let b = instance(locked(), &up, Duration::from_secs(60));
+    let c = instance(locked(), &up, Duration::from_secs(60));
+    let (ra, rb, rc) = tokio::join!(get(&a, "/x"), get(&b, "/x"), get(&c, "/x"));
+    assert_eq!(up.calls(), 1, "one call for three instances");
+    for (_, _, body) in [&ra, &rb, &rc] {
+        assert_eq!(body, "v0");
+    }
+    let mut results: Vec<&str> = [&ra, &rb, &rc].iter().map(|r| r.0.as_str()).collect();
+    results.sort_unstable();
+    assert_eq!(results, ["HIT", "HIT", "MISS"]);
+    // The lock was released with the write.
+    assert!(!server.command("KEYS test:lock:*").contains("test:lock:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lock_holder_blocks_nobody_past_the_lock_expiry() {
+    let server = server!();
+    let up = Upstream::default();
+    let expiry = Duration::from_millis(600);
+    let a = instance(
+        builder(&server).fill_lock(expiry),
+        &up,
+        Duration::from_secs(60),
+    );
+    let b = instance(
+        builder(&server).fill_lock(expiry),
+        &up,
+        Duration::from_secs(60),
+    );
+    // A takes the lock and dies before answering.
+    up.delay_ms.store(10_000, Ordering::SeqCst);
+    let svc = a.svc.clone();
+    let holder = tokio::spawn(async move {
+        svc.oneshot(Request::get("/x").body(Full::default()).unwrap())
+            .await
+    });
+    until("the lock", Duration::from_secs(2), || {
+        server.command("KEYS test:lock:*").contains("test:lock:")
+    })
+    .await;
+    holder.abort();
+    up.delay_ms.store(0, Ordering::SeqCst);
+
+    let started = Instant::now();
+    let (x_cache, _, body) = get(&b, "/x").await;
+    let waited = started.elapsed();
+    assert_eq!((x_cache.as_str(), body.as_str()), ("MISS", "v0"));
+    assert_eq!(up.calls(), 2, "B called for itself");
+    assert!(
+        waited < expiry + Duration::from_millis(700),
+        "B waited {waited:?}"
+    );
+    assert!(
+        waited >= expiry / 3,
+        "B did wait for the holder: {waited:?}"
+    );
 }

@@ -72,6 +72,10 @@ const BATCH: usize = 64;
 ///   in the background until it does. To bound how long an instance that does not
 ///   notice a broken subscription serves an L1 copy, cap L1 with
 ///   [`l1_ttl`](RedisStoreBuilder::l1_ttl).
+/// - **Across instances**, single-flight stays local by default (one call per key and
+///   instance at a time); [`fill_lock`](RedisStoreBuilder::fill_lock) adds a short
+///   Redis lock so that one instance calls while the others wait a bounded time for
+///   its answer.
 /// - **Redis down or slow**: a lookup waits at most the
 ///   [`timeout`](RedisStoreBuilder::timeout) (50 ms by default), then answers from L1
 ///   only; a request never fails because of Redis. Each failure counts in
@@ -94,7 +98,11 @@ const BATCH: usize = 64;
 /// writer's): keep their clocks synchronised. A value dated in the future counts as
 /// just stored.
 ///
-/// Use one prefix per cache: two caches that share a prefix share entries.
+/// Use one prefix per cache: two caches that share a prefix share entries. With the
+/// fill lock, lock keys are `{prefix}lock:{hex key}`, holding `1`.
+///
+/// [`entry_count`](CacheStore::entry_count) (and so the `cache_entries` gauge and the
+/// snapshot's `entries`) counts this instance's L1.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -171,6 +179,8 @@ struct Shared {
     channel: String,
     timeout: Duration,
     max_value_bytes: usize,
+    /// The fill lock's expiry, when enabled.
+    lock: Option<Duration>,
     /// The L1 in use (replaced once by `retain_at_most`), for the subscriber.
     l1: Mutex<MokaStore<CachedResponse>>,
     /// Bumped by every invalidation, local or remote: a lookup that started before
@@ -198,6 +208,10 @@ impl Shared {
 
     fn redis_key(&self, key: &CacheKey) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    fn lock_key(&self, key: &CacheKey) -> String {
+        format!("{}lock:{key}", self.prefix)
     }
 
     fn l1(&self) -> MokaStore<CachedResponse> {
@@ -292,6 +306,7 @@ pub struct RedisStoreBuilder {
     max_value_bytes: usize,
     l1: MokaStore<CachedResponse>,
     l1_ttl: Option<Duration>,
+    lock: Option<Duration>,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -302,6 +317,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("max_value_bytes", &self.max_value_bytes)
             .field("l1", &self.l1)
             .field("l1_ttl", &self.l1_ttl)
+            .field("fill_lock", &self.lock)
             .finish_non_exhaustive()
     }
 }
@@ -327,6 +343,82 @@ impl RedisStore {
     fn entry_from(&self, key: &CacheKey, bytes: Vec<u8>) -> Option<Arc<Entry<CachedResponse>>> {
         decode_entry(&self.shared, key, bytes)
     }
+
+    /// Takes the fill lock (`None`: this instance fills), or waits for the instance
+    /// that holds it to store its answer (`Some`), at most `expiry`.
+    async fn wait_for_filler(&self, key: CacheKey, expiry: Duration) -> Found {
+        let shared = &self.shared;
+        let lock_key = shared.lock_key(&key);
+        let mut connection = shared.connection.clone();
+        let taken = timeout(
+            shared.timeout,
+            redis::cmd("SET")
+                .arg(&lock_key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms(expiry).max(1))
+                .query_async::<Option<String>>(&mut connection),
+        )
+        .await;
+        match taken {
+            Ok(Ok(Some(_))) => {
+                shared.answered();
+                return None;
+            }
+            Ok(Ok(None)) => shared.answered(),
+            Ok(Err(e)) => {
+                shared.failed("lock", Some(&e));
+                return None;
+            }
+            Err(_) => {
+                shared.failed("lock (timed out)", None);
+                return None;
+            }
+        }
+        let generation = shared.generation.load(Ordering::Acquire);
+        let poll = (expiry / 50).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let deadline = Instant::now() + expiry;
+        let value_key = shared.redis_key(&key);
+        loop {
+            tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let reply = timeout(
+                shared.timeout,
+                redis::pipe()
+                    .get(&value_key)
+                    .exists(&lock_key)
+                    .query_async::<(Option<Vec<u8>>, bool)>(&mut connection),
+            )
+            .await;
+            match reply {
+                Ok(Ok((Some(bytes), _))) => {
+                    shared.answered();
+                    let entry = self.entry_from(&key, bytes)?;
+                    if shared.generation.load(Ordering::Acquire) == generation {
+                        self.l1.insert(key, Arc::clone(&entry));
+                    }
+                    return Some(entry);
+                }
+                Ok(Ok((None, true))) => shared.answered(),
+                // The holder went away, or its answer was not stored: call.
+                Ok(Ok((None, false))) => {
+                    shared.answered();
+                    return None;
+                }
+                Ok(Err(e)) => {
+                    shared.failed("lock wait", Some(&e));
+                    return None;
+                }
+                Err(_) => {
+                    shared.failed("lock wait (timed out)", None);
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 impl RedisStoreBuilder {
@@ -341,6 +433,7 @@ impl RedisStoreBuilder {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             l1: MokaStore::with_max_entries(DEFAULT_MAX_ENTRIES),
             l1_ttl: None,
+            lock: None,
         }
     }
 
@@ -392,6 +485,20 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Cross-instance single-flight, best effort (off by default): the instance about to
+    /// call the inner service for a key first takes a short Redis lock
+    /// (`SET {prefix}lock:{key} 1 NX PX expiry`). The others wait for its answer to
+    /// appear in Redis, polling, and serve it (`x-cache: HIT`); they call themselves
+    /// when the lock goes away without an answer (the answer was not storable, or too
+    /// large) or after `expiry` at most, so a dead lock holder blocks nobody for longer
+    /// than the lock's expiry. Set `expiry` to about the inner service's latency. The
+    /// lock is released when the answer is written; Redis down: no lock, no wait.
+    #[must_use]
+    pub fn fill_lock(mut self, expiry: Duration) -> Self {
+        self.lock = Some(expiry).filter(|e| !e.is_zero());
+        self
+    }
+
     /// Builds the store. Nothing is connected yet: the first lookup connects, so a
     /// service starts even while Redis is down. The subscription to the invalidation
     /// channel starts now, in the background, and is re-established (with backoff from
@@ -422,6 +529,7 @@ impl RedisStoreBuilder {
             prefix: self.prefix,
             timeout: self.timeout,
             max_value_bytes: self.max_value_bytes,
+            lock: self.lock,
             l1: Mutex::new(l1.clone()),
             generation: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
@@ -573,6 +681,20 @@ impl CacheStore<CachedResponse> for RedisStore {
         None
     }
 
+    fn fill_turn(&self, key: &CacheKey) -> Option<RedisGet> {
+        let expiry = self.shared.lock?;
+        if self.shared.skip() {
+            return None;
+        }
+        let this = self.clone();
+        let key = *key;
+        Some(RedisGet {
+            inner: GetInner::Remote(Box::pin(
+                async move { this.wait_for_filler(key, expiry).await },
+            )),
+        })
+    }
+
     fn get_recent(&self, key: &CacheKey) -> RedisGet {
         Self::ready(self.l1.get_now(key).flatten())
     }
@@ -686,6 +808,10 @@ async fn run(shared: &Shared, batch: Vec<Op>) -> Vec<Op> {
                             .arg("PX")
                             .arg(px)
                             .ignore();
+                    }
+                    // Written (or not to be written): the instances waiting may go on.
+                    if shared.lock.is_some() {
+                        pipe.cmd("DEL").arg(shared.lock_key(key)).ignore();
                     }
                 }
                 Op::Del(key) => {
