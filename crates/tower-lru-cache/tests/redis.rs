@@ -420,6 +420,8 @@ async fn answers_over_the_byte_limit_stay_in_process() {
         &up,
         Duration::from_secs(60),
     );
+    // (Subscribing clears L1.)
+    subscribed(&a).await;
     assert_eq!(get(&a, "/big").await.0, "MISS");
     assert_eq!(get(&a, "/big").await.0, "HIT");
     // A store with room writes the same answer: by then the first write was decided.
@@ -499,10 +501,9 @@ async fn a_dead_lock_holder_blocks_nobody_past_the_lock_expiry() {
         svc.oneshot(Request::get("/x").body(Full::default()).unwrap())
             .await
     });
-    until("the lock", Duration::from_secs(2), || {
-        server.command("KEYS test:lock:*").contains("test:lock:")
-    })
-    .await;
+    // A calls only once it holds the lock.
+    until("A's call", Duration::from_secs(2), || up.calls() == 1).await;
+    assert!(server.command("KEYS test:lock:*").contains("test:lock:"));
     holder.abort();
     up.delay_ms.store(0, Ordering::SeqCst);
 
@@ -519,4 +520,27 @@ async fn a_dead_lock_holder_blocks_nobody_past_the_lock_expiry() {
         waited >= expiry / 3,
         "B did wait for the holder: {waited:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_ttl_caps_how_long_an_instance_keeps_its_copy() {
+    let server = server!();
+    let up = Upstream::default();
+    let a = instance(
+        builder(&server).l1_ttl(Duration::from_millis(300)),
+        &up,
+        Duration::from_secs(60),
+    );
+    subscribed(&a).await;
+    assert_eq!(get(&a, "/x").await.0, "MISS");
+    until("the write", Duration::from_secs(2), || {
+        keys(&server).len() == 1
+    })
+    .await;
+    // Gone from Redis without a message: only the cap drops A's copy.
+    server.command("FLUSHALL");
+    assert_eq!(get(&a, "/x").await.0, "HIT");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&a, "/x").await.0, "MISS");
+    assert_eq!(up.calls(), 2);
 }

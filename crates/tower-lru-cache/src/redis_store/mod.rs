@@ -68,7 +68,8 @@ const BATCH: usize = 64;
 ///   in L2 (`DEL`, or `SCAN` + `UNLINK` under the prefix) and publishes on the channel
 ///   `{prefix}invalidate`; every instance subscribes and drops its L1 copy. Pub/sub
 ///   loses messages while an instance is disconnected, so an instance **clears its L1
-///   whenever it (re)subscribes**. An invalidation that cannot reach Redis is retried
+///   whenever it (re)subscribes** (the first time too, moments after
+///   [`build`](RedisStoreBuilder::build): what it stored meanwhile is read again from L2). An invalidation that cannot reach Redis is retried
 ///   in the background until it does. To bound how long an instance that does not
 ///   notice a broken subscription serves an L1 copy, cap L1 with
 ///   [`l1_ttl`](RedisStoreBuilder::l1_ttl).
