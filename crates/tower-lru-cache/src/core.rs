@@ -141,9 +141,13 @@ where
         })
     }
 
-    /// The invalidation generation, read when a flight starts.
+    /// The invalidation generation, read when a flight starts: this layer's
+    /// invalidations and those the store learned of from elsewhere.
     pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        // Both counters only grow: the sum changes whenever either does.
+        self.generation
+            .load(Ordering::Acquire)
+            .wrapping_add(self.store.generation())
     }
 
     /// Stores `value`, unless an invalidation happened since `generation` was read (then

@@ -108,6 +108,13 @@ pub trait CacheStore<V>: Send + Sync + 'static {
         None
     }
 
+    /// A counter the store bumps on every invalidation it learns of from elsewhere
+    /// (another instance's, through a shared store), and never lowers: an answer whose
+    /// call started before a bump is not stored. The default is always 0.
+    fn generation(&self) -> u64 {
+        0
+    }
+
     /// Stores `entry` under `key`, replacing any previous one.
     fn insert(&self, key: CacheKey, entry: Arc<Entry<V>>);
 

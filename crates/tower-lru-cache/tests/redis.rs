@@ -84,11 +84,12 @@ fn instance(store: RedisStoreBuilder, up: &Upstream, ttl: Duration) -> Instance 
             let up = up.clone();
             async move {
                 up.calls.fetch_add(1, Ordering::SeqCst);
+                // The answer is computed from the data as it is when the call starts.
+                let v = up.version.load(Ordering::SeqCst);
                 let delay = up.delay_ms.load(Ordering::SeqCst);
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
-                let v = up.version.load(Ordering::SeqCst);
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("v{v}")))))
             }
         }),
@@ -543,4 +544,31 @@ async fn l1_ttl_caps_how_long_an_instance_keeps_its_copy() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(&a, "/x").await.0, "MISS");
     assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_during_a_remote_invalidation_does_not_store_its_answer() {
+    let server = server!();
+    let up = Upstream::default();
+    let a = instance(builder(&server), &up, Duration::from_secs(60));
+    let b = instance(builder(&server), &up, Duration::from_secs(60));
+    subscribed(&a).await;
+    subscribed(&b).await;
+    up.delay_ms.store(500, Ordering::SeqCst);
+    let svc = b.svc.clone();
+    let in_flight = tokio::spawn(async move {
+        svc.oneshot(Request::get("/x").body(Full::default()).unwrap())
+            .await
+            .map(|res| res.headers()["x-cache"].to_str().unwrap().to_owned())
+    });
+    until("B's call", Duration::from_secs(2), || up.calls() == 1).await;
+    // The data changes, and A invalidates while B's call (on the old data) runs.
+    up.version.store(1, Ordering::SeqCst);
+    a.handle.invalidate_all();
+    assert_eq!(in_flight.await.unwrap().unwrap(), "MISS");
+    up.delay_ms.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in [&b, &a] {
+        assert_eq!(get(i, "/x").await.2, "v1", "the old answer was not kept");
+    }
 }

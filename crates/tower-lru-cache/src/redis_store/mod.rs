@@ -696,6 +696,10 @@ impl CacheStore<CachedResponse> for RedisStore {
         })
     }
 
+    fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
     fn get_recent(&self, key: &CacheKey) -> RedisGet {
         Self::ready(self.l1.get_now(key).flatten())
     }
