@@ -192,6 +192,12 @@
 //! [tower]: https://docs.rs/tower
 //! [RFC 9111]: https://www.rfc-editor.org/rfc/rfc9111
 //! [moka]: https://docs.rs/moka
+//!
+#![cfg_attr(feature = "redis", doc = "[`RedisStore`]: crate::RedisStore")]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "[`RedisStore`]: https://docs.rs/tower-lru-cache/latest/tower_lru_cache/struct.RedisStore.html"
+)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "http")]
