@@ -92,6 +92,7 @@ where
         ttl: Duration,
         grace: Duration,
     ) -> Self {
+        store.set_name(&name);
         store.retain_at_most(ttl.saturating_add(grace));
         let metrics = Metrics::new(&name);
         metrics.set_entries(store.entry_count());
@@ -140,9 +141,13 @@ where
         })
     }
 
-    /// The invalidation generation, read when a flight starts.
+    /// The invalidation generation, read when a flight starts: this layer's
+    /// invalidations and those the store learned of from elsewhere.
     pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        // Both counters only grow: the sum changes whenever either does.
+        self.generation
+            .load(Ordering::Acquire)
+            .wrapping_add(self.store.generation())
     }
 
     /// Stores `value`, unless an invalidation happened since `generation` was read (then

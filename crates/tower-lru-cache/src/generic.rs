@@ -440,7 +440,16 @@ where
                 return Flight::Alone;
             };
             let generation = core.generation();
-            if let Found::Fresh(entry) = core.classify(core.store.get(&key).await, Instant::now()) {
+            if let Found::Fresh(entry) =
+                core.classify(core.store.get_recent(&key).await, Instant::now())
+            {
+                own = Some(Own::Hit(entry.value().clone()));
+                return Flight::Stored(entry);
+            }
+            // Another instance may be filling this key (a shared store's lock).
+            if let Some(turn) = core.store.fill_turn(&key)
+                && let Found::Fresh(entry) = core.classify(turn.await, Instant::now())
+            {
                 own = Some(Own::Hit(entry.value().clone()));
                 return Flight::Stored(entry);
             }

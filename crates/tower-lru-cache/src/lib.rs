@@ -183,9 +183,21 @@
 //! are asynchronous so that a shared store (Redis) can implement the trait; the moka
 //! store answers with a ready future, so the seam costs nothing on the hit path.
 //!
+//! With the `redis` feature, [`RedisStore`] puts a Redis level shared by every instance
+//! behind the in-process LRU: an answer paid for once is served by all instances and
+//! survives restarts; invalidations reach every instance; Redis down means L1 only,
+//! never a failed request. Its docs say exactly what is written to Redis (the answers
+//! themselves: Redis must be as private as they are).
+//!
 //! [tower]: https://docs.rs/tower
 //! [RFC 9111]: https://www.rfc-editor.org/rfc/rfc9111
 //! [moka]: https://docs.rs/moka
+//!
+#![cfg_attr(feature = "redis", doc = "[`RedisStore`]: crate::RedisStore")]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "[`RedisStore`]: https://docs.rs/tower-lru-cache/latest/tower_lru_cache/struct.RedisStore.html"
+)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "http")]
@@ -208,6 +220,8 @@ mod metrics;
 #[cfg(feature = "http")]
 mod miss;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis_store;
 #[cfg(feature = "http")]
 mod service;
 #[cfg(feature = "http")]
@@ -232,7 +246,13 @@ pub use crate::layer::{
     DEFAULT_MAX_RESPONSE_BODY,
 };
 pub use crate::metrics::{
-    CACHE_ENTRIES, CACHE_REQUESTS_TOTAL, DEFAULT_MAX_ENTRIES, DEFAULT_NAME, DEFAULT_TTL,
+    CACHE_BACKEND_ERRORS_TOTAL, CACHE_ENTRIES, CACHE_REQUESTS_TOTAL, DEFAULT_MAX_ENTRIES,
+    DEFAULT_NAME, DEFAULT_TTL,
+};
+#[cfg(feature = "redis")]
+pub use crate::redis_store::{
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, RedisGet, RedisStore,
+    RedisStoreBuilder,
 };
 #[cfg(feature = "http")]
 pub use crate::service::CacheService;

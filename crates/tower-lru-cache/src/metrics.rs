@@ -21,6 +21,10 @@ pub const CACHE_REQUESTS_TOTAL: &str = "cache_requests_total";
 /// Gauge: entries held, labelled `cache`.
 pub const CACHE_ENTRIES: &str = "cache_entries";
 
+/// Counter: failed or timed-out round trips to a shared store (the Redis level of
+/// `RedisStore`), labelled `cache`. Each is answered as if the shared level were absent.
+pub const CACHE_BACKEND_ERRORS_TOTAL: &str = "cache_backend_errors_total";
+
 /// How one request was answered. Every request that completes is counted once, under
 /// exactly one result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -259,7 +259,15 @@ where
     // Read before the call: an invalidation during it keeps its answer out of the store.
     let generation = core.generation();
     // A flight for this key may have finished between our lookup and now.
-    if let Found::Fresh(entry) = core.classify(core.store.get(&key).await, Instant::now())
+    if let Found::Fresh(entry) = core.classify(core.store.get_recent(&key).await, Instant::now())
+        && entry.value().vary_matches(req.headers())
+    {
+        let res = entry.value().replay("HIT", Some(age_secs(&entry)));
+        return (Own::Hit(res), Flight::Stored(entry));
+    }
+    // Another instance may be filling this key (a shared store's lock): its answer.
+    if let Some(turn) = core.store.fill_turn(&key)
+        && let Found::Fresh(entry) = core.classify(turn.await, Instant::now())
         && entry.value().vary_matches(req.headers())
     {
         let res = entry.value().replay("HIT", Some(age_secs(&entry)));

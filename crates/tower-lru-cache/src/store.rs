@@ -89,6 +89,32 @@ pub trait CacheStore<V>: Send + Sync + 'static {
         None
     }
 
+    /// Looks up an entry that this instance may have stored moments ago (an identical
+    /// request's answer, checked again before calling the inner service). A tiered
+    /// store answers from its local level, without another remote round trip. The
+    /// default is [`get`](Self::get).
+    fn get_recent(&self, key: &CacheKey) -> Self::Get {
+        self.get(key)
+    }
+
+    /// Called by the request about to call the inner service for `key` (after the
+    /// in-process single-flight, so once per key and instance): `None` (the default)
+    /// means "call". A shared store may return a lookup that first settles which
+    /// instance fills the key (a short lock), resolving to `None` for the one that
+    /// fills, and, for the others, to the entry it stored once it is there, or to
+    /// `None` when waiting gave nothing (then they call too). The wait must be bounded.
+    fn fill_turn(&self, key: &CacheKey) -> Option<Self::Get> {
+        let _ = key;
+        None
+    }
+
+    /// A counter the store bumps on every invalidation it learns of from elsewhere
+    /// (another instance's, through a shared store), and never lowers: an answer whose
+    /// call started before a bump is not stored. The default is always 0.
+    fn generation(&self) -> u64 {
+        0
+    }
+
     /// Stores `entry` under `key`, replacing any previous one.
     fn insert(&self, key: CacheKey, entry: Arc<Entry<V>>);
 
@@ -108,6 +134,13 @@ pub trait CacheStore<V>: Send + Sync + 'static {
     /// does nothing.
     fn retain_at_most(&mut self, retain: Duration) {
         let _ = retain;
+    }
+
+    /// Called once, when the layer is built and before any other use, with the cache's
+    /// name (the `cache` label of its metrics), for the store's own metrics and logs.
+    /// The default does nothing.
+    fn set_name(&mut self, name: &str) {
+        let _ = name;
     }
 }
 
