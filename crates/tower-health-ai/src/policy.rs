@@ -143,10 +143,13 @@ impl<B> FallbackPolicy<Response<B>> for FallbackOnUpstreamFailure {
 /// the cause does not say: a deadline that passed.
 pub(crate) const DEGRADED_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// The longest `Retry-After` a degraded answer carries, whatever the upstream asked for.
+pub(crate) const MAX_DEGRADED_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 /// Gives a degraded answer a `Retry-After` (whole seconds, rounded up, at least 1) when
 /// its cause says when a real answer is likely (the queue's and the pace's estimates, the
-/// time the circuit stays open, or [`DEGRADED_RETRY_AFTER`] for a deadline), unless the
-/// fallback set one itself.
+/// time the circuit stays open, or [`DEGRADED_RETRY_AFTER`] for a deadline), at most
+/// 5 minutes, unless the fallback set one itself.
 pub(crate) fn set_retry_after<B>(response: &mut Response<B>, error: &BoxError) {
     if response.headers().contains_key(RETRY_AFTER) {
         return;
@@ -165,6 +168,8 @@ pub(crate) fn set_retry_after<B>(response: &mut Response<B>, error: &BoxError) {
         None
     };
     if let Some(after) = after {
+        // A broken or hostile upstream's wait is not passed on as it is.
+        let after = after.min(MAX_DEGRADED_RETRY_AFTER);
         let secs = after
             .as_secs()
             .saturating_add(u64::from(after.subsec_nanos() > 0))
@@ -289,7 +294,7 @@ impl std::error::Error for UpstreamAnswered {}
 /// The preset queue's overload classifier: the upstream's `429` and `503` (with their
 /// `Retry-After` or `retry-after-ms`) as [`HttpOverload`] reads them, and the call timeout
 /// ([`BreakerError::Timeout`]), lower the adaptive limit; local refusals (the global
-/// pace) and other answers do not.
+/// pace) and other failures are ignored; other answers count as successes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PresetOverload {
     http: HttpOverload,
@@ -305,7 +310,7 @@ impl<B> OverloadClassifier<Response<B>> for PresetOverload {
             {
                 Signal::Overload
             }
-            Err(error) if is_local_refusal(error) => Signal::Normal,
+            Err(error) if is_local_refusal(error) => Signal::Ignore,
             other => self.http.classify(other),
         }
     }

@@ -69,6 +69,11 @@ struct Pending<S, Req> {
     arrived: Instant,
     #[pin]
     timeout: Option<Sleep>,
+    /// Until the end of a cool-down that keeps this waiter out: the waiter ends it and
+    /// hands out the free slots (no timer task is needed, nor any runtime beyond this
+    /// future's own).
+    #[pin]
+    cooldown: Option<Sleep>,
     /// The slot, once granted.
     permit: Option<Permit>,
     inner: S,
@@ -112,6 +117,7 @@ where
                 priority,
                 arrived,
                 timeout,
+                cooldown: None,
                 permit: Some(permit),
                 inner,
                 request: Some(request),
@@ -137,6 +143,7 @@ where
                 arrived: guard.enqueued(),
                 guard: Some(guard),
                 timeout,
+                cooldown: None,
                 permit: None,
                 inner,
                 request: Some(request),
@@ -174,6 +181,7 @@ where
             priority,
             arrived,
             mut timeout,
+            mut cooldown,
             permit,
             inner,
             request,
@@ -184,6 +192,11 @@ where
             };
             let outcome = match waiter.poll_outcome(cx) {
                 Poll::Ready(outcome) => outcome,
+                Poll::Pending if waiter.poll_cooldown(cooldown.as_mut(), cx).is_ready() => {
+                    // The cool-down is over: free slots were handed out; look again.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Poll::Pending => {
                     let timed_out = timeout
                         .as_mut()

@@ -177,8 +177,9 @@ impl<B> PriorityExtractor<http::Request<B>> for ExtensionPriority {
 /// The HTTP [`OverloadClassifier`]: a `429 Too Many Requests` or `503 Service
 /// Unavailable` from the upstream is overload, with its `Retry-After` (seconds or an HTTP
 /// date) when it carries one; an error that is a timeout (see
-/// [`is_timeout`](crate::retry::is_timeout)) is overload; any other answer or error,
-/// 5xx included, is [`Signal::Normal`]: it says nothing about the upstream's load.
+/// [`is_timeout`](crate::retry::is_timeout)) is overload; another 5xx or error is
+/// [`Signal::Ignore`] (it says nothing about the upstream's load, and an outage of them
+/// must not raise the limit); any other answer is [`Signal::Normal`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -196,7 +197,7 @@ impl<B> PriorityExtractor<http::Request<B>> for ExtensionPriority {
 /// );
 /// let failed: Result<http::Response<()>, BoxError> =
 ///     Ok(http::Response::builder().status(500).body(()).unwrap());
-/// assert_eq!(HttpOverload::new().classify(&failed), Signal::Normal);
+/// assert_eq!(HttpOverload::new().classify(&failed), Signal::Ignore);
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpOverload;
@@ -223,9 +224,10 @@ impl<B> OverloadClassifier<Response<B>> for HttpOverload {
                     None => Signal::Overload,
                 }
             }
+            Ok(response) if response.status().is_server_error() => Signal::Ignore,
             Ok(_) => Signal::Normal,
             Err(error) if crate::retry::is_timeout(error) => Signal::Overload,
-            Err(_) => Signal::Normal,
+            Err(_) => Signal::Ignore,
         }
     }
 }

@@ -10,9 +10,13 @@ use crate::retry::is_timeout;
 /// One call's load signal, as an [`OverloadClassifier`] reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
-    /// No sign of overload: a success, or an answer or failure that says nothing about
-    /// the upstream's load (a 4xx, a 500). Counts as a successful call for the limit.
+    /// No sign of overload: the upstream answered (a 2xx, a 4xx). Counts as a successful
+    /// call: the limit may grow.
     Normal,
+    /// Says nothing either way (a failure that is not overload, such as a refused
+    /// connection or a 500; a refusal of another local layer): the limit neither grows nor
+    /// shrinks, so that an outage of errors does not raise it.
+    Ignore,
     /// The upstream is overloaded (a 429 or 503 without `Retry-After`, a call timeout):
     /// the adaptive limit goes down.
     Overload,
@@ -25,7 +29,7 @@ impl Signal {
     /// Whether this is an overload signal.
     #[must_use]
     pub fn is_overload(self) -> bool {
-        !matches!(self, Signal::Normal)
+        matches!(self, Signal::Overload | Signal::OverloadRetryAfter(_))
     }
 }
 
@@ -52,8 +56,8 @@ where
 }
 
 /// The default classifier, for any response type: an error that is a timeout (tower's
-/// or tokio's `Elapsed`, an I/O `TimedOut`; see [`is_timeout`]) is overload, anything
-/// else is [`Signal::Normal`].
+/// or tokio's `Elapsed`, an I/O `TimedOut`; see [`is_timeout`]) is overload, any other
+/// error [`Signal::Ignore`], a response [`Signal::Normal`].
 ///
 /// For HTTP answers use [`HttpOverload`](crate::HttpOverload), which also reads 429 and
 /// 503 and their `Retry-After`.
@@ -64,7 +68,8 @@ impl<Res> OverloadClassifier<Res> for TimeoutOverload {
     fn classify(&self, result: &Result<Res, BoxError>) -> Signal {
         match result {
             Err(error) if is_timeout(error) => Signal::Overload,
-            _ => Signal::Normal,
+            Err(_) => Signal::Ignore,
+            Ok(_) => Signal::Normal,
         }
     }
 }

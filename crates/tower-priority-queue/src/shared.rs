@@ -18,15 +18,18 @@
 //! The limit is an atomic word: fixed, or moved by the adaptive controller when calls
 //! complete. A second flag in the slot word says a cool-down runs (the upstream asked for
 //! a pause with `Retry-After`): nothing is admitted until it ends. When the limit rises or
-//! a cool-down ends, [`Shared::pump`] hands free slots to waiters, in priority order.
+//! a cool-down ends (a waiter's timer, an arrival or a release notices), [`Shared::pump`]
+//! hands free slots to waiters, in priority order.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 
 use crate::core::{Push, WaitQueue};
@@ -339,6 +342,7 @@ impl Shared {
             }
         }
         let mut room = self.lock();
+        self.end_cooldown_if_due(Instant::now());
         let state = self.state.load(Ordering::Acquire);
         if state & COOLING != 0 || state >> SLOT_SHIFT > self.limit.load(Ordering::Relaxed) {
             // A cool-down runs, or the limit was lowered below the slots in use: the slot
@@ -417,6 +421,14 @@ impl Shared {
         wake_all(granted);
     }
 
+    /// When the current cool-down ends, if one runs.
+    fn cooldown_end(&self) -> Option<Instant> {
+        if self.state.load(Ordering::Acquire) & COOLING == 0 {
+            return None;
+        }
+        *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// What is left of the cool-down (the room's lock is held).
     fn cooldown_left(&self, now: Instant) -> Option<Duration> {
         if self.state.load(Ordering::Acquire) & COOLING == 0 {
@@ -450,7 +462,7 @@ impl Shared {
     }
 
     /// Starts (or extends) a cool-down of `wait`, capped; a timer task ends it.
-    fn start_cooldown(self: &Arc<Self>, wait: Duration, max_cooldown: Duration) {
+    fn start_cooldown(&self, wait: Duration, max_cooldown: Duration) {
         let wait = wait.min(max_cooldown);
         if wait.is_zero() {
             return;
@@ -476,16 +488,8 @@ impl Shared {
             cooldown_ms = wait.as_millis(),
             "priority queue: the upstream asked for a pause (Retry-After): admission paused"
         );
-        // The cool-down also ends lazily at the next arrival; the timer serves the waiters.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let shared = Arc::downgrade(self);
-            runtime.spawn(async move {
-                tokio::time::sleep_until(end).await;
-                if let Some(shared) = shared.upgrade() {
-                    shared.end_cooldown();
-                }
-            });
-        }
+        // No timer task: the waiters' futures wait for the end (`WaitGuard::poll_cooldown`),
+        // and an arrival or a release after the end ends it too.
     }
 
     /// Feeds one completed call's load signal to the adaptive limit. `in_flight` counts
@@ -494,6 +498,9 @@ impl Shared {
         let Some(adaptive) = &self.adaptive else {
             return;
         };
+        if signal == Signal::Ignore {
+            return;
+        }
         let in_flight = self.in_flight();
         let change = {
             let mut aimd = adaptive.aimd.lock().unwrap_or_else(PoisonError::into_inner);
@@ -652,6 +659,31 @@ impl WaitGuard {
             Some(outcome) => Poll::Ready(outcome),
             None => Poll::Pending,
         }
+    }
+
+    /// While a cool-down keeps this waiter out, waits for its end in `sleep`; at the end,
+    /// ends it and hands out the free slots, and is ready. Pending when no cool-down runs.
+    pub(crate) fn poll_cooldown(
+        &self,
+        mut sleep: Pin<&mut Option<Sleep>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let Some(end) = self.shared.cooldown_end() else {
+            sleep.set(None);
+            return Poll::Pending;
+        };
+        match sleep.as_mut().as_pin_mut() {
+            Some(timer) if timer.deadline() == end => {}
+            Some(timer) => timer.reset(end),
+            None => sleep.set(Some(tokio::time::sleep_until(end))),
+        }
+        let Some(timer) = sleep.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        std::task::ready!(timer.poll(cx));
+        sleep.set(None);
+        self.shared.end_cooldown();
+        Poll::Ready(())
     }
 
     /// The waiter's maximum wait is over: leave the room, unless a slot came just in time.

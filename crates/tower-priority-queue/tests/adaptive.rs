@@ -501,3 +501,87 @@ async fn retry_after_ms_gives_a_cool_down_shorter_than_a_second() {
     service.clone().oneshot(request()).await.expect("answered");
     assert_eq!(started.elapsed(), Duration::from_millis(250));
 }
+
+#[test]
+fn a_cool_down_ends_for_the_waiters_even_if_the_runtime_that_started_it_is_gone() {
+    let upstream = service_fn(|request: Request| async move {
+        if request.headers().contains_key("x-first") {
+            Ok::<_, BoxError>(status(429, Some("5")))
+        } else {
+            Ok(status(200, None))
+        }
+    });
+    let layer = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive().initial(1).min(1))
+        .overload_classifier(HttpOverload::new())
+        .max_wait_all(Duration::from_secs(60))
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    // The 429 comes back on a runtime that is then dropped.
+    let first = http::Request::builder()
+        .header("x-first", "1")
+        .body(())
+        .expect("request");
+    paused_runtime()
+        .block_on(service.clone().oneshot(first))
+        .expect("answered");
+    assert!(handle.snapshot().cooling_down_secs > 0);
+    // Another runtime's request waits out the pause and is admitted when it ends.
+    paused_runtime().block_on(async {
+        let started = Instant::now();
+        let response =
+            tokio::time::timeout(Duration::from_secs(30), service.clone().oneshot(request()))
+                .await
+                .expect("admitted when the pause ends, not stranded")
+                .expect("answered");
+        assert_eq!(response.status(), 200);
+        assert!(started.elapsed() <= Duration::from_secs(5));
+    });
+    assert_eq!(handle.snapshot().queue_size, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_of_errors_does_not_raise_the_limit() {
+    let upstream = service_fn(|_request: Request| async move {
+        Err::<Response, BoxError>(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+        )
+    });
+    let layer = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive())
+        .overload_classifier(HttpOverload::new())
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    for _ in 0..100 {
+        let calls: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(service.clone().oneshot(request())))
+            .collect();
+        for call in calls {
+            assert!(call.await.expect("no panic").is_err());
+        }
+    }
+    assert_eq!(
+        handle.max_in_flight(),
+        2,
+        "failures say nothing about capacity"
+    );
+    let upstream =
+        service_fn(|_request: Request| async move { Ok::<_, BoxError>(status(500, None)) });
+    let layer = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive())
+        .overload_classifier(HttpOverload::new())
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    for _ in 0..100 {
+        let calls: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(service.clone().oneshot(request())))
+            .collect();
+        for call in calls {
+            call.await.expect("no panic").expect("answered");
+        }
+    }
+    assert_eq!(handle.max_in_flight(), 2);
+}
