@@ -68,12 +68,25 @@ impl<B> tower_breaker::Classify<Response<B>> for BreakerClassifier {
 }
 
 /// Whether the upstream answered "not now": a `429`, or a `503` that says when to come
-/// back (`Retry-After`). A `503` without it is an outage like any other 5xx.
+/// back (a valid `Retry-After` or `retry-after-ms`, read as the queue and the retry layer
+/// read them). A `503` without one is an outage like any other 5xx.
 fn is_backpressure<B>(response: &Response<B>) -> bool {
     let status = response.status();
     status == StatusCode::TOO_MANY_REQUESTS
         || (status == StatusCode::SERVICE_UNAVAILABLE
-            && response.headers().contains_key(RETRY_AFTER))
+            && tower_priority_queue::retry::retry_after(
+                response.headers(),
+                std::time::SystemTime::now(),
+            )
+            .is_some())
+}
+
+/// Whether a trailers-only gRPC answer carries a failure (`grpc-status` other than 0).
+fn is_grpc_failure<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() != b"0")
 }
 
 /// The preset retry classifier: never retries a local refusal or an open circuit (an open
@@ -132,7 +145,11 @@ impl<B> FallbackPolicy<Response<B>> for FallbackOnUpstreamFailure {
     fn should_fall_back(&self, result: &Result<Response<B>, BoxError>) -> bool {
         match result {
             // A final 5xx answer, or the upstream still overloaded after the retries.
-            Ok(response) => response.status().is_server_error() || is_backpressure(response),
+            Ok(response) => {
+                response.status().is_server_error()
+                    || is_backpressure(response)
+                    || is_grpc_failure(response)
+            }
             Err(error) if is_capacity_refusal(error) => self.degrade_on_overload,
             Err(error) => !is_local_refusal(error),
         }

@@ -1504,3 +1504,43 @@ async fn a_pause_longer_than_the_wait_degrades_at_once() {
     assert_eq!(handle.degraded().cooldown, 1);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_final_grpc_failure_gets_the_fallback() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |_, _| {
+        let mut response = Response::new(Body::empty());
+        response
+            .headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("13"));
+        Some(Ok(response))
+    });
+    let response = stack()
+        .layer(upstream)
+        .oneshot(ask("ada", "r1"))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, "fallback");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_503_with_only_retry_after_ms_is_backpressure_for_the_breaker() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |_, _| {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert("retry-after-ms", HeaderValue::from_static("10"));
+        Some(Ok(response))
+    });
+    let stack = busy_stack();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream);
+    for i in 0..40 {
+        let request = owned_ask(&format!("user-{i}"), format!("record-{i}"));
+        let _ = svc.clone().oneshot(request).await.unwrap();
+    }
+    assert!(calls.load(Ordering::SeqCst) >= 40);
+    assert_eq!(handle.circuit_state(), State::Closed);
+}
