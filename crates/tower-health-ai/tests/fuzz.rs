@@ -77,7 +77,7 @@ impl http_body::Body for FuzzBody {
             None if self.mismatch => {
                 self.mismatch = false;
                 Poll::Ready(Some(Err(
-                    "the body's length differs from its content-length".into()
+                    "the body's length differs from its content-length".into(),
                 )))
             }
             None => Poll::Ready(None),
@@ -85,7 +85,8 @@ impl http_body::Body for FuzzBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.declared.map_or_else(SizeHint::default, SizeHint::with_exact)
+        self.declared
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -158,16 +159,7 @@ fn value_for(name: &'static str) -> BoxedStrategy<Option<HeaderValue>> {
             "public, s-maxage=1",
         ],
         "authorization" => &["Bearer abc", "Basic Zm9vOmJhcg==", "", "Bearer"],
-        "grpc-timeout" => &[
-            "1S",
-            "0n",
-            "100m",
-            "99999999H",
-            "123456789S",
-            "1X",
-            "S",
-            "",
-        ],
+        "grpc-timeout" => &["1S", "0n", "100m", "99999999H", "123456789S", "1X", "S", ""],
         "x-request-timeout" => &[
             "0",
             "0.001",
@@ -392,7 +384,9 @@ fn check(_parts: &mut http::request::Parts, body: &Bytes) -> Result<(), RequestR
     if json_object_or_empty(body) {
         Ok(())
     } else {
-        Err(RequestRejected::bad_request("the body must be a JSON object"))
+        Err(RequestRejected::bad_request(
+            "the body must be a JSON object",
+        ))
     }
 }
 
@@ -485,7 +479,9 @@ async fn run_case(inputs: Vec<Input>, tally: &Tally) -> Result<(), TestCaseError
             .to_bytes();
         let body = String::from_utf8_lossy(&body).into_owned();
         let context = || format!("{input:?} -> {status} {cache:?} {body}");
-        tally.bad_bodies.fetch_add(u64::from(expect.bad_body), Ordering::Relaxed);
+        tally
+            .bad_bodies
+            .fetch_add(u64::from(expect.bad_body), Ordering::Relaxed);
         tally
             .bad_priorities
             .fetch_add(u64::from(expect.bad_priority), Ordering::Relaxed);
