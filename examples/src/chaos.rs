@@ -66,9 +66,9 @@ pub struct ChaosConfig {
     pub seed: u64,
 }
 
-/// The length of a cycle, unscaled: ten minutes (six of bad day, two of outage, one of
-/// 429 burst, one of bad day).
-pub const DEFAULT_CYCLE: Duration = Duration::from_secs(600);
+/// The length of a cycle, unscaled: twenty minutes (twelve of bad day, four of outage,
+/// two of 429 burst, two of bad day).
+pub const DEFAULT_CYCLE: Duration = Duration::from_secs(1200);
 
 impl ChaosConfig {
     /// The gateway's simulator flags, on its time scale: latency, capacity, seed, call

@@ -122,6 +122,12 @@ impl SoakArgs {
             "0",
             "--sim-capacity",
             "8",
+            // An outage lasts 4 of the chaos cycle's 20 minutes (2.4 s on the default
+            // scale), with few calls through an in-flight limit that the 429 bursts
+            // keep low: besides the default failure-rate window (20 calls at least), the
+            // soak opens the circuit on 5 failures in a row, so that every outage can.
+            "--breaker-failures",
+            "5",
         ]
         .into_iter()
         .map(str::to_owned)
@@ -598,6 +604,9 @@ async fn soak(args: &SoakArgs, gateway: &Gateway) -> Result<Vec<Check>, String> 
     let metrics = get_json(&client, &metrics_url).await?;
     let exposition =
         String::from_utf8_lossy(&get(&client, &format!("{base}/metrics")).await?).into_owned();
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/soak");
+    let _ = std::fs::write(out.join("metrics.json"), metrics.to_string());
+    let _ = std::fs::write(out.join("metrics.txt"), &exposition);
     let observed = observed
         .lock()
         .map(|o| (o.states.clone(), o.rss_warm_kib))
@@ -677,6 +686,13 @@ async fn soak(args: &SoakArgs, gateway: &Gateway) -> Result<Vec<Check>, String> 
         "single-flight entries back to 0",
         "not exposed by the gateway's handle; covered in process by \
          tests/cancellation.rs (every key answers at once after 10,000 drops)",
+    ));
+    checks.push(Check::not_exposed(
+        "what the gateway did (for the record)",
+        &format!(
+            "{} provider calls; degraded by reason {}; in-flight limit at the end {}",
+            metrics["cost"]["upstreamCalls"], metrics["degraded"], metrics["queue"]["limit"]
+        ),
     ));
     let (states, rss_warm) = observed;
     checks.push(Check::new(
