@@ -101,6 +101,12 @@ pub struct GatewayArgs {
     #[arg(long, default_value_t = DEFAULT_CAPACITY)]
     pub sim_capacity: usize,
 
+    /// Replace the simulated provider with a chaos provider (latency spikes, hangs,
+    /// connections reset mid-body, 429 bursts, 500s, outages, slow bodies) for soak
+    /// tests; see [`chaos`](crate::chaos). Ignored with `--upstream`.
+    #[arg(long)]
+    pub sim_chaos: bool,
+
     /// Multiplies every duration (provider latency, timeouts, open time, TTL, waits) and
     /// divides every rate by this factor: `0.01` runs the seed's minutes in seconds.
     #[arg(long, default_value_t = 1.0, value_parser = positive_fraction)]

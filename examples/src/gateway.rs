@@ -291,7 +291,8 @@ pub async fn start_simulator(args: &GatewayArgs) -> Result<(Arc<Simulator>, Stri
 }
 
 /// Builds the gateway the command line describes: with a real HTTP client to
-/// `--upstream`, or to a simulated provider started on loopback.
+/// `--upstream`, or to a simulated provider (or, with `--sim-chaos`, a chaos provider)
+/// started on loopback.
 ///
 /// # Errors
 ///
@@ -302,6 +303,11 @@ pub async fn from_args(
 ) -> Result<Gateway, BoxError> {
     Ok(match &args.upstream {
         Some(url) => build(args, UpstreamClient::new(url)?, None, prometheus),
+        None if args.sim_chaos => {
+            let (_chaos, url) =
+                crate::chaos::start(crate::chaos::ChaosConfig::from_args(args)).await?;
+            build(args, UpstreamClient::new(&url)?, None, prometheus)
+        }
         None => {
             let (simulator, url) = start_simulator(args).await?;
             build(

@@ -5,6 +5,7 @@
 //! preset.
 
 pub mod analysis;
+pub mod chaos;
 pub mod cli;
 pub mod dashboard;
 pub mod gateway;

@@ -7,6 +7,7 @@
 
 mod bench;
 mod loadtest;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -45,6 +46,10 @@ enum Task {
     },
     /// Measure the demo gateway before and after the stack, under one realistic workload.
     Loadtest(loadtest::LoadtestArgs),
+    /// Run the release gateway against a chaos provider at ten times its capacity, then
+    /// check that every promise held (exactly one outcome each, no 500, metrics equal to
+    /// the client's counts, nothing held after, memory flat, the circuit opened and closed).
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Task::Bench { summary_only, args } => bench::run(summary_only, &args),
         Task::Demo { args } => demo(&args),
         Task::Loadtest(args) => loadtest::run(&args),
+        Task::Soak(args) => soak::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,6 +108,7 @@ fn ci() -> Result<(), String> {
         &[],
     )?;
     test()?;
+    soak::run(&soak::SoakArgs::ci())?;
     cargo(
         &[
             "doc",
