@@ -10,9 +10,6 @@
 //!
 //! Run: `cargo bench -p tower-lru-cache --features redis --bench redis`
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
-
 use std::{
     convert::Infallible,
     hint::black_box,
@@ -22,7 +19,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
-use redis_server::RedisServer;
+use redis_test_server::RedisServer;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_lru_cache::{CacheLayer, RedisStore};
 

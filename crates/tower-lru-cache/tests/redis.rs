@@ -7,9 +7,6 @@
 //! Without `redis-server` installed they print a note and pass, unless
 //! `HEALTH_AI_REQUIRE_REDIS=1` (CI), where they fail.
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::{
     convert::Infallible,
     sync::{
@@ -23,7 +20,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use redis_server::RedisServer;
+use redis_test_server::RedisServer;
 use tower::{ServiceExt, service_fn, util::BoxCloneSyncService};
 use tower_lru_cache::{
     BoxError, CACHE_BACKEND_ERRORS_TOTAL, CacheHandle, CacheLayer, RedisStore, RedisStoreBuilder,

@@ -12,16 +12,13 @@
 //! Run: `cargo bench -p tower-token-bucket --features redis --bench redis --
 //! --warm-up-time 1 --measurement-time 3`
 
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
-
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use redis_server::RedisServer;
+use redis_test_server::RedisServer;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_token_bucket::{
     Decision, FailurePolicy, InMemoryBackend, KeyError, Quota, RateLimitBackend, RateLimitLayer,

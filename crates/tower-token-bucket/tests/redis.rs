@@ -8,9 +8,6 @@
 //! Without `redis-server` installed they print a note and pass, unless
 //! `HEALTH_AI_REQUIRE_REDIS=1` (CI), where they fail.
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::net::TcpListener;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use redis_server::RedisServer;
+use redis_test_server::RedisServer;
 use tower::{Service, ServiceExt, service_fn};
 use tower_token_bucket::{
     Decision, FailurePolicy, InMemoryBackend, ManualClock, Quota, RateLimitBackend, RateLimitError,

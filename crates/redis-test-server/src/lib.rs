@@ -1,7 +1,19 @@
-//! A `redis-server` of the test's own: a free port, a temporary directory, no
-//! persistence, killed when dropped. Shared by the tests and the bench.
+//! A `redis-server` of a test's own, for the suite's Redis tests and benches
+//! (tower-token-bucket's and tower-lru-cache's): a free port, a temporary directory, no
+//! persistence, killed when dropped. Not published.
+//!
+//! ```no_run
+//! use redis_test_server::RedisServer;
+//!
+//! // `None` (with a note) when redis-server is missing, unless HEALTH_AI_REQUIRE_REDIS=1.
+//! if let Some(mut server) = RedisServer::start() {
+//!     assert!(server.command("PING").starts_with("+PONG"));
+//!     let _url = server.url();
+//!     server.restart();
+//! }
+//! ```
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(clippy::missing_panics_doc)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +25,7 @@ use std::time::{Duration, Instant};
 const REQUIRE: &str = "HEALTH_AI_REQUIRE_REDIS";
 
 /// A running `redis-server`; killed, and its directory removed, on drop.
+#[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
@@ -49,10 +62,8 @@ impl RedisServer {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!(
-                "tower-token-bucket-redis-{}-{port}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("health-ai-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("temporary directory");
             let mut server = Self {
                 child: None,
