@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -137,6 +138,17 @@ pub trait PriorityExtractor<Req> {
     /// Returns [`QueueError::InvalidPriority`] when the request names a priority that does
     /// not exist. The request is then refused without being queued.
     fn extract(&self, request: &Req) -> Result<Priority, QueueError>;
+
+    /// The longest `request` may wait in the room for a slot, when the request itself
+    /// bounds it (for example by a deadline it carries, less the time a call needs): the
+    /// shorter of this and its level's [maximum wait](crate::QueueBuilder::max_wait)
+    /// applies, and past it the request is refused with
+    /// [`QueueError::QueueTimeout`]. Asked only of a request that has to wait, never on
+    /// the path that finds a free slot. `None` (the default): only its level's bound.
+    fn max_wait(&self, request: &Req) -> Option<Duration> {
+        let _ = request;
+        None
+    }
 }
 
 impl<Req> PriorityExtractor<Req> for Priority {

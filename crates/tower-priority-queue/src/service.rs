@@ -186,6 +186,7 @@ impl<S, E, C: Clone> PriorityQueue<S, E, C> {
     where
         S: Service<Req> + Clone,
         S::Error: Into<BoxError>,
+        E: PriorityExtractor<Req>,
     {
         let priority = match extracted {
             Ok(priority) => priority,
@@ -200,7 +201,14 @@ impl<S, E, C: Clone> PriorityQueue<S, E, C> {
         match self.shared.acquire_or_wait(priority, Instant::now()) {
             Admission::Admitted => self.call_admitted(priority, request),
             Admission::Waiting(guard) => {
-                let max_wait = self.shared.settings.max_wait[priority.index()];
+                // The shorter of the level's bound and the request's own.
+                let max_wait = match (
+                    self.shared.settings.max_wait[priority.index()],
+                    self.extractor.max_wait(&request),
+                ) {
+                    (Some(level), Some(own)) => Some(level.min(own)),
+                    (level, own) => level.or(own),
+                };
                 let classifier = self.classifier.clone();
                 ResponseFuture::waiting(guard, max_wait, self.inner.clone(), request, classifier)
             }

@@ -208,6 +208,63 @@ async fn a_waiter_past_its_level_maximum_wait_is_shed() {
     assert_eq!(handle.snapshot(), idle(&handle));
 }
 
+/// Priority from `x-priority`, and a request's own bound on its wait from `x-wait-secs`.
+#[derive(Debug, Clone, Copy)]
+struct OwnWait;
+
+impl tower_priority_queue::PriorityExtractor<Request> for OwnWait {
+    fn extract(&self, request: &Request) -> Result<Priority, QueueError> {
+        tower_priority_queue::HeaderPriority::new().extract(request)
+    }
+
+    fn max_wait(&self, request: &Request) -> Option<Duration> {
+        let secs = request.headers().get("x-wait-secs")?.to_str().ok()?;
+        secs.parse().ok().map(Duration::from_secs)
+    }
+}
+
+fn request_waiting_at_most(name: &'static str, secs: u64) -> Request {
+    let mut request = request(name, "normal");
+    request
+        .headers_mut()
+        .insert("x-wait-secs", http::HeaderValue::from(secs));
+    request
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_bounds_its_own_wait_below_its_levels() {
+    let log = Log::default();
+    let layer = PriorityQueueLayer::builder()
+        .extractor(OwnWait)
+        .max_in_flight(1)
+        .max_wait(Priority::Normal, Duration::from_secs(30))
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream(&log, Duration::from_secs(10)));
+    let busy = send(&service, request("busy", "normal")).await;
+    settle().await;
+    let start = Instant::now();
+    // Its own bound (3 s) is the shorter: shed after it.
+    let short = send(&service, request_waiting_at_most("short", 3)).await;
+    // The level's (30 s) is the shorter: served when the slot frees at 10 s.
+    let long = send(&service, request_waiting_at_most("long", 60)).await;
+    // No bound of its own: the level's applies (served at 20 s).
+    let plain = send(&service, request("plain", "normal")).await;
+    match queue_error(short.await.expect("task")) {
+        QueueError::QueueTimeout { waited, .. } => assert_eq!(waited, Duration::from_secs(3)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    busy.await.expect("task").expect("served");
+    assert_eq!(long.await.expect("task").expect("served"), "long");
+    assert_eq!(plain.await.expect("task").expect("served"), "plain");
+    assert_eq!(*log.lock().expect("log"), ["busy", "long", "plain"]);
+    // A request that finds a free slot is never asked for its bound.
+    let zero = send(&service, request_waiting_at_most("zero", 0)).await;
+    assert_eq!(zero.await.expect("task").expect("served"), "zero");
+    assert_eq!(handle.snapshot(), idle(&handle));
+}
+
 #[tokio::test(start_paused = true)]
 async fn zero_capacity_rejects_instead_of_queueing() {
     let log = Log::default();
