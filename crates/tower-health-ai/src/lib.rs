@@ -53,6 +53,7 @@
 #[cfg(feature = "axum")]
 mod axum;
 mod body;
+mod budget;
 mod count;
 mod deadline;
 mod degraded;
@@ -75,6 +76,7 @@ pub use crate::axum::{health_handler, metrics_handler};
 pub use crate::body::{
     BufferBody, BufferBodyFuture, BufferBodyLayer, RequestCheck, RequestRejected,
 };
+pub use crate::budget::{StartInTime, StartInTimeFuture};
 pub use crate::count::{CountCalls, CountCallsFuture};
 pub use crate::deadline::{
     DEADLINE_GRACE, Deadline, DeadlineExceeded, EnforceDeadline, EnforceDeadlineFuture,
@@ -92,9 +94,10 @@ pub use crate::priority::{PresetPriority, PriorityHeader};
 pub use crate::prometheus::install_prometheus;
 pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
 pub use crate::stack::{
-    DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi, HealthAiFuture, HealthAiStack,
-    HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME, UpstreamRequest,
+    DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_CACHE_MAX_BYTES,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi,
+    HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME,
+    UpstreamRequest,
 };
 
 /// The names most users need, in one import.

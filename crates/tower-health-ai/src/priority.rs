@@ -1,8 +1,14 @@
 //! Where the preset's priority comes from: a trusted request extension, and the
 //! client's `x-priority` header only as far as the builder trusts it.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::Request;
 use tower_priority_queue::{HeaderPriority, Priority, PriorityExtractor, QueueError};
+
+use crate::budget::CallTimes;
+use crate::deadline::Deadline;
 
 /// How far the preset trusts the client's `x-priority` header; see
 /// [`HealthAiStackBuilder::priority_header`](crate::HealthAiStackBuilder::priority_header).
@@ -31,6 +37,8 @@ pub enum PriorityHeader {
 pub struct PresetPriority {
     header: PriorityHeader,
     reader: HeaderPriority,
+    /// With it, a request waits only while its [`Deadline`] leaves time for a call.
+    call_times: Option<Arc<CallTimes>>,
 }
 
 impl PresetPriority {
@@ -40,7 +48,14 @@ impl PresetPriority {
         Self {
             header,
             reader: HeaderPriority::new(),
+            call_times: None,
         }
+    }
+
+    /// Bounds each request's wait by its deadline less the time a call is likely to need.
+    pub(crate) fn waiting_in_time(mut self, call_times: Option<Arc<CallTimes>>) -> Self {
+        self.call_times = call_times;
+        self
     }
 }
 
@@ -52,6 +67,14 @@ impl<B> PriorityExtractor<Request<B>> for PresetPriority {
             tracing::Span::current().record("priority", priority.as_str());
         }
         priority
+    }
+
+    /// A request with a [`Deadline`] waits for a slot only while its call could still end
+    /// by it, once the stack knows how long calls take (see
+    /// [`start_calls_in_time`](crate::HealthAiStackBuilder::start_calls_in_time)).
+    fn max_wait(&self, request: &Request<B>) -> Option<Duration> {
+        let deadline = request.extensions().get::<Deadline>()?;
+        self.call_times.as_ref()?.slack(*deadline)
     }
 }
 
