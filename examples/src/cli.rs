@@ -33,9 +33,15 @@ pub struct GatewayArgs {
     #[arg(long, default_value_t = 2)]
     pub global_rps: u32,
 
-    /// Response cache capacity, in entries.
-    #[arg(long, default_value_t = 100)]
-    pub cache_capacity: u64,
+    /// Bounds the response cache by a number of entries (the seed's was 100) instead of
+    /// the preset's default of 64 MiB of answers.
+    #[arg(long)]
+    pub cache_capacity: Option<u64>,
+
+    /// Starts a provider call even when the request's deadline leaves it too little time
+    /// to end (by default the preset answers such a request from the fallback at once).
+    #[arg(long)]
+    pub start_calls_late: bool,
 
     /// Response cache time to live, in seconds.
     #[arg(long, default_value_t = 3600)]

@@ -92,7 +92,7 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
             std::time::Duration::from_secs(1),
         ))
         .global_max_wait(args.scaled_secs(30))
-        .cache_capacity(args.cache_capacity)
+        .start_calls_in_time(!args.start_calls_late)
         .cache_ttl(args.scaled_secs(args.cache_ttl_secs))
         .limit(in_flight_limit(args))
         .queue_capacity(args.queue_capacity)
@@ -108,6 +108,9 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
         .fallback(fallback_answer)
         // Demo only: a public deployment must not trust the client's priority (see above).
         .priority_header(PriorityHeader::Trusted);
+    if let Some(entries) = args.cache_capacity {
+        builder = builder.cache_capacity(entries);
+    }
     if let Some(failures) = args.breaker_failures {
         builder = builder.breaker_failures(failures);
     }

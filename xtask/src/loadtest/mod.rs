@@ -97,6 +97,11 @@ pub(crate) struct LoadtestArgs {
     #[arg(long, default_value_t = 3600)]
     client_timeout_secs: u64,
 
+    /// Runs only the default preset's column and prints its table and the seed's criteria
+    /// (no before/after comparison, no charts): a quicker check while tuning a setting.
+    #[arg(long)]
+    preset_only: bool,
+
     /// Extra gateway flags for the default preset's column, after `--`: e.g.
     /// `-- --queue-capacity 50`.
     #[arg(last = true)]
@@ -514,6 +519,23 @@ fn run_seed(
         args.minutes * 60.0 * args.time_scale,
         args.time_scale
     );
+    if args.preset_only {
+        let run = run_once(runtime, args, Column::Preset, seed, &arrivals, out_dir)?;
+        let table = stats::render_table(&[stats::Column {
+            heading: run.column.heading(),
+            short: run.column.key(),
+            summary: &run.summary,
+        }]);
+        let seed_criteria = criteria::render(
+            &format!("The seed's success criteria, default preset, seed {seed}:"),
+            &criteria::seed_criteria(&run.summary, &run.observed),
+        );
+        println!("\n## Seed {seed}, default preset only\n\n{table}\n{seed_criteria}");
+        let json_text = serde_json::to_string_pretty(&run.to_json())
+            .map_err(|e| format!("cannot encode the results: {e}"))?;
+        write(&out_dir.join("preset-only.json"), &json_text)?;
+        return Ok(());
+    }
     let runs = Column::ALL
         .into_iter()
         .map(|column| run_once(runtime, args, column, seed, &arrivals, out_dir))
