@@ -4,10 +4,11 @@
 //! not anyone still waits for its answer. A request whose deadline leaves less time than
 //! the upstream's calls take would spend a slot and a billed call on an answer that comes
 //! too late, while requests behind it wait. So the preset learns how long the upstream's
-//! successful calls take ([`CallTimes`]: the quickest tenth of the last 64), and:
+//! successful calls take ([`CallTimes`]: the median of the last 64), and starts a call
+//! only when it is more likely than not to end in time:
 //!
 //! - [`StartInTime`], just above the call timeout (below the queue and the global pace),
-//!   does not start a call with less time left than that; the request gets
+//!   does not start a call with less time left than the median; the request gets
 //!   [`DeadlineExceeded`] at once, which the fallback answers as degraded (reason
 //!   `deadline`);
 //! - the queue stops a request waiting at the point where its call could no longer end
@@ -40,14 +41,14 @@ use crate::deadline::{Deadline, DeadlineExceeded};
 const WINDOW: usize = 64;
 /// How many it needs before it says anything.
 const MIN_SAMPLES: usize = 10;
-/// The estimate is the time within which the quickest `1 / QUANTILE` of calls ended.
-const QUANTILE: usize = 10;
+/// The estimate is the time within which `1 / QUANTILE` of the calls ended: the median.
+const QUANTILE: usize = 2;
 /// An estimate with no new success for this long (or four times the estimate) is
 /// forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(300);
 
-/// How long the upstream's successful calls take: the time within which the quickest
-/// tenth of the last 64 ended, once ten are known.
+/// How long the upstream's successful calls take: the median of the last 64, once ten
+/// are known.
 #[derive(Debug)]
 pub(crate) struct CallTimes {
     recent: Mutex<Recent>,
@@ -104,7 +105,7 @@ impl CallTimes {
     }
 
     /// The time a call is likely to need at least; `None` while unknown or forgotten.
-    pub(crate) fn shortest_likely(&self) -> Option<Duration> {
+    pub(crate) fn likely_need(&self) -> Option<Duration> {
         let estimate = match self.estimate.load(Ordering::Relaxed) {
             0 => return None,
             n => Duration::from_nanos(n),
@@ -120,13 +121,13 @@ impl CallTimes {
     /// How much longer a request with `deadline` may wait before its call starts, and
     /// still end in time; `None` while nothing is known.
     pub(crate) fn slack(&self, deadline: Deadline) -> Option<Duration> {
-        self.shortest_likely()
+        self.likely_need()
             .map(|need| deadline.remaining().saturating_sub(need))
     }
 }
 
 /// Does not start a call that cannot end by the request's [`Deadline`]: when the time left
-/// is shorter than the upstream's quickest calls (see the [module](self)), it answers
+/// is shorter than the upstream's median call (see the [module](self)), it answers
 /// [`DeadlineExceeded`] at once; it learns from every call that succeeds (`2xx`).
 pub struct StartInTime<S> {
     inner: S,
@@ -147,7 +148,7 @@ impl<S: Clone> Clone for StartInTime<S> {
 impl<S> fmt::Debug for StartInTime<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StartInTime")
-            .field("shortest_likely", &self.times.shortest_likely())
+            .field("likely_need", &self.times.likely_need())
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
     }
@@ -189,7 +190,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if self.enabled
             && let Some(deadline) = request.extensions().get::<Deadline>().copied()
-            && let Some(need) = self.times.shortest_likely()
+            && let Some(need) = self.times.likely_need()
         {
             let left = deadline.remaining();
             if left < need {
@@ -268,19 +269,19 @@ mod tests {
         for _ in 0..9 {
             times.record(secs(60));
         }
-        assert_eq!(times.shortest_likely(), None);
+        assert_eq!(times.likely_need(), None);
         times.record(secs(60));
-        assert_eq!(times.shortest_likely(), Some(secs(60)));
+        assert_eq!(times.likely_need(), Some(secs(60)));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_estimate_is_the_quickest_tenth_of_the_last_64() {
+    async fn the_estimate_is_the_median_of_the_last_64() {
         let times = CallTimes::default();
-        // 100 calls of 1..=100 s: the window holds 37..=100, whose tenth is 43 s.
+        // 100 calls of 1..=100 s: the window holds 37..=100, whose median is 69 s.
         for s in 1..=100 {
             times.record(secs(s));
         }
-        assert_eq!(times.shortest_likely(), Some(secs(43)));
+        assert_eq!(times.likely_need(), Some(secs(69)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -290,9 +291,9 @@ mod tests {
             times.record(secs(100));
         }
         tokio::time::advance(secs(399)).await;
-        assert_eq!(times.shortest_likely(), Some(secs(100)));
+        assert_eq!(times.likely_need(), Some(secs(100)));
         tokio::time::advance(secs(1)).await;
-        assert_eq!(times.shortest_likely(), None);
+        assert_eq!(times.likely_need(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -313,10 +313,11 @@ type Stacked<S> = RedMetrics<
 /// sustained overload the queue holds requests whose deadline will pass before a call
 /// started now could end: starting it spends a slot and a billed call on an answer that
 /// comes too late, while the requests behind it wait longer still. So the stack learns
-/// how long the upstream's successful calls take (the quickest tenth of the last 64,
-/// once ten have succeeded; forgotten after five minutes without a success) and a
-/// request whose deadline leaves less than that neither waits in the queue past that
-/// point nor starts a call (a retry included): it is answered then, as for its deadline
+/// how long the upstream's successful calls take (the median of the last 64, once ten
+/// have succeeded; forgotten after five minutes without a success) and starts a call
+/// only when it is more likely than not to end in time: a request whose deadline leaves
+/// less than that neither waits in the queue past that point nor starts a call (a
+/// retry included). It is answered then, as for its deadline
 /// (the fallback, degraded with reason `deadline`, else 504), and its slot goes to a
 /// request that can still be answered. Until the stack knows, and for an upstream much
 /// quicker than the deadline, nothing changes.
@@ -798,7 +799,7 @@ impl HealthAiStackBuilder {
 
     /// Whether a call is started only when the request's deadline leaves it time to end
     /// (default `true`). The stack learns how long the upstream's successful calls take
-    /// (the quickest tenth of the last 64, once ten have succeeded) and neither starts a
+    /// (the median of the last 64, once ten have succeeded) and neither starts a
     /// call with less time left than that, nor lets a request wait in the queue past the
     /// point where its call could still end in time: such a request is answered then, as
     /// for its deadline (the fallback, degraded, else 504), instead of at its deadline
