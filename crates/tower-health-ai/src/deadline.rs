@@ -34,6 +34,10 @@ pub const X_REQUEST_TIMEOUT: &str = "x-request-timeout";
 /// The gRPC deadline header (`<at most 8 digits><H|M|S|m|u|n>`).
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
+// Looked up by name, not by string: a string is parsed into a name on every lookup.
+const X_REQUEST_TIMEOUT_NAME: http::HeaderName = http::HeaderName::from_static(X_REQUEST_TIMEOUT);
+const GRPC_TIMEOUT_NAME: http::HeaderName = http::HeaderName::from_static(GRPC_TIMEOUT);
+
 /// The instant by which the preset answers a request, in the request's extensions.
 ///
 /// The preset puts it there on arrival, so the upstream service can read it (for instance
@@ -89,8 +93,8 @@ pub(crate) fn deadline_of(
     let mut shortest = budget;
     if !headers.is_empty() {
         for asked in [
-            headers.get(X_REQUEST_TIMEOUT).and_then(parse_seconds),
-            headers.get(GRPC_TIMEOUT).and_then(parse_grpc_timeout),
+            headers.get(&X_REQUEST_TIMEOUT_NAME).and_then(parse_seconds),
+            headers.get(&GRPC_TIMEOUT_NAME).and_then(parse_grpc_timeout),
         ]
         .into_iter()
         .flatten()
@@ -217,12 +221,12 @@ where
             if shortened && let Some(fallback) = &self.on_deadline.fallback {
                 let checked = HeadSlot::default();
                 request.extensions_mut().insert(checked.clone());
-                answer = Some(DeadlineAnswer {
+                answer = Some(Box::new(DeadlineAnswer {
                     parts: CaptureHead.capture(&request),
                     checked,
                     fallback: Arc::clone(fallback),
                     counters: Arc::clone(&self.on_deadline.counters),
-                });
+                }));
             }
         }
         // With the head kept, answer at the deadline; else leave the fallback below
@@ -278,10 +282,10 @@ pub struct RequestDeadlineFuture<F> {
     inner: F,
     deadline: Option<Instant>,
     /// Set when the inner future first waits: an answer ready at once (a cache hit)
-    /// costs no timer.
-    #[pin]
-    sleep: Option<Sleep>,
-    answer: Option<DeadlineAnswer>,
+    /// costs no timer. Boxed, as the answer is, to keep this future small: every layer
+    /// above moves it, and a cache hit needs neither.
+    sleep: Option<Pin<Box<Sleep>>>,
+    answer: Option<Box<DeadlineAnswer>>,
     grpc: bool,
 }
 
@@ -300,28 +304,27 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(output) = this.inner.poll(cx) {
             return Poll::Ready(output);
         }
         let Some(deadline) = *this.deadline else {
             return Poll::Pending;
         };
-        if this.sleep.is_none() {
-            this.sleep.set(Some(sleep_until(deadline)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            std::task::ready!(sleep.poll(cx));
-        }
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+        std::task::ready!(sleep.as_mut().poll(cx));
         *this.deadline = None;
         tracing::info!("request deadline passed while waiting below the stack");
         let error: BoxError = Box::new(DeadlineExceeded);
-        if let Some(DeadlineAnswer {
-            parts,
-            checked,
-            fallback,
-            counters,
-        }) = this.answer.take()
+        if let Some(answer) = this.answer.take()
+            && let DeadlineAnswer {
+                parts,
+                checked,
+                fallback,
+                counters,
+            } = *answer
             && let Some(response) = fallback(checked.0.get().unwrap_or(&parts), &error)
         {
             counters.record(DegradeReason::Deadline);

@@ -831,7 +831,10 @@ impl HealthAiStackBuilder {
             .ttl(self.cache_ttl)
             .stale_if_error(self.cache_stale_grace)
             .max_request_body(self.max_body_bytes)
-            .partition(Partition::from_fn(move |parts| user_of(parts, user_header)))
+            .partition({
+                let user_header = HeaderName::from_static(user_header);
+                Partition::from_fn(move |parts| user_of(parts, &user_header))
+            })
             .degraded_if(|parts| parts.extensions.get::<Degraded>().is_some())
             // Below the cache, upstream failures come back as fallback answers (shared
             // with coalesced waiters); the errors that still reach it are local refusals,
@@ -929,8 +932,8 @@ impl HealthAiStackBuilder {
 
 /// The cache partition: the user header, else the client IP; `None` (no caching) when
 /// neither is known.
-fn user_of(parts: &http::request::Parts, user_header: &'static str) -> Option<Vec<u8>> {
-    if let Some(user) = parts.headers.get(HeaderName::from_static(user_header)) {
+fn user_of(parts: &http::request::Parts, user_header: &HeaderName) -> Option<Vec<u8>> {
+    if let Some(user) = parts.headers.get(user_header) {
         let mut partition = b"user:".to_vec();
         partition.extend_from_slice(user.as_bytes());
         return Some(partition);
