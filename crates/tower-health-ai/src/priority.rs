@@ -62,11 +62,7 @@ impl PresetPriority {
 impl<B> PriorityExtractor<Request<B>> for PresetPriority {
     #[inline]
     fn extract(&self, request: &Request<B>) -> Result<Priority, QueueError> {
-        let priority = self.priority(request);
-        if let Ok(priority) = &priority {
-            tracing::Span::current().record("priority", priority.as_str());
-        }
-        priority
+        self.priority(request)
     }
 
     /// A request with a [`Deadline`] waits for a slot only while its call could still end

@@ -17,8 +17,11 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use http::{HeaderName, Request, Response};
+use tower_priority_queue::PriorityExtractor;
 use tracing::Span;
 use tracing::field::Empty;
+
+use crate::priority::{PresetPriority, PriorityHeader};
 
 /// The key of the user hash: random per process.
 fn hasher() -> &'static RandomState {
@@ -27,7 +30,11 @@ fn hasher() -> &'static RandomState {
 }
 
 /// Opens the request's span (disabled, and free, when no subscriber wants it).
-pub(crate) fn request_span<B>(request: &Request<B>, user_header: &'static str) -> Span {
+pub(crate) fn request_span<B>(
+    request: &Request<B>,
+    user_header: &'static str,
+    priority: PriorityHeader,
+) -> Span {
     let span = tracing::info_span!(
         "health_ai.request",
         route = Empty,
@@ -43,6 +50,11 @@ pub(crate) fn request_span<B>(request: &Request<B>, user_header: &'static str) -
         return span;
     }
     span.record("route", route(request));
+    // Recorded once, here: a formatting subscriber appends every recording of a field,
+    // and the queue sees a request once per attempt.
+    if let Ok(priority) = PresetPriority::new(priority).extract(request) {
+        span.record("priority", priority.as_str());
+    }
     let user = request
         .headers()
         .get(HeaderName::from_static(user_header))

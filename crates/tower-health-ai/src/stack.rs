@@ -341,6 +341,7 @@ pub struct HealthAiStack {
     upstream_calls: Arc<AtomicU64>,
     handle: HealthAiHandle,
     user_header: &'static str,
+    priority_header: PriorityHeader,
 }
 
 impl fmt::Debug for HealthAiStack {
@@ -399,6 +400,7 @@ impl<S> Layer<S> for HealthAiStack {
             inner: self.red.layer(inner),
             not_ready: None,
             user_header: self.user_header,
+            priority_header: self.priority_header,
         }
     }
 }
@@ -926,6 +928,7 @@ impl HealthAiStackBuilder {
             upstream_calls,
             handle,
             user_header,
+            priority_header: self.priority_header,
         }
     }
 }
@@ -958,6 +961,7 @@ pub struct HealthAi<S> {
     inner: Stacked<S>,
     not_ready: Option<BoxError>,
     user_header: &'static str,
+    priority_header: PriorityHeader,
 }
 
 impl<S: Clone> Clone for HealthAi<S> {
@@ -966,6 +970,7 @@ impl<S: Clone> Clone for HealthAi<S> {
             inner: self.inner.clone(),
             not_ready: None,
             user_header: self.user_header,
+            priority_header: self.priority_header,
         }
     }
 }
@@ -994,7 +999,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let grpc = is_grpc(request.headers());
-        let span = crate::span::request_span(&request, self.user_header);
+        let span = crate::span::request_span(&request, self.user_header, self.priority_header);
         let state = match self.not_ready.take() {
             Some(error) => Outcome::NotReady(Some(error)),
             None => Outcome::Called(span.in_scope(|| self.inner.call(request))),

@@ -21,6 +21,17 @@ type Fields = BTreeMap<String, String>;
 #[derive(Clone, Default)]
 struct Capture {
     spans: Arc<Mutex<Vec<(Id, Fields)>>>,
+    /// Every field recorded after the span opened, in order, by span.
+    records: Arc<Mutex<Vec<(Id, String)>>>,
+}
+
+/// Collects the names of the fields a record sets.
+struct Names<'a>(&'a mut Vec<String>);
+
+impl Visit for Names<'_> {
+    fn record_debug(&mut self, field: &Field, _value: &dyn Debug) {
+        self.0.push(field.name().to_owned());
+    }
 }
 
 struct Visitor<'a>(&'a mut Fields);
@@ -48,6 +59,10 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
         let mut spans = self.spans.lock().unwrap();
         if let Some((_, fields)) = spans.iter_mut().find(|(span, _)| span == id) {
             values.record(&mut Visitor(fields));
+            let mut names = Vec::new();
+            values.record(&mut Names(&mut names));
+            let mut records = self.records.lock().unwrap();
+            records.extend(names.into_iter().map(|name| (id.clone(), name)));
         }
     }
 }
@@ -93,5 +108,48 @@ async fn each_request_gets_a_span_with_the_layers_decisions() {
             fields.values().all(|value| !value.contains("ada")),
             "no raw user id: {fields:?}"
         );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_request_records_its_priority_and_attempts_once() {
+    // A formatting subscriber appends every recording of a field to the span's line:
+    // recorded once per attempt, `attempts` would read `attempts=1 attempts=2 attempts=3`.
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let upstream = {
+        let calls = Arc::clone(&calls);
+        service_fn(move |_request: UpstreamRequest| {
+            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let mut response = Response::new(Body::from("real"));
+                if call < 2 {
+                    *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+                }
+                Ok::<_, BoxError>(response)
+            }
+        })
+    };
+    let svc = HealthAiStack::builder()
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build()
+        .layer(upstream);
+    let request = Request::post("/analyze")
+        .header("x-user-id", "ada")
+        .header("x-priority", "low")
+        .body(Body::from("{}"))
+        .unwrap();
+    let response = svc.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let spans = capture.spans.lock().unwrap().clone();
+    assert_eq!(spans[0].1["attempts"], "3");
+    assert_eq!(spans[0].1["priority"], "low");
+    let records = capture.records.lock().unwrap().clone();
+    for field in ["attempts", "priority", "cache", "status", "outcome"] {
+        let times = records.iter().filter(|(_, name)| name == field).count();
+        assert_eq!(times, 1, "{field} recorded {times} times: {records:?}");
     }
 }

@@ -110,10 +110,34 @@ where
     type Future = Sleep;
 
     fn retry(&mut self, request: &mut Req, result: &mut Result<Res, BoxError>) -> Option<Sleep> {
+        let calls = self.attempts.saturating_add(1);
+        let next = self.next_attempt(request, result);
+        if next.is_none() {
+            // The calls made, once the last is known, on the request's span if it has
+            // such a field (the preset's `health_ai.request` does); a no-op otherwise.
+            // Recorded once: a formatting subscriber appends every recording of a field.
+            tracing::Span::current().record("attempts", calls);
+        }
+        next
+    }
+
+    fn clone_request(&mut self, request: &Req) -> Option<Req> {
+        self.copy_request(request)
+    }
+}
+
+impl<C, R> RetryPolicy<C, R> {
+    /// Whether, and after how long, to make another attempt.
+    fn next_attempt<Req, Res>(
+        &mut self,
+        request: &mut Req,
+        result: &mut Result<Res, BoxError>,
+    ) -> Option<Sleep>
+    where
+        C: Classify<Res>,
+        R: Replay<Req>,
+    {
         let shared = &*self.shared;
-        // The calls made so far, on the request's span if it has such a field (the
-        // preset's `health_ai.request` does); a no-op otherwise.
-        tracing::Span::current().record("attempts", self.attempts.saturating_add(1));
         let after = match shared.classifier.classify(result) {
             RetryDecision::Retry => None,
             RetryDecision::RetryAfter(after) => Some(after),
@@ -175,7 +199,10 @@ where
         Some(tokio::time::sleep(delay))
     }
 
-    fn clone_request(&mut self, request: &Req) -> Option<Req> {
+    fn copy_request<Req>(&mut self, request: &Req) -> Option<Req>
+    where
+        R: Replay<Req>,
+    {
         let shared = &*self.shared;
         if shared.max_attempts <= 1 {
             return None;
