@@ -50,10 +50,12 @@ where
     },
     /// Calling the inner service.
     Calling {
-        // Held until the inner future completes; released on drop.
-        permit: Permit,
+        // Declared first, so dropped first: a call given up is ended (its connection
+        // closed, its upstream slot freed) before its slot here goes to the next request.
         #[pin]
         future: S::Future,
+        // Held until the inner future completes or is dropped.
+        permit: Permit,
     },
     Done,
 }
@@ -74,10 +76,11 @@ struct Pending<S, Req> {
     /// future's own).
     #[pin]
     cooldown: Option<Sleep>,
-    /// The slot, once granted.
-    permit: Option<Permit>,
     inner: S,
     request: Option<Req>,
+    /// The slot, once granted. Last, so dropped last: after the inner service, whose
+    /// readiness may hold a reservation of its own.
+    permit: Option<Permit>,
 }
 
 impl<S, Req, C> ResponseFuture<S, Req, C>

@@ -265,6 +265,47 @@ async fn a_request_bounds_its_own_wait_below_its_levels() {
     assert_eq!(handle.snapshot(), idle(&handle));
 }
 
+/// Reads the queue's in-flight count when the inner call is dropped.
+struct DropProbe {
+    handle: tower_priority_queue::QueueHandle,
+    seen: Arc<Mutex<Option<usize>>>,
+}
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        *self.seen.lock().expect("seen") = Some(self.handle.snapshot().processing);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_call_is_ended_before_its_slot_is_freed() {
+    let layer = PriorityQueueLayer::builder().max_in_flight(1).build();
+    let handle = layer.handle();
+    let seen = Arc::new(Mutex::new(None));
+    let service = layer.layer(service_fn({
+        let (handle, seen) = (handle.clone(), Arc::clone(&seen));
+        move |_request: Request| {
+            let probe = DropProbe {
+                handle: handle.clone(),
+                seen: Arc::clone(&seen),
+            };
+            async move {
+                let _probe = probe;
+                std::future::pending::<Result<&'static str, Infallible>>().await
+            }
+        }
+    }));
+    let call = send(&service, request("hangs", "normal")).await;
+    settle().await;
+    assert_eq!(handle.snapshot().processing, 1);
+    call.abort();
+    let _ = call.await;
+    // The upstream call was gone while its slot was still held: no second call could
+    // overlap it.
+    assert_eq!(*seen.lock().expect("seen"), Some(1));
+    assert_eq!(handle.snapshot(), idle(&handle));
+}
+
 #[tokio::test(start_paused = true)]
 async fn zero_capacity_rejects_instead_of_queueing() {
     let log = Log::default();
