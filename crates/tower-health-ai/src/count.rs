@@ -14,7 +14,8 @@ use tower_service::Service;
 /// call except those it turned away with `429 Too Many Requests` (a provider over its
 /// capacity refuses at once and does not bill). A call is counted when it ends, whether
 /// with an answer or an error (a call that failed or timed out may have run, and been
-/// billed); a call dropped before it ends is counted too.
+/// billed); a call dropped before it ends is counted too, unless it was never polled (a
+/// future that was never polled sent nothing).
 #[derive(Debug, Clone)]
 pub struct CountCalls<S> {
     inner: S,
@@ -43,6 +44,7 @@ where
         CountCallsFuture {
             inner: self.inner.call(request),
             calls: Some(Arc::clone(&self.calls)),
+            polled: false,
         }
     }
 }
@@ -55,6 +57,8 @@ pub struct CountCallsFuture<F> {
     inner: F,
     /// Taken when the call is counted (or found not billed).
     calls: Option<Arc<AtomicU64>>,
+    /// Whether the call was polled: until then nothing was sent.
+    polled: bool,
 }
 
 impl<F, B, E> Future for CountCallsFuture<F>
@@ -65,6 +69,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        *this.polled = true;
         let output = ready!(this.inner.poll(cx));
         if let Some(calls) = this.calls.take() {
             let refused = matches!(&output, Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS);
@@ -79,9 +84,77 @@ where
 #[pin_project::pinned_drop]
 impl<F> PinnedDrop for CountCallsFuture<F> {
     fn drop(self: Pin<&mut Self>) {
-        // Dropped before it ended: the call may have run.
-        if let Some(calls) = self.project().calls.take() {
+        // Dropped before it ended: once polled, the call may have run.
+        let this = self.project();
+        if let Some(calls) = this.calls.take()
+            && *this.polled
+        {
             calls.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{ServiceExt, service_fn};
+
+    use super::*;
+
+    fn counted(
+        status: StatusCode,
+        hang: bool,
+    ) -> (
+        CountCalls<
+            impl Service<
+                (),
+                Response = Response<()>,
+                Error = Infallible,
+                Future = impl Future<Output = Result<Response<()>, Infallible>>,
+            > + Clone,
+        >,
+        Arc<AtomicU64>,
+    ) {
+        let calls = Arc::new(AtomicU64::new(0));
+        let inner = service_fn(move |()| async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            let mut response = Response::new(());
+            *response.status_mut() = status;
+            Ok(response)
+        });
+        (CountCalls::new(inner, Arc::clone(&calls)), calls)
+    }
+
+    #[tokio::test]
+    async fn answered_calls_count_and_429s_do_not() {
+        let (svc, calls) = counted(StatusCode::OK, false);
+        svc.oneshot(()).await.unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        let (svc, calls) = counted(StatusCode::TOO_MANY_REQUESTS, false);
+        svc.oneshot(()).await.unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_unpolled_sent_nothing_and_one_dropped_running_may_have_run() {
+        let (mut svc, calls) = counted(StatusCode::OK, true);
+        drop(svc.call(()));
+        assert_eq!(calls.load(Ordering::Relaxed), 0, "never polled");
+        let mut running = Box::pin(svc.call(()));
+        assert!(futures_poll_once(running.as_mut()).await.is_pending());
+        drop(running);
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "polled, then given up");
+    }
+
+    async fn futures_poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+        let mut future = Some(future);
+        std::future::poll_fn(|cx| {
+            let polled = future.take().map_or(Poll::Pending, |f| f.poll(cx));
+            Poll::Ready(polled)
+        })
+        .await
     }
 }
