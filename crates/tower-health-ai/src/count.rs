@@ -98,34 +98,43 @@ impl<F> PinnedDrop for CountCallsFuture<F> {
 mod tests {
     use std::convert::Infallible;
 
-    use tower::{ServiceExt, service_fn};
+    use tower::ServiceExt;
 
     use super::*;
 
-    fn counted(
+    /// Answers `status`, or never when `hang`.
+    #[derive(Clone, Copy)]
+    struct Upstream {
         status: StatusCode,
         hang: bool,
-    ) -> (
-        CountCalls<
-            impl Service<
-                (),
-                Response = Response<()>,
-                Error = Infallible,
-                Future = impl Future<Output = Result<Response<()>, Infallible>>,
-            > + Clone,
-        >,
-        Arc<AtomicU64>,
-    ) {
+    }
+
+    impl Service<()> for Upstream {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response<()>, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            let Self { status, hang } = *self;
+            Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                let mut response = Response::new(());
+                *response.status_mut() = status;
+                Ok(response)
+            })
+        }
+    }
+
+    fn counted(status: StatusCode, hang: bool) -> (CountCalls<Upstream>, Arc<AtomicU64>) {
         let calls = Arc::new(AtomicU64::new(0));
-        let inner = service_fn(move |()| async move {
-            if hang {
-                std::future::pending::<()>().await;
-            }
-            let mut response = Response::new(());
-            *response.status_mut() = status;
-            Ok(response)
-        });
-        (CountCalls::new(inner, Arc::clone(&calls)), calls)
+        let svc = CountCalls::new(Upstream { status, hang }, Arc::clone(&calls));
+        (svc, calls)
     }
 
     #[tokio::test]
@@ -144,17 +153,9 @@ mod tests {
         drop(svc.call(()));
         assert_eq!(calls.load(Ordering::Relaxed), 0, "never polled");
         let mut running = Box::pin(svc.call(()));
-        assert!(futures_poll_once(running.as_mut()).await.is_pending());
+        let polled = std::future::poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
+        assert!(polled.is_pending());
         drop(running);
         assert_eq!(calls.load(Ordering::Relaxed), 1, "polled, then given up");
-    }
-
-    async fn futures_poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
-        let mut future = Some(future);
-        std::future::poll_fn(|cx| {
-            let polled = future.take().map_or(Poll::Pending, |f| f.poll(cx));
-            Poll::Ready(polled)
-        })
-        .await
     }
 }
