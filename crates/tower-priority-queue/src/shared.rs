@@ -410,11 +410,16 @@ impl Shared {
         wakers
     }
 
-    /// Hands free slots to waiters (after the limit rose or a cool-down ended).
+    /// Hands free slots to waiters after the limit rose.
+    ///
+    /// Always under the room's lock, never after a lock-free look at `WAITERS`: an
+    /// arrival decides to wait (it reads the limit and sets `WAITERS`) under that lock,
+    /// so either it ran first and its waiter is in the room now, or it runs after and
+    /// reads the raised limit. A lock-free look could see no waiters yet while the arrival
+    /// still read the old limit, and leave it waiting beside a free slot until the next
+    /// release. The limit rises at most once per window of calls: the lock costs nothing
+    /// that matters.
     fn pump(&self) {
-        if self.state.load(Ordering::Acquire) & WAITERS == 0 {
-            return;
-        }
         let mut room = self.lock();
         let granted = self.pump_locked(&mut room);
         drop(room);
