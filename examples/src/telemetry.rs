@@ -9,7 +9,8 @@
 //! (HTTP/protobuf) to a collector, and the gateway joins its callers' traces: the W3C
 //! `traceparent` of an incoming request is the parent of its `health_ai.request` span
 //! ([`AcceptTraceContextLayer`]), and each call to the provider, an `upstream.call` span
-//! inside it, sends a `traceparent` of its own to the provider ([`inject_trace_context`]).
+//! inside it, sends a `traceparent` of its own to the provider ([`inject_trace_context`];
+//! without `--otlp-endpoint`, the caller's passes through unchanged).
 //! `RUST_LOG` filters the exported spans as it does the logs.
 
 use std::task::{Context, Poll};
@@ -185,8 +186,10 @@ where
 }
 
 /// Writes the W3C trace context of `span` (`traceparent`, and `tracestate` when it has
-/// one) into `headers`, for a call that continues the trace. Writes nothing without the
-/// `otel` feature, or when `span` is not exported.
+/// one) into `headers`, for a call that continues the trace. When `span` is not exported
+/// (no OTLP export, or `RUST_LOG` filters it out), the current OpenTelemetry context is
+/// written instead: the caller's, under [`AcceptTraceContextLayer`], which then reaches
+/// the provider unchanged. Writes nothing without the `otel` feature, or outside a trace.
 #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
 pub fn inject_trace_context(span: &tracing::Span, headers: &mut HeaderMap) {
     #[cfg(feature = "otel")]
@@ -275,7 +278,10 @@ pub mod otel {
 
     /// See [`inject_trace_context`](super::inject_trace_context).
     pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-        let context = span.context();
+        let mut context = span.context();
+        if !context.span().span_context().is_valid() {
+            context = opentelemetry::Context::current();
+        }
         if context.span().span_context().is_valid() {
             TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
         }

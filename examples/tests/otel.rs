@@ -152,3 +152,21 @@ async fn without_a_traceparent_a_request_starts_its_own_trace() {
         "{traceparent}"
     );
 }
+
+#[tokio::test]
+async fn without_export_the_callers_trace_context_reaches_the_provider_unchanged() {
+    // No OpenTelemetry layer: the gateway's spans are not exported.
+    let (url, calls) = ai_provider().await;
+    let args = GatewayArgs::parse_from(["gateway", "--upstream", &url]);
+    let router = gateway::build(&args, UpstreamClient::new(&url).unwrap(), None, None).router;
+    let traceparent = format!("00-{TRACE_ID}-{CALLER_SPAN_ID}-01");
+    let request = Request::post("/api/health-records/rec-1/analyze")
+        .header("x-user-id", "ada")
+        .header("traceparent", &traceparent)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(router.oneshot(request).await.unwrap().status(), 200);
+
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls[0].get("traceparent").unwrap(), traceparent.as_str());
+}
