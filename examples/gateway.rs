@@ -5,26 +5,30 @@
 //! cargo xtask demo -- --help       # every flag
 //! ```
 //!
-//! It prints `listening on http://ADDR`, then logs with `tracing` (set `RUST_LOG` to
-//! change the level). Ctrl-C or SIGTERM stops it after in-flight requests are answered.
+//! It prints `listening on http://ADDR`, then logs to stderr with `tracing` (`RUST_LOG`
+//! sets the level, `--log-format json` writes JSON lines; with the `otel` feature,
+//! `--otlp-endpoint URL` exports traces). Ctrl-C or SIGTERM stops it after in-flight
+//! requests are answered.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use health_ai_examples::cli::GatewayArgs;
-use health_ai_examples::gateway;
-use tracing_subscriber::EnvFilter;
+use health_ai_examples::{gateway, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = GatewayArgs::parse();
-    match gateway::run(args).await {
+    let telemetry = match telemetry::init(&args.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("gateway: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = gateway::run(args).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("gateway: {error}");

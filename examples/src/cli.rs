@@ -122,6 +122,10 @@ pub struct GatewayArgs {
     /// the "before" of the load test. A failed call gives 502.
     #[arg(long)]
     pub no_stack: bool,
+
+    /// Logs and traces.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::TelemetryArgs,
 }
 
 impl GatewayArgs {

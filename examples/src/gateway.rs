@@ -159,6 +159,7 @@ where
             .merge(handle.router());
         Some(handle)
     };
+    router = router.layer(crate::telemetry::AcceptTraceContextLayer);
     router = router.route(
         crate::dashboard::DASHBOARD_ROUTE,
         get(crate::dashboard::page),

@@ -10,4 +10,5 @@ pub mod cli;
 pub mod dashboard;
 pub mod gateway;
 pub mod simulator;
+pub mod telemetry;
 pub mod upstream;

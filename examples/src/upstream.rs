@@ -25,6 +25,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tower::{BoxError, Service};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::analysis::{AnalyzeAnswer, AnalyzeInput, Source};
 use crate::simulator::{ProviderRequest, RETRY_AFTER_MS, SimulatedError, Simulator};
@@ -196,6 +198,9 @@ fn input_of<B>(request: &Request<B>) -> Result<AnalyzeInput, BoxError> {
 ///
 /// Plain HTTP only (no TLS in the dependency tree); put a TLS-terminating proxy in
 /// front of an HTTPS provider. Timeouts are the stack's call timeout.
+///
+/// Each call is an `upstream.call` span (a client span for OpenTelemetry), and with the
+/// `otel` feature it sends that span's W3C `traceparent` to the provider.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -243,24 +248,34 @@ impl<B> Service<Request<B>> for UpstreamClient {
         let client = self.client.clone();
         let endpoint = Uri::clone(&self.endpoint);
         let input = input_of(&request);
-        Box::pin(async move {
+        let span = tracing::info_span!(
+            "upstream.call",
+            otel.kind = "client",
+            otel.name = "POST /v1/analyze",
+            http.request.method = "POST",
+            http.response.status_code = Empty,
+        );
+        let call = async move {
             let input = input?;
             let body = serde_json::to_vec(&ProviderRequest {
                 record_id: input.record_id.clone(),
                 user_id: input.user_id,
                 context: input.context,
             })?;
-            let call = Request::builder()
+            let mut call = Request::builder()
                 .method(Method::POST)
                 .uri(endpoint)
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::ACCEPT, "application/json")
                 .body(Full::new(Bytes::from(body)))?;
+            let span = tracing::Span::current();
+            crate::telemetry::inject_trace_context(&span, call.headers_mut());
             let answer = client
                 .request(call)
                 .await
                 .map_err(|e| UpstreamError::Transport(e.into()))?;
             let status = answer.status();
+            span.record("http.response.status_code", status.as_u16());
             if !status.is_success() {
                 let retry_after = retry_after_of(answer.headers());
                 let overloaded = status == StatusCode::TOO_MANY_REQUESTS
@@ -281,7 +296,8 @@ impl<B> Service<Request<B>> for UpstreamClient {
                 return Err(UpstreamError::InvalidAnswer("not a JSON object".into()).into());
             }
             ai_answer(&input.record_id, analysis)
-        })
+        };
+        Box::pin(call.instrument(span))
     }
 }
 
