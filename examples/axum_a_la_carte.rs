@@ -7,19 +7,18 @@
 //! curl -s localhost:3001/metrics.json
 //! ```
 //!
-//! The limiter refuses with an error; axum wants answers, so `HandleErrorLayer` turns the
-//! refusal into its 429 response (with `Retry-After` and the `RateLimit` headers).
+//! axum wants answers, not errors: `answer_refusals()` makes the limiter answer its own
+//! refusals (429 with `Retry-After` and the `RateLimit` headers, or gRPC
+//! `RESOURCE_EXHAUSTED`), so it attaches with plain `.layer(...)`, no `HandleErrorLayer`.
 
 use std::net::SocketAddr;
 
-use axum::error_handling::HandleErrorLayer;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use tower::{BoxError, ServiceBuilder};
+use tower::BoxError;
 use tower_health_ai::red_metrics::{RedMetricsHandle, RedMetricsLayer};
 use tower_health_ai::token_bucket::http::user_or_peer_ip;
-use tower_health_ai::token_bucket::{Quota, RateLimitError, RateLimitLayer};
+use tower_health_ai::token_bucket::{Quota, RateLimitLayer};
 
 /// The application: an existing router, with the two layers added.
 pub(crate) fn app() -> (Router, RedMetricsHandle) {
@@ -28,20 +27,19 @@ pub(crate) fn app() -> (Router, RedMetricsHandle) {
     let limiter = RateLimitLayer::builder(Quota::per_second(10))
         .name("api")
         .key(user_or_peer_ip("x-api-key"))
-        .build();
+        .build()
+        // Refusals become answers: the layer fits an axum router as it is.
+        .answer_refusals();
     let red = RedMetricsLayer::builder().build();
     let metrics = red.handle();
 
+    // On each route, with plain `.layer(...)` (on a whole `Router` it works the same).
     let api = Router::new()
-        .route("/api/hello", get(|| async { "hello" }))
-        .route("/api/time", get(|| async { "it is now" }))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|error: BoxError| async move {
-                    refusal(&error)
-                }))
-                .layer(limiter),
-        );
+        .route(
+            "/api/hello",
+            get(|| async { "hello" }).layer(limiter.clone()),
+        )
+        .route("/api/time", get(|| async { "it is now" }).layer(limiter));
     let snapshot = metrics.clone();
     let router = Router::new()
         .merge(api)
@@ -55,14 +53,6 @@ pub(crate) fn app() -> (Router, RedMetricsHandle) {
         // Outermost, so it counts the 429s too.
         .layer(red);
     (router, metrics)
-}
-
-/// The limiter's refusal as its response; any other error is a bug of the routes.
-fn refusal(error: &BoxError) -> Response {
-    match error.downcast_ref::<RateLimitError>() {
-        Some(refused) => refused.to_http_response::<axum::body::Body>(),
-        None => (http::StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
-    }
 }
 
 #[tokio::main]

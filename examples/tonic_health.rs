@@ -12,6 +12,7 @@ use tonic::body::Body;
 use tonic::transport::Server;
 use tonic::transport::server::{TcpConnectInfo, TcpIncoming};
 use tower::{BoxError, ServiceBuilder};
+use tower_health_ai::Refusal;
 use tower_health_ai::red_metrics::{RedMetricsHandle, RedMetricsLayer};
 use tower_health_ai::token_bucket::{KeyError, Quota, RateLimitError, RateLimitLayer, key_fn};
 

@@ -2,12 +2,12 @@
 //! the default classification of `http::Response`, the degraded marking of fallback
 //! answers, and a request-head capture for the fallback.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Request, Response, StatusCode};
+use tower_refusal::{Refusal, first_value_static};
 
 use crate::BreakerError;
 use crate::classify::ResponseVerdict;
@@ -16,128 +16,48 @@ use crate::fallback::{Capture, Degraded, MarkDegraded};
 /// The header that marks a fallback answer: `x-degraded: true`.
 pub const X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
 
-/// `Retry-After` in whole seconds, rounded up, at least 1.
-fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait
-        .as_secs()
-        .saturating_add(u64::from(wait.subsec_nanos() > 0));
-    secs.max(1)
-}
-
-impl BreakerError {
-    /// The HTTP status: 503 when the circuit is open, 504 when the call timed out.
-    #[must_use]
-    pub fn status_code(&self) -> StatusCode {
+/// The rejection table's rows: 503 `UNAVAILABLE` when the circuit is open (with
+/// `Retry-After`, the time left open, when known), 504 `DEADLINE_EXCEEDED` when the call
+/// timed out.
+///
+/// The answers ([`Refusal::to_http_response`], [`Refusal::to_grpc_response`],
+/// [`Refusal::to_response`]) carry the body `{"error":"<message>","retryAfter":<seconds>}`
+/// (`retryAfter` only when known) and `Retry-After` in whole seconds (rounded up, at
+/// least 1) when known.
+impl Refusal for BreakerError {
+    fn status_code(&self) -> StatusCode {
         match self {
             Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
-    /// The numeric gRPC status: 14 `UNAVAILABLE` when the circuit is open, 4
-    /// `DEADLINE_EXCEEDED` when the call timed out.
-    #[must_use]
-    pub fn grpc_code(&self) -> i32 {
+    fn grpc_code(&self) -> i32 {
         match self {
             Self::CircuitOpen { .. } => 14,
             Self::Timeout { .. } => 4,
         }
     }
 
-    fn retry_after_header(&self, headers: &mut HeaderMap) {
-        if let Some(wait) = self.retry_after() {
-            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
-        }
+    fn message(&self) -> Cow<'_, str> {
+        Cow::Borrowed(BreakerError::message(self))
     }
 
-    /// The HTTP answer: the status above, `content-type: application/json`, a body
-    /// `{"error":"<message>","retryAfter":<seconds>}` (`retryAfter` only when known), and
-    /// `Retry-After` in whole seconds (rounded up, at least 1) when known.
-    #[must_use]
-    pub fn to_http_response<B: From<Bytes>>(&self) -> Response<B> {
-        let mut body = format!(r#"{{"error":"{}""#, self.message());
-        if let Some(wait) = self.retry_after() {
-            let _ = write!(body, r#","retryAfter":{}"#, retry_after_secs(wait));
-        }
-        body.push('}');
-        let mut response = Response::new(B::from(Bytes::from(body)));
-        *response.status_mut() = self.status_code();
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        self.retry_after_header(headers);
-        response
-    }
-
-    /// The gRPC answer, trailers-only: HTTP 200, `content-type: application/grpc`,
-    /// `grpc-status`, a percent-encoded `grpc-message`, and the same `Retry-After`.
-    #[must_use]
-    pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
-        let mut response = Response::new(B::default());
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
-        if let Ok(message) = HeaderValue::from_str(&percent_encode(self.message())) {
-            headers.insert("grpc-message", message);
-        }
-        self.retry_after_header(headers);
-        response
-    }
-
-    /// The gRPC answer when the request's `content-type` starts with `application/grpc`,
-    /// else the HTTP answer.
-    #[must_use]
-    pub fn to_response<B: Default + From<Bytes>>(
-        &self,
-        request_headers: &HeaderMap,
-    ) -> Response<B> {
-        let grpc = request_headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-        if grpc {
-            self.to_grpc_response()
-        } else {
-            self.to_http_response()
-        }
+    fn retry_after(&self) -> Option<Duration> {
+        BreakerError::retry_after(self)
     }
 }
-
-/// Percent-encodes a `grpc-message` as the gRPC spec asks: every byte outside printable
-/// ASCII, and `%` itself.
-fn percent_encode(message: &str) -> String {
-    let mut encoded = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            let _ = write!(encoded, "%{byte:02X}");
-        }
-    }
-    encoded
-}
-
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// gRPC codes that mean the server failed (`UNKNOWN`, `DEADLINE_EXCEEDED`, `INTERNAL`,
 /// `UNAVAILABLE`, `DATA_LOSS`); the others are the caller's doing, like a 4xx.
 const GRPC_SERVER_FAILURES: [&[u8]; 5] = [b"2", b"4", b"13", b"14", b"15"];
 
-/// Up to this many header values, `grpc-status` is found by comparing names in place,
-/// which costs less than hashing it for `HeaderMap::get` (19 bytes of byte-at-a-time FNV);
-/// beyond, by `get`.
-const SCAN_LIMIT: usize = 16;
-
 /// Whether the first `grpc-status` value names a server failure. Out of line: it runs for
 /// every response with headers, and keeps the response future's poll small.
 #[inline(never)]
 fn grpc_server_failure(headers: &HeaderMap) -> bool {
-    let status = if headers.len() <= SCAN_LIMIT {
-        headers
-            .iter()
-            .find_map(|(name, value)| (name.as_str().as_bytes() == b"grpc-status").then_some(value))
-    } else {
-        headers.get(&GRPC_STATUS)
-    };
-    status.is_some_and(|code| GRPC_SERVER_FAILURES.contains(&code.as_bytes()))
+    first_value_static(headers, "grpc-status")
+        .is_some_and(|code| GRPC_SERVER_FAILURES.contains(&code.as_bytes()))
 }
 
 /// A 5xx status is an upstream failure; any other status (a 4xx is the client's doing)
@@ -206,13 +126,23 @@ impl<B> Capture<Request<B>> for CaptureHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::CONTENT_TYPE;
+    use tower_refusal::SCAN_LIMIT;
+
+    const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
-        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
-        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
-        assert_eq!(retry_after_secs(Duration::from_millis(2_001)), 3);
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        let secs = |wait| {
+            BreakerError::CircuitOpen {
+                retry_after: Some(wait),
+            }
+            .retry_after_secs()
+        };
+        assert_eq!(secs(Duration::from_millis(1)), Some(1));
+        assert_eq!(secs(Duration::from_secs(2)), Some(2));
+        assert_eq!(secs(Duration::from_millis(2_001)), Some(3));
+        assert_eq!(secs(Duration::ZERO), Some(1));
     }
 
     #[test]
@@ -264,12 +194,5 @@ mod tests {
                 "{others} other headers, grpc-status 0"
             );
         }
-    }
-
-    #[test]
-    fn percent_encoding_follows_the_grpc_spec() {
-        assert_eq!(percent_encode("plain text"), "plain text");
-        assert_eq!(percent_encode("50%"), "50%25");
-        assert_eq!(percent_encode("é\n"), "%C3%A9%0A");
     }
 }

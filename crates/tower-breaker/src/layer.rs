@@ -79,6 +79,24 @@ impl<C: Send + Sync + 'static> CircuitBreakerLayer<C> {
     }
 }
 
+#[cfg(feature = "http")]
+impl<C> CircuitBreakerLayer<C> {
+    /// This breaker in the form that answers its refusals itself: a call refused by an
+    /// open circuit gets the answer of [`BreakerError::CircuitOpen`](crate::BreakerError)
+    /// (see [`Refusal`](crate::Refusal)): 503 with `Retry-After` (the time left open), or
+    /// the gRPC trailers-only `UNAVAILABLE`; and the service keeps the inner service's
+    /// error type. On an axum route it attaches with `.layer(...)`; see the
+    /// [crate documentation](crate#refusals-as-errors-or-as-answers).
+    ///
+    /// The breaker is the same (state, handle, metrics); only its refusals are answered
+    /// rather than returned. Put a [`FallbackLayer`](crate::FallbackLayer) or a retry
+    /// above the error-returning form instead: they must see the refusal.
+    #[must_use]
+    pub fn answer_refusals(self) -> tower_refusal::AnswerRefusalsLayer<Self, crate::BreakerError> {
+        tower_refusal::AnswerRefusalsLayer::new(self)
+    }
+}
+
 impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
     type Service = CircuitBreaker<S, C>;
 

@@ -33,7 +33,7 @@
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_breaker::fallback::FallbackRequest;
 //! use tower_breaker::{
-//!     BoxError, CircuitBreakerLayer, Degraded, FallbackLayer, State, TimeoutLayer,
+//!     BoxError, CircuitBreakerLayer, Degraded, FallbackLayer, Refusal, State, TimeoutLayer,
 //! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -101,10 +101,60 @@
 //! [`Verdict::Ignored`] for those errors and defers to [`DefaultClassifier`] for the rest
 //! (see [`Classify`]).
 //!
+//! # Refusals as errors, or as answers
+//!
+//! The breaker and the timeout refuse with an error (a boxed [`BreakerError`]), for the
+//! fallback and retry layers above them, which must see the refusal, and for stacks that
+//! shape their own answers. With the `http` feature,
+//! [`CircuitBreakerLayer::answer_refusals`] and [`TimeoutLayer::answer_refusals`] give the
+//! other form: the layer answers its refusals itself, per [`Refusal`] (503 with
+//! `Retry-After` for an open circuit, 504 for a timeout, or their gRPC trailers-only
+//! forms), and keeps the inner service's error type, as tower-http's `TimeoutLayer` does.
+//! On an axum route, whose handlers never fail, they attach with `.layer(...)` as they
+//! are:
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use axum::{Router, body::Body, http::StatusCode, routing::get};
+//! use http::Request;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_breaker::{CircuitBreakerLayer, State, TimeoutLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let breaker = CircuitBreakerLayer::builder().consecutive_failures(1).build();
+//! let handle = breaker.handle();
+//! let app: Router = Router::new().route(
+//!     "/report",
+//!     get(|| async {
+//!         tokio::time::sleep(Duration::from_secs(5)).await;
+//!         "too late"
+//!     })
+//!     .layer(
+//!         ServiceBuilder::new()
+//!             .layer(breaker.answer_refusals())
+//!             .layer(TimeoutLayer::new(Duration::from_secs(1)).answer_refusals()),
+//!     ),
+//! );
+//!
+//! let report = || Request::get("/report").body(Body::empty()).unwrap();
+//! // The call times out: 504, which the breaker counts as a failure.
+//! let timed_out = app.clone().oneshot(report()).await.unwrap();
+//! assert_eq!(timed_out.status(), StatusCode::GATEWAY_TIMEOUT);
+//! assert_eq!(handle.state(), State::Open);
+//! // The circuit is open: 503 at once, with the time left open.
+//! let refused = app.oneshot(report()).await.unwrap();
+//! assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(refused.headers()["retry-after"], "60");
+//! # }
+//! ```
+//!
 //! # Features
 //!
-//! - `http` (default): the HTTP/gRPC answers of [`BreakerError`], [`ResponseVerdict`] and
-//!   [`MarkDegraded`] for `http::Response`, and [`CaptureHead`].
+//! - `http` (default): the HTTP/gRPC answers of [`BreakerError`] and the layers'
+//!   `answer_refusals`, [`ResponseVerdict`] and [`MarkDegraded`] for `http::Response`,
+//!   and [`CaptureHead`].
 //!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -135,3 +185,6 @@ pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer, DEFAULT_NAME};
 pub use self::machine::{State, Transition};
 pub use self::service::CircuitBreaker;
 pub use self::timeout::{Timeout, TimeoutLayer};
+/// The refusal foundation's trait and answering layer (feature `http`).
+#[cfg(feature = "http")]
+pub use tower_refusal::{AnswerRefusalsLayer, Refusal};

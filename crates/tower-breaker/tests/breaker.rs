@@ -12,7 +12,7 @@ use http::Response;
 use support::{BROKEN, HANG, LocalRefusal, REFUSE, TestRecorder, Upstream, poll_once, request};
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_breaker::{
-    BreakerError, CircuitBreakerLayer, Classify, DefaultClassifier, State, TimeoutLayer,
+    BreakerError, CircuitBreakerLayer, Classify, DefaultClassifier, Refusal, State, TimeoutLayer,
     Transition, Verdict,
 };
 

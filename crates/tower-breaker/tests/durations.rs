@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Response};
 use support::{HANG, Upstream, request};
 use tower::{BoxError, Layer, Service, ServiceExt};
-use tower_breaker::{BreakerError, CircuitBreakerLayer, State, TimeoutLayer};
+use tower_breaker::{BreakerError, CircuitBreakerLayer, Refusal, State, TimeoutLayer};
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 

@@ -99,10 +99,14 @@ pub use crate::stack::{
     HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME,
     UpstreamRequest,
 };
+/// The refusal foundation under the five crates: the [`Refusal`] trait every crate's error
+/// implements (import it to call `to_http_response`, `to_response`), a refusal given by
+/// its parts, and the layer behind every crate's `answer_refusals()`.
+pub use tower_refusal::{AnswerRefusalsLayer, Refusal, SimpleRefusal};
 
 /// The names most users need, in one import.
 pub mod prelude {
-    pub use crate::{HealthAiHandle, HealthAiStack, RequestRejected, UpstreamRequest};
+    pub use crate::{HealthAiHandle, HealthAiStack, Refusal, RequestRejected, UpstreamRequest};
     pub use tower_breaker::{CircuitBreakerLayer, Degraded, FallbackLayer, State, TimeoutLayer};
     pub use tower_lru_cache::{CacheLayer, Partition};
     pub use tower_priority_queue::{Priority, PriorityQueueLayer, RetryLayer};

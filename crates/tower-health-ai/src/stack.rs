@@ -983,7 +983,7 @@ impl<S> fmt::Debug for HealthAi<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HealthAi<S>
 where
-    Stacked<S>: Service<Request<ReqBody>, Response = Response<ResBody>, Error = BoxError>,
+    Stacked<S>: Service<Request<ReqBody>, Response = Response<ResBody>, Error = Infallible>,
 {
     type Response = Response<Either<ResBody, Full<Bytes>>>;
     type Error = Infallible;
@@ -992,7 +992,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // A readiness error is answered, like any other, by the next call's response.
         if let Err(error) = ready!(self.inner.poll_ready(cx)) {
-            self.not_ready = Some(error);
+            self.not_ready = Some(error.into());
         }
         Poll::Ready(Ok(()))
     }
@@ -1030,9 +1030,10 @@ impl<F> fmt::Debug for HealthAiFuture<F> {
     }
 }
 
-impl<F, ResBody> Future for HealthAiFuture<F>
+impl<F, ResBody, E> Future for HealthAiFuture<F>
 where
-    F: Future<Output = Result<Response<ResBody>, BoxError>>,
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Into<BoxError>,
 {
     type Output = Result<Response<Either<ResBody, Full<Bytes>>>, Infallible>;
 
@@ -1043,7 +1044,7 @@ where
             OutcomeProj::NotReady(error) => Err(error
                 .take()
                 .unwrap_or_else(|| "the stack was not ready".into())),
-            OutcomeProj::Called(future) => ready!(future.poll(cx)),
+            OutcomeProj::Called(future) => ready!(future.poll(cx)).map_err(Into::into),
         };
         let response = match result {
             Ok(response) => response.map(Either::Left),

@@ -109,6 +109,20 @@ impl<B> CacheBody<B> {
     }
 }
 
+/// An empty body, as a gRPC trailers-only answer has.
+impl<B> Default for CacheBody<B> {
+    fn default() -> Self {
+        Self::full(Bytes::new(), None)
+    }
+}
+
+/// A body of these bytes, as the cache's answers to its refusals have.
+impl<B> From<Bytes> for CacheBody<B> {
+    fn from(data: Bytes) -> Self {
+        Self::full(data, None)
+    }
+}
+
 impl<B> fmt::Debug for CacheBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {

@@ -68,6 +68,24 @@ impl<St: CacheStore<CachedResponse>> CacheLayer<St> {
     }
 }
 
+impl<St> CacheLayer<St> {
+    /// This cache in the form that answers its refusals itself: a [`CacheError`]
+    /// (a request body that could not be read, 400; an upstream body that failed, or a
+    /// failed call shared with coalesced requests, 502) becomes its answer (see
+    /// [`Refusal`](crate::Refusal)), JSON or gRPC trailers-only, and the service keeps the
+    /// inner service's error type. On an axum route it attaches with `.layer(...)`; see
+    /// the [crate documentation](crate#refusals-as-errors-or-as-answers).
+    ///
+    /// The cache is the same (shared entries, handle, metrics); only its refusals are
+    /// answered rather than returned.
+    ///
+    /// [`CacheError`]: crate::CacheError
+    #[must_use]
+    pub fn answer_refusals(self) -> tower_refusal::AnswerRefusalsLayer<Self, crate::CacheError> {
+        tower_refusal::AnswerRefusalsLayer::new(self)
+    }
+}
+
 impl<St> Clone for CacheLayer<St> {
     fn clone(&self) -> Self {
         Self {

@@ -172,6 +172,40 @@
 //! miss or a bypass drives its own clone of the inner service to readiness before
 //! calling it, so backpressure from inside still applies to the requests that need it.
 //!
+//! # Refusals as errors, or as answers
+//!
+//! The cache's own failures are errors (a boxed [`CacheError`]: a request body that
+//! could not be read, an upstream body that failed while being cached, a failed call
+//! shared with coalesced requests), for stacks that shape their own answers. The
+//! inner service's errors pass through unchanged. [`CacheLayer::answer_refusals`] gives
+//! the other form: the cache answers its own failures itself, per [`Refusal`] (400 or
+//! 502 with a short JSON body, or a gRPC trailers-only answer), and keeps the inner
+//! service's error type. On an axum route, whose handlers never fail, it attaches with
+//! `.layer(...)` as it is:
+//!
+//! ```
+//! use axum::{Router, body::Body, routing::get};
+//! use http::Request;
+//! use tower::ServiceExt;
+//! use tower_lru_cache::CacheLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let cache = CacheLayer::builder().name("report").build();
+//! let handle = cache.handle();
+//! let app: Router = Router::new().route(
+//!     "/report",
+//!     get(|| async { "an expensive report" }).layer(cache.answer_refusals()),
+//! );
+//!
+//! for expected in ["MISS", "HIT"] {
+//!     let response = app.clone().oneshot(Request::get("/report").body(Body::empty()).unwrap()).await.unwrap();
+//!     assert_eq!(response.headers()["x-cache"], expected);
+//! }
+//! assert_eq!(handle.snapshot().hits, 1);
+//! # }
+//! ```
+//!
 //! # Other request types
 //!
 //! [`FnCacheLayer`] caches any service whose response is `Clone` (an AI SDK call, for
@@ -258,3 +292,6 @@ pub use crate::redis_store::{
 pub use crate::service::CacheService;
 pub use crate::stats::{CacheHandle, CacheSnapshot};
 pub use crate::store::{CacheStore, Entry, MokaStore};
+/// The refusal foundation's trait and answering layer (feature `http`).
+#[cfg(feature = "http")]
+pub use tower_refusal::{AnswerRefusalsLayer, Refusal};

@@ -84,11 +84,7 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 impl Grpc {
     /// From the response head.
     pub(crate) fn of(parts: &Parts) -> Self {
-        let grpc = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-        if !grpc {
+        if !tower_refusal::is_grpc(&parts.headers) {
             return Self::No;
         }
         match parts.headers.get(GRPC_STATUS) {

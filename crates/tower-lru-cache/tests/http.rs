@@ -18,7 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tower::{BoxError, Service, ServiceExt, service_fn};
 use tower_lru_cache::{
-    CacheError, CacheLayer, CacheLayerBuilder, CacheSnapshot, Partition, RequestKey,
+    CacheError, CacheLayer, CacheLayerBuilder, CacheSnapshot, Partition, Refusal, RequestKey,
 };
 
 /// Marks an answer as degraded, as a fallback layer would.
@@ -780,6 +780,63 @@ async fn a_body_longer_than_declared_is_refused() {
             .map(CacheError::status_code),
         Some(StatusCode::BAD_REQUEST)
     );
+}
+
+/// In the answering form the same refusal is the cache's 400 answer, the service keeps
+/// the inner service's error type, and the inner service's own errors come out as they
+/// were.
+#[tokio::test]
+async fn the_answering_form_answers_refusals_and_keeps_inner_errors() {
+    #[derive(Debug, PartialEq)]
+    struct Upstream;
+    impl std::fmt::Display for Upstream {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("upstream")
+        }
+    }
+    struct Liar(u8);
+    impl Body for Liar {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0 += 1;
+            Poll::Ready((self.0 < 100).then(|| Ok(Frame::data(Bytes::from_static(&[0; 64])))))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(10)
+        }
+    }
+    impl From<Bytes> for Liar {
+        fn from(_: Bytes) -> Self {
+            Self(100)
+        }
+    }
+    let inner = service_fn(|request: Request<Liar>| async move {
+        if request.uri().path() == "/fail" {
+            Err(Upstream)
+        } else {
+            Ok(Response::new(Full::<Bytes>::default()))
+        }
+    });
+    let svc = builder().max_request_body(100).build().answer_refusals();
+    let svc = tower::Layer::layer(&svc, inner);
+    let answer: Result<Response<_>, Upstream> = svc
+        .clone()
+        .oneshot(Request::post("/").body(Liar(0)).unwrap())
+        .await;
+    let answer = answer.unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(answer.headers()["content-type"], "application/json");
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, r#"{"error":"request body could not be read"}"#);
+
+    let failed = svc
+        .oneshot(Request::post("/fail").body(Liar(100)).unwrap())
+        .await;
+    assert_eq!(failed.err(), Some(Upstream));
 }
 
 /// A store that answers lookups only after a yield, as a remote store would.

@@ -1,12 +1,13 @@
 //! The HTTP face of the queue: priority extractors for `http::Request` and the 503/400
 //! mapping of [`QueueError`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::HeaderName;
 use http::{HeaderMap, Response, StatusCode};
+use tower_refusal::{Refusal, first_value, first_value_static};
 
 use std::time::SystemTime;
 
@@ -41,36 +42,6 @@ pub struct HeaderPriority {
 
 /// The header [`HeaderPriority`] reads unless told otherwise.
 const X_PRIORITY: HeaderName = HeaderName::from_static("x-priority");
-
-/// Up to this many header values, the header is found by comparing names in place, which
-/// costs less than hashing it for `HeaderMap::get` (about 18 bytes of byte-at-a-time FNV);
-/// beyond, by `get`.
-const SCAN_LIMIT: usize = 16;
-
-/// The first value of `name` in `headers`, as `HeaderMap::get` returns it: header maps
-/// keep names lowercase, so names compare byte for byte.
-#[inline]
-fn first_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    if headers.len() <= SCAN_LIMIT {
-        headers
-            .iter()
-            .find_map(|(key, value)| (key == name).then_some(value))
-    } else {
-        headers.get(name)
-    }
-}
-
-/// [`first_value`] of `x-priority`, compared with a constant (no call to `bcmp`).
-#[inline]
-fn x_priority(headers: &HeaderMap) -> Option<&HeaderValue> {
-    if headers.len() <= SCAN_LIMIT {
-        headers
-            .iter()
-            .find_map(|(key, value)| (key.as_str().as_bytes() == b"x-priority").then_some(value))
-    } else {
-        headers.get(X_PRIORITY)
-    }
-}
 
 impl fmt::Debug for HeaderPriority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,7 +87,8 @@ impl HeaderPriority {
             return Ok(self.default);
         }
         let value = match &self.header {
-            None => x_priority(headers),
+            // Compared with a constant: no call to `bcmp`.
+            None => first_value_static(headers, "x-priority"),
             Some(header) => first_value(headers, header),
         };
         match value {
@@ -232,11 +204,15 @@ impl<B> OverloadClassifier<Response<B>> for HttpOverload {
     }
 }
 
-impl QueueError {
-    /// The HTTP status: 503 for a full queue or an exceeded wait, 400 for an invalid
-    /// priority.
-    #[must_use]
-    pub fn status_code(&self) -> StatusCode {
+/// The rejection table's rows: 503 `UNAVAILABLE` with `Retry-After` for a full queue, a
+/// cool-down or an exceeded wait; 400 `INVALID_ARGUMENT` for an invalid priority.
+///
+/// The answers ([`Refusal::to_http_response`], [`Refusal::to_grpc_response`],
+/// [`Refusal::to_response`]) carry the body `{"error":"…","retryAfter":s}`
+/// (`retryAfter` only when a retry makes sense) and `Retry-After` in whole seconds,
+/// rounded up.
+impl Refusal for QueueError {
+    fn status_code(&self) -> StatusCode {
         match self {
             QueueError::QueueFull { .. }
             | QueueError::CoolingDown { .. }
@@ -245,10 +221,7 @@ impl QueueError {
         }
     }
 
-    /// The numeric gRPC status: 14 (UNAVAILABLE) for a full queue or an exceeded wait,
-    /// 3 (`INVALID_ARGUMENT`) for an invalid priority.
-    #[must_use]
-    pub fn grpc_code(&self) -> i32 {
+    fn grpc_code(&self) -> i32 {
         match self {
             QueueError::QueueFull { .. }
             | QueueError::CoolingDown { .. }
@@ -257,108 +230,31 @@ impl QueueError {
         }
     }
 
-    /// The HTTP response for this refusal: its status, `content-type: application/json`,
-    /// a body `{"error":"…","retryAfter":s}` (`retryAfter` only when a retry makes sense)
-    /// and then a `Retry-After` header in whole seconds, rounded up.
-    #[must_use]
-    pub fn to_http_response<B: From<Bytes>>(&self) -> Response<B> {
-        let retry_after = self.retry_after().map(whole_seconds);
-        let mut body = String::with_capacity(128);
-        body.push_str("{\"error\":\"");
-        push_json_escaped(&mut body, &self.to_string());
-        body.push('"');
-        if let Some(seconds) = retry_after {
-            body.push_str(",\"retryAfter\":");
-            body.push_str(&seconds.to_string());
-        }
-        body.push('}');
-        let mut response = Response::new(B::from(Bytes::from(body)));
-        *response.status_mut() = self.status_code();
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(seconds) = retry_after {
-            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+    fn message(&self) -> Cow<'_, str> {
+        Cow::Owned(self.to_string())
     }
 
-    /// The gRPC response for this refusal, trailers-only: HTTP 200,
-    /// `content-type: application/grpc`, `grpc-status`, a percent-encoded `grpc-message`,
-    /// and `Retry-After` when a retry makes sense.
-    #[must_use]
-    pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
-        let mut response = Response::new(B::default());
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert(
-            HeaderName::from_static("grpc-status"),
-            HeaderValue::from(self.grpc_code()),
-        );
-        if let Ok(message) = HeaderValue::from_str(&percent_encode(&self.to_string())) {
-            headers.insert(HeaderName::from_static("grpc-message"), message);
-        }
-        if let Some(seconds) = self.retry_after().map(whole_seconds) {
-            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+    fn retry_after(&self) -> Option<Duration> {
+        QueueError::retry_after(self)
     }
 
-    /// The gRPC form when the request's `content-type` starts with `application/grpc`,
-    /// the HTTP form otherwise.
-    #[must_use]
-    pub fn to_response<B: Default + From<Bytes>>(
-        &self,
-        request_headers: &HeaderMap,
-    ) -> Response<B> {
-        if is_grpc(request_headers) {
-            self.to_grpc_response()
-        } else {
-            self.to_http_response()
-        }
+    /// Whole seconds, rounded up; a `retry_after` hint configured as zero stays 0 (the
+    /// operator asked for it), unlike the foundation's default of at least 1.
+    fn retry_after_secs(&self) -> Option<u64> {
+        QueueError::retry_after(self).map(|wait| {
+            wait.as_secs()
+                .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        })
     }
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// Whole seconds, rounded up.
-fn whole_seconds(duration: Duration) -> u64 {
-    duration
-        .as_secs()
-        .saturating_add(u64::from(duration.subsec_nanos() > 0))
-}
-
-fn push_json_escaped(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-}
-
-/// Percent-encodes a `grpc-message` as the gRPC spec asks: every byte outside printable
-/// ASCII, and `%`.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http::HeaderValue;
+    use http::header::{CONTENT_TYPE, RETRY_AFTER};
+    use tower_refusal::SCAN_LIMIT;
 
     fn full() -> QueueError {
         QueueError::QueueFull {
@@ -429,11 +325,6 @@ mod tests {
     }
 
     #[test]
-    fn grpc_message_is_percent_encoded() {
-        assert_eq!(percent_encode("a%b\né"), "a%25b%0A%C3%A9");
-    }
-
-    #[test]
     fn header_extractor_defaults_and_rejects() {
         let extractor = HeaderPriority::new().default_priority(Priority::Low);
         let request = http::Request::new(());
@@ -473,7 +364,7 @@ mod tests {
             ),
         ];
         for (extractor, name) in extractors {
-            for others in [0usize, 3, super::SCAN_LIMIT - 2, super::SCAN_LIMIT + 5] {
+            for others in [0usize, 3, SCAN_LIMIT - 2, SCAN_LIMIT + 5] {
                 let mut headers = HeaderMap::new();
                 for i in 0..others {
                     let other = HeaderName::from_bytes(format!("x-other-{i}").as_bytes())

@@ -58,6 +58,25 @@ impl<E, C> PriorityQueueLayer<E, C> {
     }
 }
 
+#[cfg(feature = "http")]
+impl<E, C> PriorityQueueLayer<E, C> {
+    /// This queue in the form that answers its refusals itself: a refused
+    /// `http::Request` gets the answer of its [`QueueError`](crate::QueueError) (see
+    /// [`Refusal`](crate::Refusal)): 503 with `Retry-After` for a full room, a cool-down
+    /// or an exceeded wait, 400 for a malformed priority, or their gRPC trailers-only
+    /// forms; and the service keeps the inner service's error type. On an axum route it
+    /// attaches with `.layer(...)`; see the
+    /// [crate documentation](crate#refusals-as-errors-or-as-answers).
+    ///
+    /// The queue is the same (shared slots and room, handle, metrics); only its refusals
+    /// are answered rather than returned. Put a [`RetryLayer`](crate::RetryLayer) outside
+    /// the error-returning form instead: it must see a refusal to leave it alone.
+    #[must_use]
+    pub fn answer_refusals(self) -> tower_refusal::AnswerRefusalsLayer<Self, crate::QueueError> {
+        tower_refusal::AnswerRefusalsLayer::new(self)
+    }
+}
+
 impl<S, E: Clone, C: Clone> Layer<S> for PriorityQueueLayer<E, C> {
     type Service = PriorityQueue<S, E, C>;
 

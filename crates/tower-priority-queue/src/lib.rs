@@ -27,7 +27,7 @@
 //! use tower::{BoxError, ServiceBuilder, ServiceExt};
 //! use tower_priority_queue::{
 //!     classify_fn, Classify, HttpClassifier, Priority, PriorityQueueLayer, QueueError,
-//!     RetryDecision, RetryLayer,
+//!     Refusal, RetryDecision, RetryLayer,
 //! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -98,6 +98,40 @@
 //!   queue paces the requests that hold slots, in priority order. A request waiting in the
 //!   queue holds no slot, and a call timeout below the queue does not count queueing time.
 //!
+//! # Refusals as errors, or as answers
+//!
+//! The queue refuses with an error (a boxed [`QueueError`]), for stacks that shape their
+//! own answers and for the retry layer, which must see the refusal to leave it alone.
+//! With the `http` feature, [`PriorityQueueLayer::answer_refusals`] gives the other form:
+//! the queue answers its refusals itself, per [`Refusal`] (503 with `Retry-After`, or
+//! 400 for a malformed priority, or the gRPC trailers-only `UNAVAILABLE` /
+//! `INVALID_ARGUMENT`), and keeps the inner service's error type. On an axum route,
+//! whose handlers never fail, it attaches with `.layer(...)` as it is:
+//!
+//! ```
+//! use axum::{Router, body::Body, routing::post};
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//! use tower_priority_queue::PriorityQueueLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let queue = PriorityQueueLayer::builder().name("analyze").max_in_flight(2).build();
+//! let app: Router = Router::new().route(
+//!     "/analyze",
+//!     post(|| async { "analysed" }).layer(queue.answer_refusals()),
+//! );
+//!
+//! let request = |priority| {
+//!     Request::post("/analyze").header("x-priority", priority).body(Body::empty()).unwrap()
+//! };
+//! let answered = app.clone().oneshot(request("urgent")).await.unwrap();
+//! assert_eq!(answered.status(), StatusCode::OK);
+//! let refused = app.oneshot(request("asap")).await.unwrap();
+//! assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+//! # }
+//! ```
+//!
 //! # Finding the upstream's capacity
 //!
 //! A fixed limit is a guess, and wrong one way or the other: too low and requests are
@@ -140,8 +174,8 @@
 //! # Features
 //!
 //! - `http` (default): [`HeaderPriority`], [`ExtensionPriority`], the HTTP and gRPC
-//!   responses of [`QueueError`], [`HttpClassifier`], [`HttpReplay`] and
-//!   [`HttpOverload`].
+//!   responses of [`QueueError`] and [`PriorityQueueLayer::answer_refusals`],
+//!   [`HttpClassifier`], [`HttpReplay`] and [`HttpOverload`].
 //!
 //! # Metrics
 //!
@@ -182,3 +216,6 @@ pub use crate::retry::{
 #[cfg(feature = "http")]
 pub use crate::retry::{HttpClassifier, HttpReplay};
 pub use crate::service::PriorityQueue;
+/// The refusal foundation's trait and answering layer (feature `http`).
+#[cfg(feature = "http")]
+pub use tower_refusal::{AnswerRefusalsLayer, Refusal};

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 use tower_priority_queue::{
-    HttpOverload, HttpReplay, Limit, PriorityQueueLayer, QueueHandle, RetryLayer,
+    HttpOverload, HttpReplay, Limit, PriorityQueueLayer, QueueHandle, Refusal, RetryLayer,
 };
 
 type Request = http::Request<()>;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
-use tower_priority_queue::{HttpOverload, Limit, Priority, PriorityQueueLayer, QueueError};
+use tower_priority_queue::{
+    HttpOverload, Limit, Priority, PriorityQueueLayer, QueueError, Refusal,
+};
 
 type Request = http::Request<()>;
 

@@ -1,13 +1,16 @@
 //! The HTTP and gRPC face: rejection responses and key extractors for `http::Request`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, FORWARDED, HeaderName, HeaderValue, RETRY_AFTER};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::header::{FORWARDED, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, StatusCode};
+use tower_refusal::Refusal;
 
 use crate::error::ceil_secs;
 use crate::{ExtractKey, KeyError, KeyExtractor, Or, Quota, RateLimitError};
@@ -17,14 +20,27 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 /// `RateLimit` (IETF httpapi rate-limit headers draft).
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
-impl RateLimitError {
-    /// The HTTP status: 429 rate limited, 413 cost too large, 503 key cap reached or
-    /// backend unavailable, 400 no key, 401 no identity.
-    #[must_use]
-    pub fn status_code(&self) -> StatusCode {
+/// The rejection table's row for each refusal: 429 `RESOURCE_EXHAUSTED` when rate
+/// limited, 413 `RESOURCE_EXHAUSTED` when the cost is larger than the quota, 503
+/// `UNAVAILABLE` when the key cap is reached or the backend is unavailable, 400
+/// `INVALID_ARGUMENT` without a key, 401 `UNAUTHENTICATED` without an identity.
+///
+/// The answers ([`Refusal::to_http_response`], [`Refusal::to_grpc_response`],
+/// [`Refusal::to_response`]) carry the body `{"error":"...","retryAfter":s}`
+/// (`retryAfter` only when a retry can succeed), `Retry-After` in whole seconds rounded up
+/// (never 0), and for a rate-limited request the `RateLimit-Policy` and `RateLimit`
+/// headers.
+///
+/// `RateLimit-Policy` states the quota's long-run rate in whole-second windows,
+/// exactly where a window of at most an hour allows it (1 per 90 ms is
+/// `q=100;w=9`, 3 per 1.5 s is `q=4;w=2`, 5 a second is `q=5;w=1`), else rounded
+/// down: it never promises more than the limiter lets through.
+///
+/// To shape the response yourself, downcast the error in your error handler (axum
+/// `HandleErrorLayer`, `tower::util::MapErr`) and build it from the fields.
+impl Refusal for RateLimitError {
+    fn status_code(&self) -> StatusCode {
         match self {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::CostTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -34,10 +50,7 @@ impl RateLimitError {
         }
     }
 
-    /// The numeric gRPC status: 8 `RESOURCE_EXHAUSTED` (rate limited, cost too large),
-    /// 14 `UNAVAILABLE` (key cap, backend unavailable), 3 `INVALID_ARGUMENT` (no key), 16 `UNAUTHENTICATED`.
-    #[must_use]
-    pub fn grpc_code(&self) -> i32 {
+    fn grpc_code(&self) -> i32 {
         match self {
             Self::RateLimited { .. } | Self::CostTooLarge { .. } => 8,
             Self::KeyCapacity { .. } | Self::Unavailable { .. } => 14,
@@ -46,86 +59,34 @@ impl RateLimitError {
         }
     }
 
-    /// The HTTP response: the status above, `content-type: application/json`, a body
-    /// `{"error":"...","retryAfter":s}` (`retryAfter` only when a retry can succeed),
-    /// `Retry-After` in whole seconds rounded up (never 0), and for a rate-limited
-    /// request the `RateLimit-Policy` and `RateLimit` headers.
-    ///
-    /// `RateLimit-Policy` states the quota's long-run rate in whole-second windows,
-    /// exactly where a window of at most an hour allows it (1 per 90 ms is
-    /// `q=100;w=9`, 3 per 1.5 s is `q=4;w=2`, 5 a second is `q=5;w=1`), else rounded
-    /// down: it never promises more than the limiter lets through.
-    ///
-    /// To shape the response yourself, downcast the error in your error handler (axum
-    /// `HandleErrorLayer`, `tower::util::MapErr`) and build it from the fields.
-    #[must_use]
-    pub fn to_http_response<B: From<Bytes>>(&self) -> Response<B> {
-        let mut body = String::with_capacity(96);
-        body.push_str("{\"error\":\"");
-        json_escape_into(&mut body, &self.to_string());
-        body.push('"');
-        if let Some(secs) = self.retry_after_secs() {
-            body.push_str(",\"retryAfter\":");
-            body.push_str(&secs.to_string());
-        }
-        body.push('}');
-        let mut response = Response::new(B::from(Bytes::from(body)));
-        *response.status_mut() = self.status_code();
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        self.insert_headers(headers);
-        response
+    fn message(&self) -> Cow<'_, str> {
+        Cow::Owned(self.to_string())
     }
 
-    /// The gRPC response: trailers-only, HTTP 200, `content-type: application/grpc`,
-    /// `grpc-status`, a percent-encoded `grpc-message`, and the same `Retry-After` and
-    /// rate-limit headers as [`to_http_response`](Self::to_http_response).
-    #[must_use]
-    pub fn to_grpc_response<B: Default>(&self) -> Response<B> {
-        let mut response = Response::new(B::default());
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
-        if let Ok(message) = HeaderValue::from_str(&percent_encode(&self.to_string())) {
-            headers.insert(GRPC_MESSAGE, message);
-        }
-        self.insert_headers(headers);
-        response
+    fn retry_after(&self) -> Option<Duration> {
+        RateLimitError::retry_after(self)
     }
 
-    /// The gRPC form when the request's `content-type` starts with `application/grpc`,
-    /// else the HTTP form.
-    #[must_use]
-    pub fn to_response<B: Default + From<Bytes>>(
-        &self,
-        request_headers: &HeaderMap,
-    ) -> Response<B> {
-        let grpc = request_headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        if grpc {
-            self.to_grpc_response()
-        } else {
-            self.to_http_response()
-        }
+    fn retry_after_secs(&self) -> Option<u64> {
+        RateLimitError::retry_after_secs(self)
     }
 
-    fn insert_headers(&self, headers: &mut HeaderMap) {
+    fn extra_headers(&self, headers: &mut HeaderMap) {
+        let Self::RateLimited { quota, limiter, .. } = self else {
+            return;
+        };
         let Some(secs) = self.retry_after_secs() else {
             return;
         };
-        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-        if let Self::RateLimited { quota, limiter, .. } = self {
-            let name = sf_string(limiter);
-            let (q, w) = announced_policy(quota);
-            let policy = format!("{name};q={q};w={w}");
-            let state = format!("{name};r=0;t={secs}");
-            if let (Ok(policy), Ok(state)) =
-                (HeaderValue::try_from(policy), HeaderValue::try_from(state))
-            {
-                headers.insert(RATELIMIT_POLICY, policy);
-                headers.insert(RATELIMIT, state);
-            }
+        let name = sf_string(limiter);
+        let (q, w) = announced_policy(quota);
+        let policy = format!("{name};q={q};w={w}");
+        let state = format!("{name};r=0;t={secs}");
+        if let (Ok(policy), Ok(state)) =
+            (HeaderValue::try_from(policy), HeaderValue::try_from(state))
+        {
+            headers.insert(RATELIMIT_POLICY, policy);
+            headers.insert(RATELIMIT, state);
         }
     }
 }
@@ -199,34 +160,6 @@ fn sf_string(s: &str) -> String {
         }
     }
     out.push('"');
-    out
-}
-
-fn json_escape_into(out: &mut String, s: &str) {
-    use std::fmt::Write as _;
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-}
-
-/// Percent-encoding of a `grpc-message`, per the gRPC HTTP/2 spec.
-fn percent_encode(s: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
     out
 }
 
@@ -662,9 +595,13 @@ pub fn user_or_peer_ip(header: &'static str) -> Or<HeaderKey, PeerIp> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use http::Response;
+    use http::header::{CONTENT_TYPE, RETRY_AFTER};
 
     use super::*;
+
+    const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
     fn limited(retry_after: Duration) -> RateLimitError {
         RateLimitError::RateLimited {
@@ -714,7 +651,6 @@ mod tests {
             r.headers()[GRPC_MESSAGE],
             "rate limit exceeded: 5 requests per 1s"
         );
-        assert_eq!(percent_encode("a%b\nc é"), "a%25b%0Ac %C3%A9");
     }
 
     #[test]

@@ -95,6 +95,25 @@ where
     }
 }
 
+#[cfg(feature = "http")]
+impl<X: KeyExtractor, B> RateLimitLayer<X, B> {
+    /// This limiter in the form that answers its refusals itself: a refused
+    /// `http::Request` gets the answer of its [`RateLimitError`](crate::RateLimitError)
+    /// (see [`Refusal`](crate::Refusal)): 429 with `Retry-After`, `RateLimit-Policy` and
+    /// `RateLimit`, or the gRPC trailers-only `RESOURCE_EXHAUSTED`, and the service keeps
+    /// the inner service's error type. On an axum route it attaches with `.layer(...)`;
+    /// see the [crate documentation](crate#refusals-as-errors-or-as-answers).
+    ///
+    /// The limiter is the same (shared state, handle, metrics); only its refusals are
+    /// answered rather than returned.
+    #[must_use]
+    pub fn answer_refusals(
+        self,
+    ) -> tower_refusal::AnswerRefusalsLayer<Self, crate::RateLimitError> {
+        tower_refusal::AnswerRefusalsLayer::new(self)
+    }
+}
+
 impl<S, X: KeyExtractor, B> Layer<S> for RateLimitLayer<X, B> {
     type Service = RateLimit<S, X, B>;
 

@@ -9,7 +9,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::{service_fn, Layer, Service, ServiceExt};
-//! use tower_token_bucket::{http::user_or_peer_ip, Quota, RateLimitError, RateLimitLayer};
+//! use tower_token_bucket::{http::user_or_peer_ip, Quota, RateLimitError, RateLimitLayer, Refusal};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), tower::BoxError> {
@@ -70,10 +70,45 @@
 //!   instances (one Lua script per decision on the server's clock, a local cache of
 //!   refusals, and a `FailurePolicy` for when Redis is unreachable); the layer
 //!   builder's `build_redis` puts it under a layer.
-//! - Errors are [`RateLimitError`], boxed; with `http`, `to_response` builds the 429 (or
-//!   gRPC `RESOURCE_EXHAUSTED`) with `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+//! - Errors are [`RateLimitError`], boxed; with `http`, it is a [`Refusal`], whose
+//!   `to_response` builds the 429 (or gRPC `RESOURCE_EXHAUSTED`) with `Retry-After`,
+//!   `RateLimit-Policy` and `RateLimit`.
 //! - [`RateLimitHandle`] reads counts and a key's remaining tokens;
 //!   [`metrics`] lists the metric names.
+//!
+//!
+//! # Refusals as errors, or as answers
+//!
+//! The layer refuses with an error (a boxed [`RateLimitError`]), for stacks that shape
+//! their own answers (axum's `HandleErrorLayer`, `tower::util::MapErr`, a preset). With
+//! the `http` feature, [`RateLimitLayer::answer_refusals`] gives the other form: the layer
+//! answers its refusals itself, per [`Refusal`] (429 with `Retry-After`,
+//! `RateLimit-Policy` and `RateLimit`, or the gRPC trailers-only
+//! `RESOURCE_EXHAUSTED`), and keeps the inner service's error type. On an axum route,
+//! whose handlers never fail, it attaches with `.layer(...)` as it is:
+//!
+//! ```
+//! use axum::{Router, body::Body, routing::post};
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//! use tower_token_bucket::{Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let limiter = RateLimitLayer::builder(Quota::per_second(1)).name("orders").build();
+//! let app: Router = Router::new().route(
+//!     "/orders",
+//!     post(|| async { "created" }).layer(limiter.answer_refusals()),
+//! );
+//!
+//! let order = || Request::post("/orders").body(Body::empty()).unwrap();
+//! let first = app.clone().oneshot(order()).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::OK);
+//! let second = app.oneshot(order()).await.unwrap();
+//! assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(second.headers()["ratelimit-policy"], "\"orders\";q=1;w=1");
+//! # }
+//! ```
 //!
 //! [tower]: https://docs.rs/tower
 //! [governor]: https://docs.rs/governor
@@ -106,6 +141,9 @@ pub use key::{
 pub use layer::{Mode, RateLimitLayer, RateLimitLayerBuilder};
 pub use quota::{InvalidQuota, Quota, QuotaInfo};
 pub use service::RateLimit;
+/// The refusal foundation's trait and answering layer (feature `http`).
+#[cfg(feature = "http")]
+pub use tower_refusal::{AnswerRefusalsLayer, Refusal};
 
 /// The `redis` crate this backend is built on (feature `redis`), for its connection
 /// and error types.

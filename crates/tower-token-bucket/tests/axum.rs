@@ -12,7 +12,7 @@ use axum::{BoxError, Router};
 use http::{Request, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_token_bucket::http::user_or_peer_ip;
-use tower_token_bucket::{Quota, RateLimitError, RateLimitLayer};
+use tower_token_bucket::{Quota, RateLimitError, RateLimitLayer, Refusal};
 
 async fn refused(err: BoxError) -> http::Response<Body> {
     match err.downcast_ref::<RateLimitError>() {
@@ -114,4 +114,75 @@ async fn without_the_header_the_peer_ip_is_the_key() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+}
+
+/// The same limit in the answering form: no `HandleErrorLayer`, plain `.layer(...)`.
+fn answering_app() -> Router {
+    let limiter = RateLimitLayer::builder(Quota::per_second(3))
+        .name("per-user")
+        .key(user_or_peer_ip("x-user-id"))
+        .build()
+        .answer_refusals();
+    Router::new()
+        .route("/a", get(|| async { "a" }).layer(limiter.clone()))
+        .route("/b", axum::routing::post(|| async { "b" }).layer(limiter))
+}
+
+async fn head_and_body(res: http::Response<Body>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let status = res.status().as_u16();
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    (status, headers, body)
+}
+
+/// The answering form refuses exactly as the error form answered through
+/// `HandleErrorLayer` with `to_http_response`: same status, headers and body; and it
+/// answers a gRPC request in the gRPC form.
+#[tokio::test(start_paused = true)]
+async fn answering_form_attaches_to_routes_and_answers_as_the_error_form() {
+    let errors = app();
+    let answers = answering_app();
+    for grpc in [false, true] {
+        let user = if grpc { "carol" } else { "dave" };
+        let mut seen = Vec::new();
+        for (app, method) in [(&errors, "GET"), (&answers, "POST")] {
+            let mut statuses = Vec::new();
+            let mut last = None;
+            for _ in 0..4 {
+                let path = if method == "GET" { "/a" } else { "/b" };
+                let mut req = request(path, Some(user), "192.0.2.9:1");
+                *req.method_mut() = method.parse().unwrap();
+                if grpc {
+                    req.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                }
+                let res = app.clone().oneshot(req).await.unwrap();
+                statuses.push(res.status().as_u16());
+                last = Some(head_and_body(res).await);
+            }
+            seen.push((statuses, last));
+        }
+        if !grpc {
+            assert_eq!(seen[0], seen[1]);
+        }
+        let (statuses, last) = &seen[1];
+        let (_, headers, body) = last.as_ref().unwrap();
+        if grpc {
+            assert_eq!(statuses, &[200, 200, 200, 200]);
+            assert!(headers.contains(&("grpc-status".into(), "8".into())));
+            assert!(body.is_empty());
+        } else {
+            assert_eq!(statuses, &[200, 200, 200, 429]);
+            assert!(headers.contains(&("retry-after".into(), "1".into())));
+            let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(json["retryAfter"], 1);
+        }
+    }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use proptest::prelude::*;
 use tower_token_bucket::http::{ForwardedIp, IpNet, RATELIMIT_POLICY};
-use tower_token_bucket::{ExtractKey, Quota, RateLimitError};
+use tower_token_bucket::{ExtractKey, Quota, RateLimitError, Refusal};
 
 fn req(peer: &str, headers: &[(&'static str, &str)]) -> Request<()> {
     let mut r = Request::new(());

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
-use tower_token_bucket::{ExtractKeyExt, KeyError, Quota, RateLimitError, RateLimitLayer, key_fn};
+use tower_token_bucket::{
+    ExtractKeyExt, KeyError, Quota, RateLimitError, RateLimitLayer, Refusal, key_fn,
+};
 
 /// A request that is not HTTP: an AI SDK call.
 #[derive(Clone, Debug)]

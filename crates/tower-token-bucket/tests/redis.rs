@@ -19,7 +19,7 @@ use redis_test_server::RedisServer;
 use tower::{Service, ServiceExt, service_fn};
 use tower_token_bucket::{
     Decision, FailurePolicy, InMemoryBackend, ManualClock, Quota, RateLimitBackend, RateLimitError,
-    RateLimitLayer, RedisBackend, RedisBackendBuilder, RedisClock, key_fn,
+    RateLimitLayer, RedisBackend, RedisBackendBuilder, RedisClock, Refusal, key_fn,
 };
 
 const ONE: NonZeroU32 = NonZeroU32::MIN;

@@ -23,6 +23,33 @@ impl TimeoutLayer {
     }
 }
 
+#[cfg(feature = "http")]
+impl TimeoutLayer {
+    /// This timeout in the form that answers its refusals itself: a call that runs past
+    /// the timeout gets the answer of [`BreakerError::Timeout`](crate::BreakerError)
+    /// (see [`Refusal`](crate::Refusal)): 504, or the gRPC trailers-only
+    /// `DEADLINE_EXCEEDED`; and the service keeps the inner service's error type, as
+    /// tower-http's `TimeoutLayer` does. On an axum route it attaches with `.layer(...)`;
+    /// see the [crate documentation](crate#refusals-as-errors-or-as-answers).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use axum::{Router, routing::post};
+    /// use tower_breaker::TimeoutLayer;
+    ///
+    /// let app: Router = Router::new().route(
+    ///     "/analyze",
+    ///     post(|| async { "analysed" })
+    ///         .layer(TimeoutLayer::new(Duration::from_secs(120)).answer_refusals()),
+    /// );
+    /// ```
+    #[must_use]
+    pub fn answer_refusals(self) -> tower_refusal::AnswerRefusalsLayer<Self, crate::BreakerError> {
+        tower_refusal::AnswerRefusalsLayer::new(self)
+    }
+}
+
 impl Default for TimeoutLayer {
     /// [`DEFAULT_TIMEOUT`] (120 s).
     fn default() -> Self {
