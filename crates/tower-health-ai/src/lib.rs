@@ -94,7 +94,7 @@ pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_respon
 pub use crate::stack::{
     DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi, HealthAiFuture, HealthAiStack,
-    HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME, UpstreamRequest,
+    HealthAiStackBuilder, PER_USER_LIMITER, PresetLabels, UPSTREAM_NAME, UpstreamRequest,
 };
 
 /// The names most users need, in one import.

@@ -29,7 +29,24 @@ impl<B> ExtractLabels<Request<B>> for HttpLabels {
             route: route(request),
         }
     }
+
+    fn is_recorded(&self, request: &Request<B>) -> bool {
+        request.extensions().get::<RedRecorded>().is_some()
+    }
+
+    fn mark_recorded(&self, request: &mut Request<B>) {
+        request.extensions_mut().insert(RedRecorded);
+    }
 }
+
+/// The request extension by which a RED layer marks a request it records, so that the
+/// RED layers inside it (e.g. the one in a preset on a route, under one on the whole
+/// router) pass the request through rather than count it a second time.
+///
+/// [`HttpLabels`] sets and reads it. A server that records requests by other means can
+/// insert it to keep these layers from recording them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedRecorded;
 
 #[cfg(feature = "axum")]
 fn route<B>(request: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {

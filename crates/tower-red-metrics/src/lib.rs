@@ -93,6 +93,11 @@
 //! as `cancelled`, and so is a gRPC body dropped before its trailers: every request is
 //! recorded once, whatever happens, and `http_requests_in_flight` returns to zero.
 //!
+//! Nested layers count a request once: the outermost RED layer records it and marks it
+//! ([`RedRecorded`], with [`HttpLabels`]), and the layers inside pass it through. A RED
+//! layer on the whole router and another inside a preset on one route count each
+//! request on that route once, under the outer layer's labels.
+//!
 //! Durations are read from the CPU's time-stamp counter ([`Clock::Monotonic`], about
 //! 10 ns a read), which does not follow tokio's paused test clock; a test that pauses
 //! time and checks durations builds its layer with [`Clock::Tokio`]
@@ -131,7 +136,7 @@ pub use crate::clock::Clock;
 pub use crate::error::{BoxError, InstallError};
 pub use crate::future::ResponseFuture;
 #[cfg(feature = "http")]
-pub use crate::http::{HttpClassify, HttpLabels};
+pub use crate::http::{HttpClassify, HttpLabels, RedRecorded};
 pub use crate::labels::{ExtractLabels, MethodLabel, RequestLabels};
 pub use crate::layer::{
     DEFAULT_MAX_ROUTES, DEFAULT_WINDOW, DEFAULT_WINDOW_STEPS, RedMetricsBuilder, RedMetricsLayer,

@@ -790,3 +790,34 @@ async fn a_grpc_status_header_on_a_plain_http_response_is_ignored() {
     assert_eq!(metrics.counter(HTTP_REQUESTS_TOTAL, &labels), 1);
     assert_eq!(metrics.counter_sum(HTTP_REQUESTS_TOTAL), 1);
 }
+
+#[tokio::test]
+async fn nested_layers_count_a_request_once() {
+    let (outer_recorder, _) = recorder();
+    let (inner_recorder, _) = recorder();
+    let outer = RedMetricsLayer::builder().recorder(outer_recorder).build();
+    let inner = RedMetricsLayer::builder().recorder(inner_recorder).build();
+    let (outer_handle, inner_handle) = (outer.handle(), inner.handle());
+    // The inner layer alone, as on a route the outer layer does not cover.
+    let lone = inner.layer(service_fn(|_req: Request<Empty<Bytes>>| async {
+        Ok::<_, Infallible>(respond(200))
+    }));
+    let nested = outer.layer(lone.clone());
+
+    for _ in 0..7 {
+        let response = nested
+            .clone()
+            .oneshot(Request::get("/").body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(outer_handle.snapshot().requests.total, 7);
+    assert_eq!(inner_handle.snapshot().requests.total, 0);
+
+    lone.oneshot(Request::get("/").body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(inner_handle.snapshot().requests.total, 1);
+    assert_eq!(outer_handle.snapshot().requests.total, 7);
+}
