@@ -116,6 +116,11 @@ pub struct GatewayArgs {
     /// the "before" of the load test. A failed call gives 502.
     #[arg(long)]
     pub no_stack: bool,
+
+    /// The clock the stack's limiters and RED layer read: the fast monotonic clock (the
+    /// default), or tokio's for tests that pause tokio's time. Not a flag.
+    #[arg(skip)]
+    pub clock: tower_health_ai::Clock,
 }
 
 impl GatewayArgs {

@@ -48,6 +48,15 @@
 //! The concern crates are re-exported as modules, for à la carte use:
 //! [`token_bucket`], [`lru_cache`], [`priority_queue`], [`breaker`], [`red_metrics`];
 //! [`prelude`] brings the common names into scope.
+//!
+//! ## Time
+//!
+//! The limiters and the RED layer read the CPU's time-stamp counter by default
+//! ([`Clock::Monotonic`]); the layers that wait (the queue, the breaker, the deadlines,
+//! the limiters' waits) and the cache use tokio's clock. A test that pauses tokio's time
+//! and advances it builds the preset with [`Clock::Tokio`]
+//! ([`HealthAiStackBuilder::clock`]), and the à la carte layers with their crate's
+//! `Clock::Tokio`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "axum")]
@@ -69,6 +78,16 @@ pub use tower_lru_cache as lru_cache;
 pub use tower_priority_queue as priority_queue;
 pub use tower_red_metrics as red_metrics;
 pub use tower_token_bucket as token_bucket;
+
+/// The `bytes` crate, whose `Bytes` the fallback's answers and the cache's bodies are
+/// made of.
+pub use bytes;
+/// The `http` crate, whose types the layers take and give (`http::Request`,
+/// `http::Response`).
+pub use http;
+/// The clock the preset's limiters and RED layer read; see
+/// [`HealthAiStackBuilder::clock`].
+pub use tower_red_metrics::Clock;
 
 #[cfg(feature = "axum")]
 pub use crate::axum::{health_handler, metrics_handler};

@@ -27,8 +27,8 @@ use tower_priority_queue::{
     AdaptiveLimit, HttpReplay, Limit, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer,
 };
 use tower_red_metrics::{
-    ExtractLabels, HttpClassify, HttpLabels, PrometheusMetrics, RedMetrics, RedMetricsHandle,
-    RedMetricsLayer, RequestLabels,
+    Clock, ExtractLabels, HttpClassify, HttpLabels, PrometheusMetrics, RedMetrics,
+    RedMetricsHandle, RedMetricsLayer, RequestLabels,
 };
 use tower_token_bucket::http::{HeaderKey, PeerIp};
 use tower_token_bucket::{
@@ -456,6 +456,7 @@ pub struct HealthAiStackBuilder {
     request_deadline: Duration,
     degrade_on_overload: bool,
     red: RedSource,
+    clock: Clock,
 }
 
 impl Default for HealthAiStackBuilder {
@@ -491,6 +492,7 @@ impl Default for HealthAiStackBuilder {
             request_deadline: DEFAULT_REQUEST_DEADLINE,
             degrade_on_overload: true,
             red: RedSource::Own,
+            clock: Clock::Monotonic,
         }
     }
 }
@@ -517,6 +519,7 @@ impl fmt::Debug for HealthAiStackBuilder {
             .field("request_deadline", &self.request_deadline)
             .field("degrade_on_overload", &self.degrade_on_overload)
             .field("red", &self.red)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -824,13 +827,29 @@ impl HealthAiStackBuilder {
         self
     }
 
+    /// The clock the limiters and the RED layer read (default [`Clock::Monotonic`], the
+    /// CPU's time-stamp counter). Tests that pause tokio's time
+    /// (`#[tokio::test(start_paused = true)]`) and advance it use [`Clock::Tokio`], so
+    /// that tokens come back and durations are counted as the test's clock says. The
+    /// queue, the breaker, the deadlines and the cache wait on or read tokio's clock
+    /// whatever this says.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Builds the stack and its shared state.
     pub fn build(self) -> HealthAiStack {
         let user_header = self.user_header;
+        let limiter_clock = match self.clock {
+            Clock::Tokio => tower_token_bucket::Clock::Tokio,
+            _ => tower_token_bucket::Clock::Monotonic,
+        };
         let red = RedMetricsLayer::builder()
             .labels(PresetLabels {
                 record: matches!(self.red, RedSource::Own),
             })
+            .clock(self.clock)
             .build();
         let red_figures = match self.red {
             RedSource::Outer(outer) => outer,
@@ -839,6 +858,7 @@ impl HealthAiStackBuilder {
         let per_user = RateLimitLayer::builder(self.per_user_quota)
             .name(PER_USER_LIMITER)
             .key(HeaderKey::from_static(user_header).or(PeerIp).or(GlobalKey))
+            .clock(limiter_clock)
             .build();
         let mut body = BufferBodyLayer::new(self.max_body_bytes);
         if let Some(check) = self.request_check {
@@ -906,6 +926,7 @@ impl HealthAiStackBuilder {
         let global = RateLimitLayer::builder(self.global_quota)
             .name(GLOBAL_LIMITER)
             .wait(self.global_max_wait)
+            .clock(limiter_clock)
             .build();
         let timeout = TimeoutLayer::new(self.call_timeout);
         let upstream_calls = Arc::new(AtomicU64::new(0));

@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 use tower_health_ai::red_metrics::{PrometheusConfig, RedMetricsLayer};
-use tower_health_ai::{HealthAiHandle, HealthAiStack, UpstreamRequest};
+use tower_health_ai::{Clock, HealthAiHandle, HealthAiStack, UpstreamRequest};
 
 /// The application: a route of its own, its own `/metrics`, the preset on `/analyze`,
 /// and `red` on the whole router.
@@ -55,7 +55,8 @@ async fn router_wide_red_and_the_preset_count_seven_requests_as_seven() {
         let (recorder, prometheus) = PrometheusConfig::new().build().unwrap();
         let red = RedMetricsLayer::builder().recorder(recorder).build();
         let outer = red.handle();
-        let mut builder = HealthAiStack::builder();
+        // tokio's clock: the test pauses it, and the global pace waits on it.
+        let mut builder = HealthAiStack::builder().clock(Clock::Tokio);
         if outer_figures {
             builder = builder.outer_red_metrics(outer.clone());
         }
@@ -77,7 +78,10 @@ async fn router_wide_red_and_the_preset_count_seven_requests_as_seven() {
 #[tokio::test(start_paused = true)]
 async fn the_preset_counts_alone_unless_turned_off() {
     for record in [true, false] {
-        let stack = HealthAiStack::builder().red_metrics(record).build();
+        let stack = HealthAiStack::builder()
+            .clock(Clock::Tokio)
+            .red_metrics(record)
+            .build();
         let upstream = service_fn(|_request: UpstreamRequest| async {
             Ok::<_, BoxError>(Response::new(Body::from("analysis")))
         });
