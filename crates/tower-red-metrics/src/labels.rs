@@ -66,6 +66,7 @@ impl MethodLabel {
     }
 }
 
+#[cfg(feature = "http")]
 impl From<&http::Method> for MethodLabel {
     fn from(method: &http::Method) -> Self {
         match method.as_str() {
@@ -133,7 +134,7 @@ where
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "http"))]
 mod tests {
     use super::*;
 

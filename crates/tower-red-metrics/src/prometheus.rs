@@ -207,6 +207,7 @@ impl PrometheusMetrics {
     }
 
     /// A `200 OK` response with the rendered text and the exposition `content-type`.
+    #[cfg(feature = "http")]
     #[must_use]
     pub fn render_response<B: From<String>>(&self) -> http::Response<B> {
         let mut response = http::Response::new(B::from(self.render()));
