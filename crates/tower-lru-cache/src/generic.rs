@@ -276,6 +276,23 @@ pub struct FnCacheService<S, K, Res, St = MokaStore<Res>> {
     shared: Arc<FnShared<K, Res, St>>,
 }
 
+impl<S, K, Res, St> FnCacheService<S, K, Res, St> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S: Clone, K, Res, St> Clone for FnCacheService<S, K, Res, St> {
     fn clone(&self) -> Self {
         Self {
