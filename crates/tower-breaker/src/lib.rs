@@ -131,7 +131,9 @@ pub use self::fallback::{Degraded, Fallback, FallbackLayer, MarkDegraded};
 pub use self::handle::{CircuitBreakerHandle, CircuitBreakerSnapshot};
 #[cfg(feature = "http")]
 pub use self::http::{CaptureHead, X_DEGRADED};
-pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer, DEFAULT_NAME};
+#[allow(deprecated)]
+pub use self::layer::CircuitBreakerBuilder;
+pub use self::layer::{CircuitBreakerLayer, CircuitBreakerLayerBuilder, DEFAULT_NAME};
 pub use self::machine::{State, Transition};
 pub use self::service::CircuitBreaker;
 pub use self::timeout::{Timeout, TimeoutLayer};

@@ -8,7 +8,7 @@ use http_body::Body;
 use crate::body::RedBody;
 use crate::classify::{Classify, GRPC_UNKNOWN, Status, parse_grpc_status};
 use crate::labels::{ExtractLabels, MethodLabel, RequestLabels};
-use crate::layer::{RedMetricsBuilder, RedMetricsLayer};
+use crate::layer::{RedMetricsLayer, RedMetricsLayerBuilder};
 use crate::state::Recording;
 
 /// Labels of an `http::Request`: the method (standard ones, else `OTHER`) and, with the
@@ -168,8 +168,8 @@ impl RedMetricsLayer<HttpLabels, HttpClassify> {
 
     /// A builder for an HTTP layer.
     #[must_use]
-    pub fn builder() -> RedMetricsBuilder<HttpLabels, HttpClassify> {
-        RedMetricsBuilder::new(HttpLabels, HttpClassify)
+    pub fn builder() -> RedMetricsLayerBuilder<HttpLabels, HttpClassify> {
+        RedMetricsLayerBuilder::new(HttpLabels, HttpClassify)
     }
 }
 

@@ -99,7 +99,7 @@ pub struct RequestLabels<'r> {
 ///
 /// Route values must come from a bounded set (route templates, RPC method names); the
 /// layer caps the number of distinct routes anyway (see
-/// [`RedMetricsBuilder::max_routes`](crate::RedMetricsBuilder::max_routes)).
+/// [`RedMetricsLayerBuilder::max_routes`](crate::RedMetricsLayerBuilder::max_routes)).
 ///
 /// It also carries the mark that keeps two RED layers from counting one request twice:
 /// a layer passes through, unrecorded, a request that [`is_recorded`] says an outer RED

@@ -101,7 +101,7 @@
 //! Durations are read from the CPU's time-stamp counter ([`Clock::Monotonic`], about
 //! 10 ns a read), which does not follow tokio's paused test clock; a test that pauses
 //! time and checks durations builds its layer with [`Clock::Tokio`]
-//! ([`RedMetricsBuilder::clock`]).
+//! ([`RedMetricsLayerBuilder::clock`]).
 //!
 //! [tower]: https://docs.rs/tower
 //! [metrics]: https://docs.rs/metrics
@@ -141,8 +141,11 @@ pub use crate::future::ResponseFuture;
 #[cfg(feature = "http")]
 pub use crate::http::{HttpClassify, HttpLabels, RedRecorded};
 pub use crate::labels::{ExtractLabels, MethodLabel, RequestLabels};
+#[allow(deprecated)]
+pub use crate::layer::RedMetricsBuilder;
 pub use crate::layer::{
-    DEFAULT_MAX_ROUTES, DEFAULT_WINDOW, DEFAULT_WINDOW_STEPS, RedMetricsBuilder, RedMetricsLayer,
+    DEFAULT_MAX_ROUTES, DEFAULT_WINDOW, DEFAULT_WINDOW_STEPS, RedMetricsLayer,
+    RedMetricsLayerBuilder,
 };
 pub use crate::metrics::{
     HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_TOTAL, OVERFLOW_ROUTE,

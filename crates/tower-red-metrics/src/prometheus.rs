@@ -122,7 +122,7 @@ impl PrometheusConfig {
     }
 
     /// Builds the recorder without installing it, for tests or for combining recorders:
-    /// give the recorder to [`RedMetricsBuilder::recorder`](crate::RedMetricsBuilder::recorder)
+    /// give the recorder to [`RedMetricsLayerBuilder::recorder`](crate::RedMetricsLayerBuilder::recorder)
     /// and render through the returned handle.
     ///
     /// # Errors

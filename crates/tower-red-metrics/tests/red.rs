@@ -681,7 +681,7 @@ proptest! {
     )) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (recorder, snapshotter) = recorder();
-        let layer = tower_red_metrics::RedMetricsBuilder::new(
+        let layer = tower_red_metrics::RedMetricsLayerBuilder::new(
             |_: &Outcome| RequestLabels { method: MethodLabel::Post, route: Some("analyze".into()) },
             classify_fn(|outcome: &Outcome| match *outcome {
                 Outcome::Http(code) => Status::Http(code),
@@ -742,10 +742,11 @@ async fn one_service_can_see_many_routes() {
         method: MethodLabel::from(req.method()),
         route: Some(req.uri().path().to_owned().into()),
     };
-    let layer = tower_red_metrics::RedMetricsBuilder::new(labels, tower_red_metrics::HttpClassify)
-        .recorder(recorder)
-        .max_routes(2)
-        .build();
+    let layer =
+        tower_red_metrics::RedMetricsLayerBuilder::new(labels, tower_red_metrics::HttpClassify)
+            .recorder(recorder)
+            .max_routes(2)
+            .build();
     let service = layer.layer(service_fn(|_: Request<Empty<Bytes>>| async {
         Ok::<_, Infallible>(respond(200))
     }));
