@@ -80,7 +80,7 @@ async fn classes_are_exact_under_concurrent_load() {
     assert_eq!(requests.client_errors, 800);
     assert_eq!(requests.rate_limited, 800);
     assert_eq!(requests.errors, 800);
-    assert!((requests.error_rate - 0.2).abs() < 1e-12);
+    assert!((requests.error_rate_percent - 20.0).abs() < 1e-9);
 
     let metrics = Taken::take(&snapshotter);
     for status in statuses {
@@ -473,7 +473,7 @@ async fn inner_errors_pass_through_unchanged_and_count_as_errors() {
 
     let requests = handle.snapshot().requests;
     assert_eq!((requests.total, requests.errors), (1, 1));
-    assert!((requests.error_rate - 1.0).abs() < f64::EPSILON);
+    assert!((requests.error_rate_percent - 100.0).abs() < f64::EPSILON);
     let metrics = Taken::take(&snapshotter);
     let labels = [
         ("method", "GET"),
