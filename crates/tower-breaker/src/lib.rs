@@ -106,6 +106,14 @@
 //! - `http` (default): the HTTP/gRPC answers of [`BreakerError`], [`ResponseVerdict`] and
 //!   [`MarkDegraded`] for `http::Response`, and [`CaptureHead`].
 //!
+//! # Time
+//!
+//! The breaker's open period and the call timeout run on tokio's timers, so the breaker
+//! reads tokio's clock, with no option: tests pause it
+//! (`#[tokio::test(start_paused = true)]`) and advance it. The suite's crates that only
+//! measure time (the limiter, the cache, the RED layer) read a faster monotonic clock by
+//! default and take tokio's as an option.
+//!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 

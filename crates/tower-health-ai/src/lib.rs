@@ -51,9 +51,9 @@
 //!
 //! ## Time
 //!
-//! The limiters and the RED layer read the CPU's time-stamp counter by default
-//! ([`Clock::Monotonic`]); the layers that wait (the queue, the breaker, the deadlines,
-//! the limiters' waits) and the cache use tokio's clock. A test that pauses tokio's time
+//! The limiters, the cache and the RED layer read the CPU's time-stamp counter by default
+//! ([`Clock::Monotonic`]); the layers that wait on tokio's timers (the queue, the
+//! breaker, the deadlines, the limiters' waits) read tokio's clock. A test that pauses tokio's time
 //! and advances it builds the preset with [`Clock::Tokio`]
 //! ([`HealthAiStackBuilder::clock`]), and the à la carte layers with their crate's
 //! `Clock::Tokio`.

@@ -827,12 +827,12 @@ impl HealthAiStackBuilder {
         self
     }
 
-    /// The clock the limiters and the RED layer read (default [`Clock::Monotonic`], the
-    /// CPU's time-stamp counter). Tests that pause tokio's time
+    /// The clock the limiters, the cache and the RED layer read (default
+    /// [`Clock::Monotonic`], the CPU's time-stamp counter). Tests that pause tokio's time
     /// (`#[tokio::test(start_paused = true)]`) and advance it use [`Clock::Tokio`], so
-    /// that tokens come back and durations are counted as the test's clock says. The
-    /// queue, the breaker, the deadlines and the cache wait on or read tokio's clock
-    /// whatever this says.
+    /// that tokens come back, entries age and durations are counted as the test's clock
+    /// says. The queue, the breaker and the deadlines wait on tokio's timers, so they
+    /// read tokio's clock whatever this says.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -844,6 +844,10 @@ impl HealthAiStackBuilder {
         let limiter_clock = match self.clock {
             Clock::Tokio => tower_token_bucket::Clock::Tokio,
             _ => tower_token_bucket::Clock::Monotonic,
+        };
+        let cache_clock = match self.clock {
+            Clock::Tokio => tower_lru_cache::Clock::Tokio,
+            _ => tower_lru_cache::Clock::Monotonic,
         };
         let red = RedMetricsLayer::builder()
             .labels(PresetLabels {
@@ -877,6 +881,7 @@ impl HealthAiStackBuilder {
             // which each waiter must get as itself (503 with its Retry-After), not as a
             // shared 502.
             .share_failures(false)
+            .clock(cache_clock)
             .build();
         let degraded = Arc::new(DegradedCounters::new());
         let on_deadline = OnDeadline {

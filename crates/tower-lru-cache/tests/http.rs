@@ -17,6 +17,7 @@ use http::{HeaderName, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tower::{BoxError, Service, ServiceExt, service_fn};
+use tower_lru_cache::Clock;
 use tower_lru_cache::{
     CacheError, CacheLayer, CacheLayerBuilder, CacheSnapshot, Partition, RequestKey,
 };
@@ -121,6 +122,7 @@ impl Upstream {
 
 fn builder() -> CacheLayerBuilder {
     CacheLayer::builder()
+        .clock(Clock::Tokio)
         .name("test")
         .degraded_if(|res| res.extensions.get::<Degraded>().is_some())
 }

@@ -147,6 +147,14 @@
 //!
 //! See [`metrics`]. The recorder must be installed before the layers are built.
 //!
+//! # Time
+//!
+//! The queue and the retry layer wait on tokio's timers (maximum waits, aging, backoff,
+//! cool-downs, deadlines), so they read tokio's clock, with no option: tests pause it
+//! (`#[tokio::test(start_paused = true)]`) and advance it. The suite's crates that only
+//! measure time (the limiter, the cache, the RED layer) read a faster monotonic clock by
+//! default and take tokio's as an option.
+//!
 //! [tower]: https://docs.rs/tower
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
