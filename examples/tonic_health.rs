@@ -1,9 +1,12 @@
 //! tonic's standard gRPC health service behind a per-client rate limit and RED metrics,
 //! with refusals answered as gRPC statuses (`RESOURCE_EXHAUSTED`, with `Retry-After`).
+//! The RED metrics are served as Prometheus text on a port of their own, beside the gRPC
+//! port.
 //!
 //! ```sh
 //! cargo run --example tonic_health
 //! grpcurl -plaintext localhost:50051 grpc.health.v1.Health/Check
+//! curl localhost:9090/metrics   # http_requests_total{method="POST",route="unmatched",status="OK"} 1
 //! ```
 
 use std::net::SocketAddr;
@@ -13,7 +16,10 @@ use tonic::transport::Server;
 use tonic::transport::server::{TcpConnectInfo, TcpIncoming};
 use tower::{BoxError, ServiceBuilder};
 use tower_health_ai::Refusal;
-use tower_health_ai::red_metrics::{RedMetricsHandle, RedMetricsLayer};
+use tower_health_ai::install_prometheus;
+use tower_health_ai::red_metrics::{
+    PrometheusMetrics, RedMetricsHandle, RedMetricsLayer, metrics_route,
+};
 use tower_health_ai::token_bucket::{KeyError, Quota, RateLimitError, RateLimitLayer, key_fn};
 
 /// Serves the health service on `incoming` until `shutdown`; `burst` calls a second per
@@ -67,8 +73,25 @@ pub(crate) async fn serve(
     Ok(metrics)
 }
 
+/// The Prometheus endpoint: `GET /metrics`, on a port of its own (a gRPC port does not
+/// speak plain HTTP/1.1 to Prometheus).
+pub(crate) fn metrics_router(prometheus: PrometheusMetrics) -> axum::Router {
+    axum::Router::new().route("/metrics", metrics_route(prometheus))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    // The recorder first: layers resolve their metric handles when they are built.
+    let prometheus = install_prometheus()?;
+    let metrics_addr: SocketAddr = "127.0.0.1:9090".parse()?;
+    let metrics_listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+    println!("metrics on http://{metrics_addr}/metrics");
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(metrics_listener, metrics_router(prometheus)).await {
+            eprintln!("metrics server: {error}");
+        }
+    });
+
     let addr: SocketAddr = "127.0.0.1:50051".parse()?;
     let incoming = TcpIncoming::bind(addr)?;
     println!("listening on grpc://{addr}");

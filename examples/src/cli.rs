@@ -126,6 +126,11 @@ pub struct GatewayArgs {
     /// Logs and traces.
     #[command(flatten)]
     pub telemetry: crate::telemetry::TelemetryArgs,
+
+    /// The clock the stack's limiters and RED layer read: the fast monotonic clock (the
+    /// default), or tokio's for tests that pause tokio's time. Not a flag.
+    #[arg(skip)]
+    pub clock: tower_health_ai::Clock,
 }
 
 impl GatewayArgs {

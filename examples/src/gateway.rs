@@ -75,7 +75,7 @@ pub struct Gateway {
 /// extension from what authentication knows about the caller (its plan) instead.
 #[must_use]
 pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> HealthAiStack {
-    let mut builder = HealthAiStack::builder();
+    let mut builder = HealthAiStack::builder().clock(args.clock);
     if let Some(prometheus) = prometheus {
         builder = builder.prometheus(prometheus);
     }

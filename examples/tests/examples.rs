@@ -95,6 +95,8 @@ async fn the_tonic_health_service_answers_resource_exhausted_past_its_burst() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
+    // As the example's `main`: the recorder before the layers.
+    let prometheus = tower_health_ai::install_prometheus().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -132,4 +134,21 @@ async fn the_tonic_health_service_answers_resource_exhausted_past_its_burst() {
     let snapshot = metrics.snapshot();
     assert_eq!(snapshot.requests.total, 5);
     assert_eq!(snapshot.requests.rate_limited, 2);
+
+    // The same requests, as Prometheus text on the metrics port's route.
+    let response = tonic_example::metrics_router(prometheus)
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let count = |status: &str| -> u64 {
+        text.lines()
+            .filter(|line| line.starts_with("http_requests_total{"))
+            .filter(|line| line.contains(&format!("status=\"{status}\"")))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!((count("OK"), count("RESOURCE_EXHAUSTED")), (3, 2), "{text}");
 }

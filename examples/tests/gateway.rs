@@ -26,7 +26,9 @@ struct Demo {
 
 /// A gateway with these extra flags over an in-process simulator answering in 45 s.
 fn demo(flags: &[&str], failure_rate: f64) -> Demo {
-    let args = GatewayArgs::parse_from(std::iter::once("gateway").chain(flags.iter().copied()));
+    let mut args = GatewayArgs::parse_from(std::iter::once("gateway").chain(flags.iter().copied()));
+    // The tests pause tokio's time.
+    args.clock = tower_health_ai::Clock::Tokio;
     let simulator = Simulator::new(SimulatorConfig::new(
         LatencyRange::fixed(LATENCY),
         failure_rate,

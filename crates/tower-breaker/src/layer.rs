@@ -61,8 +61,8 @@ impl CircuitBreakerLayer {
 
     /// A builder, starting from the defaults.
     #[must_use]
-    pub fn builder() -> CircuitBreakerBuilder {
-        CircuitBreakerBuilder {
+    pub fn builder() -> CircuitBreakerLayerBuilder {
+        CircuitBreakerLayerBuilder {
             name: Cow::Borrowed(DEFAULT_NAME),
             config: Config::default(),
             classifier: DefaultClassifier::new(),
@@ -110,16 +110,23 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
 /// Trip policies: consecutive failures (the default, 3), and a failure rate and/or a
 /// slow-call rate over a sliding window of the last N calls. When both kinds are set the
 /// circuit opens when either fires.
-pub struct CircuitBreakerBuilder<C = DefaultClassifier> {
+pub struct CircuitBreakerLayerBuilder<C = DefaultClassifier> {
     name: Cow<'static, str>,
     config: Config,
     classifier: C,
     on_transition: Option<TransitionCallback>,
 }
 
-impl<C> fmt::Debug for CircuitBreakerBuilder<C> {
+/// The former name of [`CircuitBreakerLayerBuilder`].
+#[deprecated(
+    since = "0.1.1",
+    note = "renamed `CircuitBreakerLayerBuilder`, after the layer it builds"
+)]
+pub type CircuitBreakerBuilder<C = DefaultClassifier> = CircuitBreakerLayerBuilder<C>;
+
+impl<C> fmt::Debug for CircuitBreakerLayerBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CircuitBreakerBuilder")
+        f.debug_struct("CircuitBreakerLayerBuilder")
             .field("name", &self.name)
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -133,7 +140,7 @@ fn check_rate(rate: f64, what: &str) {
     );
 }
 
-impl<C> CircuitBreakerBuilder<C> {
+impl<C> CircuitBreakerLayerBuilder<C> {
     /// The breaker's name: the `breaker` label of its metrics and the field of its
     /// tracing events. Default [`DEFAULT_NAME`].
     #[must_use]
@@ -275,8 +282,8 @@ impl<C> CircuitBreakerBuilder<C> {
     /// `Fn(&Result<Res, BoxError>) -> Verdict`. The breaker keeps one classifier, shared
     /// by every call (it is never cloned).
     #[must_use]
-    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerBuilder<C2> {
-        CircuitBreakerBuilder {
+    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerLayerBuilder<C2> {
+        CircuitBreakerLayerBuilder {
             name: self.name,
             config: self.config,
             classifier,

@@ -156,6 +156,14 @@
 //!   `answer_refusals`, [`ResponseVerdict`] and [`MarkDegraded`] for `http::Response`,
 //!   and [`CaptureHead`].
 //!
+//! # Time
+//!
+//! The breaker's open period and the call timeout run on tokio's timers, so the breaker
+//! reads tokio's clock, with no option: tests pause it
+//! (`#[tokio::test(start_paused = true)]`) and advance it. The suite's crates that only
+//! measure time (the limiter, the cache, the RED layer) read a faster monotonic clock by
+//! default and take tokio's as an option.
+//!
 //! [tower]: https://docs.rs/tower
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -181,7 +189,9 @@ pub use self::fallback::{Degraded, Fallback, FallbackLayer, MarkDegraded};
 pub use self::handle::{CircuitBreakerHandle, CircuitBreakerSnapshot};
 #[cfg(feature = "http")]
 pub use self::http::{CaptureHead, X_DEGRADED};
-pub use self::layer::{CircuitBreakerBuilder, CircuitBreakerLayer, DEFAULT_NAME};
+#[allow(deprecated)]
+pub use self::layer::CircuitBreakerBuilder;
+pub use self::layer::{CircuitBreakerLayer, CircuitBreakerLayerBuilder, DEFAULT_NAME};
 pub use self::machine::{State, Transition};
 pub use self::service::CircuitBreaker;
 pub use self::timeout::{Timeout, TimeoutLayer};

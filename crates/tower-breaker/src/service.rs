@@ -23,6 +23,12 @@ use crate::machine::{Admission, Permit};
 /// `poll_ready` admitted it gives its admission back (a half-open probe slot is freed).
 pub struct CircuitBreaker<S, C> {
     inner: S,
+    gate: Gate<C>,
+}
+
+/// The shared breaker, and this clone's admission: dropped while admitted (after
+/// `poll_ready`, before `call`), it gives the permit back.
+struct Gate<C> {
     breaker: Arc<Breaker<C>>,
     admission: Admission,
 }
@@ -31,8 +37,10 @@ impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn new(inner: S, breaker: Arc<Breaker<C>>) -> Self {
         Self {
             inner,
-            breaker,
-            admission: Admission::UNCHECKED,
+            gate: Gate {
+                breaker,
+                admission: Admission::UNCHECKED,
+            },
         }
     }
 
@@ -42,7 +50,7 @@ impl<S, C> CircuitBreaker<S, C> {
     where
         C: Send + Sync + 'static,
     {
-        CircuitBreakerHandle::new(self.breaker.clone())
+        CircuitBreakerHandle::new(self.gate.breaker.clone())
     }
 
     /// The inner service.
@@ -54,11 +62,16 @@ impl<S, C> CircuitBreaker<S, C> {
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
+
+    /// The inner service, consuming this one (an admission it holds is given back).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: Clone, C> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
-        Self::new(self.inner.clone(), Arc::clone(&self.breaker))
+        Self::new(self.inner.clone(), Arc::clone(&self.gate.breaker))
     }
 }
 
@@ -66,12 +79,12 @@ impl<S: std::fmt::Debug, C> std::fmt::Debug for CircuitBreaker<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("breaker", &self.breaker)
+            .field("breaker", &self.gate.breaker)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, C> Drop for CircuitBreaker<S, C> {
+impl<C> Drop for Gate<C> {
     fn drop(&mut self) {
         // Admitted in `poll_ready` but never called: give the permit back.
         let admission = std::mem::replace(&mut self.admission, Admission::UNCHECKED);
@@ -93,10 +106,10 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.admission.is_unchecked() {
-            self.admission = self.breaker.shared.admit();
+        if self.gate.admission.is_unchecked() {
+            self.gate.admission = self.gate.breaker.shared.admit();
         }
-        if self.admission.is_refused() {
+        if self.gate.admission.is_refused() {
             // `call` returns the refusal; the inner service is not polled.
             return Poll::Ready(Ok(()));
         }
@@ -105,10 +118,10 @@ where
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(error)) => {
                 let result: Result<S::Response, BoxError> = Err(error.into());
-                let admission = std::mem::replace(&mut self.admission, Admission::UNCHECKED);
+                let admission = std::mem::replace(&mut self.gate.admission, Admission::UNCHECKED);
                 if let Some(Ok(permit)) = admission.into_result() {
-                    let verdict = self.breaker.classifier.classify(&result);
-                    self.breaker.shared.record(permit, verdict);
+                    let verdict = self.gate.breaker.classifier.classify(&result);
+                    self.gate.breaker.shared.record(permit, verdict);
                 }
                 Poll::Ready(result.map(|_| ()))
             }
@@ -118,9 +131,9 @@ where
     // Always inlined: a few instructions around the inner call, the rest out of line.
     #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
-        let admission = std::mem::replace(&mut self.admission, Admission::UNCHECKED);
+        let admission = std::mem::replace(&mut self.gate.admission, Admission::UNCHECKED);
         // The common case: admitted by `poll_ready`, untimed.
-        let permit = if admission.is_permit() && !self.breaker.shared.times_calls() {
+        let permit = if admission.is_permit() && !self.gate.breaker.shared.times_calls() {
             admission.into_permit()
         } else {
             match self.settle_admission(admission) {
@@ -128,7 +141,7 @@ where
                 Err(refusal) => return ResponseFuture::refused(refusal),
             }
         };
-        let guard = PermitGuard::new(Arc::clone(&self.breaker), permit);
+        let guard = PermitGuard::new(Arc::clone(&self.gate.breaker), permit);
         ResponseFuture::called(self.inner.call(request), guard)
     }
 }
@@ -141,18 +154,18 @@ impl<S, C> CircuitBreaker<S, C> {
     fn settle_admission(&mut self, mut admission: Admission) -> Result<Permit, BreakerError> {
         if admission.is_unchecked() {
             // `call` without `poll_ready`: decide now.
-            admission = self.breaker.shared.admit();
+            admission = self.gate.breaker.shared.admit();
         }
         match admission.into_result() {
             Some(Ok(mut permit)) => {
-                if self.breaker.shared.times_calls() {
+                if self.gate.breaker.shared.times_calls() {
                     // Time the call itself, not the wait for readiness.
-                    self.breaker.shared.restart(&mut permit);
+                    self.gate.breaker.shared.restart(&mut permit);
                 }
                 Ok(permit)
             }
-            Some(Err(rejected)) => Err(self.breaker.shared.refused(rejected.retry_after)),
-            None => Err(self.breaker.shared.refused(None)),
+            Some(Err(rejected)) => Err(self.gate.breaker.shared.refused(rejected.retry_after)),
+            None => Err(self.gate.breaker.shared.refused(None)),
         }
     }
 }

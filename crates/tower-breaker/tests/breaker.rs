@@ -195,6 +195,24 @@ async fn a_service_dropped_after_poll_ready_returns_its_probe_slot() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn into_inner_after_poll_ready_returns_the_probe_slot() {
+    let upstream = Upstream::answering(200);
+    let layer = CircuitBreakerLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(upstream.clone());
+    open_then_wait(&service, &upstream).await;
+
+    let mut ready = service.clone();
+    ready.ready().await.unwrap();
+    assert_eq!(handle.snapshot().probes_in_flight, 1);
+    let inner = ready.into_inner();
+    assert_eq!(handle.snapshot().probes_in_flight, 0);
+    drop(inner);
+    send(&service).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_ignored_probe_returns_its_slot_and_a_failed_one_reopens() {
     let upstream = Upstream::answering(REFUSE);
     let classifier = |result: &Result<Response<Bytes>, BoxError>| match result {

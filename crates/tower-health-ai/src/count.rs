@@ -26,6 +26,21 @@ impl<S> CountCalls<S> {
     pub(crate) fn new(inner: S, calls: Arc<AtomicU64>) -> Self {
         Self { inner, calls }
     }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S, Req, B> Service<Req> for CountCalls<S>

@@ -181,6 +181,21 @@ impl<S> RequestDeadline<S> {
     pub(crate) fn new(inner: S, on_deadline: OnDeadline) -> Self {
         Self { inner, on_deadline }
     }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S> fmt::Debug for RequestDeadline<S> {
@@ -350,6 +365,21 @@ pub struct EnforceDeadline<S> {
 impl<S> EnforceDeadline<S> {
     pub(crate) fn new(inner: S) -> Self {
         Self { inner }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 

@@ -181,11 +181,13 @@ pub struct CircuitBreakers {
 #[non_exhaustive]
 pub struct MetricsReport {
     /// `{total, success, errors, errorRate, rateLimited, clientErrors, ...}`: every
-    /// request the stack answered, refusals included.
+    /// request the stack answered, refusals included; `errorRate` is a percentage
+    /// (`5.0` is 5 %), as in the seed.
     pub requests: RequestStats,
     /// `{avg, p50, p95, p99}` in milliseconds, over the RED layer's window.
     pub duration: DurationStats,
-    /// `{hits, misses, hitRate, ...}`.
+    /// `{hits, misses, hitRate, ...}`; `hitRate` is a percentage (`60.0` is 60 %), as in
+    /// the seed.
     pub cache: CacheSnapshot,
     /// `{queueSize, processing, urgent, high, normal, low}`.
     pub queue: QueueSnapshot,

@@ -48,6 +48,15 @@
 //! The concern crates are re-exported as modules, for à la carte use:
 //! [`token_bucket`], [`lru_cache`], [`priority_queue`], [`breaker`], [`red_metrics`];
 //! [`prelude`] brings the common names into scope.
+//!
+//! ## Time
+//!
+//! The limiters, the cache and the RED layer read the CPU's time-stamp counter by default
+//! ([`Clock::Monotonic`]); the layers that wait on tokio's timers (the queue, the
+//! breaker, the deadlines, the limiters' waits) read tokio's clock. A test that pauses tokio's time
+//! and advances it builds the preset with [`Clock::Tokio`]
+//! ([`HealthAiStackBuilder::clock`]), and the à la carte layers with their crate's
+//! `Clock::Tokio`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "axum")]
@@ -70,6 +79,16 @@ pub use tower_lru_cache as lru_cache;
 pub use tower_priority_queue as priority_queue;
 pub use tower_red_metrics as red_metrics;
 pub use tower_token_bucket as token_bucket;
+
+/// The `bytes` crate, whose `Bytes` the fallback's answers and the cache's bodies are
+/// made of.
+pub use bytes;
+/// The `http` crate, whose types the layers take and give (`http::Request`,
+/// `http::Response`).
+pub use http;
+/// The clock the preset's limiters and RED layer read; see
+/// [`HealthAiStackBuilder::clock`].
+pub use tower_red_metrics::Clock;
 
 #[cfg(feature = "axum")]
 pub use crate::axum::{health_handler, metrics_handler};
@@ -96,8 +115,8 @@ pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_respon
 pub use crate::stack::{
     DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_CACHE_MAX_BYTES,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi,
-    HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, UPSTREAM_NAME,
-    UpstreamRequest,
+    HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, PresetLabels,
+    UPSTREAM_NAME, UpstreamRequest,
 };
 /// The refusal foundation under the five crates: the [`Refusal`] trait every crate's error
 /// implements (import it to call `to_http_response`, `to_response`), a refusal given by

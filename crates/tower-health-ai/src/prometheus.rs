@@ -9,6 +9,25 @@ use tower_red_metrics::{InstallError, PrometheusConfig, PrometheusMetrics};
 /// Call it at startup, **before** building the stack: layers resolve their metric handles
 /// when they are built, and handles resolved before a recorder exists record nothing.
 ///
+/// ```standalone_crate
+/// use axum::Router;
+/// use tower_health_ai::{HealthAiStack, install_prometheus};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // First the recorder, then the layers.
+/// let prometheus = install_prometheus()?;
+/// let stack = HealthAiStack::builder().prometheus(prometheus.clone()).build();
+/// // `GET /metrics` renders the text, beside `/api/health` and `/api/metrics`.
+/// let operator: Router = stack.handle().router();
+/// # let _ = operator;
+///
+/// // Installing again gives a handle on the same recorder.
+/// let again = install_prometheus()?;
+/// assert!(again.render().contains("# HELP circuit_state"));
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Errors
 ///
 /// [`InstallError::AlreadyInstalled`] when another recorder is already the global one.

@@ -26,7 +26,10 @@ use tower_lru_cache::{CacheLayer, CacheService, Partition};
 use tower_priority_queue::{
     AdaptiveLimit, HttpReplay, Limit, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer,
 };
-use tower_red_metrics::{HttpClassify, HttpLabels, PrometheusMetrics, RedMetrics, RedMetricsLayer};
+use tower_red_metrics::{
+    Clock, ExtractLabels, HttpClassify, HttpLabels, PrometheusMetrics, RedMetrics,
+    RedMetricsHandle, RedMetricsLayer, RequestLabels,
+};
 use tower_token_bucket::http::{HeaderKey, PeerIp};
 use tower_token_bucket::{
     ExtractKeyExt, GlobalKey, InMemoryBackend, Or, Quota, RateLimit, RateLimitLayer,
@@ -109,9 +112,42 @@ type Stacked<S> = RedMetrics<
             >,
         >,
     >,
-    HttpLabels,
+    PresetLabels,
     HttpClassify,
 >;
+
+/// The labels of the preset's RED layer: [`HttpLabels`]'s, and, when the preset's own
+/// recording is turned off ([`HealthAiStackBuilder::red_metrics`]), a mark on every request
+/// that makes the layer pass it through.
+#[derive(Debug, Clone, Copy)]
+pub struct PresetLabels {
+    record: bool,
+}
+
+impl<B> ExtractLabels<Request<B>> for PresetLabels {
+    fn extract<'r>(&self, request: &'r Request<B>) -> RequestLabels<'r> {
+        HttpLabels.extract(request)
+    }
+
+    fn is_recorded(&self, request: &Request<B>) -> bool {
+        !self.record || HttpLabels.is_recorded(request)
+    }
+
+    fn mark_recorded(&self, request: &mut Request<B>) {
+        HttpLabels.mark_recorded(request);
+    }
+}
+
+/// Where the preset's RED figures come from.
+#[derive(Debug, Clone)]
+enum RedSource {
+    /// The preset's own RED layer.
+    Own,
+    /// None: the application records requests with a RED layer outside the preset.
+    Off,
+    /// The application's RED layer outside the preset, read through its handle.
+    Outer(RedMetricsHandle),
+}
 
 /// The preset: RED metrics, a per-user rate limit, a response cache, a fallback, retries,
 /// a circuit breaker, a priority queue, a global pace and a call timeout, outermost
@@ -122,7 +158,12 @@ type Stacked<S> = RedMetrics<
 /// 1. **RED metrics** is outermost so that it sees every request, including those refused
 ///    further in: every refusal is turned into its response (429, 503, 504, 400, 413)
 ///    just inside it, so its totals equal what clients saw. Just inside it, each request
-///    gets its [deadline](#a-deadline-for-each-request).
+///    gets its [deadline](#a-deadline-for-each-request). Under a RED layer of the
+///    application's (say, on the whole router), the preset's passes the requests through,
+///    so each is counted once; [`outer_red_metrics`](HealthAiStackBuilder::outer_red_metrics)
+///    makes the handle's JSON read the application's figures, and
+///    [`red_metrics(false)`](HealthAiStackBuilder::red_metrics) turns the preset's layer
+///    off.
 /// 2. **Per-user token bucket** (reject, 5 req/s, burst 5), keyed by the user header
 ///    (`x-user-id`), else the client IP, else one key shared by every caller that can be
 ///    told apart by neither (see [who the user is](#who-the-user-is)): protects the
@@ -325,7 +366,7 @@ type Stacked<S> = RedMetrics<
 /// off.
 #[derive(Clone)]
 pub struct HealthAiStack {
-    red: RedMetricsLayer<HttpLabels, HttpClassify>,
+    red: RedMetricsLayer<PresetLabels, HttpClassify>,
     per_user: RateLimitLayer<UserKey>,
     body: BufferBodyLayer,
     cache: CacheLayer,
@@ -449,6 +490,8 @@ pub struct HealthAiStackBuilder {
     request_deadline: Duration,
     degrade_on_overload: bool,
     start_in_time: bool,
+    red: RedSource,
+    clock: Clock,
 }
 
 impl Default for HealthAiStackBuilder {
@@ -484,6 +527,8 @@ impl Default for HealthAiStackBuilder {
             request_deadline: DEFAULT_REQUEST_DEADLINE,
             degrade_on_overload: true,
             start_in_time: true,
+            red: RedSource::Own,
+            clock: Clock::Monotonic,
         }
     }
 }
@@ -510,6 +555,8 @@ impl fmt::Debug for HealthAiStackBuilder {
             .field("request_deadline", &self.request_deadline)
             .field("degrade_on_overload", &self.degrade_on_overload)
             .field("start_in_time", &self.start_in_time)
+            .field("red", &self.red)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -812,13 +859,77 @@ impl HealthAiStackBuilder {
         self
     }
 
+    /// Whether the preset records RED metrics itself (default `true`).
+    ///
+    /// Under a RED layer of the application's, the preset's layer passes every request
+    /// through anyway (the outer layer marks the requests it records, see
+    /// [`RedRecorded`](tower_red_metrics::RedRecorded)), so a request is never counted
+    /// twice. With `false` the preset records nothing itself, wherever it sits, and the
+    /// handle's `requests` and `duration` stay at zero; prefer
+    /// [`outer_red_metrics`](Self::outer_red_metrics), which reports the application's
+    /// figures instead.
+    pub fn red_metrics(mut self, record: bool) -> Self {
+        self.red = if record {
+            RedSource::Own
+        } else {
+            RedSource::Off
+        };
+        self
+    }
+
+    /// The application records RED metrics with a layer of its own outside the preset
+    /// (e.g. on the whole router): the preset's own RED layer is turned off, and the
+    /// handle's `requests` and `duration` (in `/api/metrics`) are read from `outer`.
+    ///
+    /// ```
+    /// use tower_health_ai::HealthAiStack;
+    /// use tower_health_ai::red_metrics::RedMetricsLayer;
+    ///
+    /// let red = RedMetricsLayer::new(); // goes on the whole router
+    /// let stack = HealthAiStack::builder().outer_red_metrics(red.handle()).build();
+    /// assert_eq!(stack.handle().metrics().requests.total, 0);
+    /// ```
+    pub fn outer_red_metrics(mut self, outer: RedMetricsHandle) -> Self {
+        self.red = RedSource::Outer(outer);
+        self
+    }
+
+    /// The clock the limiters, the cache and the RED layer read (default
+    /// [`Clock::Monotonic`], the CPU's time-stamp counter). Tests that pause tokio's time
+    /// (`#[tokio::test(start_paused = true)]`) and advance it use [`Clock::Tokio`], so
+    /// that tokens come back, entries age and durations are counted as the test's clock
+    /// says. The queue, the breaker and the deadlines wait on tokio's timers, so they
+    /// read tokio's clock whatever this says.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Builds the stack and its shared state.
     pub fn build(self) -> HealthAiStack {
         let user_header = self.user_header;
-        let red = RedMetricsLayer::builder().build();
+        let limiter_clock = match self.clock {
+            Clock::Tokio => tower_token_bucket::Clock::Tokio,
+            _ => tower_token_bucket::Clock::Monotonic,
+        };
+        let cache_clock = match self.clock {
+            Clock::Tokio => tower_lru_cache::Clock::Tokio,
+            _ => tower_lru_cache::Clock::Monotonic,
+        };
+        let red = RedMetricsLayer::builder()
+            .labels(PresetLabels {
+                record: matches!(self.red, RedSource::Own),
+            })
+            .clock(self.clock)
+            .build();
+        let red_figures = match self.red {
+            RedSource::Outer(outer) => outer,
+            RedSource::Own | RedSource::Off => red.handle(),
+        };
         let per_user = RateLimitLayer::builder(self.per_user_quota)
             .name(PER_USER_LIMITER)
             .key(HeaderKey::from_static(user_header).or(PeerIp).or(GlobalKey))
+            .clock(limiter_clock)
             .build();
         let mut body = BufferBodyLayer::new(self.max_body_bytes);
         if let Some(check) = self.request_check {
@@ -843,6 +954,7 @@ impl HealthAiStackBuilder {
             // which each waiter must get as itself (503 with its Retry-After), not as a
             // shared 502.
             .share_failures(false)
+            .clock(cache_clock)
             .build();
         let degraded = Arc::new(DegradedCounters::new());
         let call_times = Arc::new(CallTimes::default());
@@ -896,11 +1008,12 @@ impl HealthAiStackBuilder {
         let global = RateLimitLayer::builder(self.global_quota)
             .name(GLOBAL_LIMITER)
             .wait(self.global_max_wait)
+            .clock(limiter_clock)
             .build();
         let timeout = TimeoutLayer::new(self.call_timeout);
         let upstream_calls = Arc::new(AtomicU64::new(0));
         let handle = HealthAiHandle::new(crate::handle::Parts {
-            red: red.handle(),
+            red: red_figures,
             per_user: per_user.handle(),
             global: global.handle(),
             cache: cache.handle(),

@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_health_ai::Clock;
 use tower_health_ai::breaker::State;
 use tower_health_ai::token_bucket::Quota;
 use tower_health_ai::{HealthAiStack, UpstreamRequest};
@@ -163,6 +164,7 @@ fn request(user: u64, body: u64, priority: u64) -> Request<Body> {
 
 fn stack() -> HealthAiStack {
     HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .per_user_quota(Quota::per_second(10_000))
         .global_quota(Quota::per_second(50))
         .global_max_wait(Duration::from_secs(10))

@@ -34,6 +34,7 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tower::{BoxError, Layer, ServiceExt, service_fn};
+use tower_health_ai::Clock;
 use tower_health_ai::token_bucket::Quota;
 use tower_health_ai::{HealthAiStack, RequestRejected, UpstreamRequest};
 
@@ -438,6 +439,7 @@ fn upstream(
 
 fn stack() -> HealthAiStack {
     HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .max_body_bytes(MAX_BODY)
         .request_check(check)
         .per_user_quota(Quota::per_second(5))

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_health_ai::Clock;
 use tower_health_ai::breaker::State;
 use tower_health_ai::{HealthAiStack, HealthStatus, UpstreamRequest};
 
@@ -95,6 +96,7 @@ where
 
 fn stack() -> HealthAiStack {
     HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
         .build()
 }
@@ -152,6 +154,7 @@ async fn fallback_answers_are_never_cached() {
     let upstream = Upstream::new(Duration::from_millis(10));
     upstream.set_healthy(false);
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .retry_attempts(1)
         .breaker_failures(100)
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
@@ -171,6 +174,7 @@ async fn fallback_answers_are_never_cached() {
 async fn a_stale_real_answer_beats_the_fallback() {
     let upstream = Upstream::new(Duration::from_millis(10));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .retry_attempts(1)
         .cache_ttl(Duration::from_secs(60))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
@@ -191,6 +195,7 @@ async fn local_refusals_are_not_upstream_failures() {
     // One slot, a waiting room of one: a burst of distinct requests is mostly shed.
     let upstream = Upstream::new(Duration::from_secs(5));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .degrade_on_overload(false)
         .max_in_flight(1)
         .queue_capacity(1)
@@ -254,6 +259,7 @@ async fn the_per_user_limit_counts_cached_answers_and_spares_other_users() {
 async fn oversized_bodies_and_refused_checks_are_client_errors() {
     let upstream = Upstream::new(Duration::from_millis(10));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .max_body_bytes(8)
         .request_check(|parts, _body| {
             if parts.headers.contains_key("x-bad") {
@@ -281,6 +287,7 @@ async fn oversized_bodies_and_refused_checks_are_client_errors() {
 async fn refusals_speak_grpc_to_grpc_clients() {
     let upstream = Upstream::new(Duration::from_millis(10));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(1))
         .build();
     let svc = stack.layer(upstream.service());
@@ -323,6 +330,7 @@ async fn every_layer_call_shares_one_state() {
 async fn waiters_behind_a_refused_request_get_the_refusal_too() {
     let upstream = Upstream::new(Duration::from_secs(5));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .degrade_on_overload(false)
         .max_in_flight(1)
         .max_queue_wait(Duration::from_secs(1))
@@ -355,6 +363,7 @@ async fn settings_out_of_range_are_clamped_not_panics() {
     upstream.set_healthy(false);
     // Zero failures to open means one; zero attempts means one call.
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .breaker_failures(0)
         .retry_attempts(0)
         .breaker_half_open_probes(0)
@@ -392,6 +401,7 @@ async fn callers_that_cannot_be_told_apart_share_one_bucket_instead_of_a_400() {
     // Plain `axum::serve` gives no `ConnectInfo`: no user header, no peer address.
     let upstream = Upstream::new(Duration::from_millis(10));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .global_quota(tower_health_ai::token_bucket::Quota::per_second(100))
         .build();
     let handle = stack.handle();
@@ -431,6 +441,7 @@ async fn anonymous_callers_never_share_cached_answers() {
 /// One slot, a fast pace and a generous per-user limit: the queue alone orders requests.
 fn one_slot() -> tower_health_ai::HealthAiStackBuilder {
     HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .max_in_flight(1)
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
         .global_quota(tower_health_ai::token_bucket::Quota::per_second(100))
@@ -545,6 +556,7 @@ async fn no_answer_comes_later_than_the_deadline_from_a_hanging_upstream() {
     // The seed's settings (120 s call timeout, 3 attempts with backoff, a 150 s
     // deadline), with timeouts retried: the second attempt is cut by the deadline.
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .retry_timeouts(true)
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
         .build();
@@ -566,7 +578,10 @@ async fn no_answer_comes_later_than_the_deadline_from_a_hanging_upstream() {
 
 #[tokio::test(start_paused = true)]
 async fn past_the_deadline_without_a_fallback_is_a_504() {
-    let svc = HealthAiStack::new().layer(hanging());
+    let svc = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .build()
+        .layer(hanging());
     let start = tokio::time::Instant::now();
     let response = svc.clone().oneshot(ask("ada", "r1")).await.unwrap();
     assert!(
@@ -596,6 +611,7 @@ async fn past_the_deadline_without_a_fallback_is_a_504() {
 /// deadline ends a call to a hanging upstream.
 fn deadline_only() -> HealthAiStack {
     HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .call_timeout(Duration::from_secs(3600))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
         .build()
@@ -656,6 +672,7 @@ async fn a_full_waiting_room_degrades_to_the_fallback_at_once() {
     // One slot, a waiting room of one: a burst of distinct requests.
     let upstream = Upstream::new(Duration::from_secs(5));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .max_in_flight(1)
         .queue_capacity(1)
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
@@ -692,6 +709,7 @@ async fn a_full_waiting_room_degrades_to_the_fallback_at_once() {
 async fn a_queue_wait_past_its_maximum_degrades_to_the_fallback() {
     let upstream = Upstream::new(Duration::from_secs(5));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .max_in_flight(1)
         .max_queue_wait(Duration::from_secs(1))
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
@@ -716,6 +734,7 @@ async fn a_pace_wait_past_its_maximum_degrades_to_the_fallback() {
     // A pace of one call a minute; a call may wait for it 1 s at most.
     let upstream = Upstream::new(Duration::from_millis(10));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .global_quota(tower_health_ai::token_bucket::Quota::per_minute(1))
         .global_max_wait(Duration::from_secs(1))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
@@ -755,6 +774,7 @@ async fn the_per_user_limit_stays_a_429_with_a_fallback() {
 async fn degradation_can_be_turned_off() {
     let upstream = Upstream::new(Duration::from_secs(5));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .degrade_on_overload(false)
         .max_in_flight(1)
         .max_queue_wait(Duration::from_secs(1))
@@ -778,6 +798,7 @@ async fn degradation_can_be_turned_off() {
 async fn the_deadline_degrades_and_is_counted_by_reason() {
     let upstream = Upstream::new(Duration::from_secs(5));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .request_deadline(Duration::from_secs(2))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
         .build();
@@ -806,6 +827,7 @@ async fn a_waiter_with_a_shorter_deadline_is_answered_by_its_own_deadline() {
     #[derive(Clone)]
     struct Checked;
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
         .request_check(|parts, _body| {
             parts.extensions.insert(Checked);
@@ -838,6 +860,7 @@ async fn a_request_past_its_deadline_frees_its_slot() {
     // One slot, an upstream that takes far longer than the 2 s deadline.
     let upstream = Upstream::new(Duration::from_secs(10_000));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .max_in_flight(1)
         .request_deadline(Duration::from_secs(2))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
@@ -860,6 +883,7 @@ async fn the_largest_and_smallest_deadlines_never_panic() {
     let upstream = Upstream::new(Duration::from_millis(10));
     // No deadline at all.
     let svc = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .request_deadline(Duration::MAX)
         .build()
         .layer(upstream.service());
@@ -871,6 +895,7 @@ async fn the_largest_and_smallest_deadlines_never_panic() {
     assert_eq!(text(response).await, "ai:a");
     // A zero budget: answered at once, never a call.
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .request_deadline(Duration::ZERO)
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
         .build();
@@ -881,6 +906,7 @@ async fn the_largest_and_smallest_deadlines_never_panic() {
     assert_eq!(response.headers()["x-degraded"], "true");
     assert_eq!(upstream.calls(), 1);
     let svc = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .request_deadline(Duration::ZERO)
         .build()
         .layer(upstream.service());
@@ -929,6 +955,7 @@ async fn a_request_displaced_by_a_higher_priority_degrades_to_the_fallback() {
 async fn identical_requests_at_the_same_instant_all_get_the_fallback_at_the_deadline() {
     let upstream = Upstream::new(Duration::from_secs(10_000));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .request_deadline(Duration::from_secs(2))
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
@@ -1061,6 +1088,7 @@ async fn a_failed_call_of_the_analysis_is_retried_whatever_the_method() {
             }
         });
         let svc = HealthAiStack::builder()
+            .clock(Clock::Tokio)
             .retry_idempotent(false)
             .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
             .build()
@@ -1087,6 +1115,7 @@ async fn a_timed_out_call_is_not_retried_unless_the_builder_says_so() {
         let calls = Arc::new(AtomicU64::new(0));
         let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |_, _| None);
         let svc = HealthAiStack::builder()
+            .clock(Clock::Tokio)
             .call_timeout(Duration::from_secs(5))
             .retry_timeouts(retry_timeouts)
             .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
@@ -1119,6 +1148,7 @@ async fn a_timed_out_call_is_not_retried_unless_the_builder_says_so() {
     let calls = Arc::new(AtomicU64::new(0));
     let upstream = scripted(Arc::clone(&calls), Duration::ZERO, |_, _| status(504, None));
     let response = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .build()
         .layer(upstream)
         .oneshot(ask("ada", "r1"))
@@ -1160,6 +1190,7 @@ async fn a_slow_prompt_does_not_open_the_circuit_for_everyone() {
 /// The preset with a fallback and a generous per-user limit and pace, for many requests.
 fn busy_stack() -> HealthAiStack {
     HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
         .global_quota(tower_health_ai::token_bucket::Quota::per_second(100))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
@@ -1328,6 +1359,7 @@ async fn breaker_settings_out_of_range_are_clamped_not_panics() {
     ] {
         let upstream = Upstream::new(Duration::from_millis(10));
         let svc = HealthAiStack::builder()
+            .clock(Clock::Tokio)
             .breaker_failure_rate(rate, window.min(1000), minimum)
             .build()
             .layer(upstream.service());
@@ -1386,6 +1418,7 @@ fn with_capacity(
 async fn the_default_limit_finds_the_upstreams_capacity_and_429s_are_not_billed() {
     let (calls, throttled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(1000))
         .global_quota(tower_health_ai::token_bucket::Quota::per_second(1000))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
@@ -1448,6 +1481,7 @@ async fn the_default_limit_finds_the_upstreams_capacity_and_429s_are_not_billed(
 async fn a_fixed_limit_stays_where_it_is_set() {
     let (calls, throttled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(1000))
         .global_quota(tower_health_ai::token_bucket::Quota::per_second(1000))
         .max_in_flight(3)
@@ -1482,6 +1516,7 @@ async fn a_pause_longer_than_the_wait_degrades_at_once() {
         }
     });
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .retry_attempts(1)
         .max_queue_wait(Duration::from_secs(30))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))

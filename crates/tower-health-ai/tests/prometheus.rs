@@ -7,12 +7,14 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use tower::{BoxError, Layer, ServiceExt, service_fn};
+use tower_health_ai::Clock;
 use tower_health_ai::{HealthAiStack, UpstreamRequest, install_prometheus};
 
 #[tokio::test(start_paused = true)]
 async fn degraded_answers_are_counted_by_reason_in_the_prometheus_text() {
     let prometheus = install_prometheus().unwrap();
     let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .request_deadline(Duration::from_secs(2))
         .prometheus(prometheus.clone())
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))

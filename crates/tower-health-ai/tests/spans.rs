@@ -9,6 +9,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{Request, Response};
 use tower::{BoxError, Layer, ServiceExt, service_fn};
+use tower_health_ai::Clock;
 use tower_health_ai::{HealthAiStack, UpstreamRequest};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -76,6 +77,7 @@ async fn each_request_gets_a_span_with_the_layers_decisions() {
         Ok::<_, BoxError>(Response::new(Body::from("real")))
     });
     let svc = HealthAiStack::builder()
+        .clock(Clock::Tokio)
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
         .build()
         .layer(upstream);

@@ -14,6 +14,8 @@ use std::{
 
 use tokio::time::Instant;
 
+use crate::clock::{CacheClock, Clock};
+
 use crate::{
     key::CacheKey,
     metrics::{Metrics, Outcome},
@@ -68,6 +70,8 @@ pub(crate) struct Core<V, St> {
     generation: AtomicU64,
     pub(crate) ttl: Duration,
     pub(crate) grace: Duration,
+    /// Where the time is read.
+    clock: CacheClock,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -81,6 +85,14 @@ impl<V, St> fmt::Debug for Core<V, St> {
     }
 }
 
+impl<V, St> Core<V, St> {
+    /// The time now, on the cache's clock.
+    #[inline]
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+}
+
 impl<V, St> Core<V, St>
 where
     V: Send + Sync + 'static,
@@ -91,6 +103,7 @@ where
         mut store: St,
         ttl: Duration,
         grace: Duration,
+        clock: Clock,
     ) -> Self {
         store.set_name(&name);
         store.retain_at_most(ttl.saturating_add(grace));
@@ -105,6 +118,7 @@ where
             generation: AtomicU64::new(0),
             ttl,
             grace,
+            clock: CacheClock::new(clock),
             _value: PhantomData,
         }
     }
@@ -136,8 +150,7 @@ where
     /// served (a slow refill may have outlived the grace it started in).
     pub(crate) fn still_stale<'a>(&self, entry: Option<&'a Entry<V>>) -> Option<&'a Entry<V>> {
         entry.filter(|entry| {
-            freshness(entry.stored_at(), entry.ttl(), self.grace, Instant::now())
-                != Freshness::Expired
+            freshness(entry.stored_at(), entry.ttl(), self.grace, self.now()) != Freshness::Expired
         })
     }
 
@@ -163,7 +176,7 @@ where
             tracing::debug!(cache = %self.name, %key, "invalidated during the call; not stored");
             return Err(value);
         }
-        let entry = Arc::new(Entry::new(value, Instant::now(), ttl, self.grace));
+        let entry = Arc::new(Entry::new(value, self.now(), ttl, self.grace));
         self.store.insert(key, Arc::clone(&entry));
         if self.generation() != generation {
             // An invalidation ran between the check and the insert: undo the insert.

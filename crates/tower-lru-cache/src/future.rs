@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{Request, Response, request::Parts};
 use http_body::Body;
 use pin_project::pin_project;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::{
@@ -317,7 +316,7 @@ where
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
-    let now = Instant::now();
+    let now = shared.core.now();
     let stale = match shared.core.classify(found, now) {
         // An entry of another variant (its `Vary` headers differ) is no answer here.
         Found::Fresh(entry) | Found::Stale(entry)

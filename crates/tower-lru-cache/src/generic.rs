@@ -12,10 +12,10 @@ use std::{
 };
 
 use pin_project::pin_project;
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::Clock;
 use crate::{
     core::{Core, Flight, Found},
     error::{BoxError, CacheError},
@@ -103,6 +103,7 @@ impl<K, Res: Send + Sync + 'static> FnCacheLayer<K, Res> {
             store: MokaStore::with_max_entries(crate::metrics::DEFAULT_MAX_ENTRIES),
             ttl: crate::metrics::DEFAULT_TTL,
             grace: Duration::ZERO,
+            clock: Clock::Monotonic,
             key,
             cacheable: Arc::new(|_: &Res| true),
             degraded: Arc::new(|_: &Res| false),
@@ -156,6 +157,7 @@ pub struct FnCacheLayerBuilder<K, Res, St = MokaStore<Res>> {
     store: St,
     ttl: Duration,
     grace: Duration,
+    clock: Clock,
     key: K,
     cacheable: Predicate<Res>,
     degraded: Predicate<Res>,
@@ -167,6 +169,7 @@ impl<K, Res, St> fmt::Debug for FnCacheLayerBuilder<K, Res, St> {
             .field("name", &self.name)
             .field("ttl", &self.ttl)
             .field("grace", &self.grace)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -215,6 +218,15 @@ impl<K, Res, St> FnCacheLayerBuilder<K, Res, St> {
         self
     }
 
+    /// The clock the cache reads (default [`Clock::Monotonic`], the CPU's time-stamp
+    /// counter). Tests that pause tokio's time and advance it to see entries go stale
+    /// use [`Clock::Tokio`].
+    #[must_use]
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Which responses may be stored (default: all).
     #[must_use]
     pub fn cacheable(mut self, f: impl Fn(&Res) -> bool + Send + Sync + 'static) -> Self {
@@ -238,6 +250,7 @@ impl<K, Res, St> FnCacheLayerBuilder<K, Res, St> {
             store,
             ttl: self.ttl,
             grace: self.grace,
+            clock: self.clock,
             key: self.key,
             cacheable: self.cacheable,
             degraded: self.degraded,
@@ -254,7 +267,7 @@ where
     /// recorder before calling this.
     #[must_use]
     pub fn build(self) -> FnCacheLayer<K, Res, St> {
-        let core = Core::new(self.name, self.store, self.ttl, self.grace);
+        let core = Core::new(self.name, self.store, self.ttl, self.grace, self.clock);
         FnCacheLayer {
             shared: Arc::new(FnShared {
                 core,
@@ -274,6 +287,23 @@ where
 pub struct FnCacheService<S, K, Res, St = MokaStore<Res>> {
     inner: S,
     shared: Arc<FnShared<K, Res, St>>,
+}
+
+impl<S, K, Res, St> FnCacheService<S, K, Res, St> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: Clone, K, Res, St> Clone for FnCacheService<S, K, Res, St> {
@@ -379,7 +409,7 @@ where
         S::Future: Send,
         Req: Send + 'static,
     {
-        let stale = match self.core.classify(found, Instant::now()) {
+        let stale = match self.core.classify(found, self.core.now()) {
             Found::Fresh(entry) => {
                 self.core.record(Outcome::Hit);
                 return Ok(entry.value().clone());
@@ -441,14 +471,14 @@ where
             };
             let generation = core.generation();
             if let Found::Fresh(entry) =
-                core.classify(core.store.get_recent(&key).await, Instant::now())
+                core.classify(core.store.get_recent(&key).await, core.now())
             {
                 own = Some(Own::Hit(entry.value().clone()));
                 return Flight::Stored(entry);
             }
             // Another instance may be filling this key (a shared store's lock).
             if let Some(turn) = core.store.fill_turn(&key)
-                && let Found::Fresh(entry) = core.classify(turn.await, Instant::now())
+                && let Found::Fresh(entry) = core.classify(turn.await, core.now())
             {
                 own = Some(Own::Hit(entry.value().clone()));
                 return Flight::Stored(entry);

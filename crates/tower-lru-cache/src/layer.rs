@@ -5,6 +5,7 @@ use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 use http::response::Parts;
 use tower_layer::Layer;
 
+use crate::Clock;
 use crate::{
     cached::CachedResponse,
     core::Core,
@@ -116,6 +117,7 @@ pub struct CacheLayerBuilder<St = MokaStore<CachedResponse>> {
     store: St,
     ttl: Duration,
     grace: Duration,
+    clock: Clock,
     key: Arc<dyn KeyBuilder>,
     max_request_body: usize,
     max_response_body: usize,
@@ -133,6 +135,7 @@ impl Default for CacheLayerBuilder {
             store: MokaStore::with_max_entries(DEFAULT_MAX_ENTRIES),
             ttl: DEFAULT_TTL,
             grace: Duration::ZERO,
+            clock: Clock::Monotonic,
             key: Arc::new(RequestKey::new()),
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             max_response_body: DEFAULT_MAX_RESPONSE_BODY,
@@ -151,6 +154,7 @@ impl<St> fmt::Debug for CacheLayerBuilder<St> {
             .field("name", &self.name)
             .field("ttl", &self.ttl)
             .field("grace", &self.grace)
+            .field("clock", &self.clock)
             .field("max_request_body", &self.max_request_body)
             .field("max_response_body", &self.max_response_body)
             .field("cache_control", &self.cache_control)
@@ -201,6 +205,15 @@ impl<St> CacheLayerBuilder<St> {
     #[must_use]
     pub fn stale_if_error(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// The clock the cache reads (default [`Clock::Monotonic`], the CPU's time-stamp
+    /// counter). Tests that pause tokio's time and advance it to see entries go stale
+    /// use [`Clock::Tokio`].
+    #[must_use]
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -299,6 +312,7 @@ impl<St> CacheLayerBuilder<St> {
             store,
             ttl: self.ttl,
             grace: self.grace,
+            clock: self.clock,
             key: self.key,
             max_request_body: self.max_request_body,
             max_response_body: self.max_response_body,
@@ -317,7 +331,7 @@ impl<St: CacheStore<CachedResponse>> CacheLayerBuilder<St> {
     #[must_use]
     pub fn build(self) -> CacheLayer<St> {
         let shared = HttpShared {
-            core: Core::new(self.name, self.store, self.ttl, self.grace),
+            core: Core::new(self.name, self.store, self.ttl, self.grace, self.clock),
             key: self.key,
             max_request_body: self.max_request_body as u64,
             max_response_body: self.max_response_body,

@@ -223,6 +223,13 @@
 //! never a failed request. Its docs say exactly what is written to Redis (the answers
 //! themselves: Redis must be as private as they are).
 //!
+//! ## Time
+//!
+//! Entries' ages are read from the CPU's time-stamp counter ([`Clock::Monotonic`], about
+//! 10 ns a read), which does not follow tokio's paused test clock. A test that pauses
+//! tokio's time and advances it to see entries go stale builds its cache with
+//! [`Clock::Tokio`] ([`CacheLayerBuilder::clock`], [`FnCacheLayerBuilder::clock`]).
+//!
 //! [tower]: https://docs.rs/tower
 //! [RFC 9111]: https://www.rfc-editor.org/rfc/rfc9111
 //! [moka]: https://docs.rs/moka
@@ -238,6 +245,7 @@
 mod body;
 #[cfg(feature = "http")]
 mod cached;
+mod clock;
 mod core;
 mod error;
 #[cfg(feature = "http")]
@@ -267,6 +275,7 @@ mod store;
 pub use crate::body::CacheBody;
 #[cfg(feature = "http")]
 pub use crate::cached::{CachedResponse, X_CACHE};
+pub use crate::clock::Clock;
 pub use crate::error::{BoxError, CacheError};
 #[cfg(feature = "http")]
 pub use crate::future::ResponseFuture;

@@ -7,7 +7,7 @@ use std::{future::poll_fn, sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body::Body;
-use tokio::{sync::watch, time::Instant};
+use tokio::sync::watch;
 use tower_service::Service;
 
 use crate::{
@@ -61,7 +61,7 @@ where
             .filter(|_| when)
             .map(|entry| {
                 core.record(Outcome::Stale);
-                Ok(entry.value().replay("STALE", Some(age_secs(entry))))
+                Ok(entry.value().replay("STALE", Some(age_secs(core, entry))))
             })
     };
     let mut call = Some((svc, req));
@@ -179,7 +179,9 @@ where
     match flight {
         Flight::Stored(entry) if fits(call, entry.value()) => {
             core.record(Outcome::Coalesced);
-            Some(Ok(entry.value().replay("MISS", Some(age_secs(entry)))))
+            Some(Ok(entry
+                .value()
+                .replay("MISS", Some(age_secs(core, entry)))))
         }
         Flight::Shared { value, failed } if fits(call, value) => {
             serve_stale(*failed).or_else(|| {
@@ -234,8 +236,8 @@ where
     Ok(res)
 }
 
-fn age_secs<V>(entry: &Entry<V>) -> u64 {
-    Instant::now()
+fn age_secs<V, St>(core: &Core<V, St>, entry: &Entry<V>) -> u64 {
+    core.now()
         .saturating_duration_since(entry.stored_at())
         .as_secs()
 }
@@ -259,18 +261,18 @@ where
     // Read before the call: an invalidation during it keeps its answer out of the store.
     let generation = core.generation();
     // A flight for this key may have finished between our lookup and now.
-    if let Found::Fresh(entry) = core.classify(core.store.get_recent(&key).await, Instant::now())
+    if let Found::Fresh(entry) = core.classify(core.store.get_recent(&key).await, core.now())
         && entry.value().vary_matches(req.headers())
     {
-        let res = entry.value().replay("HIT", Some(age_secs(&entry)));
+        let res = entry.value().replay("HIT", Some(age_secs(core, &entry)));
         return (Own::Hit(res), Flight::Stored(entry));
     }
     // Another instance may be filling this key (a shared store's lock): its answer.
     if let Some(turn) = core.store.fill_turn(&key)
-        && let Found::Fresh(entry) = core.classify(turn.await, Instant::now())
+        && let Found::Fresh(entry) = core.classify(turn.await, core.now())
         && entry.value().vary_matches(req.headers())
     {
-        let res = entry.value().replay("HIT", Some(age_secs(&entry)));
+        let res = entry.value().replay("HIT", Some(age_secs(core, &entry)));
         return (Own::Hit(res), Flight::Stored(entry));
     }
     let asked = Asked {

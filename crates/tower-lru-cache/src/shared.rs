@@ -283,7 +283,7 @@ mod tests {
             partitioned: bool,
             degraded: bool,
         ) {
-            let builder = CacheLayer::builder();
+            let builder = CacheLayer::builder().clock(crate::Clock::Tokio);
             let layer = if partitioned {
                 builder.partition(Partition::header(header::AUTHORIZATION)).build()
             } else {

@@ -55,10 +55,10 @@ impl Stats {
         let coalesced = self.total(Outcome::Coalesced);
         let lookups = hits + misses + stale + coalesced;
         #[allow(clippy::cast_precision_loss)]
-        let hit_rate = if lookups == 0 {
+        let hit_rate_percent = if lookups == 0 {
             0.0
         } else {
-            hits as f64 / lookups as f64
+            hits as f64 * 100.0 / lookups as f64
         };
         CacheSnapshot {
             name: name.to_owned(),
@@ -68,7 +68,7 @@ impl Stats {
             coalesced,
             bypassed: self.total(Outcome::Bypass),
             entries,
-            hit_rate,
+            hit_rate_percent,
         }
     }
 }
@@ -97,8 +97,11 @@ pub struct CacheSnapshot {
     pub bypassed: u64,
     /// Entries held now.
     pub entries: u64,
-    /// `hits / (hits + misses + stale + coalesced)`; `0` before any lookup.
-    pub hit_rate: f64,
+    /// `hits / (hits + misses + stale + coalesced)` as a percentage, from 0.0 to 100.0
+    /// (0.0 before any lookup); `hitRate` in the JSON, as the seed's `/api/metrics` has
+    /// it (`60.0` is 60 %).
+    #[serde(rename = "hitRate")]
+    pub hit_rate_percent: f64,
 }
 
 /// What a handle can do to the cache it belongs to.

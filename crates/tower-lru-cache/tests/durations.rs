@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_lru_cache::Clock;
 use tower_lru_cache::{CacheKey, CacheLayer, FnCacheLayer, KeyHasher};
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -103,6 +104,7 @@ fn key_of(prompt: &String) -> Option<CacheKey> {
 async fn http_ttl_zero_stores_nothing() {
     let upstream = Upstream::default();
     let svc = CacheLayer::builder()
+        .clock(Clock::Tokio)
         .ttl(Duration::ZERO)
         .build()
         .layer(upstream.http());
@@ -115,6 +117,7 @@ async fn http_ttl_zero_stores_nothing() {
 async fn http_ttl_and_grace_max_keep_entries() {
     let upstream = Upstream::default();
     let svc = CacheLayer::builder()
+        .clock(Clock::Tokio)
         .ttl(Duration::MAX)
         .stale_if_error(Duration::MAX)
         .build()
@@ -130,6 +133,7 @@ async fn http_grace_max_and_zero_after_the_ttl() {
     for (grace, stale) in [(Duration::MAX, true), (Duration::ZERO, false)] {
         let upstream = Upstream::default();
         let svc = CacheLayer::builder()
+            .clock(Clock::Tokio)
             .ttl(Duration::from_secs(1))
             .stale_if_error(grace)
             .build()
@@ -151,6 +155,7 @@ async fn generic_ttl_and_grace_extremes() {
     // TTL zero: nothing is stored.
     let upstream = Upstream::default();
     let svc = FnCacheLayer::builder(key_of)
+        .clock(Clock::Tokio)
         .ttl(Duration::ZERO)
         .build()
         .layer(upstream.sdk());
@@ -159,6 +164,7 @@ async fn generic_ttl_and_grace_extremes() {
     // TTL and grace MAX: kept, and served stale on failure (never expired).
     let upstream = Upstream::default();
     let svc = FnCacheLayer::builder(key_of)
+        .clock(Clock::Tokio)
         .ttl(Duration::MAX)
         .stale_if_error(Duration::MAX)
         .build()
@@ -170,6 +176,7 @@ async fn generic_ttl_and_grace_extremes() {
     for (grace, stale) in [(Duration::MAX, true), (Duration::ZERO, false)] {
         let upstream = Upstream::default();
         let svc = FnCacheLayer::builder(key_of)
+            .clock(Clock::Tokio)
             .ttl(Duration::from_secs(1))
             .stale_if_error(grace)
             .build()

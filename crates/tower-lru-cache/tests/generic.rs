@@ -11,6 +11,7 @@ use std::{
 
 use proptest::prelude::*;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_lru_cache::Clock;
 use tower_lru_cache::{CacheError, CacheKey, FnCacheLayer, KeyHasher};
 
 fn key_of(prompt: &String) -> Option<CacheKey> {
@@ -53,6 +54,7 @@ impl Sdk {
 async fn hits_misses_bypass_and_degraded() {
     let sdk = Sdk::default();
     let layer = FnCacheLayer::builder(key_of)
+        .clock(Clock::Tokio)
         .name("sdk")
         .degraded_if(|answer: &String| answer.contains("degraded"))
         .build();
@@ -79,7 +81,7 @@ async fn hits_misses_bypass_and_degraded() {
 #[tokio::test(start_paused = true)]
 async fn single_flight_and_shared_failure() {
     let sdk = Sdk::default();
-    let layer = FnCacheLayer::builder(key_of).build();
+    let layer = FnCacheLayer::builder(key_of).clock(Clock::Tokio).build();
     let handle = layer.handle();
     let svc = layer.layer(sdk.service(Duration::from_secs(60)));
     let run = |n: usize| {
@@ -113,7 +115,7 @@ async fn single_flight_and_shared_failure() {
 #[tokio::test(start_paused = true)]
 async fn dropped_waiters_leave_nothing_stuck() {
     let sdk = Sdk::default();
-    let layer = FnCacheLayer::builder(key_of).build();
+    let layer = FnCacheLayer::builder(key_of).clock(Clock::Tokio).build();
     let svc = layer.layer(sdk.service(Duration::from_secs(10)));
     let tasks: Vec<_> = (0..5)
         .map(|_| {
@@ -137,6 +139,7 @@ async fn dropped_waiters_leave_nothing_stuck() {
 async fn stale_if_error_within_grace() {
     let sdk = Sdk::default();
     let layer = FnCacheLayer::builder(key_of)
+        .clock(Clock::Tokio)
         .ttl(Duration::from_secs(10))
         .stale_if_error(Duration::from_secs(5))
         .build();
@@ -177,7 +180,7 @@ proptest! {
             const TTL: u64 = 20;
             const GRACE: u64 = 10;
             let sdk = Sdk::default();
-            let layer = FnCacheLayer::builder(key_of)
+            let layer = FnCacheLayer::builder(key_of).clock(Clock::Tokio)
                 .ttl(Duration::from_secs(TTL))
                 .stale_if_error(Duration::from_secs(GRACE))
                 .build();
@@ -261,6 +264,7 @@ impl tower_lru_cache::CacheStore<String> for RemoteLike {
 async fn an_asynchronous_store_behaves_the_same() {
     let sdk = Sdk::default();
     let layer = FnCacheLayer::builder(key_of)
+        .clock(Clock::Tokio)
         .store(RemoteLike(tower_lru_cache::MokaStore::with_max_entries(10)))
         .build();
     let handle = layer.handle();
@@ -279,6 +283,7 @@ async fn an_asynchronous_store_behaves_the_same() {
 async fn a_slow_failed_refill_serves_no_entry_past_its_grace() {
     let sdk = Sdk::default();
     let svc = FnCacheLayer::builder(key_of)
+        .clock(Clock::Tokio)
         .ttl(Duration::from_secs(10))
         .stale_if_error(Duration::from_secs(10))
         .build()
@@ -294,7 +299,7 @@ async fn a_slow_failed_refill_serves_no_entry_past_its_grace() {
 #[tokio::test(start_paused = true)]
 async fn an_invalidation_during_a_call_is_not_undone() {
     let sdk = Sdk::default();
-    let layer = FnCacheLayer::builder(key_of).build();
+    let layer = FnCacheLayer::builder(key_of).clock(Clock::Tokio).build();
     let handle = layer.handle();
     let svc = layer.layer(sdk.service(Duration::from_secs(10)));
     let call = tokio::spawn(svc.clone().oneshot("a".to_owned()));

@@ -17,6 +17,7 @@ use http::{HeaderName, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tower::{BoxError, Service, ServiceExt, service_fn};
+use tower_lru_cache::Clock;
 use tower_lru_cache::{
     CacheError, CacheLayer, CacheLayerBuilder, CacheSnapshot, Partition, Refusal, RequestKey,
 };
@@ -121,6 +122,7 @@ impl Upstream {
 
 fn builder() -> CacheLayerBuilder {
     CacheLayer::builder()
+        .clock(Clock::Tokio)
         .name("test")
         .degraded_if(|res| res.extensions.get::<Degraded>().is_some())
 }
@@ -182,7 +184,7 @@ async fn hit_after_miss_with_identical_body() {
     let snap = handle.snapshot();
     assert_eq!(counts(&snap), [1, 2, 0, 0, 0]);
     assert_eq!(snap.entries, 2);
-    assert!((snap.hit_rate - 1.0 / 3.0).abs() < 1e-9);
+    assert!((snap.hit_rate_percent - 100.0 / 3.0).abs() < 1e-9);
 
     tokio::time::advance(Duration::from_secs(42)).await;
     let res = svc.clone().oneshot(post("a")).await.unwrap();
@@ -564,7 +566,7 @@ async fn handle_invalidates_and_serializes() {
         json,
         serde_json::json!({
             "name": "test", "hits": 1, "misses": 4, "stale": 0, "coalesced": 0,
-            "bypassed": 0, "entries": 1, "hitRate": 0.2
+            "bypassed": 0, "entries": 1, "hitRate": 20.0
         })
     );
 }

@@ -12,6 +12,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_lru_cache::CacheLayer;
+use tower_lru_cache::Clock;
 
 /// Resident set size in KiB, from `/proc/self/statm` (Linux).
 fn rss_kib() -> Option<u64> {
@@ -28,6 +29,7 @@ async fn resident_memory_of_entries_sliced_from_large_buffers() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000);
     let layer = CacheLayer::builder()
+        .clock(Clock::Tokio)
         .max_entries(entries as u64 * 2)
         .build();
     let handle = layer.handle();

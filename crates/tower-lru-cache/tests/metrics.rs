@@ -7,6 +7,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::{Layer, ServiceExt, service_fn};
+use tower_lru_cache::Clock;
 use tower_lru_cache::{CACHE_ENTRIES, CACHE_REQUESTS_TOTAL, CacheLayer};
 
 #[tokio::test(start_paused = true)]
@@ -14,8 +15,12 @@ async fn requests_and_entries_are_recorded_with_labels() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     // Handles are resolved when the layer is built: the recorder must exist by then.
-    let layer =
-        metrics::with_local_recorder(&recorder, || CacheLayer::builder().name("analyze").build());
+    let layer = metrics::with_local_recorder(&recorder, || {
+        CacheLayer::builder()
+            .clock(Clock::Tokio)
+            .name("analyze")
+            .build()
+    });
     let svc = layer.layer(service_fn(|_: Request<Full<Bytes>>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"x"))))
     }));

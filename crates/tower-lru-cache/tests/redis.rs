@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Full};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use redis_test_server::RedisServer;
 use tower::{ServiceExt, service_fn, util::BoxCloneSyncService};
+use tower_lru_cache::Clock;
 use tower_lru_cache::{
     BoxError, CACHE_BACKEND_ERRORS_TOTAL, CacheHandle, CacheLayer, RedisStore, RedisStoreBuilder,
 };
@@ -72,7 +73,11 @@ fn builder(server: &RedisServer) -> RedisStoreBuilder {
 
 fn instance(store: RedisStoreBuilder, up: &Upstream, ttl: Duration) -> Instance {
     let store = store.build();
-    let layer = CacheLayer::builder().ttl(ttl).store(store.clone()).build();
+    let layer = CacheLayer::builder()
+        .clock(Clock::Tokio)
+        .ttl(ttl)
+        .store(store.clone())
+        .build();
     let handle = layer.handle();
     let up = up.clone();
     let svc = tower::Layer::layer(

@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ve
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_lru_cache::Clock;
 use tower_lru_cache::{
     CacheBody, CacheLayer, CacheLayerBuilder, CacheService, Partition, RequestKey,
 };
@@ -110,7 +111,7 @@ fn with_header(name: &'static str, value: &'static str, n: usize) -> Response<Te
 }
 
 fn builder() -> CacheLayerBuilder {
-    CacheLayer::builder().name("sharing")
+    CacheLayer::builder().clock(Clock::Tokio).name("sharing")
 }
 
 type Svc<S> = CacheService<S>;

@@ -17,6 +17,7 @@ use http::{HeaderValue, Request, Response, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_lru_cache::Clock;
 use tower_lru_cache::{CacheBody, CacheLayer, CacheService};
 
 type TestBody = BoxBody<Bytes, Infallible>;
@@ -72,9 +73,12 @@ async fn next_chunk(body: &mut CacheBody<TestBody>) -> Bytes {
 #[tokio::test(start_paused = true)]
 async fn a_streamed_answer_shows_its_head_and_chunks_as_they_come() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = CacheLayer::builder().build().layer(upstream(&calls, || {
-        Response::new(slow(&["a", "b", "c"], Duration::from_secs(10), false))
-    }));
+    let svc = CacheLayer::builder()
+        .clock(Clock::Tokio)
+        .build()
+        .layer(upstream(&calls, || {
+            Response::new(slow(&["a", "b", "c"], Duration::from_secs(10), false))
+        }));
     let start = tokio::time::Instant::now();
     let res = head(&svc, Duration::from_secs(1)).await;
     assert_eq!(res.headers()["x-cache"], "MISS");
@@ -96,7 +100,7 @@ async fn a_streamed_answer_shows_its_head_and_chunks_as_they_come() {
 #[tokio::test(start_paused = true)]
 async fn waiters_get_the_complete_copy_of_a_streamed_answer() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = CacheLayer::builder().build();
+    let layer = CacheLayer::builder().clock(Clock::Tokio).build();
     let handle = layer.handle();
     let svc = layer.layer(upstream(&calls, || {
         Response::new(slow(&["a", "b", "c"], Duration::from_secs(1), false))
@@ -130,9 +134,12 @@ async fn waiters_get_the_complete_copy_of_a_streamed_answer() {
 #[tokio::test(start_paused = true)]
 async fn a_stream_that_never_ends_holds_nobody_back() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = CacheLayer::builder().build().layer(upstream(&calls, || {
-        Response::new(slow(&["a"], Duration::ZERO, true))
-    }));
+    let svc = CacheLayer::builder()
+        .clock(Clock::Tokio)
+        .build()
+        .layer(upstream(&calls, || {
+            Response::new(slow(&["a"], Duration::ZERO, true))
+        }));
     let leader = head(&svc, Duration::from_secs(1)).await;
     let mut leader_body = leader.into_body();
     assert_eq!(next_chunk(&mut leader_body).await, "a");
@@ -152,18 +159,21 @@ async fn a_stream_that_never_ends_holds_nobody_back() {
 #[tokio::test(start_paused = true)]
 async fn event_streams_pass_through_and_are_not_stored() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = CacheLayer::builder().build().layer(upstream(&calls, || {
-        let mut res = Response::new(slow(
-            &["data: 1\n\n", "data: 2\n\n"],
-            Duration::from_secs(5),
-            false,
-        ));
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        res
-    }));
+    let svc = CacheLayer::builder()
+        .clock(Clock::Tokio)
+        .build()
+        .layer(upstream(&calls, || {
+            let mut res = Response::new(slow(
+                &["data: 1\n\n", "data: 2\n\n"],
+                Duration::from_secs(5),
+                false,
+            ));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            res
+        }));
     for n in 1..=2 {
         let res = head(&svc, Duration::from_secs(1)).await;
         assert_eq!(res.headers()["x-cache"], "MISS");
@@ -177,6 +187,7 @@ async fn event_streams_pass_through_and_are_not_stored() {
 async fn a_streamed_answer_too_large_to_keep_is_not_stored() {
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = CacheLayer::builder()
+        .clock(Clock::Tokio)
         .max_response_body(3)
         .build()
         .layer(upstream(&calls, || {
@@ -196,7 +207,7 @@ async fn a_streamed_answer_too_large_to_keep_is_not_stored() {
 #[tokio::test(start_paused = true)]
 async fn an_invalidation_while_the_body_streams_keeps_it_out() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = CacheLayer::builder().build();
+    let layer = CacheLayer::builder().clock(Clock::Tokio).build();
     let handle = layer.handle();
     let svc = layer.layer(upstream(&calls, || {
         Response::new(slow(&["a", "b"], Duration::from_secs(1), false))

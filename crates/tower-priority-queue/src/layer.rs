@@ -36,10 +36,10 @@ impl PriorityQueueLayer<crate::http::HeaderPriority> {
     }
 
     /// A builder with the default settings, reading priorities from the `x-priority`
-    /// header; change the source with [`QueueBuilder::extractor`].
+    /// header; change the source with [`PriorityQueueLayerBuilder::extractor`].
     #[must_use]
-    pub fn builder() -> QueueBuilder<crate::http::HeaderPriority> {
-        QueueBuilder::with_extractor(crate::http::HeaderPriority::new())
+    pub fn builder() -> PriorityQueueLayerBuilder<crate::http::HeaderPriority> {
+        PriorityQueueLayerBuilder::with_extractor(crate::http::HeaderPriority::new())
     }
 }
 
@@ -112,7 +112,7 @@ impl<E, C> fmt::Debug for PriorityQueueLayer<E, C> {
 /// | [`aging`](Self::aging) | 10 s per level |
 /// | [`retry_after`](Self::retry_after) | 5 s |
 #[derive(Clone, Debug)]
-pub struct QueueBuilder<E, C = TimeoutOverload> {
+pub struct PriorityQueueLayerBuilder<E, C = TimeoutOverload> {
     name: Cow<'static, str>,
     limit: Limit,
     classifier: C,
@@ -124,10 +124,17 @@ pub struct QueueBuilder<E, C = TimeoutOverload> {
     extractor: E,
 }
 
-impl<E> QueueBuilder<E> {
+/// The former name of [`PriorityQueueLayerBuilder`].
+#[deprecated(
+    since = "0.1.1",
+    note = "renamed `PriorityQueueLayerBuilder`, after the layer it builds"
+)]
+pub type QueueBuilder<E, C = TimeoutOverload> = PriorityQueueLayerBuilder<E, C>;
+
+impl<E> PriorityQueueLayerBuilder<E> {
     /// A builder with the default settings and this priority source.
     pub fn with_extractor(extractor: E) -> Self {
-        QueueBuilder {
+        PriorityQueueLayerBuilder {
             name: Cow::Borrowed("default"),
             limit: Limit::default(),
             classifier: TimeoutOverload,
@@ -141,7 +148,7 @@ impl<E> QueueBuilder<E> {
     }
 }
 
-impl<E, C> QueueBuilder<E, C> {
+impl<E, C> PriorityQueueLayerBuilder<E, C> {
     /// The queue's name: the `queue` label of its metrics and the `queue` field of its
     /// tracing events.
     #[must_use]
@@ -182,8 +189,8 @@ impl<E, C> QueueBuilder<E, C> {
     /// What each call's outcome says about the upstream's load, for an adaptive limit:
     /// any [`OverloadClassifier`](crate::OverloadClassifier) for the inner service's response type.
     #[must_use]
-    pub fn overload_classifier<C2>(self, classifier: C2) -> QueueBuilder<E, C2> {
-        QueueBuilder {
+    pub fn overload_classifier<C2>(self, classifier: C2) -> PriorityQueueLayerBuilder<E, C2> {
+        PriorityQueueLayerBuilder {
             name: self.name,
             limit: self.limit,
             classifier,
@@ -252,8 +259,8 @@ impl<E, C> QueueBuilder<E, C> {
     /// Where priorities come from: any [`PriorityExtractor`](crate::PriorityExtractor)
     /// for the service's request type.
     #[must_use]
-    pub fn extractor<E2>(self, extractor: E2) -> QueueBuilder<E2, C> {
-        QueueBuilder {
+    pub fn extractor<E2>(self, extractor: E2) -> PriorityQueueLayerBuilder<E2, C> {
+        PriorityQueueLayerBuilder {
             name: self.name,
             limit: self.limit,
             classifier: self.classifier,

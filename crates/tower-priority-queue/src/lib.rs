@@ -86,7 +86,7 @@
 //!   defaults ([`HttpClassifier`], [`RetryErrors`]) retry any request the upstream did not
 //!   process (a refused connection, 429, 503); after a timeout, a 5xx or another error,
 //!   where the upstream may have processed it, only idempotent requests (by method, an
-//!   `Idempotency-Key` header, or [`RetryBuilder::idempotent`]); never other 4xx, and
+//!   `Idempotency-Key` header, or [`RetryLayerBuilder::idempotent`]); never other 4xx, and
 //!   never this crate's [`QueueError`]. They cannot know the refusal types
 //!   of other layers: when a circuit breaker or a rate limiter sits below the retry layer,
 //!   wrap the default with [`classify_fn`] and return [`RetryDecision::Return`] for their
@@ -168,7 +168,7 @@
 //! it, so an urgent request is served before a low one that arrived less than
 //! `3 × aging` before it, but not before one that has waited longer. Under any amount of
 //! urgent traffic, a low request's wait is bounded by `3 × aging` plus the work already
-//! ahead of it (and by its level's maximum wait). [`QueueBuilder::aging`] sets it;
+//! ahead of it (and by its level's maximum wait). [`PriorityQueueLayerBuilder::aging`] sets it;
 //! `Duration::MAX` gives strict priority.
 //!
 //! # Features
@@ -180,6 +180,14 @@
 //! # Metrics
 //!
 //! See [`metrics`]. The recorder must be installed before the layers are built.
+//!
+//! # Time
+//!
+//! The queue and the retry layer wait on tokio's timers (maximum waits, aging, backoff,
+//! cool-downs, deadlines), so they read tokio's clock, with no option: tests pause it
+//! (`#[tokio::test(start_paused = true)]`) and advance it. The suite's crates that only
+//! measure time (the limiter, the cache, the RED layer) read a faster monotonic clock by
+//! default and take tokio's as an option.
 //!
 //! [tower]: https://docs.rs/tower
 
@@ -205,13 +213,17 @@ pub use crate::future::ResponseFuture;
 pub use crate::handle::{QueueHandle, QueueSnapshot};
 #[cfg(feature = "http")]
 pub use crate::http::{ExtensionPriority, HeaderPriority, HttpOverload};
-pub use crate::layer::{PriorityQueueLayer, QueueBuilder};
+#[allow(deprecated)]
+pub use crate::layer::QueueBuilder;
+pub use crate::layer::{PriorityQueueLayer, PriorityQueueLayerBuilder};
 pub use crate::limit::{AdaptiveLimit, Limit};
 pub use crate::overload::{OverloadClassifier, OverloadFn, Signal, TimeoutOverload, overload_fn};
 pub use crate::priority::{Priority, PriorityExtractor, PriorityFn, priority_fn};
+#[allow(deprecated)]
+pub use crate::retry::RetryBuilder;
 pub use crate::retry::{
-    Classify, ClassifyFn, CloneReplay, IdempotentIf, Replay, Retry, RetryBuilder, RetryDecision,
-    RetryErrors, RetryHandle, RetryLayer, RetryPolicy, RetrySnapshot, classify_fn,
+    Classify, ClassifyFn, CloneReplay, IdempotentIf, Replay, Retry, RetryDecision, RetryErrors,
+    RetryHandle, RetryLayer, RetryLayerBuilder, RetryPolicy, RetrySnapshot, classify_fn,
 };
 #[cfg(feature = "http")]
 pub use crate::retry::{HttpClassifier, HttpReplay};

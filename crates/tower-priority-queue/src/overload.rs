@@ -35,7 +35,7 @@ impl Signal {
 
 /// Reads the load signal of each call's outcome, for the queue's
 /// [adaptive limit](crate::AdaptiveLimit); swap it with
-/// [`QueueBuilder::overload_classifier`](crate::QueueBuilder::overload_classifier).
+/// [`PriorityQueueLayerBuilder::overload_classifier`](crate::PriorityQueueLayerBuilder::overload_classifier).
 ///
 /// The queue sits below the retry layer, so it classifies every attempt: a 429 that a
 /// retry later turns into a success still lowers the limit. Closures

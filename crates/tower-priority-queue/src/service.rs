@@ -31,7 +31,7 @@ use crate::shared::{Admission, Permit, Shared};
 /// instance, with whatever it has reserved, and the queue keeps a fresh clone, as tower's
 /// own middleware does. The time a request spends holding a slot while waiting for the
 /// inner service's readiness counts against its level's
-/// [maximum wait](crate::QueueBuilder::max_wait): an inner service whose readiness stalls
+/// [maximum wait](crate::PriorityQueueLayerBuilder::max_wait): an inner service whose readiness stalls
 /// cannot hold slots forever, and such a request is refused with
 /// [`QueueError::QueueTimeout`].
 ///

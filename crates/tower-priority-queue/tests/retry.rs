@@ -598,7 +598,7 @@ async fn generic_requests_are_retried_only_when_not_processed_or_declared_idempo
         })
     };
     let builder = || {
-        tower_priority_queue::RetryBuilder::with(RetryErrors, CloneReplay)
+        tower_priority_queue::RetryLayerBuilder::with(RetryErrors, CloneReplay)
             .backoff(Duration::from_millis(1), Duration::from_millis(1))
     };
     let mut cases = Vec::new();

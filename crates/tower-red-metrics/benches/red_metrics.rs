@@ -28,7 +28,8 @@ use http::{Request, Response};
 use http_body_util::{Empty, Full};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_red_metrics::{
-    HttpClassify, MethodLabel, PrometheusConfig, RedMetricsBuilder, RedMetricsLayer, RequestLabels,
+    HttpClassify, MethodLabel, PrometheusConfig, RedMetricsLayer, RedMetricsLayerBuilder,
+    RequestLabels,
 };
 
 type Req = Request<Empty<Bytes>>;
@@ -209,7 +210,7 @@ fn benches(c: &mut Criterion) {
                 ),
             }
         };
-        let layer = RedMetricsBuilder::new(labels, HttpClassify)
+        let layer = RedMetricsLayerBuilder::new(labels, HttpClassify)
             .recorder(recorder)
             .max_routes(series)
             .build();

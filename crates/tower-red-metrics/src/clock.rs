@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// The clock a [`RedMetricsLayer`](crate::RedMetricsLayer) times requests with, chosen
-/// with [`RedMetricsBuilder::clock`](crate::RedMetricsBuilder::clock).
+/// with [`RedMetricsLayerBuilder::clock`](crate::RedMetricsLayerBuilder::clock).
 ///
 /// The layer reads the clock twice per request (when it starts and when it is recorded),
 /// so the clock is a good part of its cost.

@@ -4,8 +4,10 @@
 //! error, boxed and otherwise unchanged. The only error of this crate's own is installing
 //! the Prometheus recorder.
 
+#[cfg(feature = "prometheus")]
 use std::fmt;
 
+#[cfg(feature = "prometheus")]
 /// Why [`PrometheusConfig::install`](crate::PrometheusConfig::install) or
 /// [`build`](crate::PrometheusConfig::build) failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +20,7 @@ pub enum InstallError {
     InvalidBuckets,
 }
 
+#[cfg(feature = "prometheus")]
 impl fmt::Display for InstallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -29,6 +32,7 @@ impl fmt::Display for InstallError {
     }
 }
 
+#[cfg(feature = "prometheus")]
 impl std::error::Error for InstallError {}
 
 /// The error type of [`RedMetrics`](crate::RedMetrics): the inner service's error, boxed

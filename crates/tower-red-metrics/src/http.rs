@@ -8,7 +8,7 @@ use http_body::Body;
 use crate::body::RedBody;
 use crate::classify::{Classify, GRPC_UNKNOWN, Status, parse_grpc_status};
 use crate::labels::{ExtractLabels, MethodLabel, RequestLabels};
-use crate::layer::{RedMetricsBuilder, RedMetricsLayer};
+use crate::layer::{RedMetricsLayer, RedMetricsLayerBuilder};
 use crate::state::Recording;
 
 /// Labels of an `http::Request`: the method (standard ones, else `OTHER`) and, with the
@@ -29,7 +29,24 @@ impl<B> ExtractLabels<Request<B>> for HttpLabels {
             route: route(request),
         }
     }
+
+    fn is_recorded(&self, request: &Request<B>) -> bool {
+        request.extensions().get::<RedRecorded>().is_some()
+    }
+
+    fn mark_recorded(&self, request: &mut Request<B>) {
+        request.extensions_mut().insert(RedRecorded);
+    }
 }
+
+/// The request extension by which a RED layer marks a request it records, so that the
+/// RED layers inside it (e.g. the one in a preset on a route, under one on the whole
+/// router) pass the request through rather than count it a second time.
+///
+/// [`HttpLabels`] sets and reads it. A server that records requests by other means can
+/// insert it to keep these layers from recording them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedRecorded;
 
 #[cfg(feature = "axum")]
 fn route<B>(request: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {
@@ -151,8 +168,8 @@ impl RedMetricsLayer<HttpLabels, HttpClassify> {
 
     /// A builder for an HTTP layer.
     #[must_use]
-    pub fn builder() -> RedMetricsBuilder<HttpLabels, HttpClassify> {
-        RedMetricsBuilder::new(HttpLabels, HttpClassify)
+    pub fn builder() -> RedMetricsLayerBuilder<HttpLabels, HttpClassify> {
+        RedMetricsLayerBuilder::new(HttpLabels, HttpClassify)
     }
 }
 

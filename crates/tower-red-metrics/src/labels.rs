@@ -66,6 +66,7 @@ impl MethodLabel {
     }
 }
 
+#[cfg(feature = "http")]
 impl From<&http::Method> for MethodLabel {
     fn from(method: &http::Method) -> Self {
         match method.as_str() {
@@ -98,10 +99,30 @@ pub struct RequestLabels<'r> {
 ///
 /// Route values must come from a bounded set (route templates, RPC method names); the
 /// layer caps the number of distinct routes anyway (see
-/// [`RedMetricsBuilder::max_routes`](crate::RedMetricsBuilder::max_routes)).
+/// [`RedMetricsLayerBuilder::max_routes`](crate::RedMetricsLayerBuilder::max_routes)).
+///
+/// It also carries the mark that keeps two RED layers from counting one request twice:
+/// a layer passes through, unrecorded, a request that [`is_recorded`] says an outer RED
+/// layer records already, and [`mark_recorded`]s the ones it records. The defaults never
+/// find a mark (every layer records); [`HttpLabels`](crate::HttpLabels) keeps it in the
+/// request's extensions ([`RedRecorded`](crate::RedRecorded)).
+///
+/// [`is_recorded`]: ExtractLabels::is_recorded
+/// [`mark_recorded`]: ExtractLabels::mark_recorded
 pub trait ExtractLabels<Req> {
     /// The labels of `request`.
     fn extract<'r>(&self, request: &'r Req) -> RequestLabels<'r>;
+
+    /// Whether an outer RED layer records `request` already. Default: `false`.
+    fn is_recorded(&self, request: &Req) -> bool {
+        let _ = request;
+        false
+    }
+
+    /// Marks `request` as recorded, for the RED layers inside this one. Default: nothing.
+    fn mark_recorded(&self, request: &mut Req) {
+        let _ = request;
+    }
 }
 
 impl<Req, F> ExtractLabels<Req> for F
@@ -113,7 +134,7 @@ where
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "http"))]
 mod tests {
     use super::*;
 

@@ -63,7 +63,7 @@ impl<S, L: Clone, C: Clone> Layer<S> for RedMetricsLayer<L, C> {
 
 /// Configures a [`RedMetricsLayer`].
 #[derive(Debug, Clone)]
-pub struct RedMetricsBuilder<L, C> {
+pub struct RedMetricsLayerBuilder<L, C> {
     labels: L,
     classify: C,
     window: Duration,
@@ -73,7 +73,14 @@ pub struct RedMetricsBuilder<L, C> {
     clock: Clock,
 }
 
-impl<L, C> RedMetricsBuilder<L, C> {
+/// The former name of [`RedMetricsLayerBuilder`].
+#[deprecated(
+    since = "0.1.1",
+    note = "renamed `RedMetricsLayerBuilder`, after the layer it builds"
+)]
+pub type RedMetricsBuilder<L, C> = RedMetricsLayerBuilder<L, C>;
+
+impl<L, C> RedMetricsLayerBuilder<L, C> {
     /// A builder that reads labels with `labels` and classifies responses with `classify`.
     pub fn new(labels: L, classify: C) -> Self {
         Self {
@@ -88,8 +95,8 @@ impl<L, C> RedMetricsBuilder<L, C> {
     }
 
     /// Reads request labels with `labels` instead.
-    pub fn labels<L2>(self, labels: L2) -> RedMetricsBuilder<L2, C> {
-        RedMetricsBuilder {
+    pub fn labels<L2>(self, labels: L2) -> RedMetricsLayerBuilder<L2, C> {
+        RedMetricsLayerBuilder {
             labels,
             classify: self.classify,
             window: self.window,
@@ -101,8 +108,8 @@ impl<L, C> RedMetricsBuilder<L, C> {
     }
 
     /// Classifies responses with `classify` instead.
-    pub fn classify<C2>(self, classify: C2) -> RedMetricsBuilder<L, C2> {
-        RedMetricsBuilder {
+    pub fn classify<C2>(self, classify: C2) -> RedMetricsLayerBuilder<L, C2> {
+        RedMetricsLayerBuilder {
             labels: self.labels,
             classify,
             window: self.window,

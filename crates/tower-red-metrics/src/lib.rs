@@ -27,7 +27,7 @@
 //! use tower::{Layer, ServiceExt, service_fn};
 //! use tower_red_metrics::{PrometheusConfig, RedMetricsLayer};
 //!
-//! # #[cfg(feature = "http")]
+//! # #[cfg(all(feature = "http", feature = "prometheus"))]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower::BoxError> {
 //! // In an application: `PrometheusConfig::new().install()?` once, before building layers.
@@ -53,7 +53,7 @@
 //! assert!(text.contains(r#"http_requests_total{method="GET",route="unmatched",status="200"} 1"#));
 //! # Ok(())
 //! # }
-//! # #[cfg(not(feature = "http"))]
+//! # #[cfg(not(all(feature = "http", feature = "prometheus")))]
 //! # fn main() {}
 //! ```
 //!
@@ -64,7 +64,7 @@
 //! it is recorded as `error`), so it goes straight onto an axum router.
 //!
 //! ```
-//! # #[cfg(feature = "axum")]
+//! # #[cfg(all(feature = "axum", feature = "prometheus"))]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use axum::{Router, routing::get};
 //! use tower_red_metrics::{PrometheusConfig, RedMetricsLayer, metrics_route};
@@ -81,7 +81,7 @@
 //! # let _ = (app, handle);
 //! # Ok(())
 //! # }
-//! # #[cfg(not(feature = "axum"))]
+//! # #[cfg(not(all(feature = "axum", feature = "prometheus")))]
 //! # fn main() {}
 //! ```
 //!
@@ -93,17 +93,22 @@
 //! as `cancelled`, and so is a gRPC body dropped before its trailers: every request is
 //! recorded once, whatever happens, and `http_requests_in_flight` returns to zero.
 //!
+//! Nested layers count a request once: the outermost RED layer records it and marks it
+//! ([`RedRecorded`], with [`HttpLabels`]), and the layers inside pass it through. A RED
+//! layer on the whole router and another inside a preset on one route count each
+//! request on that route once, under the outer layer's labels.
+//!
 //! Durations are read from the CPU's time-stamp counter ([`Clock::Monotonic`], about
 //! 10 ns a read), which does not follow tokio's paused test clock; a test that pauses
 //! time and checks durations builds its layer with [`Clock::Tokio`]
-//! ([`RedMetricsBuilder::clock`]).
+//! ([`RedMetricsLayerBuilder::clock`]).
 //!
 //! [tower]: https://docs.rs/tower
 //! [metrics]: https://docs.rs/metrics
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(feature = "axum")]
+#[cfg(all(feature = "axum", feature = "prometheus"))]
 mod axum;
 #[cfg(feature = "http")]
 mod body;
@@ -116,30 +121,37 @@ mod http;
 mod labels;
 mod layer;
 mod metrics;
+#[cfg(feature = "prometheus")]
 mod prometheus;
 mod service;
 mod sketch;
 mod snapshot;
 mod state;
 
-#[cfg(feature = "axum")]
+#[cfg(all(feature = "axum", feature = "prometheus"))]
 pub use crate::axum::{metrics_handler, metrics_route};
 #[cfg(feature = "http")]
 pub use crate::body::RedBody;
 pub use crate::classify::{Class, Classify, ClassifyFn, Status, classify_fn};
 pub use crate::clock::Clock;
-pub use crate::error::{BoxError, InstallError};
+pub use crate::error::BoxError;
+#[cfg(feature = "prometheus")]
+pub use crate::error::InstallError;
 pub use crate::future::ResponseFuture;
 #[cfg(feature = "http")]
-pub use crate::http::{HttpClassify, HttpLabels};
+pub use crate::http::{HttpClassify, HttpLabels, RedRecorded};
 pub use crate::labels::{ExtractLabels, MethodLabel, RequestLabels};
+#[allow(deprecated)]
+pub use crate::layer::RedMetricsBuilder;
 pub use crate::layer::{
-    DEFAULT_MAX_ROUTES, DEFAULT_WINDOW, DEFAULT_WINDOW_STEPS, RedMetricsBuilder, RedMetricsLayer,
+    DEFAULT_MAX_ROUTES, DEFAULT_WINDOW, DEFAULT_WINDOW_STEPS, RedMetricsLayer,
+    RedMetricsLayerBuilder,
 };
 pub use crate::metrics::{
     HTTP_REQUEST_DURATION_SECONDS, HTTP_REQUESTS_IN_FLIGHT, HTTP_REQUESTS_TOTAL, OVERFLOW_ROUTE,
     UNMATCHED_ROUTE,
 };
+#[cfg(feature = "prometheus")]
 pub use crate::prometheus::{
     DEFAULT_DURATION_BUCKETS, PROMETHEUS_CONTENT_TYPE, PrometheusConfig, PrometheusMetrics,
 };

@@ -4,7 +4,7 @@
 //! first time that combination is seen, and kept for the layer's lifetime: the hot path
 //! never builds a metric key or looks labels up in the recorder. The recorder that
 //! resolves them is the one given to
-//! [`RedMetricsBuilder::recorder`](crate::RedMetricsBuilder::recorder), else the global
+//! [`RedMetricsLayerBuilder::recorder`](crate::RedMetricsLayerBuilder::recorder), else the global
 //! recorder, **which must therefore be installed before the layer is built** (a
 //! combination resolved before the install records into the no-op recorder for good).
 

@@ -122,7 +122,7 @@ impl PrometheusConfig {
     }
 
     /// Builds the recorder without installing it, for tests or for combining recorders:
-    /// give the recorder to [`RedMetricsBuilder::recorder`](crate::RedMetricsBuilder::recorder)
+    /// give the recorder to [`RedMetricsLayerBuilder::recorder`](crate::RedMetricsLayerBuilder::recorder)
     /// and render through the returned handle.
     ///
     /// # Errors
@@ -207,6 +207,7 @@ impl PrometheusMetrics {
     }
 
     /// A `200 OK` response with the rendered text and the exposition `content-type`.
+    #[cfg(feature = "http")]
     #[must_use]
     pub fn render_response<B: From<String>>(&self) -> http::Response<B> {
         let mut response = http::Response::new(B::from(self.render()));

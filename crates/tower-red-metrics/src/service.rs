@@ -9,13 +9,16 @@ use crate::classify::Classify;
 use crate::future::ResponseFuture;
 use crate::labels::ExtractLabels;
 use crate::layer::Shared;
-use crate::state::Instance;
+use crate::state::{Instance, Recording};
 
 /// Records rate, errors and duration of every request through `S`. Built by
 /// [`RedMetricsLayer`](crate::RedMetricsLayer).
 ///
-/// Its error is the inner service's error, boxed and otherwise unchanged; it never
-/// refuses a request itself. Cloning costs one reference count.
+/// Its error is the inner service's error, unchanged; it never refuses a request itself.
+/// A request that an outer RED layer records already (see
+/// [`ExtractLabels::is_recorded`]) passes through unrecorded, so nested layers (one on
+/// the whole router, one in a preset on a route) count each request once. Cloning costs
+/// one reference count.
 #[derive(Debug, Clone)]
 pub struct RedMetrics<S, L, C> {
     inner: S,
@@ -66,9 +69,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
+    fn call(&mut self, mut request: Req) -> Self::Future {
+        if self.labels.is_recorded(&request) {
+            return ResponseFuture::new(
+                self.inner.call(request),
+                Recording::disarmed(),
+                self.classify.clone(),
+            );
+        }
         let labels = self.labels.extract(&request);
         let recording = self.instance.start(labels.route, labels.method);
+        self.labels.mark_recorded(&mut request);
         ResponseFuture::new(self.inner.call(request), recording, self.classify.clone())
     }
 }

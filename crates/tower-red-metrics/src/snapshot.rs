@@ -20,8 +20,11 @@ pub struct RequestStats {
     pub success: u64,
     /// 5xx, non-OK gRPC (other than `RESOURCE_EXHAUSTED`), service and body errors.
     pub errors: u64,
-    /// `errors / total`, from 0.0 to 1.0 (0.0 before the first request).
-    pub error_rate: f64,
+    /// `errors / total` as a percentage, from 0.0 to 100.0 (0.0 before the first
+    /// request); `errorRate` in the JSON, as the seed's `/api/metrics` has it (`5.0` is
+    /// 5 %).
+    #[serde(rename = "errorRate")]
+    pub error_rate_percent: f64,
     /// 429 and gRPC `RESOURCE_EXHAUSTED`.
     pub rate_limited: u64,
     /// Other 4xx, and requests cancelled by the caller.

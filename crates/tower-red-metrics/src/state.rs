@@ -96,10 +96,10 @@ impl Core {
                 total,
                 success,
                 errors,
-                error_rate: if total == 0 {
+                error_rate_percent: if total == 0 {
                     0.0
                 } else {
-                    errors as f64 / total as f64
+                    errors as f64 * 100.0 / total as f64
                 },
                 rate_limited,
                 client_errors,

@@ -80,7 +80,7 @@ async fn classes_are_exact_under_concurrent_load() {
     assert_eq!(requests.client_errors, 800);
     assert_eq!(requests.rate_limited, 800);
     assert_eq!(requests.errors, 800);
-    assert!((requests.error_rate - 0.2).abs() < 1e-12);
+    assert!((requests.error_rate_percent - 20.0).abs() < 1e-9);
 
     let metrics = Taken::take(&snapshotter);
     for status in statuses {
@@ -473,7 +473,7 @@ async fn inner_errors_pass_through_unchanged_and_count_as_errors() {
 
     let requests = handle.snapshot().requests;
     assert_eq!((requests.total, requests.errors), (1, 1));
-    assert!((requests.error_rate - 1.0).abs() < f64::EPSILON);
+    assert!((requests.error_rate_percent - 100.0).abs() < f64::EPSILON);
     let metrics = Taken::take(&snapshotter);
     let labels = [
         ("method", "GET"),
@@ -681,7 +681,7 @@ proptest! {
     )) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (recorder, snapshotter) = recorder();
-        let layer = tower_red_metrics::RedMetricsBuilder::new(
+        let layer = tower_red_metrics::RedMetricsLayerBuilder::new(
             |_: &Outcome| RequestLabels { method: MethodLabel::Post, route: Some("analyze".into()) },
             classify_fn(|outcome: &Outcome| match *outcome {
                 Outcome::Http(code) => Status::Http(code),
@@ -742,10 +742,11 @@ async fn one_service_can_see_many_routes() {
         method: MethodLabel::from(req.method()),
         route: Some(req.uri().path().to_owned().into()),
     };
-    let layer = tower_red_metrics::RedMetricsBuilder::new(labels, tower_red_metrics::HttpClassify)
-        .recorder(recorder)
-        .max_routes(2)
-        .build();
+    let layer =
+        tower_red_metrics::RedMetricsLayerBuilder::new(labels, tower_red_metrics::HttpClassify)
+            .recorder(recorder)
+            .max_routes(2)
+            .build();
     let service = layer.layer(service_fn(|_: Request<Empty<Bytes>>| async {
         Ok::<_, Infallible>(respond(200))
     }));
@@ -789,4 +790,35 @@ async fn a_grpc_status_header_on_a_plain_http_response_is_ignored() {
     let labels = [("method", "GET"), ("route", "unmatched"), ("status", "200")];
     assert_eq!(metrics.counter(HTTP_REQUESTS_TOTAL, &labels), 1);
     assert_eq!(metrics.counter_sum(HTTP_REQUESTS_TOTAL), 1);
+}
+
+#[tokio::test]
+async fn nested_layers_count_a_request_once() {
+    let (outer_recorder, _) = recorder();
+    let (inner_recorder, _) = recorder();
+    let outer = RedMetricsLayer::builder().recorder(outer_recorder).build();
+    let inner = RedMetricsLayer::builder().recorder(inner_recorder).build();
+    let (outer_handle, inner_handle) = (outer.handle(), inner.handle());
+    // The inner layer alone, as on a route the outer layer does not cover.
+    let lone = inner.layer(service_fn(|_req: Request<Empty<Bytes>>| async {
+        Ok::<_, Infallible>(respond(200))
+    }));
+    let nested = outer.layer(lone.clone());
+
+    for _ in 0..7 {
+        let response = nested
+            .clone()
+            .oneshot(Request::get("/").body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(outer_handle.snapshot().requests.total, 7);
+    assert_eq!(inner_handle.snapshot().requests.total, 0);
+
+    lone.oneshot(Request::get("/").body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(inner_handle.snapshot().requests.total, 1);
+    assert_eq!(outer_handle.snapshot().requests.total, 7);
 }

@@ -143,8 +143,8 @@ fn single_thread(c: &mut Criterion, rt: &tokio::runtime::Runtime, tag: &str) {
         });
     }
 
-    // The clock read the in-process backend pays per decision (tokio's, to follow paused
-    // time in tests), against the TSC clock governor uses by default.
+    // The clock read the in-process backend pays per decision with `Clock::Tokio` (tests
+    // that pause time), against the TSC clock it reads by default, as governor does.
     g.bench_function("clock-tokio-instant-now", |b| {
         b.iter(|| black_box(tokio::time::Instant::now()));
     });

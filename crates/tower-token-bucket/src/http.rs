@@ -273,22 +273,47 @@ where
     }
 }
 
+/// The key of the requests whose peer address the server does not provide (see
+/// [`PeerIp`]): the unspecified address `0.0.0.0`, which no real peer has.
+pub const UNKNOWN_PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
 /// The peer's address, from axum's `ConnectInfo<SocketAddr>` (feature `axum`) or a
-/// `SocketAddr` request extension.
-fn peer_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+/// `SocketAddr` request extension; [`UNKNOWN_PEER`], with one warning per process,
+/// when the server provides neither.
+fn peer_ip(extensions: &http::Extensions) -> IpAddr {
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-        return Some(info.0.ip().to_canonical());
+        return info.0.ip().to_canonical();
     }
-    extensions
-        .get::<SocketAddr>()
-        .map(|addr| addr.ip().to_canonical())
+    if let Some(addr) = extensions.get::<SocketAddr>() {
+        return addr.ip().to_canonical();
+    }
+    warn_unknown_peer();
+    UNKNOWN_PEER
+}
+
+#[cold]
+fn warn_unknown_peer() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "the rate limiter found no peer address in a request: every such request \
+             shares one bucket; serve axum with `into_make_service_with_connect_info::<SocketAddr>()` \
+             (feature `axum`), or insert the peer's `SocketAddr` as a request extension"
+        );
+    }
 }
 
 /// The key is the IP address of the connection's peer, from axum's
 /// `ConnectInfo<SocketAddr>` (feature `axum`; serve with
 /// `into_make_service_with_connect_info::<SocketAddr>()`) or a `SocketAddr` request
-/// extension. Forwarding headers are ignored: see [`ForwardedIp`] behind a proxy.
+/// extension (any server: insert it where the connection is accepted, as
+/// `tower::util::MapRequest` or hyper's `service_fn` over the accepted stream can).
+/// Forwarding headers are ignored: see [`ForwardedIp`] behind a proxy.
+///
+/// A server that provides neither is a deployment error, not the client's: such
+/// requests are never refused for it; they share one bucket, under [`UNKNOWN_PEER`], and
+/// the first one logs a warning that says how to provide the address.
 ///
 /// IPv4-mapped IPv6 addresses are keyed as IPv4.
 #[derive(Clone, Copy, Debug, Default)]
@@ -300,7 +325,7 @@ impl KeyExtractor for PeerIp {
 
 impl<B> ExtractKey<Request<B>> for PeerIp {
     fn extract_key(&self, request: &Request<B>) -> Result<IpAddr, KeyError> {
-        peer_ip(request.extensions()).ok_or(KeyError::invalid("peer address unknown"))
+        Ok(peer_ip(request.extensions()))
     }
 }
 
@@ -574,8 +599,11 @@ impl KeyExtractor for ForwardedIp {
 
 impl<B> ExtractKey<Request<B>> for ForwardedIp {
     fn extract_key(&self, request: &Request<B>) -> Result<IpAddr, KeyError> {
-        let peer =
-            peer_ip(request.extensions()).ok_or(KeyError::invalid("peer address unknown"))?;
+        let peer = peer_ip(request.extensions());
+        if peer == UNKNOWN_PEER {
+            // Without the peer, no forwarding header can be trusted.
+            return Ok(UNKNOWN_PEER);
+        }
         Ok(self.client(peer, request.headers()))
     }
 }
@@ -772,6 +800,17 @@ mod tests {
         assert_eq!(proxies().rfc7239().extract_key(&r), Ok(ip("10.0.0.2")));
         let r = req("10.0.0.2:80", &[]);
         assert_eq!(proxies().extract_key(&r), Ok(ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn requests_without_a_peer_share_one_key_rather_than_fail() {
+        let r = Request::builder().body(()).unwrap();
+        assert_eq!(PeerIp.extract_key(&r), Ok(UNKNOWN_PEER));
+        let r = Request::builder()
+            .header("x-forwarded-for", "1.1.1.1")
+            .body(())
+            .unwrap();
+        assert_eq!(proxies().extract_key(&r), Ok(UNKNOWN_PEER));
     }
 
     #[test]

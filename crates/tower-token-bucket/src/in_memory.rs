@@ -18,7 +18,7 @@ use governor::{InsufficientCapacity, RateLimiter};
 
 use crate::Quota;
 use crate::backend::{Decision, RateLimitBackend};
-use crate::clock::{LimiterClock, duration_nanos};
+use crate::clock::{Clock, LimiterClock, duration_nanos};
 
 /// The default cap on the number of keys a limiter tracks.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -40,11 +40,11 @@ pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 ///   task started on the first check inside a tokio runtime. The task holds only a weak
 ///   reference and ends when the last clone of the limiter is dropped.
 /// - Time is read from the CPU's time-stamp counter ([quanta], about 10 ns a read,
-///   calibrated against the OS's monotonic clock), except that a limiter whose first
-///   decision inside a tokio runtime finds tokio's clock paused
-///   (`#[tokio::test(start_paused = true)]`, `tokio::time::pause`) follows tokio's clock
-///   from then on, so tests that advance time see tokens come back exactly. Pause the
-///   clock before a limiter's first decision, not after.
+///   calibrated against the OS's monotonic clock: [`Clock::Monotonic`], the default),
+///   which does not follow tokio's paused clock. Tests that pause tokio's time
+///   (`#[tokio::test(start_paused = true)]`) and expect tokens back when they advance it
+///   build the backend with [`Clock::Tokio`] ([`with_clock`](Self::with_clock),
+///   [`RateLimitLayerBuilder::clock`](crate::RateLimitLayerBuilder::clock)).
 /// - Keys are hashed with foldhash, seeded at random per map (see the source for why
 ///   that is enough for client-chosen keys).
 /// - At most [`max_keys`](crate::RateLimitLayerBuilder::max_keys) keys are tracked
@@ -138,11 +138,27 @@ where
     /// If `quotas` is empty.
     #[must_use]
     pub fn with_limits(quotas: &[Quota], max_keys: usize, prune_interval: Duration) -> Self {
+        Self::with_clock(quotas, max_keys, prune_interval, Clock::default())
+    }
+
+    /// A backend with an explicit key cap, prune interval and [`Clock`]
+    /// ([`Clock::Tokio`] for tests that pause tokio's time).
+    ///
+    /// # Panics
+    ///
+    /// If `quotas` is empty.
+    #[must_use]
+    pub fn with_clock(
+        quotas: &[Quota],
+        max_keys: usize,
+        prune_interval: Duration,
+        clock: Clock,
+    ) -> Self {
         assert!(
             !quotas.is_empty(),
             "a rate limiter needs at least one quota"
         );
-        let clock = LimiterClock::new();
+        let clock = LimiterClock::new(clock);
         let limiters = quotas
             .iter()
             .map(|quota| {
@@ -290,17 +306,12 @@ where
     }
 }
 
-/// On the first decisions inside a tokio runtime: chooses the clock, and starts the prune
-/// task.
+/// On the first decisions inside a tokio runtime: starts the prune task.
 #[cold]
 fn start_pruner<K>(inner: &Arc<Inner<K>>)
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
-    if !inner.clock.resolve() {
-        // No runtime: no task to start, and the clock is chosen in one.
-        return;
-    }
     if mem::size_of::<K>() == 0 {
         // One bucket, nothing to prune.
         inner.pruner_running.store(true, Ordering::Relaxed);
@@ -552,7 +563,12 @@ mod tests {
 
     #[test]
     fn burst_then_refill() {
-        let b = InMemoryBackend::<u64>::new(&[Quota::per_second(5)]);
+        let b = InMemoryBackend::<u64>::with_clock(
+            &[Quota::per_second(5)],
+            DEFAULT_MAX_KEYS,
+            DEFAULT_PRUNE_INTERVAL,
+            Clock::Tokio,
+        );
         for _ in 0..5 {
             assert_eq!(b.decide(&1, ONE), Decision::Allowed);
         }
@@ -572,7 +588,12 @@ mod tests {
 
     #[test]
     fn cost_larger_than_burst_never_fits() {
-        let b = InMemoryBackend::<u64>::new(&[Quota::per_second(5)]);
+        let b = InMemoryBackend::<u64>::with_clock(
+            &[Quota::per_second(5)],
+            DEFAULT_MAX_KEYS,
+            DEFAULT_PRUNE_INTERVAL,
+            Clock::Tokio,
+        );
         let six = NonZeroU32::new(6).unwrap();
         assert!(matches!(b.decide(&1, six), Decision::CostTooLarge { .. }));
         assert_eq!(b.remaining(&1), Some(5), "a refused request spends nothing");
@@ -580,7 +601,12 @@ mod tests {
 
     #[test]
     fn a_later_quota_refusing_gives_back_the_earlier_tokens() {
-        let b = InMemoryBackend::<u64>::new(&[Quota::per_second(5), Quota::per_minute(2)]);
+        let b = InMemoryBackend::<u64>::with_clock(
+            &[Quota::per_second(5), Quota::per_minute(2)],
+            DEFAULT_MAX_KEYS,
+            DEFAULT_PRUNE_INTERVAL,
+            Clock::Tokio,
+        );
         assert_eq!(b.decide(&1, ONE), Decision::Allowed);
         assert_eq!(b.decide(&1, ONE), Decision::Allowed);
         for _ in 0..10 {
@@ -599,7 +625,12 @@ mod tests {
 
     #[test]
     fn global_key_uses_one_bucket() {
-        let b = InMemoryBackend::<()>::new(&[Quota::per_second(2)]);
+        let b = InMemoryBackend::<()>::with_clock(
+            &[Quota::per_second(2)],
+            DEFAULT_MAX_KEYS,
+            DEFAULT_PRUNE_INTERVAL,
+            Clock::Tokio,
+        );
         assert_eq!(b.decide(&(), ONE), Decision::Allowed);
         assert_eq!(b.decide(&(), ONE), Decision::Allowed);
         assert!(matches!(b.decide(&(), ONE), Decision::Limited { .. }));
@@ -608,8 +639,12 @@ mod tests {
 
     #[test]
     fn at_the_key_cap_the_key_closest_to_full_is_forgotten() {
-        let b =
-            InMemoryBackend::<u64>::with_limits(&[Quota::per_second(5)], 3, Duration::from_secs(1));
+        let b = InMemoryBackend::<u64>::with_clock(
+            &[Quota::per_second(5)],
+            3,
+            Duration::from_secs(1),
+            Clock::Tokio,
+        );
         // Key 0 owes 3 tokens, key 1 owes 2, key 2 owes 1.
         for (k, spent) in [(0, 3), (1, 2), (2, 1)] {
             for _ in 0..spent {
@@ -627,7 +662,12 @@ mod tests {
 
     #[test]
     fn a_zero_key_cap_tracks_one_key() {
-        let b = InMemoryBackend::<u64>::with_limits(&[Quota::per_second(1)], 0, Duration::ZERO);
+        let b = InMemoryBackend::<u64>::with_clock(
+            &[Quota::per_second(1)],
+            0,
+            Duration::ZERO,
+            Clock::Tokio,
+        );
         assert_eq!(b.decide(&1, ONE), Decision::Allowed);
         assert!(matches!(b.decide(&1, ONE), Decision::Limited { .. }));
         assert_eq!(b.decide(&2, ONE), Decision::Allowed);

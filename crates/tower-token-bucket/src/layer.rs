@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use crate::in_memory::{DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL};
 use crate::metrics::Recorder;
-use crate::{GlobalKey, InMemoryBackend, KeyExtractor, Quota, RateLimit, RateLimitHandle};
+use crate::{Clock, GlobalKey, InMemoryBackend, KeyExtractor, Quota, RateLimit, RateLimitHandle};
 
 /// What happens to a request that finds no tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +132,7 @@ pub struct RateLimitLayerBuilder<X> {
     name: Cow<'static, str>,
     max_keys: usize,
     prune_interval: Duration,
+    clock: Clock,
 }
 
 impl RateLimitLayerBuilder<GlobalKey> {
@@ -145,6 +146,7 @@ impl RateLimitLayerBuilder<GlobalKey> {
             name: Cow::Borrowed("default"),
             max_keys: DEFAULT_MAX_KEYS,
             prune_interval: DEFAULT_PRUNE_INTERVAL,
+            clock: Clock::Monotonic,
         }
     }
 }
@@ -167,6 +169,7 @@ impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
             name: self.name,
             max_keys: self.max_keys,
             prune_interval: self.prune_interval,
+            clock: self.clock,
         }
     }
 
@@ -216,12 +219,24 @@ impl<X: KeyExtractor> RateLimitLayerBuilder<X> {
         self
     }
 
+    /// The clock the [`InMemoryBackend`] reads (default [`Clock::Monotonic`], the CPU's
+    /// time-stamp counter). Tests that pause tokio's time and advance it to see tokens
+    /// come back use [`Clock::Tokio`].
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Builds the layer on the in-process [`InMemoryBackend`].
     ///
     /// Install the `metrics` recorder before this call.
     pub fn build(self) -> RateLimitLayer<X> {
-        let backend =
-            InMemoryBackend::with_limits(&self.quotas, self.max_keys, self.prune_interval);
+        let backend = InMemoryBackend::with_clock(
+            &self.quotas,
+            self.max_keys,
+            self.prune_interval,
+            self.clock,
+        );
         self.build_with_backend(backend)
     }
 

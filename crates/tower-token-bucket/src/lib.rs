@@ -9,7 +9,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::{service_fn, Layer, Service, ServiceExt};
-//! use tower_token_bucket::{http::user_or_peer_ip, Quota, RateLimitError, RateLimitLayer, Refusal};
+//! use tower_token_bucket::{http::user_or_peer_ip, Clock, Quota, RateLimitError, RateLimitLayer, Refusal};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), tower::BoxError> {
@@ -17,11 +17,13 @@
 //! let per_user = RateLimitLayer::builder(Quota::per_second(5))
 //!     .name("per-user")
 //!     .key(user_or_peer_ip("x-user-id"))
+//!     .clock(Clock::Tokio) // this example pauses tokio's time; see "Time" below
 //!     .build();
 //! // Two calls a second to the upstream, in total; a call waits up to 10 s for its turn.
 //! let global = RateLimitLayer::builder(Quota::per_second(2))
 //!     .name("upstream")
 //!     .wait(Duration::from_secs(10))
+//!     .clock(Clock::Tokio)
 //!     .build();
 //!
 //! let upstream = service_fn(|_req: http::Request<String>| async {
@@ -110,6 +112,14 @@
 //! # }
 //! ```
 //!
+//! ## Time
+//!
+//! The in-process limiter reads the CPU's time-stamp counter ([`Clock::Monotonic`], about
+//! 10 ns a read), which does not follow tokio's paused test clock. A test that pauses
+//! tokio's time (`#[tokio::test(start_paused = true)]`) and advances it to see tokens
+//! come back builds its limiter with [`Clock::Tokio`]
+//! ([`RateLimitLayerBuilder::clock`]). Waits (wait mode) are tokio sleeps either way.
+//!
 //! [tower]: https://docs.rs/tower
 //! [governor]: https://docs.rs/governor
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -131,6 +141,7 @@ mod redis_backend;
 mod service;
 
 pub use backend::{Decision, RateLimitBackend};
+pub use clock::Clock;
 pub use error::{KeyError, RateLimitError};
 pub use future::ResponseFuture;
 pub use handle::{RateLimitHandle, RateLimitSnapshot};

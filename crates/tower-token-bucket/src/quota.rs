@@ -29,13 +29,16 @@ const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// ```
 /// use std::num::NonZeroU32;
 /// use std::time::Duration;
+/// use tower_token_bucket::{Clock, DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL};
 /// use tower_token_bucket::{Decision, InMemoryBackend, Quota};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
 /// /// Requests admitted in the first second to a client that tries every 10 ms.
 /// async fn first_second(quota: Quota) -> u32 {
-///     let limiter = InMemoryBackend::<()>::new(&[quota]);
+///     // tokio's clock, which this example pauses and advances.
+///     let limiter =
+///         InMemoryBackend::<()>::with_clock(&[quota], DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL, Clock::Tokio);
 ///     let mut admitted = 0;
 ///     for _ in 0..100 {
 ///         if limiter.decide(&(), NonZeroU32::MIN) == Decision::Allowed {

@@ -12,7 +12,7 @@ use axum::{BoxError, Router};
 use http::{Request, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_token_bucket::http::user_or_peer_ip;
-use tower_token_bucket::{Quota, RateLimitError, RateLimitLayer, Refusal};
+use tower_token_bucket::{Clock, Quota, RateLimitError, RateLimitLayer, Refusal};
 
 async fn refused(err: BoxError) -> http::Response<Body> {
     match err.downcast_ref::<RateLimitError>() {
@@ -27,6 +27,7 @@ async fn refused(err: BoxError) -> http::Response<Body> {
 
 fn app() -> Router {
     let limiter = RateLimitLayer::builder(Quota::per_second(3))
+        .clock(Clock::Tokio)
         .name("per-user")
         .key(user_or_peer_ip("x-user-id"))
         .build();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 use tower_token_bucket::{
-    ExtractKeyExt, KeyError, Quota, RateLimitError, RateLimitLayer, Refusal, key_fn,
+    Clock, ExtractKeyExt, KeyError, Quota, RateLimitError, RateLimitLayer, Refusal, key_fn,
 };
 
 /// A request that is not HTTP: an AI SDK call.
@@ -49,6 +49,7 @@ fn rate_limited(err: &BoxError) -> &RateLimitError {
 async fn reject_mode_limits_a_non_http_service_per_key() {
     let (calls, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .clock(Clock::Tokio)
         .key(by_user())
         .build();
     let svc = layer.layer(upstream);
@@ -89,7 +90,9 @@ async fn reject_mode_limits_a_non_http_service_per_key() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_and_layer_calls_share_one_limit() {
-    let layer = RateLimitLayer::builder(Quota::per_second(3)).build();
+    let layer = RateLimitLayer::builder(Quota::per_second(3))
+        .clock(Clock::Tokio)
+        .build();
     let (_, a) = counting_upstream();
     let (_, b) = counting_upstream();
     let a = layer.layer(a);
@@ -106,6 +109,7 @@ async fn clones_and_layer_calls_share_one_limit() {
 async fn weighted_cost_and_cost_too_large() {
     let (calls, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(10))
+        .clock(Clock::Tokio)
         .key(
             by_user().with_cost(|r: &Analyze| NonZeroU32::new(r.tokens).unwrap_or(NonZeroU32::MIN)),
         )
@@ -161,6 +165,7 @@ async fn weighted_cost_and_cost_too_large() {
 async fn several_quotas_first_refusal_wins() {
     let (_, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .clock(Clock::Tokio)
         .quota(Quota::per_minute(7))
         .key(by_user())
         .build();
@@ -192,6 +197,7 @@ async fn several_quotas_first_refusal_wins() {
 async fn missing_key_is_a_client_error_not_a_panic() {
     let (calls, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .clock(Clock::Tokio)
         .key(key_fn(|r: &Analyze| {
             if r.user == 0 {
                 Err(KeyError::unauthenticated("anonymous"))
@@ -219,6 +225,7 @@ async fn missing_key_is_a_client_error_not_a_panic() {
 async fn wait_mode_paces_requests() {
     let (calls, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(2))
+        .clock(Clock::Tokio)
         .wait(Duration::from_secs(5))
         .build();
     let svc = layer.layer(upstream);
@@ -243,6 +250,7 @@ async fn wait_mode_paces_requests() {
 async fn wait_beyond_max_wait_is_refused_at_once() {
     let (calls, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .clock(Clock::Tokio)
         .wait(Duration::from_millis(500))
         .build();
     let svc = layer.layer(upstream);
@@ -272,6 +280,7 @@ async fn wait_beyond_max_wait_is_refused_at_once() {
 async fn a_dropped_waiting_request_spends_nothing() {
     let (calls, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .clock(Clock::Tokio)
         .wait(Duration::from_secs(10))
         .build();
     let svc = layer.layer(upstream);
@@ -293,6 +302,7 @@ async fn a_dropped_waiting_request_spends_nothing() {
 async fn idle_keys_are_pruned_and_the_pruner_stops_with_the_layer() {
     let (_, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .clock(Clock::Tokio)
         .key(by_user())
         .prune_interval(Duration::from_secs(1))
         .max_keys(100)
@@ -367,6 +377,7 @@ fn decisions_are_recorded_as_metrics() {
         rt.block_on(async {
             let (_, upstream) = counting_upstream();
             let layer = RateLimitLayer::builder(Quota::per_second(1))
+                .clock(Clock::Tokio)
                 .name("per-user")
                 .build();
             let svc = layer.layer(upstream);
@@ -413,6 +424,7 @@ fn decisions_are_recorded_as_metrics() {
 #[tokio::test(start_paused = true)]
 async fn snapshot_serializes_in_camel_case() {
     let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .clock(Clock::Tokio)
         .name("per-user")
         .build();
     let json = serde_json::to_value(layer.handle().snapshot()).unwrap();
@@ -435,6 +447,7 @@ async fn snapshot_serializes_in_camel_case() {
 async fn wait_mode_without_a_limit_does_not_panic() {
     let (calls, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .clock(Clock::Tokio)
         .wait(Duration::MAX)
         .build();
     let svc = layer.layer(upstream);
@@ -454,6 +467,7 @@ async fn wait_mode_without_a_limit_does_not_panic() {
 async fn a_flood_of_made_up_keys_locks_nobody_out() {
     let (_, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .clock(Clock::Tokio)
         .key(by_user())
         .build();
     let svc = layer.layer(upstream);
@@ -494,7 +508,9 @@ async fn every_duration_setting_takes_zero_and_max() {
     // retry-after that fits, and responses that build.
     for wait in [None, Some(Duration::from_secs(1)), Some(Duration::MAX)] {
         let (calls, upstream) = counting_upstream();
-        let builder = RateLimitLayer::builder(Quota::new(1, Duration::MAX)).key(by_user());
+        let builder = RateLimitLayer::builder(Quota::new(1, Duration::MAX))
+            .clock(Clock::Tokio)
+            .key(by_user());
         let layer = match wait {
             None => builder.build(),
             Some(max_wait) => builder.wait(max_wait).build(),
@@ -525,6 +541,7 @@ async fn every_duration_setting_takes_zero_and_max() {
     // Wait mode with no wait allowed: a request that must wait is refused at once.
     let (calls, upstream) = counting_upstream();
     let layer = RateLimitLayer::builder(Quota::per_second(1))
+        .clock(Clock::Tokio)
         .wait(Duration::ZERO)
         .build();
     let svc = layer.layer(upstream);
@@ -547,6 +564,7 @@ async fn a_zero_or_endless_prune_interval_turns_pruning_off() {
     for every in [Duration::ZERO, Duration::MAX] {
         let (_, upstream) = counting_upstream();
         let layer = RateLimitLayer::builder(Quota::per_second(5))
+            .clock(Clock::Tokio)
             .key(by_user())
             .prune_interval(every)
             .max_keys(10)
@@ -573,7 +591,9 @@ async fn a_zero_or_endless_prune_interval_turns_pruning_off() {
 #[tokio::test(start_paused = true)]
 async fn per_second_is_a_burst_then_the_rate() {
     let (_, upstream) = counting_upstream();
-    let layer = RateLimitLayer::builder(Quota::per_second(5)).build();
+    let layer = RateLimitLayer::builder(Quota::per_second(5))
+        .clock(Clock::Tokio)
+        .build();
     let svc = layer.layer(upstream);
     let mut per_second = [0; 3];
     for tick in 0..300 {

@@ -4,7 +4,10 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tower_token_bucket::{Decision, InMemoryBackend, Quota, RateLimitBackend};
+use tower_token_bucket::{
+    Clock, DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL, Decision, InMemoryBackend, Quota,
+    RateLimitBackend,
+};
 
 fn quota() -> impl Strategy<Value = Quota> {
     (1u32..20, 50u64..5_000, 1u32..30).prop_map(|(count, period_ms, burst)| {
@@ -40,7 +43,7 @@ proptest! {
         traffic in traffic(),
     ) {
         let admitted = paused_runtime().block_on(async {
-            let backend = InMemoryBackend::<u8>::new(&quotas);
+            let backend = InMemoryBackend::<u8>::with_clock(&quotas, DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL, Clock::Tokio);
             let start = tokio::time::Instant::now();
             let mut admitted = Vec::new();
             for (gap, cost) in traffic {
@@ -78,7 +81,7 @@ proptest! {
         traffic in traffic(),
     ) {
         paused_runtime().block_on(async {
-            let backend = InMemoryBackend::<u8>::new(&quotas);
+            let backend = InMemoryBackend::<u8>::with_clock(&quotas, DEFAULT_MAX_KEYS, DEFAULT_PRUNE_INTERVAL, Clock::Tokio);
             let max_burst = quotas.iter().map(Quota::burst).min().unwrap();
             for (gap, cost) in traffic {
                 tokio::time::advance(Duration::from_micros(gap)).await;
@@ -133,7 +136,7 @@ proptest! {
         traffic in prop::collection::vec((0u8..30, 0u64..100_000, 1u32..4), 1..200),
     ) {
         paused_runtime().block_on(async {
-            let backend = InMemoryBackend::<u8>::with_limits(&[quota], max_keys, Duration::ZERO);
+            let backend = InMemoryBackend::<u8>::with_clock(&[quota], max_keys, Duration::ZERO, Clock::Tokio);
             let burst = quota.burst();
             for (key, gap, cost) in traffic {
                 tokio::time::advance(Duration::from_micros(gap)).await;

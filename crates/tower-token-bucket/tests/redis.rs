@@ -83,7 +83,12 @@ fn in_memory_decisions(quotas: &[Quota], traffic: &[(u64, u32)]) -> Vec<Decision
         .build()
         .unwrap();
     rt.block_on(async {
-        let backend = InMemoryBackend::<u8>::new(quotas);
+        let backend = InMemoryBackend::<u8>::with_clock(
+            quotas,
+            tower_token_bucket::DEFAULT_MAX_KEYS,
+            tower_token_bucket::DEFAULT_PRUNE_INTERVAL,
+            tower_token_bucket::Clock::Tokio,
+        );
         let mut out = Vec::new();
         for &(gap, cost) in traffic {
             tokio::time::advance(Duration::from_micros(gap)).await;

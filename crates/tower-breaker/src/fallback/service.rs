@@ -39,6 +39,11 @@ impl<S, Cap, F, P> Fallback<S, Cap, F, P> {
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S, Cap, F, P, Req> Service<Req> for Fallback<S, Cap, F, P>

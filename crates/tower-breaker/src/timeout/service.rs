@@ -32,6 +32,11 @@ impl<S> Timeout<S> {
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S, Req> Service<Req> for Timeout<S>

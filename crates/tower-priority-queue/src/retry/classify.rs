@@ -13,7 +13,7 @@ use crate::error::QueueError;
 /// upstream did not process the request (any request may be sent again), or may have
 /// processed it (only an idempotent request may be sent again; see
 /// [`Replay::is_idempotent`](crate::Replay::is_idempotent) and
-/// [`RetryBuilder::idempotent`](crate::RetryBuilder::idempotent)).
+/// [`RetryLayerBuilder::idempotent`](crate::RetryLayerBuilder::idempotent)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RetryDecision {
@@ -31,7 +31,7 @@ pub enum RetryDecision {
     RetryIfIdempotent,
     /// The attempt timed out, and the upstream may still be processing it: retried like
     /// [`RetryIfIdempotent`](Self::RetryIfIdempotent), and only while the layer retries
-    /// timeouts ([`RetryBuilder::retry_timeouts`](crate::RetryBuilder::retry_timeouts)).
+    /// timeouts ([`RetryLayerBuilder::retry_timeouts`](crate::RetryLayerBuilder::retry_timeouts)).
     RetryIfIdempotentTimedOut,
 }
 
@@ -66,7 +66,7 @@ pub fn is_queue_refusal(error: &BoxError) -> bool {
 /// Generic requests have no method that says whether they are idempotent: with
 /// [`CloneReplay`](crate::CloneReplay), only errors that show the request was not
 /// processed are retried, unless the layer is told that its calls are idempotent
-/// ([`RetryBuilder::idempotent`](crate::RetryBuilder::idempotent)).
+/// ([`RetryLayerBuilder::idempotent`](crate::RetryLayerBuilder::idempotent)).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetryErrors;
 
@@ -133,7 +133,7 @@ pub fn is_not_processed(error: &BoxError) -> bool {
 /// Other layers' own timeout errors (such as a circuit breaker's call timeout) are not
 /// known here; an unrecognised timeout is classified as any other error
 /// ([`RetryDecision::RetryIfIdempotent`]), which
-/// [`retry_timeouts(false)`](crate::RetryBuilder::retry_timeouts) does not cover: map it
+/// [`retry_timeouts(false)`](crate::RetryLayerBuilder::retry_timeouts) does not cover: map it
 /// to [`RetryDecision::RetryIfIdempotentTimedOut`] with [`classify_fn`].
 #[must_use]
 pub fn is_timeout(error: &BoxError) -> bool {

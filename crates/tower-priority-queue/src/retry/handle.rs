@@ -89,7 +89,7 @@ pub struct RetrySnapshot {
     pub not_replayable: u64,
     /// Failures not retried because repeating the request could do harm: the upstream
     /// may have processed it and it is not idempotent, or it timed out and the layer does
-    /// not [retry timeouts](crate::RetryBuilder::retry_timeouts) (counted as `returned`
+    /// not [retry timeouts](crate::RetryLayerBuilder::retry_timeouts) (counted as `returned`
     /// in `retry_attempts_total`).
     pub unsafe_to_repeat: u64,
 }

@@ -22,7 +22,7 @@ use super::replay::Replay;
 /// | connection never made ([`is_not_processed`](crate::retry::is_not_processed)) | retry | any request |
 /// | 429 or 503 | retry | any request |
 /// | 429 or 503 with `Retry-After` (seconds or HTTP date) | retry, not before that | any request |
-/// | timeout ([`is_timeout`](crate::retry::is_timeout)), 504 | retry if idempotent, and if the layer [retries timeouts](crate::RetryBuilder::retry_timeouts) | idempotent requests |
+/// | timeout ([`is_timeout`](crate::retry::is_timeout)), 504 | retry if idempotent, and if the layer [retries timeouts](crate::RetryLayerBuilder::retry_timeouts) | idempotent requests |
 /// | any other error (reset, unknown), any other 5xx | retry if idempotent | idempotent requests |
 /// | any other response (2xx, 3xx, 4xx) | return | |
 ///
@@ -129,8 +129,8 @@ const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 /// when its method is (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`; RFC 9110,
 /// section 9.2.2) or when it carries an [`Idempotency-Key`](IDEMPOTENCY_KEY) header (the
 /// upstream then recognises a repeat). Other calls can be declared idempotent with
-/// [`RetryBuilder::idempotent`](crate::RetryBuilder::idempotent) or
-/// [`RetryBuilder::idempotent_if`](crate::RetryBuilder::idempotent_if).
+/// [`RetryLayerBuilder::idempotent`](crate::RetryLayerBuilder::idempotent) or
+/// [`RetryLayerBuilder::idempotent_if`](crate::RetryLayerBuilder::idempotent_if).
 #[derive(Clone, Copy, Debug)]
 pub struct HttpReplay {
     max_body_bytes: u64,

@@ -32,8 +32,8 @@ impl RetryLayer<super::HttpClassifier, super::HttpReplay> {
     /// A builder for HTTP services: [`HttpClassifier`](super::HttpClassifier) and
     /// [`HttpReplay`](super::HttpReplay), and the default settings.
     #[must_use]
-    pub fn builder() -> RetryBuilder<super::HttpClassifier, super::HttpReplay> {
-        RetryBuilder::with(super::HttpClassifier::new(), super::HttpReplay::new())
+    pub fn builder() -> RetryLayerBuilder<super::HttpClassifier, super::HttpReplay> {
+        RetryLayerBuilder::with(super::HttpClassifier::new(), super::HttpReplay::new())
     }
 }
 
@@ -100,7 +100,7 @@ impl<S, C, R> Layer<S> for RetryLayer<C, R> {
 /// no wait (or, for the deadline, no retry), and a duration too long for the clock means
 /// "never" (no deadline, or a wait as long as the upstream asks).
 #[derive(Clone, Debug)]
-pub struct RetryBuilder<C, R> {
+pub struct RetryLayerBuilder<C, R> {
     classifier: C,
     replay: R,
     max_attempts: u32,
@@ -112,10 +112,17 @@ pub struct RetryBuilder<C, R> {
     budget: (Duration, u32, f32),
 }
 
-impl<C, R> RetryBuilder<C, R> {
+/// The former name of [`RetryLayerBuilder`].
+#[deprecated(
+    since = "0.1.1",
+    note = "renamed `RetryLayerBuilder`, after the layer it builds"
+)]
+pub type RetryBuilder<C, R> = RetryLayerBuilder<C, R>;
+
+impl<C, R> RetryLayerBuilder<C, R> {
     /// A builder with this classifier and request replay, and the default settings.
     pub fn with(classifier: C, replay: R) -> Self {
-        RetryBuilder {
+        RetryLayerBuilder {
             classifier,
             replay,
             max_attempts: 3,
@@ -191,9 +198,9 @@ impl<C, R> RetryBuilder<C, R> {
     ///     .build();
     /// ```
     #[must_use]
-    pub fn idempotent_if<F>(self, predicate: F) -> RetryBuilder<C, IdempotentIf<R, F>> {
+    pub fn idempotent_if<F>(self, predicate: F) -> RetryLayerBuilder<C, IdempotentIf<R, F>> {
         let replay = IdempotentIf::new(self.replay, predicate);
-        RetryBuilder {
+        RetryLayerBuilder {
             classifier: self.classifier,
             replay,
             max_attempts: self.max_attempts,
@@ -230,8 +237,8 @@ impl<C, R> RetryBuilder<C, R> {
 
     /// Which outcomes are retried.
     #[must_use]
-    pub fn classifier<C2>(self, classifier: C2) -> RetryBuilder<C2, R> {
-        RetryBuilder {
+    pub fn classifier<C2>(self, classifier: C2) -> RetryLayerBuilder<C2, R> {
+        RetryLayerBuilder {
             classifier,
             replay: self.replay,
             max_attempts: self.max_attempts,
@@ -246,8 +253,8 @@ impl<C, R> RetryBuilder<C, R> {
 
     /// How requests are copied for another attempt.
     #[must_use]
-    pub fn replay<R2>(self, replay: R2) -> RetryBuilder<C, R2> {
-        RetryBuilder {
+    pub fn replay<R2>(self, replay: R2) -> RetryLayerBuilder<C, R2> {
+        RetryLayerBuilder {
             classifier: self.classifier,
             replay,
             max_attempts: self.max_attempts,

@@ -11,7 +11,7 @@
 //! 429 or 503), for any request; after one where it may have (a timeout, a 500, a reset),
 //! only for idempotent requests ([`Replay::is_idempotent`]: for HTTP, the method or an
 //! `Idempotency-Key` header), or where the user declared the calls idempotent
-//! ([`RetryBuilder::idempotent`], [`RetryBuilder::idempotent_if`]).
+//! ([`RetryLayerBuilder::idempotent`], [`RetryLayerBuilder::idempotent_if`]).
 
 mod backoff;
 mod budget;
@@ -36,7 +36,9 @@ pub(crate) use self::handle::RetryStats;
 pub use self::handle::{RetryHandle, RetrySnapshot};
 #[cfg(feature = "http")]
 pub use self::http::{HttpClassifier, HttpReplay, IDEMPOTENCY_KEY, clone_request, retry_after};
-pub use self::layer::{RetryBuilder, RetryLayer};
+#[allow(deprecated)]
+pub use self::layer::RetryBuilder;
+pub use self::layer::{RetryLayer, RetryLayerBuilder};
 pub use self::policy::RetryPolicy;
 pub use self::replay::{CloneReplay, IdempotentIf, Replay};
 pub use self::service::Retry;

@@ -18,8 +18,8 @@ pub trait Replay<Req> {
     ///
     /// The default is `false`: a request is not known to be idempotent unless its type
     /// says so (as [`HttpReplay`](crate::HttpReplay) reads the method) or the user does
-    /// ([`RetryBuilder::idempotent`](crate::RetryBuilder::idempotent),
-    /// [`RetryBuilder::idempotent_if`](crate::RetryBuilder::idempotent_if)).
+    /// ([`RetryLayerBuilder::idempotent`](crate::RetryLayerBuilder::idempotent),
+    /// [`RetryLayerBuilder::idempotent_if`](crate::RetryLayerBuilder::idempotent_if)).
     fn is_idempotent(&self, request: &Req) -> bool {
         let _ = request;
         false
@@ -38,7 +38,7 @@ impl<Req: Clone> Replay<Req> for CloneReplay {
 }
 
 /// A [`Replay`] whose requests are also idempotent when a predicate says so; built by
-/// [`RetryBuilder::idempotent_if`](crate::RetryBuilder::idempotent_if).
+/// [`RetryLayerBuilder::idempotent_if`](crate::RetryLayerBuilder::idempotent_if).
 #[derive(Clone, Copy)]
 pub struct IdempotentIf<R, F> {
     inner: R,
