@@ -51,6 +51,7 @@ fn ask(body: String) -> Request<Body> {
 
 fn builder() -> HealthAiStackBuilder {
     HealthAiStack::builder()
+        .clock(tower_health_ai::Clock::Tokio)
         .max_in_flight(1)
         // Longer than any deadline: only the deadline bounds a wait.
         .max_queue_wait(Duration::from_secs(300))

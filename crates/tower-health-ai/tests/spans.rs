@@ -135,6 +135,7 @@ async fn a_retried_request_records_its_priority_and_attempts_once() {
         })
     };
     let svc = HealthAiStack::builder()
+        .clock(tower_health_ai::Clock::Tokio)
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
         .build()
         .layer(upstream);
