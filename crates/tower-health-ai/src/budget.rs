@@ -127,7 +127,8 @@ impl CallTimes {
 }
 
 /// Does not start a call that cannot end by the request's [`Deadline`]: when the time left
-/// is shorter than the upstream's median call (see the [module](self)), it answers
+/// is shorter than the upstream's median call (see [not starting what cannot
+/// end](crate::HealthAiStack#not-starting-what-cannot-end)), it answers
 /// [`DeadlineExceeded`] at once; it learns from every call that succeeds (`2xx`).
 pub struct StartInTime<S> {
     inner: S,
