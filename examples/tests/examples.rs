@@ -1,6 +1,8 @@
 //! Each runnable example, exercised: the code a user copies is the code that is tested.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use http::{Request, StatusCode};
@@ -10,6 +12,9 @@ use tower::ServiceExt;
 #[path = "../axum_a_la_carte.rs"]
 #[allow(dead_code)]
 mod axum_a_la_carte;
+#[path = "../axum_existing_app.rs"]
+#[allow(dead_code)]
+mod axum_existing_app;
 #[path = "../axum_preset.rs"]
 #[allow(dead_code)]
 mod axum_preset;
@@ -151,4 +156,125 @@ async fn the_tonic_health_service_answers_resource_exhausted_past_its_burst() {
             .sum()
     };
     assert_eq!((count("OK"), count("RESOURCE_EXHAUSTED")), (3, 2), "{text}");
+}
+
+/// `http_requests_total` by `(method, route, status)`, from the Prometheus text.
+fn requests_total(text: &str) -> BTreeMap<(String, String, String), u64> {
+    let mut totals = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("http_requests_total{") else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ").unwrap();
+        let label = |name: &str| -> String {
+            let start = labels.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            labels[start..].split('"').next().unwrap().to_owned()
+        };
+        totals.insert(
+            (label("method"), label("route"), label("status")),
+            value.parse().unwrap(),
+        );
+    }
+    totals
+}
+
+#[tokio::test]
+async fn the_existing_app_counts_every_request_once() {
+    // As the example's `main`: the recorder before the layers.
+    let prometheus = tower_health_ai::install_prometheus().unwrap();
+    let (router, state, ops) = axum_existing_app::app(prometheus);
+    let send = |request: http::request::Builder, ip: [u8; 4], body: &'static str| {
+        let mut request = request.body(Body::from(body)).unwrap();
+        request.extensions_mut().insert(from(ip));
+        router.clone().oneshot(request)
+    };
+
+    // Three orders a minute per client IP: the 4th and 5th are refused, as answers.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = send(Request::post("/orders"), [10, 0, 0, 1], "")
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(response.headers().contains_key("retry-after"));
+            assert!(response.headers().contains_key("ratelimit"));
+        }
+        statuses.push(response.status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::CREATED,
+            StatusCode::CREATED,
+            StatusCode::CREATED,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS,
+        ]
+    );
+    let other_client = send(Request::post("/orders"), [10, 0, 0, 2], "")
+        .await
+        .unwrap();
+    assert_eq!(other_client.status(), StatusCode::CREATED);
+    assert_eq!(state.orders.load(Ordering::Relaxed), 4);
+
+    // The report is rendered once; the cache serves the other three.
+    for expected in ["MISS", "HIT", "HIT", "HIT"] {
+        let response = send(Request::get("/report"), [10, 0, 0, 3], "")
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-cache"], expected);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "report, rendered 1 time(s)");
+    }
+    assert_eq!(state.reports_rendered.load(Ordering::Relaxed), 1);
+
+    // The preset's route: one upstream call, then its cache.
+    for expected in ["MISS", "HIT", "HIT"] {
+        let request = Request::post("/summarize").header("x-user-id", "ada");
+        let response = send(request, [10, 0, 0, 4], "some text").await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-cache"], expected);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "9 bytes, summarized");
+    }
+    assert_eq!(ops.upstream_calls(), 1);
+
+    // The preset's operator routes, under `/ops`.
+    let health = send(Request::get("/ops/api/health"), [10, 0, 0, 5], "")
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    // The preset reports the router's RED figures: 14 requests, each once; the 429s
+    // are refusals, not errors.
+    let requests = ops.metrics().requests;
+    assert_eq!(
+        (requests.total, requests.rate_limited, requests.errors),
+        (14, 2, 0)
+    );
+
+    // The application's own `/metrics`: exactly what was sent, route by route.
+    let response = send(Request::get("/metrics"), [10, 0, 0, 5], "")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let ours = ["/orders", "/report", "/summarize", "/ops/api/health"];
+    let counted: BTreeMap<_, _> = requests_total(&text)
+        .into_iter()
+        .filter(|((_, route, _), _)| ours.contains(&route.as_str()))
+        .collect();
+    let expected: BTreeMap<_, _> = [
+        (("POST", "/orders", "201"), 4),
+        (("POST", "/orders", "429"), 2),
+        (("GET", "/report", "200"), 4),
+        (("POST", "/summarize", "200"), 3),
+        (("GET", "/ops/api/health", "200"), 1),
+    ]
+    .into_iter()
+    .map(|((method, route, status), count)| ((method.into(), route.into(), status.into()), count))
+    .collect();
+    assert_eq!(counted, expected, "{text}");
 }

@@ -45,6 +45,34 @@
 //! # }
 //! ```
 //!
+//! The preset is a tower layer like any other: on an axum route it wraps an ordinary
+//! handler with plain `.layer(...)` (the handler gets the request with its body read
+//! whole), and since the preset answers every refusal itself, the route keeps axum's
+//! `Infallible` error type:
+//!
+//! ```
+//! use axum::{Router, body::Body, routing::post};
+//! use http::Request;
+//! use tower::ServiceExt;
+//! use tower_health_ai::HealthAiStack;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! async fn summarize(text: String) -> String {
+//!     format!("{} bytes, summarized", text.len())
+//! }
+//!
+//! let app: Router = Router::new().route("/summarize", post(summarize).layer(HealthAiStack::new()));
+//!
+//! let ask = || Request::post("/summarize").header("x-user-id", "ada").body(Body::from("some text"));
+//! let first = app.clone().oneshot(ask()?).await?;
+//! let second = app.oneshot(ask()?).await?;
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! assert_eq!(second.headers()["x-cache"], "HIT");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The concern crates are re-exported as modules, for à la carte use:
 //! [`token_bucket`], [`lru_cache`], [`priority_queue`], [`breaker`], [`red_metrics`];
 //! [`prelude`] brings the common names into scope.

@@ -1077,6 +1077,53 @@ pub struct HealthAi<S> {
     priority_header: PriorityHeader,
 }
 
+impl<S> HealthAi<S> {
+    /// The upstream service the stack was built on.
+    pub fn get_ref(&self) -> &S {
+        // One step per layer of `Stacked`, outermost first.
+        self.inner
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+            .get_ref()
+    }
+
+    /// Unwraps every layer of the stack, returning the upstream service it was built
+    /// on. The stack's shared state (the limiters' buckets, the cache, the breaker, the
+    /// queue, the [`HealthAiHandle`]) lives on in the [`HealthAiStack`] and its other
+    /// services; a readiness error not yet answered is dropped.
+    pub fn into_inner(self) -> S {
+        // One step per layer of `Stacked`, outermost first.
+        self.inner
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner()
+    }
+}
+
 impl<S: Clone> Clone for HealthAi<S> {
     fn clone(&self) -> Self {
         Self {

@@ -1579,3 +1579,38 @@ async fn a_503_with_only_retry_after_ms_is_backpressure_for_the_breaker() {
     assert!(calls.load(Ordering::SeqCst) >= 40);
     assert_eq!(handle.circuit_state(), State::Closed);
 }
+
+/// An upstream that answers with its name.
+#[derive(Clone, Debug, PartialEq)]
+struct Named(&'static str);
+
+impl Service<UpstreamRequest> for Named {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: UpstreamRequest) -> Self::Future {
+        std::future::ready(Ok(Response::new(Body::from(self.0))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn into_inner_gives_back_the_upstream_through_every_layer() {
+    let mut svc = stack().layer(Named("provider-a"));
+    assert_eq!(svc.get_ref(), &Named("provider-a"));
+    let response = ServiceExt::<Request<Body>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(ask("ada", "q"))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, "provider-a");
+    assert_eq!(svc.into_inner(), Named("provider-a"));
+}
