@@ -62,6 +62,7 @@ mod policy;
 mod priority;
 mod prometheus;
 mod refusal;
+mod shared;
 mod span;
 mod stack;
 
@@ -93,6 +94,9 @@ pub use crate::policy::{
 pub use crate::priority::{PresetPriority, PriorityHeader};
 pub use crate::prometheus::install_prometheus;
 pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
+#[cfg(feature = "redis")]
+pub use crate::shared::{DEFAULT_REDIS_PREFIX, RedisConfig};
+pub use crate::shared::{PresetBackend, PresetDecision, PresetLookup, PresetStore};
 pub use crate::stack::{
     DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_CACHE_MAX_BYTES,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi,
