@@ -169,10 +169,11 @@ fn verdict(n: u32, single: (&Summary, usize), apart: &Many, shared: &Many) -> St
     let (single, single_misses) = single;
     let calls = |s: &Summary| s.upstream_calls as f64;
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-    let shared_change = ratio(calls(&shared.summary), calls(single)) - 1.0;
+    // In percent.
+    let shared_change = (ratio(calls(&shared.summary), calls(single)) - 1.0) * 100.0;
     let apart_misses = misses(&apart.observations);
     let shared_misses = misses(&shared.observations);
-    let met = if shared_change.abs() <= 0.10 {
+    let met = if shared_change.abs() <= 10.0 {
         "met"
     } else {
         "not met"
@@ -323,6 +324,55 @@ mod tests {
                 )
             );
         }
+    }
+
+    fn many(heading: &str, calls: u64, misses: usize) -> Many {
+        let observations: Vec<Observation> = (0..misses)
+            .map(|index| Observation {
+                index,
+                sent_at_secs: 0.0,
+                latency_secs: 1.0,
+                status: Some(200),
+                outcome: stats::Outcome::Real,
+                cache: Some(CacheStatus::Miss),
+                detail: None,
+            })
+            .collect();
+        let summary = stats::summarize(misses, &observations, calls, 0, 0.01)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Many {
+            heading: heading.to_owned(),
+            flags: Vec::new(),
+            observations,
+            summary,
+            simulator: Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_verdict_compares_calls_in_percent_and_misses_as_a_ratio() {
+        let single = many("1", 237, 270);
+        let text = verdict(
+            3,
+            (&single.summary, 270),
+            &many("apart", 342, 475),
+            &many("shared", 242, 253),
+        );
+        assert!(
+            text.contains("242 provider calls (+2.1%; goal: within 10%, met)"),
+            "{text}"
+        );
+        assert!(text.contains("475 misses (1.76x; N = 3)"), "{text}");
+        let text = verdict(
+            3,
+            (&single.summary, 270),
+            &many("apart", 342, 475),
+            &many("shared", 300, 253),
+        );
+        assert!(
+            text.contains("(+26.6%; goal: within 10%, not met)"),
+            "{text}"
+        );
     }
 
     #[test]
