@@ -48,6 +48,11 @@
 //! The concern crates are re-exported as modules, for à la carte use:
 //! [`token_bucket`], [`lru_cache`], [`priority_queue`], [`breaker`], [`red_metrics`];
 //! [`prelude`] brings the common names into scope.
+//!
+//! With the `redis` feature, several instances share the per-user limit, the global pace
+//! and the cached answers through Redis: `HealthAiStackBuilder::redis` with a
+//! `RedisConfig`. Without it (the default), each instance keeps its own, and the stack's
+//! type is the same either way.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "axum")]
