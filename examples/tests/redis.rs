@@ -84,12 +84,19 @@ async fn two_gateways_on_one_redis_share_the_user_limit_and_the_answers() {
     let calls = simulator.calls();
     let started = Instant::now();
     while !server.command("KEYS test:cache:*").contains("test:cache:") {
-        assert!(started.elapsed() < Duration::from_secs(10), "nothing reached redis");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nothing reached redis"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (status, cache) = analyze(&b, "rec-1", "grace").await;
     assert_eq!((status, cache.as_deref()), (StatusCode::OK, Some("HIT")));
-    assert_eq!(simulator.calls(), calls, "served from redis, no provider call");
+    assert_eq!(
+        simulator.calls(),
+        calls,
+        "served from redis, no provider call"
+    );
 }
 
 #[test]
