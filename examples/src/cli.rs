@@ -21,6 +21,34 @@ pub struct GatewayArgs {
     #[arg(long)]
     pub upstream: Option<String>,
 
+    /// Share the per-user limit, the global pace and the cached answers with every other
+    /// gateway on this Redis (`redis://host:port`). Without it, each gateway keeps its
+    /// own. Start one with `redis-server --port 6379 --save '' --daemonize yes`.
+    #[arg(long, value_parser = redis_url)]
+    pub redis: Option<String>,
+
+    /// The start of every key this gateway writes in Redis: gateways that share state
+    /// use the same prefix.
+    #[arg(long, default_value = tower_health_ai::DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
+
+    /// With `--redis`, how long a gateway that misses the cache waits for another
+    /// gateway already calling the provider for the same answer, in seconds (a Redis
+    /// lock; 0: no waiting, each gateway calls).
+    #[arg(long, default_value_t = 90)]
+    pub redis_fill_lock_secs: u64,
+
+    /// How many gateways share the Redis: while it is unreachable, each limits users
+    /// to its share of the quota. `cargo xtask demo -- --instances N` starts N gateways
+    /// on consecutive ports.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub instances: u32,
+
+    /// Where the embedded simulated provider listens (default: a free loopback port),
+    /// so that other gateways can share it with `--upstream http://ADDR`.
+    #[arg(long)]
+    pub sim_listen: Option<SocketAddr>,
+
     /// Per-user rate limit, in requests per second.
     #[arg(long, default_value_t = 5)]
     pub per_user_rps: u32,
@@ -176,6 +204,13 @@ impl GatewayArgs {
             rate
         }
     }
+}
+
+/// A `redis://` (or `rediss://`, `redis+unix://`) URL, checked without connecting.
+fn redis_url(s: &str) -> Result<String, String> {
+    tower_health_ai::token_bucket::redis::Client::open(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("`{s}` is not a Redis URL: {e}"))
 }
 
 fn positive_fraction(s: &str) -> Result<f64, String> {

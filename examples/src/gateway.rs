@@ -32,7 +32,7 @@ use tower_health_ai::priority_queue::Limit;
 use tower_health_ai::red_metrics::PrometheusMetrics;
 use tower_health_ai::token_bucket::Quota;
 use tower_health_ai::{
-    BufferBodyLayer, HealthAiHandle, HealthAiStack, PriorityHeader, RequestRejected,
+    BufferBodyLayer, HealthAiHandle, HealthAiStack, PriorityHeader, RedisConfig, RequestRejected,
     refusal_response,
 };
 
@@ -114,7 +114,36 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
     if let Some(failures) = args.breaker_failures {
         builder = builder.breaker_failures(failures);
     }
+    if let Some(redis) = redis_config(args) {
+        builder = builder.redis(redis);
+    }
     builder.build()
+}
+
+/// What `--redis` shares, and how: the prefix, the instance count, the fill lock and
+/// the timeout on the gateway's time scale. `None` without `--redis` (or, as logged,
+/// for a URL that is not one; the flag's parser refuses those first).
+fn redis_config(args: &GatewayArgs) -> Option<RedisConfig> {
+    let url = args.redis.as_deref()?;
+    let config = match RedisConfig::from_url(url) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "--redis is not a Redis URL; nothing is shared");
+            return None;
+        }
+    };
+    tracing::info!(
+        prefix = %args.redis_prefix,
+        instances = args.instances,
+        "sharing limits and cached answers through redis"
+    );
+    let mut config = config
+        .prefix(args.redis_prefix.clone())
+        .instances(args.instances);
+    if args.redis_fill_lock_secs > 0 {
+        config = config.fill_lock(args.scaled_secs(args.redis_fill_lock_secs));
+    }
+    Some(config)
 }
 
 /// The in-flight limit: fixed with `--max-in-flight`, else adaptive from 2 up to
@@ -274,15 +303,19 @@ where
         .service(upstream)
 }
 
-/// Starts the simulated provider on an ephemeral loopback port, serving until the
-/// process ends; returns it and its base URL.
+/// Starts the simulated provider on `--sim-listen` (default: an ephemeral loopback
+/// port), serving until the process ends; returns it and its base URL.
 ///
 /// # Errors
 ///
 /// Binding the port.
 pub async fn start_simulator(args: &GatewayArgs) -> Result<(Arc<Simulator>, String), BoxError> {
     let simulator = Simulator::new(args.simulator_config());
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(
+        args.sim_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await?;
     let url = format!("http://{}", listener.local_addr()?);
     let router = simulator.router();
     tokio::spawn(async move {

@@ -6,6 +6,7 @@
 //! child process, over HTTP.
 
 mod bench;
+mod demo;
 mod loadtest;
 mod soak;
 
@@ -71,8 +72,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The README's demo command: the gateway example, built in release mode.
+/// The README's demo command: the gateway example, built in release mode. With
+/// `--instances N` (N > 1), N gateways on consecutive ports (see [`demo::instances`]).
 fn demo(args: &[String]) -> Result<(), String> {
+    if let Some(plan) = demo::Instances::from_args(args)? {
+        return demo::instances(&plan);
+    }
     let mut argv = vec![
         "run",
         "--release",

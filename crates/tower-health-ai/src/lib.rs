@@ -85,6 +85,11 @@
 //! and advances it builds the preset with [`Clock::Tokio`]
 //! ([`HealthAiStackBuilder::clock`]), and the à la carte layers with their crate's
 //! `Clock::Tokio`.
+//!
+//! With the `redis` feature, several instances share the per-user limit, the global pace
+//! and the cached answers through Redis: `HealthAiStackBuilder::redis` with a
+//! `RedisConfig`. Without it (the default), each instance keeps its own, and the stack's
+//! type is the same either way.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "axum")]
@@ -99,6 +104,7 @@ mod policy;
 mod priority;
 mod prometheus;
 mod refusal;
+mod shared;
 mod span;
 mod stack;
 
@@ -140,6 +146,9 @@ pub use crate::policy::{
 pub use crate::priority::{PresetPriority, PriorityHeader};
 pub use crate::prometheus::install_prometheus;
 pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
+#[cfg(feature = "redis")]
+pub use crate::shared::{DEFAULT_REDIS_PREFIX, RedisConfig};
+pub use crate::shared::{PresetBackend, PresetDecision, PresetLookup, PresetStore};
 pub use crate::stack::{
     DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_CACHE_MAX_BYTES,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi,

@@ -22,7 +22,7 @@ use tower_breaker::fallback::FallbackLayer;
 use tower_breaker::{
     CaptureHead, CircuitBreaker, CircuitBreakerLayer, Degraded, Timeout, TimeoutLayer,
 };
-use tower_lru_cache::{CacheLayer, CacheService, Partition};
+use tower_lru_cache::{CacheLayer, CacheService, CachedResponse, MokaStore, Partition};
 use tower_priority_queue::{
     AdaptiveLimit, HttpReplay, Limit, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer,
 };
@@ -31,9 +31,7 @@ use tower_red_metrics::{
     RedMetricsHandle, RedMetricsLayer, RequestLabels,
 };
 use tower_token_bucket::http::{HeaderKey, PeerIp};
-use tower_token_bucket::{
-    ExtractKeyExt, GlobalKey, InMemoryBackend, Or, Quota, RateLimit, RateLimitLayer,
-};
+use tower_token_bucket::{ExtractKeyExt, GlobalKey, Or, Quota, RateLimit, RateLimitLayer};
 
 use crate::body::{BufferBody, BufferBodyLayer, RequestCheck, RequestRejected};
 use crate::budget::{CallTimes, StartInTime};
@@ -47,6 +45,7 @@ use crate::policy::{
 };
 use crate::priority::{PresetPriority, PriorityHeader};
 use crate::refusal::{GLOBAL_LIMITER, Refusals, RefusalsLayer, is_grpc, refusal_response};
+use crate::shared::{PresetBackend, PresetStore};
 
 /// The header that names the user, by default (a stand-in for what authentication
 /// middleware would put in a request extension).
@@ -74,6 +73,8 @@ pub const DEFAULT_BREAKER_FAILURE_RATE: (f64, u32, u32) = (0.65, 50, 20);
 /// The per-user key: the user header, else the client IP, else one key shared by every
 /// caller that can be told apart by neither.
 pub(crate) type UserKey = Or<Or<HeaderKey, PeerIp>, GlobalKey>;
+/// What [`UserKey`] extracts.
+pub(crate) type UserKeyOf = <UserKey as tower_token_bucket::KeyExtractor>::Key;
 
 /// The stack inside [`HealthAi`], outermost first.
 type Stacked<S> = RedMetrics<
@@ -90,7 +91,7 @@ type Stacked<S> = RedMetrics<
                                             RateLimit<
                                                 StartInTime<Timeout<CountCalls<S>>>,
                                                 GlobalKey,
-                                                InMemoryBackend<()>,
+                                                PresetBackend<()>,
                                             >,
                                             PresetPriority,
                                             PresetOverload,
@@ -105,10 +106,11 @@ type Stacked<S> = RedMetrics<
                             PresetFallback,
                             FallbackOnUpstreamFailure,
                         >,
+                        PresetStore,
                     >,
                 >,
                 UserKey,
-                InMemoryBackend<<UserKey as tower_token_bucket::KeyExtractor>::Key>,
+                PresetBackend<UserKeyOf>,
             >,
         >,
     >,
@@ -367,14 +369,14 @@ enum RedSource {
 #[derive(Clone)]
 pub struct HealthAiStack {
     red: RedMetricsLayer<PresetLabels, HttpClassify>,
-    per_user: RateLimitLayer<UserKey>,
+    per_user: RateLimitLayer<UserKey, PresetBackend<UserKeyOf>>,
     body: BufferBodyLayer,
-    cache: CacheLayer,
+    cache: CacheLayer<PresetStore>,
     fallback: FallbackLayer<CaptureHead, PresetFallback, FallbackOnUpstreamFailure>,
     retry: RetryLayer<RetryClassifier, HttpReplay>,
     breaker: CircuitBreakerLayer<BreakerClassifier>,
     queue: PriorityQueueLayer<PresetPriority, PresetOverload>,
-    global: RateLimitLayer<GlobalKey>,
+    global: RateLimitLayer<GlobalKey, PresetBackend<()>>,
     timeout: TimeoutLayer,
     call_times: Arc<CallTimes>,
     start_in_time: bool,
@@ -492,6 +494,8 @@ pub struct HealthAiStackBuilder {
     start_in_time: bool,
     red: RedSource,
     clock: Clock,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::shared::RedisConfig>,
 }
 
 impl Default for HealthAiStackBuilder {
@@ -529,6 +533,8 @@ impl Default for HealthAiStackBuilder {
             start_in_time: true,
             red: RedSource::Own,
             clock: Clock::Monotonic,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -557,6 +563,7 @@ impl fmt::Debug for HealthAiStackBuilder {
             .field("start_in_time", &self.start_in_time)
             .field("red", &self.red)
             .field("clock", &self.clock)
+            .field("shared_through_redis", &self.shares_through_redis())
             .finish_non_exhaustive()
     }
 }
@@ -905,7 +912,80 @@ impl HealthAiStackBuilder {
         self
     }
 
+    /// Shares the per-user limit, the global pace and the cache's answers with every
+    /// other instance on the same Redis (feature `redis`; default: each instance keeps
+    /// its own). See [`RedisConfig`](crate::RedisConfig) for what is shared, under which
+    /// keys, and what happens while Redis is unreachable.
+    ///
+    /// Every instance must use the same prefix and the same quotas. [`build`](Self::build)
+    /// must then run inside a tokio runtime (the cache starts its background tasks).
+    ///
+    /// ```no_run
+    /// use tower_health_ai::{HealthAiStack, RedisConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let redis = RedisConfig::from_url("redis://127.0.0.1:6379")?
+    ///     .prefix("gateway:")
+    ///     .instances(3);
+    /// let stack = HealthAiStack::builder().redis(redis).build();
+    /// # let _ = stack;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, redis: crate::shared::RedisConfig) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+
+    fn shares_through_redis(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.redis.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
+    /// The per-user and global limiters' backends.
+    fn limiter_backends(
+        &self,
+        clock: tower_token_bucket::Clock,
+    ) -> (PresetBackend<UserKeyOf>, PresetBackend<()>) {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return (
+                redis.backend(PER_USER_LIMITER, self.per_user_quota),
+                redis.backend(GLOBAL_LIMITER, self.global_quota),
+            );
+        }
+        (
+            PresetBackend::in_memory(self.per_user_quota, clock),
+            PresetBackend::in_memory(self.global_quota, clock),
+        )
+    }
+
+    /// The cache's store, bounded as configured.
+    fn cache_store(&self) -> PresetStore {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            return match self.cache_bound {
+                CacheBound::Entries(entries) => redis.store(Some(entries), None),
+                CacheBound::Bytes(bytes) => redis.store(None, Some(bytes)),
+            };
+        }
+        PresetStore::in_memory(match self.cache_bound {
+            CacheBound::Entries(entries) => MokaStore::with_max_entries(entries),
+            CacheBound::Bytes(bytes) => MokaStore::with_weigher(bytes, |res: &CachedResponse| {
+                u32::try_from(res.weight()).unwrap_or(u32::MAX)
+            }),
+        })
+    }
+
     /// Builds the stack and its shared state.
+    ///
+    /// # Panics
+    ///
+    /// With [`redis`](Self::redis), outside a tokio runtime.
     pub fn build(self) -> HealthAiStack {
         let user_header = self.user_header;
         let limiter_clock = match self.clock {
@@ -916,6 +996,8 @@ impl HealthAiStackBuilder {
             Clock::Tokio => tower_lru_cache::Clock::Tokio,
             _ => tower_lru_cache::Clock::Monotonic,
         };
+        let (per_user_backend, global_backend) = self.limiter_backends(limiter_clock);
+        let store = self.cache_store();
         let red = RedMetricsLayer::builder()
             .labels(PresetLabels {
                 record: matches!(self.red, RedSource::Own),
@@ -929,18 +1011,14 @@ impl HealthAiStackBuilder {
         let per_user = RateLimitLayer::builder(self.per_user_quota)
             .name(PER_USER_LIMITER)
             .key(HeaderKey::from_static(user_header).or(PeerIp).or(GlobalKey))
-            .clock(limiter_clock)
-            .build();
+            .build_with_backend(per_user_backend);
         let mut body = BufferBodyLayer::new(self.max_body_bytes);
         if let Some(check) = self.request_check {
             body = body.check(check);
         }
-        let cache = CacheLayer::builder().name(UPSTREAM_NAME);
-        let cache = match self.cache_bound {
-            CacheBound::Entries(entries) => cache.max_entries(entries),
-            CacheBound::Bytes(bytes) => cache.max_bytes(bytes),
-        };
-        let cache = cache
+        let cache = CacheLayer::builder()
+            .name(UPSTREAM_NAME)
+            .store(store)
             .ttl(self.cache_ttl)
             .stale_if_error(self.cache_stale_grace)
             .max_request_body(self.max_body_bytes)
@@ -1008,8 +1086,7 @@ impl HealthAiStackBuilder {
         let global = RateLimitLayer::builder(self.global_quota)
             .name(GLOBAL_LIMITER)
             .wait(self.global_max_wait)
-            .clock(limiter_clock)
-            .build();
+            .build_with_backend(global_backend);
         let timeout = TimeoutLayer::new(self.call_timeout);
         let upstream_calls = Arc::new(AtomicU64::new(0));
         let handle = HealthAiHandle::new(crate::handle::Parts {

@@ -185,6 +185,27 @@ pub(crate) async fn drive(
     client_timeout: Duration,
     label: &str,
 ) -> Vec<Observation> {
+    drive_round_robin(
+        client,
+        &[base.to_owned()],
+        arrivals,
+        scale,
+        client_timeout,
+        label,
+    )
+    .await
+}
+
+/// As [`drive`], arrival `i` going to `bases[i % bases.len()]`: a load balancer's
+/// round robin over several gateways.
+pub(crate) async fn drive_round_robin(
+    client: &HttpClient,
+    bases: &[String],
+    arrivals: &[Arrival],
+    scale: f64,
+    client_timeout: Duration,
+    label: &str,
+) -> Vec<Observation> {
     let progress = Arc::new(Progress::default());
     let start = Instant::now();
     let reporter = tokio::spawn(report(
@@ -194,13 +215,16 @@ pub(crate) async fn drive(
         start,
         scale,
     ));
-    let base: Arc<str> = Arc::from(base);
+    let bases: Vec<Arc<str>> = bases.iter().map(|b| Arc::from(b.as_str())).collect();
     let mut tasks = JoinSet::new();
     for (index, arrival) in arrivals.iter().enumerate() {
         tokio::time::sleep_until(start + Duration::from_secs_f64(arrival.at_secs * scale)).await;
+        let Some(base) = bases.get(index % bases.len().max(1)) else {
+            break;
+        };
         let (client, base, arrival, progress) = (
             client.clone(),
-            Arc::clone(&base),
+            Arc::clone(base),
             arrival.clone(),
             Arc::clone(&progress),
         );

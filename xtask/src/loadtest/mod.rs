@@ -15,6 +15,7 @@ mod chart;
 mod client;
 mod criteria;
 mod gateway;
+mod instances;
 mod stats;
 mod timeline;
 mod workload;
@@ -101,6 +102,17 @@ pub(crate) struct LoadtestArgs {
     /// (no before/after comparison, no charts): a quicker check while tuning a setting.
     #[arg(long)]
     preset_only: bool,
+
+    /// Runs the default preset on one gateway, then on this many at once without Redis,
+    /// then with `--redis`, the workload sent round robin, all in front of one provider;
+    /// prints hit rate and provider calls side by side (instead of the three columns).
+    #[arg(long, requires = "redis", conflicts_with = "preset_only", value_parser = clap::value_parser!(u32).range(2..=16))]
+    instances: Option<u32>,
+
+    /// The Redis the `--instances` gateways share (e.g. `redis://127.0.0.1:6379`); each
+    /// run writes under a key prefix of its own.
+    #[arg(long, requires = "instances")]
+    redis: Option<String>,
 
     /// Extra gateway flags for the default preset's column, after `--`: e.g.
     /// `-- --queue-capacity 50`.
@@ -519,6 +531,9 @@ fn run_seed(
         args.minutes * 60.0 * args.time_scale,
         args.time_scale
     );
+    if let (Some(n), Some(redis)) = (args.instances, &args.redis) {
+        return instances::run_seed(runtime, args, seed, n, redis, &arrivals, out_dir);
+    }
     if args.preset_only {
         let run = run_once(runtime, args, Column::Preset, seed, &arrivals, out_dir)?;
         let table = stats::render_table(&[stats::Column {
