@@ -214,11 +214,10 @@ where
     where
         F: Future<Output = Flight<V>>,
     {
-        match self
-            .flights
-            .try_get_with(key, async { Err::<(), Flight<V>>(init.await) })
-            .await
-        {
+        // Boxed: moka hands `init` down through several futures of its own, and a future
+        // is copied whole at each step; boxed, only a pointer moves.
+        let init = Box::pin(async { Err::<(), Flight<V>>(init.await) });
+        match self.flights.try_get_with(key, init).await {
             Err(shared) => shared,
             // The flight cache never holds a value, so this cannot be reached; if it were,
             // calling for oneself is always correct.

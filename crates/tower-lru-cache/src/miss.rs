@@ -82,16 +82,19 @@ where
         }
 
         let mut own = None;
-        let flight = core
-            .flight(key, async {
-                let Some((svc, req)) = call.take() else {
-                    return Flight::Alone;
-                };
-                let (result, flight) = lead(&shared, svc, req, key, stale.is_some()).await;
-                own = Some(result);
-                flight
-            })
-            .await;
+        // Boxed: the flight (moka's coalescing and the inner call within it) is most of
+        // this future's size, and a future is copied whole each time it moves, before its
+        // first poll too. Boxed here, the miss future stays small, and the flight is built
+        // once, where it runs.
+        let flight = Box::pin(core.flight(key, async {
+            let Some((svc, req)) = call.take() else {
+                return Flight::Alone;
+            };
+            let (result, flight) = lead(&shared, svc, req, key, stale.is_some()).await;
+            own = Some(result);
+            flight
+        }))
+        .await;
 
         if let Some(own) = own {
             return match own {
