@@ -7,19 +7,23 @@
 //! successful calls take ([`CallTimes`]: the median of the last 64), and starts a call
 //! only when it is more likely than not to end in time:
 //!
-//! - [`StartInTime`], just above the call timeout (below the queue and the global pace),
-//!   does not start a call with less time left than the median; the request gets
-//!   [`DeadlineExceeded`] at once, which the fallback answers as degraded (reason
-//!   `deadline`);
+//! - [`StartInTime`], just above the call timeout, does not start a call with less time
+//!   left than the median; the request gets [`DeadlineExceeded`] at once, which the
+//!   fallback answers as degraded (reason `deadline`). The same check runs once more
+//!   above the global pace, so that such a request takes no token of the pace either;
 //! - the queue stops a request waiting at the point where its call could no longer end
 //!   in time ([`PresetPriority`](crate::PresetPriority)'s
 //!   [`max_wait`](tower_priority_queue::PriorityExtractor::max_wait)), so that it is
-//!   answered then rather than at its deadline.
+//!   answered then rather than at its deadline: as the queue's timeout (reason
+//!   `queue_timeout`, or 503 without a fallback).
 //!
-//! Until ten calls have succeeded nothing is known and every call starts; an estimate
+//! Until ten calls have succeeded nothing is known and every call starts. An estimate
 //! with no new success for five minutes (or four times the estimate, if longer) is
-//! forgotten, so a deadline shorter than every call cannot lock the upstream out for
-//! good: the next call starts and teaches the estimate again.
+//! forgotten, window and all, so a deadline shorter than every call cannot lock the
+//! upstream out for good: calls start again until ten new successes teach a new
+//! estimate. The estimate is capped at half the request budget, so that a run of slow
+//! calls (one user's enormous prompts, say) cannot stop every other request from
+//! waiting; a run of instant answers only turns the check off.
 
 use std::fmt;
 use std::future::Future;
@@ -52,6 +56,9 @@ const FORGET_AFTER: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub(crate) struct CallTimes {
     recent: Mutex<Recent>,
+    /// The estimate never exceeds this (half the request budget): a run of slow calls,
+    /// one user's enormous prompts say, cannot stop every other request from waiting.
+    cap: Duration,
     /// The estimate in nanoseconds, 0 while unknown.
     estimate: AtomicU64,
     /// When the last success was recorded, in nanoseconds since `born`.
@@ -67,13 +74,26 @@ struct Recent {
 
 impl Default for CallTimes {
     fn default() -> Self {
+        Self::capped(Duration::MAX)
+    }
+}
+
+impl CallTimes {
+    /// An estimate that never exceeds `cap`.
+    pub(crate) fn capped(cap: Duration) -> Self {
         Self {
             recent: Mutex::default(),
+            cap,
             estimate: AtomicU64::new(0),
             last: AtomicU64::new(0),
             born: Instant::now(),
         }
     }
+}
+
+/// How long an estimate lasts with no new success.
+fn forget_after(estimate: Duration) -> Duration {
+    FORGET_AFTER.max(estimate.saturating_mul(4))
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -84,6 +104,13 @@ impl CallTimes {
     /// Records a successful call that took `took`.
     pub(crate) fn record(&self, took: Duration) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.forgotten() {
+            // A forgotten estimate starts again from nothing: the old window must not
+            // come back with the first new success.
+            recent.times.clear();
+            recent.next = 0;
+            self.estimate.store(0, Ordering::Relaxed);
+        }
         let next = recent.next;
         if recent.times.len() < WINDOW {
             recent.times.push(took);
@@ -104,18 +131,30 @@ impl CallTimes {
             .store(nanos(self.born.elapsed()), Ordering::Relaxed);
     }
 
-    /// The time a call is likely to need at least; `None` while unknown or forgotten.
+    /// The time a call is likely to need (at most the cap); `None` while unknown or
+    /// forgotten.
     pub(crate) fn likely_need(&self) -> Option<Duration> {
-        let estimate = match self.estimate.load(Ordering::Relaxed) {
-            0 => return None,
-            n => Duration::from_nanos(n),
+        let estimate = self.estimate()?;
+        (!self.forgotten()).then_some(estimate.min(self.cap))
+    }
+
+    fn estimate(&self) -> Option<Duration> {
+        match self.estimate.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
+
+    /// Whether the estimate went too long without a new success.
+    fn forgotten(&self) -> bool {
+        let Some(estimate) = self.estimate() else {
+            return false;
         };
         let since = self
             .born
             .elapsed()
             .saturating_sub(Duration::from_nanos(self.last.load(Ordering::Relaxed)));
-        let forget_after = FORGET_AFTER.max(estimate.saturating_mul(4));
-        (since < forget_after).then_some(estimate)
+        since >= forget_after(estimate)
     }
 
     /// How much longer a request with `deadline` may wait before its call starts, and
@@ -134,6 +173,9 @@ pub struct StartInTime<S> {
     inner: S,
     times: Arc<CallTimes>,
     enabled: bool,
+    /// Whether this one times the calls (the one next to the upstream) or only checks
+    /// (the one above the global pace, so that a call that cannot end takes no token).
+    learn: bool,
 }
 
 impl<S: Clone> Clone for StartInTime<S> {
@@ -142,6 +184,7 @@ impl<S: Clone> Clone for StartInTime<S> {
             inner: self.inner.clone(),
             times: Arc::clone(&self.times),
             enabled: self.enabled,
+            learn: self.learn,
         }
     }
 }
@@ -156,11 +199,12 @@ impl<S> fmt::Debug for StartInTime<S> {
 }
 
 impl<S> StartInTime<S> {
-    pub(crate) fn new(inner: S, times: Arc<CallTimes>, enabled: bool) -> Self {
+    pub(crate) fn new(inner: S, times: Arc<CallTimes>, enabled: bool, learn: bool) -> Self {
         Self {
             inner,
             times,
             enabled,
+            learn,
         }
     }
 
@@ -211,7 +255,7 @@ where
         StartInTimeFuture {
             inner: Some(self.inner.call(request)),
             started: Instant::now(),
-            times: Some(Arc::clone(&self.times)),
+            times: self.learn.then(|| Arc::clone(&self.times)),
         }
     }
 }
@@ -295,6 +339,33 @@ mod tests {
         assert_eq!(times.likely_need(), Some(secs(100)));
         tokio::time::advance(secs(1)).await;
         assert_eq!(times.likely_need(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_estimate_starts_again_from_nothing() {
+        let times = CallTimes::default();
+        for _ in 0..64 {
+            times.record(secs(100));
+        }
+        tokio::time::advance(secs(400)).await;
+        assert_eq!(times.likely_need(), None);
+        // The old window does not come back with the first new success: nine quick
+        // calls are not ten, the tenth is the new median.
+        for _ in 0..9 {
+            times.record(secs(5));
+        }
+        assert_eq!(times.likely_need(), None);
+        times.record(secs(5));
+        assert_eq!(times.likely_need(), Some(secs(5)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_estimate_never_exceeds_its_cap() {
+        let times = CallTimes::capped(secs(75));
+        for _ in 0..10 {
+            times.record(secs(140));
+        }
+        assert_eq!(times.likely_need(), Some(secs(75)));
     }
 
     #[tokio::test(start_paused = true)]

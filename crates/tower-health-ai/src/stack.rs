@@ -88,10 +88,12 @@ type Stacked<S> = RedMetrics<
                                 Retry<
                                     CircuitBreaker<
                                         PriorityQueue<
-                                            RateLimit<
-                                                StartInTime<Timeout<CountCalls<S>>>,
-                                                GlobalKey,
-                                                PresetBackend<()>,
+                                            StartInTime<
+                                                RateLimit<
+                                                    StartInTime<Timeout<CountCalls<S>>>,
+                                                    GlobalKey,
+                                                    PresetBackend<()>,
+                                                >,
                                             >,
                                             PresetPriority,
                                             PresetOverload,
@@ -357,13 +359,19 @@ enum RedSource {
 /// started now could end: starting it spends a slot and a billed call on an answer that
 /// comes too late, while the requests behind it wait longer still. So the stack learns
 /// how long the upstream's successful calls take (the median of the last 64, once ten
-/// have succeeded; forgotten after five minutes without a success) and starts a call
-/// only when it is more likely than not to end in time: a request whose deadline leaves
-/// less than that neither waits in the queue past that point nor starts a call (a
-/// retry included). It is answered then, as for its deadline
-/// (the fallback, degraded with reason `deadline`, else 504), and its slot goes to a
-/// request that can still be answered. Until the stack knows, and for an upstream much
-/// quicker than the deadline, nothing changes.
+/// have succeeded; capped at half the request budget; forgotten, window and all, after
+/// five minutes without a success) and starts a call only when it is more likely than
+/// not to end in time:
+///
+/// - a request does not wait in the queue past the point where its call could still end:
+///   it is answered then as the queue's timeout (the fallback, degraded with reason
+///   `queue_timeout`, else 503);
+/// - a call (a retry included) is not started, and takes no token of the global pace,
+///   when the deadline leaves less than that: the request is answered as for its
+///   deadline (the fallback, degraded with reason `deadline`, else 504).
+///
+/// Either way its slot goes to a request that can still be answered. Until the stack
+/// knows, and for an upstream much quicker than the deadline, nothing changes.
 /// [`start_calls_in_time(false)`](HealthAiStackBuilder::start_calls_in_time) turns it
 /// off.
 #[derive(Clone)]
@@ -427,8 +435,19 @@ impl<S> Layer<S> for HealthAiStack {
     fn layer(&self, upstream: S) -> Self::Service {
         let inner = CountCalls::new(upstream, Arc::clone(&self.upstream_calls));
         let inner = self.timeout.layer(inner);
-        let inner = StartInTime::new(inner, Arc::clone(&self.call_times), self.start_in_time);
+        let inner = StartInTime::new(
+            inner,
+            Arc::clone(&self.call_times),
+            self.start_in_time,
+            true,
+        );
         let inner = self.global.layer(inner);
+        let inner = StartInTime::new(
+            inner,
+            Arc::clone(&self.call_times),
+            self.start_in_time,
+            false,
+        );
         let inner = self.queue.layer(inner);
         let inner = self.breaker.layer(inner);
         let inner = self.retry.layer(inner);
@@ -857,10 +876,10 @@ impl HealthAiStackBuilder {
     /// (default `true`). The stack learns how long the upstream's successful calls take
     /// (the median of the last 64, once ten have succeeded) and neither starts a
     /// call with less time left than that, nor lets a request wait in the queue past the
-    /// point where its call could still end in time: such a request is answered then, as
-    /// for its deadline (the fallback, degraded, else 504), instead of at its deadline
-    /// after a call that is cut short but billed. Its slot goes to a request that can
-    /// still be answered. See [not starting what cannot end](#not-starting-what-cannot-end).
+    /// point where its call could still end in time: such a request is answered then
+    /// (the fallback, degraded, else 503 or 504), instead of at its deadline after a
+    /// call that is cut short but billed. Its slot goes to a request that can still be
+    /// answered. See [not starting what cannot end](HealthAiStack#not-starting-what-cannot-end).
     pub fn start_calls_in_time(mut self, enabled: bool) -> Self {
         self.start_in_time = enabled;
         self
@@ -1035,7 +1054,8 @@ impl HealthAiStackBuilder {
             .clock(cache_clock)
             .build();
         let degraded = Arc::new(DegradedCounters::new());
-        let call_times = Arc::new(CallTimes::default());
+        // Capped at half the request budget (see the budget module).
+        let call_times = Arc::new(CallTimes::capped(self.request_deadline / 2));
         let on_deadline = OnDeadline {
             budget: self.request_deadline,
             fallback: self.fallback.clone().filter(|_| self.degrade_on_overload),
@@ -1174,6 +1194,7 @@ impl<S> HealthAi<S> {
             .get_ref()
             .get_ref()
             .get_ref()
+            .get_ref()
     }
 
     /// Unwraps every layer of the stack, returning the upstream service it was built
@@ -1183,6 +1204,7 @@ impl<S> HealthAi<S> {
     pub fn into_inner(self) -> S {
         // One step per layer of `Stacked`, outermost first.
         self.inner
+            .into_inner()
             .into_inner()
             .into_inner()
             .into_inner()

@@ -76,7 +76,7 @@ where
 /// Three requests at once over one slot and 60 s calls: the third could start only at
 /// 120 s, with 30 s of its 150 s deadline left. Returns when each was answered (from the
 /// burst), whether each was degraded, and the upstream's calls for the burst.
-async fn burst(enabled: bool) -> (Vec<(Duration, bool)>, u64, u64) {
+async fn burst(enabled: bool) -> (Vec<(Duration, bool)>, u64, tower_health_ai::DegradedStats) {
     let calls = Arc::new(AtomicU64::new(0));
     let stack = builder().start_calls_in_time(enabled).build();
     let handle = stack.handle();
@@ -103,7 +103,7 @@ async fn burst(enabled: bool) -> (Vec<(Duration, bool)>, u64, u64) {
         answers.push(task.await.unwrap());
     }
     let burst_calls = calls.load(Ordering::SeqCst) - before;
-    (answers, burst_calls, handle.degraded().total)
+    (answers, burst_calls, handle.degraded())
 }
 
 #[tokio::test(start_paused = true)]
@@ -111,10 +111,11 @@ async fn a_waiter_whose_call_could_not_end_in_time_is_answered_when_that_is_know
     let (answers, calls, degraded) = burst(true).await;
     assert_eq!(answers[0], (SECS_60, false));
     assert_eq!(answers[1], (2 * SECS_60, false));
-    // Its deadline (150 s) less a call (60 s): answered at 90 s, and never called.
+    // Its deadline (150 s) less a call (60 s): answered at 90 s, and never called, as
+    // the queue's timeout.
     assert_eq!(answers[2], (Duration::from_secs(90), true));
     assert_eq!(calls, 2);
-    assert_eq!(degraded, 1);
+    assert_eq!((degraded.total, degraded.queue_timeout), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -126,7 +127,7 @@ async fn turned_off_the_doomed_call_runs_is_cut_and_billed() {
     assert!(answers[2].1);
     assert!(answers[2].0 >= Duration::from_secs(150), "{:?}", answers[2]);
     assert_eq!(calls, 3);
-    assert_eq!(degraded, 1);
+    assert_eq!((degraded.total, degraded.deadline), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -178,4 +179,32 @@ async fn before_ten_successes_every_call_starts() {
         "true"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_cannot_end_takes_no_token_of_the_global_pace() {
+    let calls = Arc::new(AtomicU64::new(0));
+    // One call a minute; a call may wait 30 s for its turn.
+    let stack = builder()
+        .global_quota(tower_health_ai::token_bucket::Quota::per_minute(1))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(planned(&calls, |_| (SECS_60, true)));
+    warm_up(&svc).await;
+    // 30 s left, less than a call: refused before the pace, at once.
+    let mut doomed = ask("doomed".to_owned());
+    doomed
+        .headers_mut()
+        .insert("x-request-timeout", http::HeaderValue::from_static("30"));
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(doomed).await.unwrap();
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The pace's token is still there: the next request is called at once, not refused
+    // after waiting 30 s for a token the doomed one took.
+    let response = svc.clone().oneshot(ask("next".to_owned())).await.unwrap();
+    assert!(response.headers().get("x-degraded").is_none());
+    assert_eq!(start.elapsed(), SECS_60);
+    assert_eq!(calls.load(Ordering::SeqCst), 11);
+    assert_eq!(handle.degraded().pace_wait, 0);
 }

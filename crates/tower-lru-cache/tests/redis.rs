@@ -465,7 +465,8 @@ async fn a_slow_redis_costs_at_most_the_timeout() {
 async fn with_the_fill_lock_one_instance_calls_for_all() {
     let server = server!();
     let up = Upstream::default();
-    up.delay_ms.store(300, Ordering::SeqCst);
+    // Long enough that the three requests overlap even on a loaded machine.
+    up.delay_ms.store(1000, Ordering::SeqCst);
     let locked = || builder(&server).fill_lock(Duration::from_secs(3));
     let a = instance(locked(), &up, Duration::from_secs(60));
     let b = instance(locked(), &up, Duration::from_secs(60));

@@ -43,6 +43,8 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
 /// Longest wait for Redis off the request path (writes, invalidations, subscribing).
+/// The longest fill lock: a lock is a wait for another instance's call, not a lease.
+const MAX_FILL_LOCK: Duration = Duration::from_secs(3600);
 const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(1);
 /// While Redis is down, one lookup in this interval tries it; the others skip it.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -379,7 +381,7 @@ impl RedisStore {
         }
         let generation = shared.generation.load(Ordering::Acquire);
         let poll = (expiry / 50).clamp(Duration::from_millis(10), Duration::from_millis(250));
-        let deadline = Instant::now() + expiry;
+        let deadline = Instant::now().checked_add(expiry)?;
         let value_key = shared.redis_key(&key);
         loop {
             tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
@@ -493,10 +495,11 @@ impl RedisStoreBuilder {
     /// when the lock goes away without an answer (the answer was not storable, or too
     /// large) or after `expiry` at most, so a dead lock holder blocks nobody for longer
     /// than the lock's expiry. Set `expiry` to about the inner service's latency. The
-    /// lock is released when the answer is written; Redis down: no lock, no wait.
+    /// lock is released when the answer is written; Redis down: no lock, no wait. An
+    /// `expiry` over an hour (`Duration::MAX` included) is an hour.
     #[must_use]
     pub fn fill_lock(mut self, expiry: Duration) -> Self {
-        self.lock = Some(expiry).filter(|e| !e.is_zero());
+        self.lock = Some(expiry.min(MAX_FILL_LOCK)).filter(|e| !e.is_zero());
         self
     }
 
