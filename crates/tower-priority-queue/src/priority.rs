@@ -141,10 +141,12 @@ pub trait PriorityExtractor<Req> {
 
     /// The longest `request` may wait in the room for a slot, when the request itself
     /// bounds it (for example by a deadline it carries, less the time a call needs): the
-    /// shorter of this and its level's [maximum wait](crate::QueueBuilder::max_wait)
+    /// shorter of this and its level's [maximum wait](crate::PriorityQueueLayerBuilder::max_wait)
     /// applies, and past it the request is refused with
-    /// [`QueueError::QueueTimeout`]. Asked only of a request that has to wait, never on
-    /// the path that finds a free slot. `None` (the default): only its level's bound.
+    /// [`QueueError::QueueTimeout`]; a request that may not wait at all (zero) is refused
+    /// at once without entering the room, so it displaces nobody. Asked only of a request
+    /// that has to wait, never on the path that finds a free slot. `None` (the default):
+    /// only its level's bound.
     fn max_wait(&self, request: &Req) -> Option<Duration> {
         let _ = request;
         None

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tower::BoxError;
@@ -11,6 +12,7 @@ use tower_service::Service;
 use crate::error::QueueError;
 use crate::future::ResponseFuture;
 use crate::handle::QueueHandle;
+use crate::metrics::ShedReason;
 use crate::overload::{OverloadClassifier, TimeoutOverload};
 use crate::priority::{Priority, PriorityExtractor};
 use crate::shared::{Admission, Permit, Shared};
@@ -198,14 +200,31 @@ impl<S, E, C: Clone> PriorityQueue<S, E, C> {
                 return ResponseFuture::failed(error.into(), self.classifier.clone());
             }
         };
+        let own = self.extractor.max_wait(&request);
+        if own == Some(Duration::ZERO) {
+            // May not wait at all: it never enters the room, where it could displace a
+            // waiter of a lower level only to time out at once.
+            if self.shared.try_acquire() {
+                return self.call_admitted(priority, request);
+            }
+            self.shared.metrics.shed(priority, ShedReason::Timeout);
+            tracing::debug!(
+                queue = %self.shared.settings.name,
+                %priority,
+                "priority queue full and the request may not wait: request shed"
+            );
+            let error = QueueError::QueueTimeout {
+                priority,
+                waited: Duration::ZERO,
+                retry_after: self.shared.settings.retry_after,
+            };
+            return ResponseFuture::failed(error.into(), self.classifier.clone());
+        }
         match self.shared.acquire_or_wait(priority, Instant::now()) {
             Admission::Admitted => self.call_admitted(priority, request),
             Admission::Waiting(guard) => {
                 // The shorter of the level's bound and the request's own.
-                let max_wait = match (
-                    self.shared.settings.max_wait[priority.index()],
-                    self.extractor.max_wait(&request),
-                ) {
+                let max_wait = match (self.shared.settings.max_wait[priority.index()], own) {
                     (Some(level), Some(own)) => Some(level.min(own)),
                     (level, own) => level.or(own),
                 };

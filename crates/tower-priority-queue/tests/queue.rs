@@ -265,6 +265,36 @@ async fn a_request_bounds_its_own_wait_below_its_levels() {
     assert_eq!(handle.snapshot(), idle(&handle));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_request_that_may_not_wait_displaces_nobody() {
+    let log = Log::default();
+    let layer = PriorityQueueLayer::builder()
+        .extractor(OwnWait)
+        .max_in_flight(1)
+        .capacity(1)
+        .max_wait_all(Duration::from_secs(60))
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream(&log, Duration::from_secs(5)));
+    let busy = send(&service, request("busy", "normal")).await;
+    let low = send(&service, request("low", "low")).await;
+    settle().await;
+    assert_eq!(handle.snapshot().queue_size, 1);
+    // Normal outranks the waiting low, but may not wait: refused at once, and the low
+    // waiter keeps its place.
+    let start = Instant::now();
+    let hasty = send(&service, request_waiting_at_most("hasty", 0)).await;
+    match queue_error(hasty.await.expect("task")) {
+        QueueError::QueueTimeout { waited, .. } => assert_eq!(waited, Duration::ZERO),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    busy.await.expect("task").expect("served");
+    assert_eq!(low.await.expect("task").expect("served"), "low");
+    assert_eq!(*log.lock().expect("log"), ["busy", "low"]);
+    assert_eq!(handle.snapshot(), idle(&handle));
+}
+
 /// Reads the queue's in-flight count when the inner call is dropped.
 struct DropProbe {
     handle: tower_priority_queue::QueueHandle,
