@@ -69,6 +69,16 @@ async fn two_gateways_on_one_redis_share_the_user_limit_and_the_answers() {
         gateway(&server.url(), &simulator),
         gateway(&server.url(), &simulator),
     );
+    // Both caches subscribed (each clears its L1, and a call in flight stores nothing,
+    // when its subscription comes up).
+    let started = Instant::now();
+    while server.subscribers("test:cache:invalidate") < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     for record in ["rec-1", "rec-2", "rec-3"] {
         assert_eq!(analyze(&a, record, "ada").await.0, StatusCode::OK);

@@ -131,6 +131,19 @@ impl RedisServer {
         String::from_utf8_lossy(&reply).into_owned()
     }
 
+    /// How many clients subscribe to `channel` now (`PUBSUB NUMSUB`). A cache instance
+    /// clears its L1 and stores nothing of a call in flight when its invalidation
+    /// subscription comes up: a test that expects an answer written to Redis waits for
+    /// the subscriptions first.
+    #[must_use]
+    pub fn subscribers(&self, channel: &str) -> u64 {
+        self.command(&format!("PUBSUB NUMSUB {channel}"))
+            .lines()
+            .find_map(|line| line.strip_prefix(':'))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `calls` of `command` from `INFO commandstats` (0 when it never ran).
     pub fn command_calls(&self, command: &str) -> u64 {
         let info = self.command("INFO commandstats");

@@ -166,6 +166,16 @@ async fn an_answer_cached_by_one_instance_is_served_by_the_other() {
     let upstream = Upstream::default();
     let (a, _) = instance(Some(&server), &upstream);
     let (b, _) = instance(Some(&server), &upstream);
+    // Both caches subscribed (each clears its L1, and a call in flight stores nothing,
+    // when its subscription comes up).
+    let started = Instant::now();
+    while server.subscribers("test:cache:invalidate") < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let (status, cache, first) = call(&a, ask("grace", "record 7")).await;
     assert_eq!(status, StatusCode::OK);

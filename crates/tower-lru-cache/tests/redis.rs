@@ -137,6 +137,9 @@ async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Waits for an instance's invalidation subscription. When it comes up, the instance
+/// clears its L1 and a call already in flight stores nothing (as after any invalidation):
+/// a test that expects an answer to be written waits for this first.
 async fn subscribed(i: &Instance) {
     until("the subscription", Duration::from_secs(10), || {
         i.store.is_subscribed()
@@ -370,6 +373,7 @@ async fn with_redis_down_the_cache_works_in_process_and_recovers() {
     })
     .await;
     let b = instance(builder(&server), &up, Duration::from_secs(60));
+    subscribed(&b).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         get(&a, "/z").await;
@@ -389,6 +393,7 @@ async fn a_corrupt_value_is_a_miss_and_is_replaced() {
     let server = server!();
     let up = Upstream::default();
     let a = instance(builder(&server), &up, Duration::from_secs(60));
+    subscribed(&a).await;
     assert_eq!(get(&a, "/x").await.0, "MISS");
     until("the write", Duration::from_secs(10), || {
         keys(&server).len() == 1
@@ -404,6 +409,7 @@ async fn a_corrupt_value_is_a_miss_and_is_replaced() {
     server.command(&format!("SET {key} TLC-not-an-answer"));
 
     let b = instance(builder(&server), &up, Duration::from_secs(60));
+    subscribed(&b).await;
     let (x_cache, _, body) = get(&b, "/x").await;
     assert_eq!((x_cache.as_str(), body.as_str()), ("MISS", "v0"));
     assert_eq!(up.calls(), 2);
@@ -413,6 +419,7 @@ async fn a_corrupt_value_is_a_miss_and_is_replaced() {
     })
     .await;
     let c = instance(builder(&server), &up, Duration::from_secs(60));
+    subscribed(&c).await;
     assert_eq!(get(&c, "/x").await.0, "HIT");
     assert_eq!(up.calls(), 2);
 }
@@ -432,6 +439,7 @@ async fn answers_over_the_byte_limit_stay_in_process() {
     assert_eq!(get(&a, "/big").await.0, "HIT");
     // A store with room writes the same answer: by then the first write was decided.
     let b = instance(builder(&server), &up, Duration::from_secs(60));
+    subscribed(&b).await;
     assert_eq!(get(&b, "/small").await.0, "MISS");
     until("the write", Duration::from_secs(10), || {
         !keys(&server).is_empty()
@@ -472,8 +480,11 @@ async fn with_the_fill_lock_one_instance_calls_for_all() {
     up.delay_ms.store(1000, Ordering::SeqCst);
     let locked = || builder(&server).fill_lock(Duration::from_secs(3));
     let a = instance(locked(), &up, Duration::from_secs(60));
+    subscribed(&a).await;
     let b = instance(locked(), &up, Duration::from_secs(60));
+    subscribed(&b).await;
     let c = instance(locked(), &up, Duration::from_secs(60));
+    subscribed(&c).await;
     let (ra, rb, rc) = tokio::join!(get(&a, "/x"), get(&b, "/x"), get(&c, "/x"));
     assert_eq!(up.calls(), 1, "one call for three instances");
     for (_, _, body) in [&ra, &rb, &rc] {
@@ -496,11 +507,13 @@ async fn a_dead_lock_holder_blocks_nobody_past_the_lock_expiry() {
         &up,
         Duration::from_secs(60),
     );
+    subscribed(&a).await;
     let b = instance(
         builder(&server).fill_lock(expiry),
         &up,
         Duration::from_secs(60),
     );
+    subscribed(&b).await;
     // A takes the lock and dies before answering.
     up.delay_ms.store(10_000, Ordering::SeqCst);
     let svc = a.svc.clone();
