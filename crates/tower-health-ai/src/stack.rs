@@ -22,7 +22,7 @@ use tower_breaker::fallback::FallbackLayer;
 use tower_breaker::{
     CaptureHead, CircuitBreaker, CircuitBreakerLayer, Degraded, Timeout, TimeoutLayer,
 };
-use tower_lru_cache::{CacheLayer, CacheService, CachedResponse, MokaStore, Partition};
+use tower_lru_cache::{CacheLayer, CacheService, MokaStore, Partition};
 use tower_priority_queue::{
     AdaptiveLimit, HttpReplay, Limit, PriorityQueue, PriorityQueueLayer, Retry, RetryLayer,
 };
@@ -994,9 +994,7 @@ impl HealthAiStackBuilder {
         }
         PresetStore::in_memory(match self.cache_bound {
             CacheBound::Entries(entries) => MokaStore::with_max_entries(entries),
-            CacheBound::Bytes(bytes) => MokaStore::with_weigher(bytes, |res: &CachedResponse| {
-                u32::try_from(res.weight()).unwrap_or(u32::MAX)
-            }),
+            CacheBound::Bytes(bytes) => MokaStore::with_max_bytes(bytes),
         })
     }
 

@@ -176,9 +176,7 @@ impl CacheLayerBuilder {
     /// [`CachedResponse::weight`] counts them), instead of a number of entries.
     #[must_use]
     pub fn max_bytes(mut self, bytes: u64) -> Self {
-        self.store = MokaStore::with_weigher(bytes, |res: &CachedResponse| {
-            u32::try_from(res.weight()).unwrap_or(u32::MAX)
-        });
+        self.store = MokaStore::with_max_bytes(bytes);
         self
     }
 }

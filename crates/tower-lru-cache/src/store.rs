@@ -218,6 +218,18 @@ impl<V: Send + Sync + 'static> MokaStore<V> {
     }
 }
 
+#[cfg(feature = "http")]
+impl MokaStore<crate::cached::CachedResponse> {
+    /// A store of HTTP answers bounded by about `bytes` in all: bodies, headers and
+    /// trailers, as [`CachedResponse::weight`](crate::CachedResponse::weight) counts them.
+    #[must_use]
+    pub fn with_max_bytes(bytes: u64) -> Self {
+        Self::with_weigher(bytes, |res: &crate::cached::CachedResponse| {
+            u32::try_from(res.weight()).unwrap_or(u32::MAX)
+        })
+    }
+}
+
 impl<V: Send + Sync + 'static> CacheStore<V> for MokaStore<V> {
     type Get = Ready<Option<Arc<Entry<V>>>>;
 

@@ -473,9 +473,7 @@ impl RedisStoreBuilder {
     /// L1 holds at most about `bytes` of answers ([`CachedResponse::weight`]).
     #[must_use]
     pub fn l1_max_bytes(mut self, bytes: u64) -> Self {
-        self.l1 = MokaStore::with_weigher(bytes, |res: &CachedResponse| {
-            u32::try_from(res.weight()).unwrap_or(u32::MAX)
-        });
+        self.l1 = MokaStore::with_max_bytes(bytes);
         self
     }
 
