@@ -44,7 +44,7 @@ use crate::policy::{
     RetryClassifier,
 };
 use crate::priority::{PresetPriority, PriorityHeader};
-use crate::refusal::{GLOBAL_LIMITER, Refusals, RefusalsLayer, is_grpc, refusal_response};
+use crate::refusal::{GLOBAL_LIMITER, Refusals, RefusalsLayer};
 use crate::shared::{PresetBackend, PresetStore};
 
 /// The header that names the user, by default (a stand-in for what authentication
@@ -460,7 +460,6 @@ impl<S> Layer<S> for HealthAiStack {
         let inner = RequestDeadline::new(inner, self.on_deadline.clone());
         HealthAi {
             inner: self.red.layer(inner),
-            not_ready: None,
             user_header: self.user_header,
             priority_header: self.priority_header,
         }
@@ -1167,7 +1166,6 @@ fn peer_ip(parts: &http::request::Parts) -> Option<std::net::IpAddr> {
 /// drops straight into axum's `Router::route_service` or tonic's `Server::layer`.
 pub struct HealthAi<S> {
     inner: Stacked<S>,
-    not_ready: Option<BoxError>,
     user_header: &'static str,
     priority_header: PriorityHeader,
 }
@@ -1198,7 +1196,7 @@ impl<S> HealthAi<S> {
     /// Unwraps every layer of the stack, returning the upstream service it was built
     /// on. The stack's shared state (the limiters' buckets, the cache, the breaker, the
     /// queue, the [`HealthAiHandle`]) lives on in the [`HealthAiStack`] and its other
-    /// services; a readiness error not yet answered is dropped.
+    /// services.
     pub fn into_inner(self) -> S {
         // One step per layer of `Stacked`, outermost first.
         self.inner
@@ -1225,7 +1223,6 @@ impl<S: Clone> Clone for HealthAi<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            not_ready: None,
             user_header: self.user_header,
             priority_header: self.priority_header,
         }
@@ -1247,21 +1244,14 @@ where
     type Future = HealthAiFuture<<Stacked<S> as Service<Request<ReqBody>>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // A readiness error is answered, like any other, by the next call's response.
-        if let Err(error) = ready!(self.inner.poll_ready(cx)) {
-            self.not_ready = Some(error.into());
-        }
-        Poll::Ready(Ok(()))
+        // The stack never fails: a readiness error below is answered by `Refusals`.
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let grpc = is_grpc(request.headers());
         let span = crate::span::request_span(&request, self.user_header, self.priority_header);
-        let state = match self.not_ready.take() {
-            Some(error) => Outcome::NotReady(Some(error)),
-            None => Outcome::Called(span.in_scope(|| self.inner.call(request))),
-        };
-        HealthAiFuture { state, grpc, span }
+        let inner = span.in_scope(|| self.inner.call(request));
+        HealthAiFuture { inner, span }
     }
 }
 
@@ -1269,16 +1259,9 @@ where
 #[pin_project]
 pub struct HealthAiFuture<F> {
     #[pin]
-    state: Outcome<F>,
-    grpc: bool,
+    inner: F,
     /// The request's `health_ai.request` span, entered while the stack runs.
     span: tracing::Span,
-}
-
-#[pin_project(project = OutcomeProj)]
-enum Outcome<F> {
-    NotReady(Option<BoxError>),
-    Called(#[pin] F),
 }
 
 impl<F> fmt::Debug for HealthAiFuture<F> {
@@ -1287,26 +1270,17 @@ impl<F> fmt::Debug for HealthAiFuture<F> {
     }
 }
 
-impl<F, ResBody, E> Future for HealthAiFuture<F>
+impl<F, ResBody> Future for HealthAiFuture<F>
 where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    E: Into<BoxError>,
+    F: Future<Output = Result<Response<ResBody>, Infallible>>,
 {
     type Output = Result<Response<Either<ResBody, Full<Bytes>>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let result = match this.state.project() {
-            OutcomeProj::NotReady(error) => Err(error
-                .take()
-                .unwrap_or_else(|| "the stack was not ready".into())),
-            OutcomeProj::Called(future) => ready!(future.poll(cx)).map_err(Into::into),
-        };
-        let response = match result {
-            Ok(response) => response.map(Either::Left),
-            Err(error) => refusal_response(&error, *this.grpc).map(Either::Right),
-        };
+        let Ok(response) = ready!(this.inner.poll(cx));
+        let response = response.map(Either::Left);
         crate::span::record_outcome(this.span, &response);
         Poll::Ready(Ok(response))
     }
