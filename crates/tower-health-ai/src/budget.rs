@@ -238,6 +238,9 @@ where
             && let Some(need) = self.times.likely_need()
         {
             let left = deadline.remaining();
+            // Not calling after `poll_ready` is allowed: a reservation the inner service
+            // made (a `ConcurrencyLimit` permit, a `Buffer` slot) stays with this
+            // instance, for its next call or until it is dropped with the request.
             if left < need {
                 tracing::info!(
                     reason = "deadline",

@@ -14,8 +14,10 @@ use tower_service::Service;
 /// call except those it turned away with `429 Too Many Requests` (a provider over its
 /// capacity refuses at once and does not bill). A call is counted when it ends, whether
 /// with an answer or an error (a call that failed or timed out may have run, and been
-/// billed); a call dropped before it ends is counted too, unless it was never polled (a
-/// future that was never polled sent nothing).
+/// billed); a call dropped before it ends is counted too, unless it was never polled:
+/// an HTTP client's future (hyper's, reqwest's, tonic's) sends nothing before it is
+/// polled. An upstream service that sends from `call` itself, before its future is
+/// polled, is undercounted by the calls dropped that early.
 #[derive(Debug, Clone)]
 pub struct CountCalls<S> {
     inner: S,
