@@ -35,8 +35,9 @@ type MissFuture<B> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, 
 ///
 /// When the store answers at once (the in-process store does) and the request body, if
 /// the key needs it, is already there (a buffered body), a hit is decided in `call`
-/// itself: the future is born ready, nothing is allocated for it, and neither the inner
-/// service nor the shared state is cloned. Every other path (a miss, a bypass, a body
+/// itself: the future is born ready, holding only the entry (the response is built when
+/// it is polled, so moving the future copies a few words, not a response), nothing is
+/// allocated for it, and neither the inner service nor the shared state is cloned. Every other path (a miss, a bypass, a body
 /// still arriving, an asynchronous store) is one boxed future, so that the hit's future
 /// stays small.
 #[pin_project]
@@ -55,10 +56,6 @@ enum ReqBody<B> {
     Unread(B),
 }
 
-#[allow(
-    clippy::large_enum_variant,
-    reason = "a hit's response is kept inline: the hit path allocates nothing for its future"
-)]
 enum State<S, ReqB, ResB, St>
 where
     S: Service<Request<ReqB>>,
@@ -70,10 +67,14 @@ where
     Lookup(Pin<Box<Looking<S, ReqB, St>>>),
     /// The miss or the bypass path.
     Miss { fut: MissFuture<ResB> },
-    /// Answered without the inner service.
-    Done {
-        out: Option<Result<Response<CacheBody<ResB>>, BoxError>>,
+    /// A fresh entry, replayed when polled: the future stays a few words, so moving it
+    /// (out of `call`, into the caller's future) copies no response.
+    Hit {
+        entry: Option<Arc<Entry<CachedResponse>>>,
+        age_secs: u64,
     },
+    /// Failed before reaching the inner service.
+    Failed { error: Option<BoxError> },
 }
 
 struct Collecting<S, ReqB, St> {
@@ -191,7 +192,7 @@ where
                     &mut cx,
                 ) {
                     Read::Done => keyed(shared, || inner.clone(), parts, chunks.into_bytes()),
-                    Read::Failed(e) => State::Done { out: Some(Err(e)) },
+                    Read::Failed(e) => State::Failed { error: Some(e) },
                     Read::Pending => State::Collect(Box::new(Collecting {
                         shared: Arc::clone(shared),
                         parts: Some(parts),
@@ -326,9 +327,10 @@ where
         }
         Found::Fresh(entry) => {
             shared.core.record(Outcome::Hit);
-            let age = now.saturating_duration_since(entry.stored_at()).as_secs();
-            return State::Done {
-                out: Some(Ok(entry.value().replay("HIT", Some(age)))),
+            let age_secs = now.saturating_duration_since(entry.stored_at()).as_secs();
+            return State::Hit {
+                entry: Some(entry),
+                age_secs,
             };
         }
         Found::Stale(entry) => Some(entry),
@@ -392,10 +394,14 @@ where
                     decide(this.shared, found, move || svc, *this.key, parts, body)
                 }
                 State::Miss { fut } => return fut.as_mut().poll(cx),
-                State::Done { out } => {
-                    return Poll::Ready(
-                        out.take().unwrap_or_else(|| Err(polled_after_completion())),
-                    );
+                State::Hit { entry, age_secs } => {
+                    return Poll::Ready(match entry.take() {
+                        Some(entry) => Ok(entry.value().replay("HIT", Some(*age_secs))),
+                        None => Err(polled_after_completion()),
+                    });
+                }
+                State::Failed { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or_else(polled_after_completion)));
                 }
             };
             *state = next;
@@ -417,7 +423,8 @@ where
             State::Collect(_) => "Collect",
             State::Lookup(_) => "Lookup",
             State::Miss { .. } => "Miss",
-            State::Done { .. } => "Done",
+            State::Hit { .. } => "Hit",
+            State::Failed { .. } => "Failed",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
