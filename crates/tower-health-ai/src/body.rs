@@ -6,13 +6,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{Request, StatusCode};
 use http_body::Body;
-use http_body_util::combinators::Collect;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use pin_project::pin_project;
 use tower::BoxError;
 use tower_layer::Layer;
@@ -168,9 +167,6 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The ready service goes with this request; a fresh clone waits for the next.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         // A body that declares more than the limit (Content-Length) is refused unread.
         if request.body().size_hint().lower() > self.limit as u64 {
             return BufferBodyFuture {
@@ -178,16 +174,120 @@ where
             };
         }
         let (parts, body) = request.into_parts();
+        let mut body = Box::pin(body);
+        let mut read = ReadBody::default();
+        // A body already there (a buffered one, or a small one that came with the head)
+        // is read now, with no waker to register, and the request goes straight to the
+        // ready inner service: nothing is cloned or moved into the future. A body still
+        // arriving is polled again, with the task's waker, by the future.
+        if let Poll::Ready(done) = read.poll(
+            body.as_mut(),
+            self.limit,
+            &mut Context::from_waker(Waker::noop()),
+        ) {
+            let read = done.map(|()| read.into_bytes());
+            return BufferBodyFuture {
+                state: match pass_on(read, parts, self.check.as_ref()) {
+                    Ok(request) => State::Call {
+                        future: self.inner.call(request),
+                    },
+                    Err(refusal) => {
+                        // Not called: a fresh clone replaces the ready service, so that
+                        // what its readiness reserved is released now.
+                        let fresh = self.inner.clone();
+                        drop(std::mem::replace(&mut self.inner, fresh));
+                        State::Refused(Some(refusal))
+                    }
+                },
+            };
+        }
+        // The ready service goes with this request; a fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
         BufferBodyFuture {
-            state: State::Collect {
-                collect: Limited::new(body, self.limit).collect(),
+            state: State::Collect(Box::new(Collecting {
+                body,
+                read,
                 parts: Some(parts),
                 inner: Some(inner),
                 limit: self.limit,
                 check: self.check.clone(),
-            },
+            })),
         }
     }
+}
+
+/// A request body being read: the first chunk as it came (a buffered body is one chunk,
+/// passed on without a copy), later ones gathered in one buffer.
+#[derive(Default)]
+struct ReadBody {
+    first: Option<Bytes>,
+    rest: BytesMut,
+    len: usize,
+}
+
+impl ReadBody {
+    /// Reads `body`'s frames while they are ready, up to `limit` bytes. Request trailers
+    /// are dropped (the request passed on has a `Full` body).
+    fn poll<B>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        limit: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), RequestRejected>>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+    {
+        loop {
+            let Some(frame) = ready!(body.as_mut().poll_frame(cx)) else {
+                return Poll::Ready(Ok(()));
+            };
+            let frame = frame.map_err(|error| {
+                let error: BoxError = error.into();
+                RequestRejected::bad_request(format!("request body could not be read: {error}"))
+            })?;
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            self.len = self.len.saturating_add(data.remaining());
+            if self.len > limit {
+                return Poll::Ready(Err(too_large(limit)));
+            }
+            if self.first.is_none() && self.rest.is_empty() {
+                self.first = Some(data.copy_to_bytes(data.remaining()));
+            } else {
+                if let Some(first) = self.first.take() {
+                    self.rest.reserve(self.len);
+                    self.rest.extend_from_slice(&first);
+                }
+                self.rest.put(data);
+            }
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.first {
+            Some(first) => first,
+            None => self.rest.freeze(),
+        }
+    }
+}
+
+/// The request to pass on once its body is read, or its refusal.
+fn pass_on(
+    read: Result<Bytes, RequestRejected>,
+    mut parts: http::request::Parts,
+    check: Option<&RequestCheck>,
+) -> Result<Request<Full<Bytes>>, RequestRejected> {
+    let body = read?;
+    if let Some(check) = check {
+        check(&mut parts, &body)?;
+    }
+    if let Some(slot) = parts.extensions.get::<crate::deadline::HeadSlot>() {
+        slot.fill(&parts);
+    }
+    Ok(Request::from_parts(parts, Full::new(body)))
 }
 
 fn too_large(limit: usize) -> RequestRejected {
@@ -209,9 +309,6 @@ where
     state: State<S, B>,
 }
 
-// The future lives while the body is read, so it holds the request head whatever the
-// variant; boxing the large variant would only add an allocation per request.
-#[allow(clippy::large_enum_variant)]
 #[pin_project(project = StateProj)]
 enum State<S, B>
 where
@@ -220,18 +317,26 @@ where
     B::Error: Into<BoxError>,
 {
     Refused(Option<RequestRejected>),
-    Collect {
-        #[pin]
-        collect: Collect<Limited<B>>,
-        parts: Option<http::request::Parts>,
-        inner: Option<S>,
-        limit: usize,
-        check: Option<RequestCheck>,
-    },
+    /// A body still arriving: boxed, so that the common case (a body read in `call`)
+    /// keeps the future small.
+    Collect(Box<Collecting<S, B>>),
     Call {
         #[pin]
         future: S::Future,
     },
+}
+
+struct Collecting<S, B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    body: Pin<Box<B>>,
+    read: ReadBody,
+    parts: Option<http::request::Parts>,
+    inner: Option<S>,
+    limit: usize,
+    check: Option<RequestCheck>,
 }
 
 impl<S, B> fmt::Debug for BufferBodyFuture<S, B>
@@ -264,42 +369,26 @@ where
                     });
                     return Poll::Ready(Err(refusal.into()));
                 }
-                StateProj::Collect {
-                    collect,
-                    parts,
-                    inner,
-                    limit,
-                    check,
-                } => {
-                    let collected = match ready!(collect.poll(cx)) {
-                        Ok(collected) => collected.to_bytes(),
-                        Err(error) => {
-                            let refusal = if error.is::<LengthLimitError>() {
-                                too_large(*limit)
-                            } else {
-                                RequestRejected::bad_request(format!(
-                                    "request body could not be read: {error}"
-                                ))
-                            };
-                            return Poll::Ready(Err(refusal.into()));
-                        }
-                    };
-                    let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
+                StateProj::Collect(collecting) => {
+                    let done = ready!(collecting.read.poll(
+                        collecting.body.as_mut(),
+                        collecting.limit,
+                        cx
+                    ));
+                    let read = done.map(|()| std::mem::take(&mut collecting.read).into_bytes());
+                    let (Some(parts), Some(mut inner)) =
+                        (collecting.parts.take(), collecting.inner.take())
+                    else {
                         return Poll::Ready(Err(RequestRejected::bad_request(
                             "request polled after completion",
                         )
                         .into()));
                     };
-                    if let Some(check) = check
-                        && let Err(refusal) = check(&mut parts, &collected)
-                    {
-                        return Poll::Ready(Err(refusal.into()));
-                    }
-                    if let Some(slot) = parts.extensions.get::<crate::deadline::HeadSlot>() {
-                        slot.fill(&parts);
-                    }
-                    State::Call {
-                        future: inner.call(Request::from_parts(parts, Full::new(collected))),
+                    match pass_on(read, parts, collecting.check.as_ref()) {
+                        Ok(request) => State::Call {
+                            future: inner.call(request),
+                        },
+                        Err(refusal) => return Poll::Ready(Err(refusal.into())),
                     }
                 }
                 StateProj::Call { future } => {
@@ -314,7 +403,62 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
     use tower::{ServiceExt, service_fn};
+
+    /// A body whose chunks each arrive one poll after being asked for.
+    struct Trickle {
+        chunks: std::collections::VecDeque<Bytes>,
+        ready: bool,
+    }
+
+    impl Body for Trickle {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            if !std::mem::replace(&mut self.ready, false) {
+                self.ready = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(
+                self.chunks
+                    .pop_front()
+                    .map(|c| Ok(http_body::Frame::data(c))),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_arriving_in_pieces_reach_the_inner_service_whole() {
+        let svc = BufferBodyLayer::new(8).layer(service_fn(echo));
+        let chunks = || [&b"123"[..], b"45", b"678"].map(Bytes::from_static);
+        // Read in `call`: every chunk is there at once.
+        let ready = http_body_util::StreamBody::new(futures_stream(chunks().to_vec()));
+        let out = svc.clone().oneshot(Request::new(ready)).await.unwrap();
+        assert_eq!(out, Bytes::from_static(b"12345678"));
+        // Read by the future, a chunk per wake-up.
+        let trickle = Trickle {
+            chunks: chunks().into_iter().collect(),
+            ready: false,
+        };
+        let out = svc.clone().oneshot(Request::new(trickle)).await.unwrap();
+        assert_eq!(out, Bytes::from_static(b"12345678"));
+        // And cut off at the limit all the same.
+        let trickle = Trickle {
+            chunks: [&b"12345"[..], b"6789"]
+                .map(Bytes::from_static)
+                .into_iter()
+                .collect(),
+            ready: false,
+        };
+        let err = svc.oneshot(Request::new(trickle)).await.unwrap_err();
+        assert_eq!(rejected(&err).status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
 
     async fn echo(req: Request<Full<Bytes>>) -> Result<Bytes, BoxError> {
         Ok(req.into_body().collect().await?.to_bytes())
