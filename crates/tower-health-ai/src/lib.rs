@@ -100,6 +100,7 @@ mod count;
 mod deadline;
 mod degraded;
 mod handle;
+mod lazy;
 mod policy;
 mod priority;
 mod prometheus;
@@ -139,6 +140,7 @@ pub use crate::degraded::{DEGRADED_TOTAL, DegradeReason, DegradedStats};
 pub use crate::handle::{
     CircuitBreakers, Cost, Health, HealthAiHandle, HealthStatus, MetricsReport, RateLimits,
 };
+pub use crate::lazy::CloneOnDrive;
 pub use crate::policy::{
     BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, PresetOverload,
     RetryClassifier, UpstreamAnswered, is_capacity_refusal, is_local_refusal,

@@ -39,6 +39,7 @@ use crate::count::CountCalls;
 use crate::deadline::{EnforceDeadline, OnDeadline, RequestDeadline};
 use crate::degraded::DegradedCounters;
 use crate::handle::HealthAiHandle;
+use crate::lazy::CloneOnDrive;
 use crate::policy::{
     BreakerClassifier, FallbackFn, FallbackOnUpstreamFailure, PresetFallback, PresetOverload,
     RetryClassifier,
@@ -83,30 +84,32 @@ type Stacked<S> = RedMetrics<
             RateLimit<
                 BufferBody<
                     CacheService<
-                        tower_breaker::fallback::Fallback<
-                            EnforceDeadline<
-                                Retry<
-                                    CircuitBreaker<
-                                        PriorityQueue<
-                                            StartInTime<
-                                                RateLimit<
-                                                    StartInTime<Timeout<CountCalls<S>>>,
-                                                    GlobalKey,
-                                                    PresetBackend<()>,
+                        CloneOnDrive<
+                            tower_breaker::fallback::Fallback<
+                                EnforceDeadline<
+                                    Retry<
+                                        CircuitBreaker<
+                                            PriorityQueue<
+                                                StartInTime<
+                                                    RateLimit<
+                                                        StartInTime<Timeout<CountCalls<S>>>,
+                                                        GlobalKey,
+                                                        PresetBackend<()>,
+                                                    >,
                                                 >,
+                                                PresetPriority,
+                                                PresetOverload,
                                             >,
-                                            PresetPriority,
-                                            PresetOverload,
+                                            BreakerClassifier,
                                         >,
-                                        BreakerClassifier,
+                                        RetryClassifier,
+                                        HttpReplay,
                                     >,
-                                    RetryClassifier,
-                                    HttpReplay,
                                 >,
+                                CaptureHead,
+                                PresetFallback,
+                                FallbackOnUpstreamFailure,
                             >,
-                            CaptureHead,
-                            PresetFallback,
-                            FallbackOnUpstreamFailure,
                         >,
                         PresetStore,
                     >,
@@ -453,6 +456,9 @@ impl<S> Layer<S> for HealthAiStack {
         let inner = self.retry.layer(inner);
         let inner = EnforceDeadline::new(inner);
         let inner = self.fallback.layer(inner);
+        // Cloned per request by axum and hyper: below the cache, only when a request
+        // reaches it (a hit does not).
+        let inner = CloneOnDrive::new(inner);
         let inner = self.cache.layer(inner);
         let inner = self.body.layer(inner);
         let inner = self.per_user.layer(inner);
@@ -1142,13 +1148,49 @@ impl HealthAiStackBuilder {
 
 /// The cache partition: the user header, else the client IP; `None` (no caching) when
 /// neither is known.
-fn user_of(parts: &http::request::Parts, user_header: &HeaderName) -> Option<Vec<u8>> {
+fn user_of(parts: &http::request::Parts, user_header: &HeaderName) -> Option<PartitionBytes> {
     if let Some(user) = parts.headers.get(user_header) {
-        let mut partition = b"user:".to_vec();
-        partition.extend_from_slice(user.as_bytes());
-        return Some(partition);
+        return Some(PartitionBytes::new(&[b"user:", user.as_bytes()]));
     }
-    peer_ip(parts).map(|ip| format!("ip:{ip}").into_bytes())
+    let ip = peer_ip(parts)?;
+    let mut text = [0u8; 39]; // the longest IPv6 address
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    // An IP address always fits.
+    std::io::Write::write_fmt(&mut cursor, format_args!("{ip}")).ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    Some(PartitionBytes::new(&[b"ip:", &text[..len]]))
+}
+
+/// A partition's bytes, inline when they fit (every IP address, and user ids of up to
+/// 58 bytes), so that keying a request allocates nothing.
+enum PartitionBytes {
+    Inline { bytes: [u8; 64], len: usize },
+    Heap(Vec<u8>),
+}
+
+impl PartitionBytes {
+    fn new(parts: &[&[u8]]) -> Self {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        if len > 64 {
+            return Self::Heap(parts.concat());
+        }
+        let mut bytes = [0u8; 64];
+        let mut at = 0;
+        for part in parts {
+            bytes[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        Self::Inline { bytes, len }
+    }
+}
+
+impl AsRef<[u8]> for PartitionBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Self::Inline { bytes, len } => &bytes[..*len],
+            Self::Heap(bytes) => bytes,
+        }
+    }
 }
 
 fn peer_ip(parts: &http::request::Parts) -> Option<std::net::IpAddr> {
@@ -1191,15 +1233,22 @@ impl<S> HealthAi<S> {
             .get_ref()
             .get_ref()
             .get_ref()
+            .get_ref()
     }
+}
 
+impl<S: Clone> HealthAi<S> {
     /// Unwraps every layer of the stack, returning the upstream service it was built
     /// on. The stack's shared state (the limiters' buckets, the cache, the breaker, the
     /// queue, the [`HealthAiHandle`]) lives on in the [`HealthAiStack`] and its other
     /// services.
+    ///
+    /// The clones of a `HealthAi` share the layers below the cache until one is driven,
+    /// so this gives a clone of the upstream service when other clones still share it.
     pub fn into_inner(self) -> S {
         // One step per layer of `Stacked`, outermost first.
         self.inner
+            .into_inner()
             .into_inner()
             .into_inner()
             .into_inner()
@@ -1288,3 +1337,52 @@ where
 
 /// The request type the upstream service receives: the body is read whole.
 pub type UpstreamRequest = Request<Full<Bytes>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(request: Request<()>) -> http::request::Parts {
+        request.into_parts().0
+    }
+
+    #[test]
+    fn the_partition_is_the_user_else_the_peer_ip() {
+        let header = HeaderName::from_static(DEFAULT_USER_HEADER);
+        let user = parts(
+            Request::builder()
+                .header(DEFAULT_USER_HEADER, "ada")
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(user_of(&user, &header).unwrap().as_ref(), b"user:ada");
+        // A user id too long to keep inline gives the same bytes.
+        let long = "u".repeat(200);
+        let user = parts(
+            Request::builder()
+                .header(DEFAULT_USER_HEADER, &long)
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(
+            user_of(&user, &header).unwrap().as_ref(),
+            format!("user:{long}").as_bytes()
+        );
+        let mut peer = parts(Request::new(()));
+        assert!(
+            user_of(&peer, &header).is_none(),
+            "no user, no peer: no partition"
+        );
+        let v6: SocketAddr = "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:80"
+            .parse()
+            .unwrap();
+        peer.extensions.insert(v6);
+        assert_eq!(
+            user_of(&peer, &header).unwrap().as_ref(),
+            b"ip:2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        peer.extensions
+            .insert(SocketAddr::from(([10, 0, 0, 7], 80)));
+        assert_eq!(user_of(&peer, &header).unwrap().as_ref(), b"ip:10.0.0.7");
+    }
+}
