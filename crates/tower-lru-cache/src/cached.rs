@@ -1,6 +1,6 @@
 //! [`CachedResponse`]: what the HTTP cache stores for one answer.
 
-use std::fmt;
+use std::{cell::RefCell, fmt};
 
 use bytes::{Bytes, BytesMut};
 use http::{
@@ -193,6 +193,7 @@ impl CachedResponse {
 
     /// A fresh response replaying this one, marked with `x-cache` and, when known, `age`
     /// (whole seconds since it was stored).
+    #[inline]
     pub(crate) fn replay<B>(
         &self,
         x_cache: &'static str,
@@ -206,7 +207,7 @@ impl CachedResponse {
         match (self.marked_hit, x_cache, age_secs) {
             // Already in place.
             (true, "HIT", Some(0)) => {}
-            (true, "HIT", Some(age)) => set(res.headers_mut(), AGE, HeaderValue::from(age)),
+            (true, "HIT", Some(age)) => set(res.headers_mut(), AGE, age_value(age)),
             _ => mark(res.headers_mut(), x_cache, age_secs),
         }
         res
@@ -240,11 +241,38 @@ pub(crate) fn mark(headers: &mut HeaderMap, x_cache: &'static str, age_secs: Opt
     set(headers, X_CACHE, HeaderValue::from_static(x_cache));
     match age_secs {
         Some(0) => set(headers, AGE, HeaderValue::from_static("0")),
-        Some(age) => set(headers, AGE, HeaderValue::from(age)),
+        Some(age) => set(headers, AGE, age_value(age)),
         None => {
             headers.remove(AGE);
         }
     }
+}
+
+/// The `age` header's value for `age` seconds. Hits replay the same few ages over and
+/// over (an entry's age moves once a second), so each thread keeps the last values it
+/// formatted: a hit clones one (a reference count) rather than formatting and allocating.
+fn age_value(age: u64) -> HeaderValue {
+    const SLOTS: usize = 8;
+    thread_local! {
+        static AGES: RefCell<[Option<(u64, HeaderValue)>; SLOTS]> =
+            const { RefCell::new([const { None }; SLOTS]) };
+    }
+    let slot = usize::try_from(age % SLOTS as u64).unwrap_or_default();
+    AGES.try_with(|ages| {
+        let mut ages = ages.try_borrow_mut().ok()?;
+        let slot = ages.get_mut(slot)?;
+        match slot {
+            Some((at, value)) if *at == age => Some(value.clone()),
+            _ => {
+                let value = HeaderValue::from(age);
+                *slot = Some((age, value.clone()));
+                Some(value)
+            }
+        }
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| HeaderValue::from(age))
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
@@ -266,5 +294,18 @@ impl fmt::Debug for CachedResponse {
             .field("trailers", &self.trailers)
             .field("vary", &self.vary)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_values_are_the_ages_whatever_the_slot() {
+        // 1 and 9 share a slot; each read must give its own age, fresh or kept.
+        for age in [0, 1, 9, 1, 9, 9, 17, u64::MAX, 1] {
+            assert_eq!(age_value(age), HeaderValue::from(age), "age {age}");
+        }
     }
 }

@@ -29,6 +29,9 @@ use crate::{
     store::{CacheStore, Entry},
 };
 
+/// An entry of the HTTP cache, as the store gives it.
+type StoredEntry = Arc<Entry<CachedResponse>>;
+
 type MissFuture<B> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, BoxError>> + Send>>;
 
 /// The future of [`CacheService`](crate::CacheService).
@@ -219,6 +222,7 @@ where
 }
 
 /// The request's body is read: key it and look it up, or bypass.
+#[inline]
 fn keyed<S, ReqB, ResB, St>(
     shared: &Arc<HttpShared<St>>,
     svc: impl FnOnce() -> S,
@@ -270,6 +274,7 @@ where
 }
 
 /// Looks `key` up: at once when the store can answer synchronously, else in the future.
+#[inline]
 fn lookup<S, ReqB, ResB, St>(
     shared: &Arc<HttpShared<St>>,
     svc: impl FnOnce() -> S,
@@ -287,7 +292,10 @@ where
     St: CacheStore<CachedResponse>,
 {
     match shared.core.store.get_now(&key) {
-        Some(found) => decide(shared, found, svc, key, parts, body),
+        Some(found) => match hit(shared, found, &parts.headers) {
+            Ok(hit) => hit,
+            Err(stale) => miss_state(shared, svc, key, parts, body, stale),
+        },
         None => State::Lookup(Box::pin(Looking {
             shared: Arc::clone(shared),
             get: shared.core.store.get(&key),
@@ -299,14 +307,46 @@ where
     }
 }
 
-/// A fresh entry answers; anything else takes the miss path.
-fn decide<S, ReqB, ResB, St>(
+/// A fresh entry of this request's variant answers: `Ok` with the hit's state. Else
+/// `Err` with the stale entry the miss may fall back on, if any. Takes the request's
+/// headers by reference, so that a hit moves nothing of the request.
+#[inline]
+fn hit<S, ReqB, ResB, St>(
+    shared: &HttpShared<St>,
+    found: Option<StoredEntry>,
+    headers: &http::HeaderMap,
+) -> Result<State<S, ReqB, ResB, St>, Option<StoredEntry>>
+where
+    S: Service<Request<ReqB>>,
+    St: CacheStore<CachedResponse>,
+{
+    let now = shared.core.now();
+    match shared.core.classify(found, now) {
+        // An entry of another variant (its `Vary` headers differ) is no answer here.
+        Found::Fresh(entry) | Found::Stale(entry) if !entry.value().vary_matches(headers) => {
+            Err(None)
+        }
+        Found::Fresh(entry) => {
+            shared.core.record(Outcome::Hit);
+            let age_secs = now.saturating_duration_since(entry.stored_at()).as_secs();
+            Ok(State::Hit {
+                entry: Some(entry),
+                age_secs,
+            })
+        }
+        Found::Stale(entry) => Err(Some(entry)),
+        Found::Absent => Err(None),
+    }
+}
+
+/// The miss path, with the stale entry it may fall back on.
+fn miss_state<S, ReqB, ResB, St>(
     shared: &Arc<HttpShared<St>>,
-    found: Option<Arc<Entry<CachedResponse>>>,
     svc: impl FnOnce() -> S,
     key: CacheKey,
     parts: Parts,
     body: ReqBody<ReqB>,
+    stale: Option<StoredEntry>,
 ) -> State<S, ReqB, ResB, St>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
@@ -317,25 +357,6 @@ where
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
-    let now = shared.core.now();
-    let stale = match shared.core.classify(found, now) {
-        // An entry of another variant (its `Vary` headers differ) is no answer here.
-        Found::Fresh(entry) | Found::Stale(entry)
-            if !entry.value().vary_matches(&parts.headers) =>
-        {
-            None
-        }
-        Found::Fresh(entry) => {
-            shared.core.record(Outcome::Hit);
-            let age_secs = now.saturating_duration_since(entry.stored_at()).as_secs();
-            return State::Hit {
-                entry: Some(entry),
-                age_secs,
-            };
-        }
-        Found::Stale(entry) => Some(entry),
-        Found::Absent => None,
-    };
     let body = match body {
         ReqBody::Read(bytes) => ReqB::from(bytes),
         ReqBody::Unread(body) => body,
@@ -391,7 +412,12 @@ where
                     else {
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    decide(this.shared, found, move || svc, *this.key, parts, body)
+                    match hit(this.shared, found, &parts.headers) {
+                        Ok(hit) => hit,
+                        Err(stale) => {
+                            miss_state(this.shared, move || svc, *this.key, parts, body, stale)
+                        }
+                    }
                 }
                 State::Miss { fut } => return fut.as_mut().poll(cx),
                 State::Hit { entry, age_secs } => {

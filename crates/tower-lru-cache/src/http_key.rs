@@ -273,7 +273,7 @@ impl KeyBuilder for RequestKey {
         {
             return None;
         }
-        Some(key.finish())
+        Some(key.digest())
     }
 
     fn is_partitioned(&self) -> bool {

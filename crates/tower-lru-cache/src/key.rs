@@ -159,7 +159,15 @@ impl KeyHasher {
     #[must_use]
     #[inline]
     pub fn finish(mut self) -> CacheKey {
+        self.digest()
+    }
+
+    /// The digest of everything written, taken in place (moving the hasher into
+    /// [`finish`](Self::finish) copies its state); the hasher is left reset.
+    #[inline]
+    pub(crate) fn digest(&mut self) -> CacheKey {
         self.sha.update(&self.buf[..self.len]);
+        self.len = 0;
         // Finalizing in place spares a copy of the hash state.
         CacheKey(self.sha.finalize_reset().into())
     }
