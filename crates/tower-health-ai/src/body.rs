@@ -169,6 +169,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // A body that declares more than the limit (Content-Length) is refused unread.
         if request.body().size_hint().lower() > self.limit as u64 {
+            self.release();
             return BufferBodyFuture {
                 state: State::Refused(Some(too_large(self.limit))),
             };
@@ -192,10 +193,7 @@ where
                         future: self.inner.call(request),
                     },
                     Err(refusal) => {
-                        // Not called: a fresh clone replaces the ready service, so that
-                        // what its readiness reserved is released now.
-                        let fresh = self.inner.clone();
-                        drop(std::mem::replace(&mut self.inner, fresh));
+                        self.release();
                         State::Refused(Some(refusal))
                     }
                 },
@@ -288,6 +286,16 @@ fn pass_on(
         slot.fill(&parts);
     }
     Ok(Request::from_parts(parts, Full::new(body)))
+}
+
+impl<S: Clone> BufferBody<S> {
+    /// For a request refused without a call: a fresh clone replaces the ready inner
+    /// service, so that what its readiness reserved (a limiter's permit) is released now,
+    /// not held until the next request.
+    fn release(&mut self) {
+        let fresh = self.inner.clone();
+        drop(std::mem::replace(&mut self.inner, fresh));
+    }
 }
 
 fn too_large(limit: usize) -> RequestRejected {

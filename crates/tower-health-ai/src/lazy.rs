@@ -20,6 +20,9 @@ use tower_service::Service;
 ///
 /// The prototype is never driven itself: every driven copy starts from a service that
 /// was never made ready, which is what cloning a tower service gives.
+///
+/// The prototype is shared behind an `Arc`, so a `CloneOnDrive<S>` is `Send` only when
+/// `S` is `Send + Sync`.
 pub struct CloneOnDrive<S> {
     state: Lazy<S>,
 }

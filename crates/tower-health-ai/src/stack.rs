@@ -1155,14 +1155,17 @@ fn user_of(parts: &http::request::Parts, user_header: &HeaderName) -> Option<Par
     let ip = peer_ip(parts)?;
     let mut text = [0u8; 39]; // the longest IPv6 address
     let mut cursor = std::io::Cursor::new(&mut text[..]);
-    // An IP address always fits.
-    std::io::Write::write_fmt(&mut cursor, format_args!("{ip}")).ok()?;
-    let len = usize::try_from(cursor.position()).ok()?;
-    Some(PartitionBytes::new(&[b"ip:", &text[..len]]))
+    let written = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}")).is_ok();
+    let len = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+    match text.get(..len) {
+        Some(ip) if written => Some(PartitionBytes::new(&[b"ip:", ip])),
+        // Not reached (every address fits): formatted on the heap all the same.
+        _ => Some(PartitionBytes::Heap(format!("ip:{ip}").into_bytes())),
+    }
 }
 
 /// A partition's bytes, inline when they fit (every IP address, and user ids of up to
-/// 58 bytes), so that keying a request allocates nothing.
+/// 59 bytes), so that keying a request allocates nothing.
 enum PartitionBytes {
     Inline { bytes: [u8; 64], len: usize },
     Heap(Vec<u8>),
@@ -1206,6 +1209,12 @@ fn peer_ip(parts: &http::request::Parts) -> Option<std::net::IpAddr> {
 
 /// The service of [`HealthAiStack`]: never fails (every error is a response), so it
 /// drops straight into axum's `Router::route_service` or tonic's `Server::layer`.
+///
+/// The upstream service must be `Clone + Send + Sync`, as axum and tonic require of any
+/// service: the clones of a `HealthAi` (one per request under axum) share the layers
+/// below the cache until one is driven ([`CloneOnDrive`](crate::CloneOnDrive)), so a
+/// request the cache answers copies none of them. A `BoxCloneService` upstream is not
+/// `Sync`; `BoxCloneSyncService` is.
 pub struct HealthAi<S> {
     inner: Stacked<S>,
     user_header: &'static str,

@@ -284,7 +284,7 @@ impl<V> Flights<V> {
                         return Arc::new(Flight::Alone);
                     };
                     let out = Arc::new(init.await);
-                    leading.outcome.send_replace(Some(Arc::clone(&out)));
+                    leading.finish(Arc::clone(&out));
                     return out;
                 }
                 Next::Wait(mut waiting) => {
@@ -315,14 +315,30 @@ struct Leading<'a, V> {
     outcome: Arc<CallOutcome<V>>,
 }
 
-impl<V> Drop for Leading<'_, V> {
-    fn drop(&mut self) {
+impl<V> Leading<'_, V> {
+    /// Ends the call: its entry goes first, then its waiters get `out`. In this order a
+    /// waiter that saw the outcome and comes back for the key (a failure it may not share)
+    /// finds the next call, never this one's outcome again.
+    fn finish(self, out: Arc<Flight<V>>) {
+        self.remove();
+        self.outcome.send_replace(Some(out));
+    }
+
+    fn remove(&self) {
         let mut calls = self.flights.calls();
         if let Slot::Occupied(call) = calls.entry(self.key)
             && Arc::ptr_eq(call.get(), &self.outcome)
         {
             call.remove();
         }
+    }
+}
+
+impl<V> Drop for Leading<'_, V> {
+    fn drop(&mut self) {
+        // Ended without an outcome (dropped, or its call panicked): its waiters see the
+        // channel close and lead or wait anew. After `finish`, a no-op.
+        self.remove();
     }
 }
 
@@ -368,6 +384,47 @@ mod tests {
         }
     }
 
+    /// A request that waits forever fails the test (paused time runs the timeout out)
+    /// rather than hanging it.
+    async fn no_hang<T>(task: tokio::task::JoinHandle<T>) -> Result<T, tokio::task::JoinError> {
+        tokio::time::timeout(Duration::from_secs(3_600), task)
+            .await
+            .expect("a request waited forever")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_leads_when_the_leaders_call_panics() {
+        let flights = Arc::new(Flights::<u64>::default());
+        let leader = tokio::spawn({
+            let flights = Arc::clone(&flights);
+            async move {
+                flights
+                    .run(key(1), async {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        panic!("the call panicked");
+                    })
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        let waiter = tokio::spawn({
+            let flights = Arc::clone(&flights);
+            async move {
+                flights
+                    .run(key(1), async {
+                        Flight::Shared {
+                            value: 7,
+                            failed: false,
+                        }
+                    })
+                    .await
+            }
+        });
+        assert!(no_hang(leader).await.is_err_and(|e| e.is_panic()));
+        assert_eq!(value(&no_hang(waiter).await.unwrap()), Some(7));
+        assert_eq!(flights.len(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn identical_calls_share_one_and_leave_nothing_behind() {
         let flights = Arc::new(Flights::<u64>::default());
@@ -391,7 +448,7 @@ mod tests {
             .collect();
         let mut outs = Vec::new();
         for task in tasks {
-            outs.push(task.await.unwrap());
+            outs.push(no_hang(task).await.unwrap());
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(outs.iter().all(|out| Arc::ptr_eq(out, &outs[0])));
@@ -419,7 +476,7 @@ mod tests {
         leader.abort();
         let mut values = Vec::new();
         for waiter in waiters {
-            values.push(value(&waiter.await.unwrap()));
+            values.push(value(&no_hang(waiter).await.unwrap()));
         }
         // One waiter took over and the other waited on it: one answer, its own.
         assert_eq!(values[0], values[1]);
@@ -465,7 +522,7 @@ mod tests {
                     }
                 }
                 for task in kept {
-                    let out = task.await.unwrap();
+                    let out = no_hang(task).await.unwrap();
                     prop_assert!(value(&out).is_some());
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;

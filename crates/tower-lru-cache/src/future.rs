@@ -38,9 +38,9 @@ type MissFuture<B> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, 
 ///
 /// When the store answers at once (the in-process store does) and the request body, if
 /// the key needs it, is already there (a buffered body), a hit is decided in `call`
-/// itself: the future is born ready, holding only the entry (the response is built when
-/// it is polled, so moving the future copies a few words, not a response), nothing is
-/// allocated for it, and neither the inner service nor the shared state is cloned. Every other path (a miss, a bypass, a body
+/// itself: the future is born ready, holding only the entry (the response is built
+/// when it is polled, so moving the future copies a few words, not a response), and
+/// neither the inner service nor the shared state is cloned. Every other path (a miss, a bypass, a body
 /// still arriving, an asynchronous store) is one boxed future, so that the hit's future
 /// stays small.
 #[pin_project]

@@ -130,8 +130,7 @@
 //!
 //! Concurrent misses for one key make exactly one inner call: the others wait and get
 //! the same answer (counted as `coalesced`), within the rules above. The calls in flight
-//! are a map behind a mutex held for one map operation, with a `watch` channel per call
-//! (moka's own coalescing, `try_get_with`, did the same at about twice a miss's cost). If the leading request is dropped, a waiting
+//! are a map behind a mutex held for one map operation, with a `watch` channel per call. If the leading request is dropped, a waiting
 //! one takes over with its own inner call. When the answer's body streams, the waiters
 //! (and identical requests arriving meanwhile) get the complete copy when it ends, or,
 //! past [`body_wait`](CacheLayerBuilder::body_wait) (30 s by default) or when the copy

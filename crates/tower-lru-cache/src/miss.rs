@@ -82,7 +82,7 @@ where
         }
 
         let mut own = None;
-        // Boxed: the flight (moka's coalescing and the inner call within it) is most of
+        // Boxed: the flight (the single-flight wait and the inner call within it) is most of
         // this future's size, and a future is copied whole each time it moves, before its
         // first poll too. Boxed here, the miss future stays small, and the flight is built
         // once, where it runs.
