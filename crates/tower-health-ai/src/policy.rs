@@ -308,16 +308,10 @@ impl fmt::Display for UpstreamAnswered {
 
 impl std::error::Error for UpstreamAnswered {}
 
-/// The preset queue's overload classifier: the upstream's `429`, its `503` with a
-/// `Retry-After` (or `retry-after-ms`), as [`HttpOverload`] reads them, and the call
-/// timeout ([`BreakerError::Timeout`]) lower the adaptive limit; local refusals (the
-/// global pace) and other failures are ignored; other answers count as successes.
-///
-/// A `503` without a wait is a failure here, not overload, as [`UpstreamAnswered`] reads
-/// it: an AI provider refuses at its door with a 429 (or a 503 saying when to come back),
-/// while a call that ran and failed often ends in a bare 503. Counting those as overload
-/// would let the provider's ordinary failure rate (the seed's 30%) hold the limit down,
-/// and end the slow start at the first failed call.
+/// The preset queue's overload classifier: the upstream's `429` and `503` (with their
+/// `Retry-After` or `retry-after-ms`) as [`HttpOverload`] reads them, and the call timeout
+/// ([`BreakerError::Timeout`]), lower the adaptive limit; local refusals (the global
+/// pace) and other failures are ignored; other answers count as successes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PresetOverload {
     http: HttpOverload,
@@ -334,12 +328,6 @@ impl<B> OverloadClassifier<Response<B>> for PresetOverload {
                 Signal::Overload
             }
             Err(error) if is_local_refusal(error) => Signal::Ignore,
-            Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                match self.http.classify(result) {
-                    Signal::Overload => Signal::Ignore,
-                    signal => signal,
-                }
-            }
             other => self.http.classify(other),
         }
     }
@@ -439,30 +427,5 @@ mod tests {
         });
         assert_eq!(breaker.classify(&timeout), Verdict::Failure);
         assert_eq!(breaker.classify(&error(DeadlineExceeded)), Verdict::Ignored);
-    }
-
-    #[test]
-    fn only_a_refusal_at_the_door_lowers_the_limit() {
-        let overload = PresetOverload::default();
-        let classify = |result: Result<Response<()>, BoxError>| {
-            OverloadClassifier::classify(&overload, &result)
-        };
-        assert_eq!(classify(response(429, None)), Signal::Overload);
-        assert_eq!(
-            classify(response(429, Some("2"))),
-            Signal::OverloadRetryAfter(Duration::from_secs(2))
-        );
-        assert_eq!(
-            classify(response(503, Some("2"))),
-            Signal::OverloadRetryAfter(Duration::from_secs(2))
-        );
-        // A call that ran and failed: neither grows nor lowers the limit.
-        assert_eq!(classify(response(503, None)), Signal::Ignore);
-        assert_eq!(classify(response(500, None)), Signal::Ignore);
-        assert_eq!(classify(response(200, None)), Signal::Normal);
-        let timeout = error(BreakerError::Timeout {
-            after: Duration::from_secs(120),
-        });
-        assert_eq!(classify(timeout), Signal::Overload);
     }
 }
