@@ -1,6 +1,16 @@
 //! Cost of the priority queue's admit path and of the retry layer, against a bare
 //! baseline and tower's own layers, plus the wait per priority under saturation.
 //!
+//! Two threads on one slot run in one of two modes, the same for the queue and for
+//! tower's `ConcurrencyLimit`: while a thread takes the slot back before the other has
+//! parked, hand-overs are rare and a request costs hundreds of nanoseconds; once threads
+//! park (one finds the slot taken, has nothing else to run, and its runtime sleeps on a
+//! futex), every release must wake the sleeper, which takes microseconds to run, during
+//! which the releasing thread's next request finds the slot handed over and parks in
+//! turn: a convoy that lasts the run. Which one a run falls into is decided in its first
+//! moments, so the one-slot rows print the share of requests that parked; the `_held`
+//! rows force the convoy (each call keeps the slot for 5 µs, longer than parking takes).
+//!
 //! Run: `cargo bench -p tower-priority-queue --bench admission`.
 
 use std::convert::Infallible;
@@ -47,6 +57,26 @@ fn bare() -> impl Service<Request, Response = Response, Error = Infallible, Futu
 + Sync
 + 'static {
     service_fn(|_request: Request| async { Ok::<_, Infallible>(Response::new(())) })
+}
+
+/// How long [`holding`]'s call keeps its slot: longer than a thread takes to find the
+/// slot taken and park, so that every hand-over wakes a parked thread.
+const HOLD: Duration = Duration::from_micros(5);
+
+/// [`bare`], but its call spins for [`HOLD`] before answering (a call that is busy on
+/// its core, not one that yields).
+fn holding() -> impl Service<Request, Response = Response, Error = Infallible, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static {
+    service_fn(|_request: Request| async {
+        let until = std::time::Instant::now() + HOLD;
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        Ok::<_, Infallible>(Response::new(()))
+    })
 }
 
 /// One request as middleware users send it: clone, ready, call, fresh request.
@@ -279,6 +309,26 @@ fn two_threads(c: &mut Criterion) {
     group.bench_function("tower_concurrency_limit_one_slot", |b| {
         b.iter_custom(|iters| contend_counting(&limit_saturated, iters, &overlap, &peer_handovers));
     });
+    // The slow mode, forced: the call holds the slot for a few microseconds, so the other
+    // thread always finds it taken and parks, and every hand-over wakes a parked thread
+    // (a futex wake and a context switch), for both implementations alike.
+    let bare_held = holding();
+    group.bench_function("baseline_held", |b| {
+        b.iter_custom(|iters| contend(&bare_held, iters, &overlap));
+    });
+    let held = PriorityQueueLayer::builder()
+        .max_in_flight(1)
+        .build()
+        .layer(holding());
+    let ours_held = Handovers::default();
+    group.bench_function("priority_queue_one_slot_held", |b| {
+        b.iter_custom(|iters| contend_counting(&held, iters, &overlap, &ours_held));
+    });
+    let limit_held = ConcurrencyLimitLayer::new(1).layer(holding());
+    let peer_held = Handovers::default();
+    group.bench_function("tower_concurrency_limit_one_slot_held", |b| {
+        b.iter_custom(|iters| contend_counting(&limit_held, iters, &overlap, &peer_held));
+    });
     let retry = RetryLayer::new().layer(bare());
     group.bench_function("retry", |b| {
         b.iter_custom(|iters| contend(&retry, iters, &overlap));
@@ -294,6 +344,8 @@ fn two_threads(c: &mut Criterion) {
     overlap.report("two_threads");
     ours_handovers.report("two_threads/priority_queue_one_slot");
     peer_handovers.report("two_threads/tower_concurrency_limit_one_slot");
+    ours_held.report("two_threads/priority_queue_one_slot_held");
+    peer_held.report("two_threads/tower_concurrency_limit_one_slot_held");
 }
 
 /// Saturation on paused time: 2 slots, 100 ms calls (20/s), 25 arrivals/s with uniformly
