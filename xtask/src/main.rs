@@ -10,6 +10,7 @@ mod demo;
 mod loadtest;
 mod soak;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,18 @@ enum Task {
     /// check that every promise held (exactly one outcome each, no 500, metrics equal to
     /// the client's counts, nothing held after, memory flat, the circuit opened and closed).
     Soak(soak::SoakArgs),
+}
+
+/// The workspace root: xtask's parent directory, as `cargo run` (which `cargo xtask`
+/// is) tells the running binary. The path compiled in is only the fallback: a build
+/// directory shared between clones (as `.ci/run`'s is) may hold an xtask built in another
+/// clone, whose compiled-in path is that clone's.
+pub(crate) fn workspace_root() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
 }
 
 fn main() -> ExitCode {

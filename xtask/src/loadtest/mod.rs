@@ -271,8 +271,7 @@ impl LoadtestArgs {
 
 /// The workspace root: xtask's parent directory.
 fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_owned()
+    crate::workspace_root()
 }
 
 /// One run's results.

@@ -13,7 +13,7 @@ mod report;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -418,9 +418,7 @@ async fn sample(
 /// Runs the soak.
 pub(crate) fn run(args: &SoakArgs) -> Result<(), String> {
     args.validate()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_owned);
+    let root = crate::workspace_root();
     let out = root.join("target").join("soak");
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     crate::cargo(
@@ -604,7 +602,7 @@ async fn soak(args: &SoakArgs, gateway: &Gateway) -> Result<Vec<Check>, String> 
     let metrics = get_json(&client, &metrics_url).await?;
     let exposition =
         String::from_utf8_lossy(&get(&client, &format!("{base}/metrics")).await?).into_owned();
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/soak");
+    let out = crate::workspace_root().join("target").join("soak");
     let _ = std::fs::write(out.join("metrics.json"), metrics.to_string());
     let _ = std::fs::write(out.join("metrics.txt"), &exposition);
     let observed = observed
