@@ -175,18 +175,24 @@ where
             };
         }
         let (parts, body) = request.into_parts();
-        let mut body = Box::pin(body);
-        let mut read = ReadBody::default();
+        // One allocation either way: the body is pinned in the state that reads it.
+        let mut collecting = Box::pin(Collecting {
+            body,
+            read: ReadBody::default(),
+            parts: None,
+            inner: None,
+            limit: self.limit,
+            check: None,
+        });
         // A body already there (a buffered one, or a small one that came with the head)
         // is read now, with no waker to register, and the request goes straight to the
         // ready inner service: nothing is cloned or moved into the future. A body still
         // arriving is polled again, with the task's waker, by the future.
-        if let Poll::Ready(done) = read.poll(
-            body.as_mut(),
-            self.limit,
-            &mut Context::from_waker(Waker::noop()),
-        ) {
-            let read = done.map(|()| read.into_bytes());
+        if let Poll::Ready(done) = collecting
+            .as_mut()
+            .read_ready(&mut Context::from_waker(Waker::noop()))
+        {
+            let read = done.map(|()| collecting.as_mut().take_bytes());
             return BufferBodyFuture {
                 state: match pass_on(read, parts, self.check.as_ref()) {
                     Ok(request) => State::Call {
@@ -201,16 +207,12 @@ where
         }
         // The ready service goes with this request; a fresh clone waits for the next.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let waiting = collecting.as_mut().project();
+        *waiting.parts = Some(parts);
+        *waiting.inner = Some(std::mem::replace(&mut self.inner, clone));
+        *waiting.check = self.check.clone();
         BufferBodyFuture {
-            state: State::Collect(Box::new(Collecting {
-                body,
-                read,
-                parts: Some(parts),
-                inner: Some(inner),
-                limit: self.limit,
-                check: self.check.clone(),
-            })),
+            state: State::Collect(collecting),
         }
     }
 }
@@ -327,24 +329,42 @@ where
     Refused(Option<RequestRejected>),
     /// A body still arriving: boxed, so that the common case (a body read in `call`)
     /// keeps the future small.
-    Collect(Box<Collecting<S, B>>),
+    Collect(Pin<Box<Collecting<S, B>>>),
     Call {
         #[pin]
         future: S::Future,
     },
 }
 
+/// The request whose body is being read, with what it goes on with once read.
+#[pin_project]
 struct Collecting<S, B>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    body: Pin<Box<B>>,
+    #[pin]
+    body: B,
     read: ReadBody,
     parts: Option<http::request::Parts>,
     inner: Option<S>,
     limit: usize,
     check: Option<RequestCheck>,
+}
+
+impl<S, B> Collecting<S, B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    fn read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), RequestRejected>> {
+        let this = self.project();
+        this.read.poll(this.body, *this.limit, cx)
+    }
+
+    fn take_bytes(self: Pin<&mut Self>) -> Bytes {
+        std::mem::take(self.project().read).into_bytes()
+    }
 }
 
 impl<S, B> fmt::Debug for BufferBodyFuture<S, B>
@@ -378,21 +398,17 @@ where
                     return Poll::Ready(Err(refusal.into()));
                 }
                 StateProj::Collect(collecting) => {
-                    let done = ready!(collecting.read.poll(
-                        collecting.body.as_mut(),
-                        collecting.limit,
-                        cx
-                    ));
-                    let read = done.map(|()| std::mem::take(&mut collecting.read).into_bytes());
-                    let (Some(parts), Some(mut inner)) =
-                        (collecting.parts.take(), collecting.inner.take())
+                    let done = ready!(collecting.as_mut().read_ready(cx));
+                    let read = done.map(|()| collecting.as_mut().take_bytes());
+                    let this = collecting.as_mut().project();
+                    let (Some(parts), Some(mut inner)) = (this.parts.take(), this.inner.take())
                     else {
                         return Poll::Ready(Err(RequestRejected::bad_request(
                             "request polled after completion",
                         )
                         .into()));
                     };
-                    match pass_on(read, parts, collecting.check.as_ref()) {
+                    match pass_on(read, parts, this.check.as_ref()) {
                         Ok(request) => State::Call {
                             future: inner.call(request),
                         },
