@@ -1614,3 +1614,61 @@ async fn into_inner_gives_back_the_upstream_through_every_layer() {
     assert_eq!(text(response).await, "provider-a");
     assert_eq!(svc.into_inner(), Named("provider-a"));
 }
+
+/// Counts how many times the service it wraps is cloned.
+#[derive(Debug)]
+struct CountClones<S> {
+    inner: S,
+    clones: Arc<AtomicU64>,
+}
+
+impl<S: Clone> Clone for CountClones<S> {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            inner: self.inner.clone(),
+            clones: Arc::clone(&self.clones),
+        }
+    }
+}
+
+impl<S: Service<UpstreamRequest>> Service<UpstreamRequest> for CountClones<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: UpstreamRequest) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cached_answer_clones_nothing_below_the_cache() {
+    let upstream = Upstream::new(Duration::from_millis(10));
+    let clones = Arc::new(AtomicU64::new(0));
+    let svc = stack().layer(CountClones {
+        inner: upstream.service(),
+        clones: Arc::clone(&clones),
+    });
+    // As axum serves a route: a clone of the whole stack per request.
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    let after_the_miss = clones.load(Ordering::SeqCst);
+    assert!(
+        after_the_miss >= 1,
+        "the miss drives a copy of the layers below"
+    );
+    for _ in 0..4 {
+        let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+        assert_eq!(response.headers()["x-cache"], "HIT");
+    }
+    assert_eq!(clones.load(Ordering::SeqCst), after_the_miss);
+    assert_eq!(upstream.calls(), 1);
+}
