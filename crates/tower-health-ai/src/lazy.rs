@@ -24,24 +24,16 @@ use tower_service::Service;
 /// The prototype is shared behind an `Arc`, so a `CloneOnDrive<S>` is `Send` only when
 /// `S` is `Send + Sync`.
 pub struct CloneOnDrive<S> {
-    state: Lazy<S>,
-}
-
-enum Lazy<S> {
-    /// Not driven yet: the prototype, shared with the other clones.
-    Shared(Arc<S>),
-    /// Driven: this clone's own copy.
-    Owned(S),
+    /// Shared with the other clones; never driven.
+    proto: Arc<S>,
+    /// This clone's own copy, from its first `poll_ready` (or `call`) on.
+    own: Option<S>,
 }
 
 impl<S> fmt::Debug for CloneOnDrive<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            Lazy::Shared(_) => "shared",
-            Lazy::Owned(_) => "owned",
-        };
         f.debug_struct("CloneOnDrive")
-            .field("state", &state)
+            .field("driven", &self.own.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -50,16 +42,14 @@ impl<S> CloneOnDrive<S> {
     /// Shares `inner` as the prototype of every clone.
     pub fn new(inner: S) -> Self {
         Self {
-            state: Lazy::Shared(Arc::new(inner)),
+            proto: Arc::new(inner),
+            own: None,
         }
     }
 
     /// The inner service (the prototype until this clone is driven).
     pub fn get_ref(&self) -> &S {
-        match &self.state {
-            Lazy::Shared(proto) => proto,
-            Lazy::Owned(inner) => inner,
-        }
+        self.own.as_ref().unwrap_or(&self.proto)
     }
 }
 
@@ -67,35 +57,27 @@ impl<S: Clone> CloneOnDrive<S> {
     /// The inner service: this clone's own copy, or the prototype itself when no other
     /// clone shares it, else a copy of it.
     pub fn into_inner(self) -> S {
-        match self.state {
-            Lazy::Shared(proto) => Arc::try_unwrap(proto).unwrap_or_else(|proto| (*proto).clone()),
-            Lazy::Owned(inner) => inner,
+        match self.own {
+            Some(inner) => inner,
+            None => Arc::try_unwrap(self.proto).unwrap_or_else(|proto| (*proto).clone()),
         }
     }
 
     #[inline]
     fn owned(&mut self) -> &mut S {
-        if let Lazy::Shared(proto) = &self.state {
-            self.state = Lazy::Owned(S::clone(proto));
-        }
-        match &mut self.state {
-            Lazy::Owned(inner) => inner,
-            // Not reached (made owned just above); `make_mut` would give this clone a
-            // copy of its own all the same.
-            Lazy::Shared(proto) => Arc::make_mut(proto),
-        }
+        self.own.get_or_insert_with(|| S::clone(&self.proto))
     }
 }
 
-impl<S: Clone> Clone for CloneOnDrive<S> {
+impl<S> Clone for CloneOnDrive<S> {
+    /// A clone that shares the prototype. A driven clone's readiness is its own (it may
+    /// hold a reservation): its clones start, as every clone does, from the prototype,
+    /// unready.
     fn clone(&self) -> Self {
-        let state = match &self.state {
-            Lazy::Shared(proto) => Lazy::Shared(Arc::clone(proto)),
-            // A driven clone's readiness is its own (it may hold a reservation); a
-            // clone of it is a fresh, unready copy, as `S::clone` gives.
-            Lazy::Owned(inner) => Lazy::Owned(inner.clone()),
-        };
-        Self { state }
+        Self {
+            proto: Arc::clone(&self.proto),
+            own: None,
+        }
     }
 }
 
