@@ -260,51 +260,33 @@ impl<V> Flights<V> {
     where
         F: Future<Output = Flight<V>>,
     {
-        let mut init = Some(init);
-        loop {
+        // Wait on the call in flight until this request gets its outcome, or finds none
+        // (the leader went away without one) and leads.
+        let outcome = loop {
             // The lock is held for the map operation only, never across an await.
-            let next = match self.calls().entry(key) {
-                Slot::Occupied(call) => Next::Wait(call.get().subscribe()),
+            let mut waiting = match self.calls().entry(key) {
+                Slot::Occupied(call) => call.get().subscribe(),
                 Slot::Vacant(slot) => {
                     let outcome = Arc::new(watch::Sender::new(None));
                     slot.insert(Arc::clone(&outcome));
-                    Next::Lead(outcome)
+                    break outcome;
                 }
             };
-            match next {
-                Next::Lead(outcome) => {
-                    let leading = Leading {
-                        flights: self,
-                        key,
-                        outcome,
-                    };
-                    // A waiter leads only after the leader is gone, and a leader
-                    // returns: `init` is still here.
-                    let Some(init) = init.take() else {
-                        return Arc::new(Flight::Alone);
-                    };
-                    let out = Arc::new(init.await);
-                    leading.finish(Arc::clone(&out));
-                    return out;
-                }
-                Next::Wait(mut waiting) => {
-                    if let Ok(out) = waiting.wait_for(Option::is_some).await
-                        && let Some(out) = out.as_ref()
-                    {
-                        return Arc::clone(out);
-                    }
-                    // The leader went away without an outcome: lead, or wait on a new
-                    // leader.
-                }
+            if let Ok(out) = waiting.wait_for(Option::is_some).await
+                && let Some(out) = out.as_ref()
+            {
+                return Arc::clone(out);
             }
-        }
+        };
+        let leading = Leading {
+            flights: self,
+            key,
+            outcome,
+        };
+        let out = Arc::new(init.await);
+        leading.finish(Arc::clone(&out));
+        out
     }
-}
-
-/// What a request does for a key: lead its call, or wait for the call in flight.
-enum Next<V> {
-    Lead(Arc<CallOutcome<V>>),
-    Wait(watch::Receiver<Option<Arc<Flight<V>>>>),
 }
 
 /// The leader's hold on its entry: removed when the call ends or is dropped, and only if
