@@ -1,7 +1,7 @@
 //! The `HealthAiStack` preset: the five concerns stacked in one layer.
 
 use std::convert::Infallible;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -1149,41 +1149,58 @@ impl HealthAiStackBuilder {
 /// The cache partition: the user header, else the client IP; `None` (no caching) when
 /// neither is known.
 fn user_of(parts: &http::request::Parts, user_header: &HeaderName) -> Option<PartitionBytes> {
+    let mut partition = PartitionBytes::default();
     if let Some(user) = parts.headers.get(user_header) {
-        return Some(PartitionBytes::new(&[b"user:", user.as_bytes()]));
+        partition.push(b"user:");
+        partition.push(user.as_bytes());
+        return Some(partition);
     }
     let ip = peer_ip(parts)?;
-    let mut text = [0u8; 39]; // the longest IPv6 address
-    let mut cursor = std::io::Cursor::new(&mut text[..]);
-    let written = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}")).is_ok();
-    let len = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
-    match text.get(..len) {
-        Some(ip) if written => Some(PartitionBytes::new(&[b"ip:", ip])),
-        // Not reached (every address fits): formatted on the heap all the same.
-        _ => Some(PartitionBytes::Heap(format!("ip:{ip}").into_bytes())),
-    }
+    // Writing into `PartitionBytes` cannot fail.
+    let _ = write!(partition, "ip:{ip}");
+    Some(partition)
 }
 
-/// A partition's bytes, inline when they fit (every IP address, and user ids of up to
+/// A partition's bytes, inline while they fit (every IP address, and user ids of up to
 /// 59 bytes), so that keying a request allocates nothing.
 enum PartitionBytes {
     Inline { bytes: [u8; 64], len: usize },
     Heap(Vec<u8>),
 }
 
+impl Default for PartitionBytes {
+    fn default() -> Self {
+        Self::Inline {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
 impl PartitionBytes {
-    fn new(parts: &[&[u8]]) -> Self {
-        let len: usize = parts.iter().map(|part| part.len()).sum();
-        if len > 64 {
-            return Self::Heap(parts.concat());
-        }
-        let mut bytes = [0u8; 64];
-        let mut at = 0;
-        for part in parts {
-            bytes[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        Self::Inline { bytes, len }
+    fn push(&mut self, part: &[u8]) {
+        let spilled = match self {
+            Self::Heap(heap) => {
+                heap.extend_from_slice(part);
+                return;
+            }
+            Self::Inline { bytes, len } => match bytes.get_mut(*len..*len + part.len()) {
+                Some(room) => {
+                    room.copy_from_slice(part);
+                    *len += part.len();
+                    return;
+                }
+                None => [&bytes[..*len], part].concat(),
+            },
+        };
+        *self = Self::Heap(spilled);
+    }
+}
+
+impl fmt::Write for PartitionBytes {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.push(text.as_bytes());
+        Ok(())
     }
 }
 
