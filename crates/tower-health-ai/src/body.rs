@@ -219,6 +219,10 @@ where
 
 /// A request body being read: the first chunk as it came (a buffered body is one chunk,
 /// passed on without a copy), later ones gathered in one buffer.
+///
+/// Not http-body-util's `Limited` + `Collect`: `Collected` queues every chunk in a
+/// `VecDeque`, an allocation per request even for a body of one chunk. The cache reads
+/// request bodies the same way, with a gatherer of its own that it does not export.
 #[derive(Default)]
 struct ReadBody {
     first: Option<Bytes>,
@@ -250,6 +254,9 @@ impl ReadBody {
             let Ok(mut data) = frame.into_data() else {
                 continue;
             };
+            if !data.has_remaining() {
+                continue;
+            }
             self.len = self.len.saturating_add(data.remaining());
             if self.len > limit {
                 return Poll::Ready(Err(too_large(limit)));
