@@ -464,6 +464,47 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_request_refused_without_a_call_releases_the_inner_services_reservation() {
+        // One permit, reserved by `poll_ready`, as tower's ConcurrencyLimit does.
+        let svc =
+            BufferBodyLayer::new(8).layer(tower::limit::ConcurrencyLimit::new(service_fn(echo), 1));
+        let permit_is_free = || async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                ServiceExt::<Request<Full<Bytes>>>::ready_oneshot(svc.clone()),
+            )
+            .await
+            .is_ok()
+        };
+        // Refused for its declared size, unread.
+        let mut refused = svc.clone();
+        ServiceExt::<Request<Full<Bytes>>>::ready(&mut refused)
+            .await
+            .unwrap();
+        let declared = Request::new(Full::new(Bytes::from_static(b"123456789")));
+        let err = refused.call(declared).await.unwrap_err();
+        assert_eq!(rejected(&err).status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // `refused` is still alive; its permit must not be.
+        assert!(permit_is_free().await, "a 413 kept the only permit");
+        drop(refused);
+        // Refused once read (no declared size), in `call`.
+        let mut refused = svc.clone();
+        ServiceExt::<Request<Full<Bytes>>>::ready(&mut refused)
+            .await
+            .unwrap();
+        let streamed = http_body_util::StreamBody::new(futures_stream(vec![
+            Bytes::from_static(b"12345"),
+            Bytes::from_static(b"6789"),
+        ]));
+        let err = refused.call(Request::new(streamed)).await.unwrap_err();
+        assert_eq!(rejected(&err).status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            permit_is_free().await,
+            "a body over the limit kept the only permit"
+        );
+    }
+
     #[tokio::test]
     async fn bodies_arriving_in_pieces_reach_the_inner_service_whole() {
         let svc = BufferBodyLayer::new(8).layer(service_fn(echo));

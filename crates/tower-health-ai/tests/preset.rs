@@ -1672,3 +1672,29 @@ async fn a_cached_answer_clones_nothing_below_the_cache() {
     assert_eq!(clones.load(Ordering::SeqCst), after_the_miss);
     assert_eq!(upstream.calls(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_body_that_never_ends_is_answered_at_the_deadline_without_a_call() {
+    let upstream = Upstream::new(Duration::from_millis(10));
+    let svc = stack().layer(upstream.service());
+    // The client sends the head and then nothing, ever.
+    let stalled = Request::post("/analyze")
+        .header("x-user-id", "ada")
+        .body(Body::from_stream(futures_util::stream::pending::<
+            Result<Bytes, BoxError>,
+        >()))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(3_600), svc.oneshot(stalled))
+        .await
+        .expect("answered, not left hanging")
+        .unwrap();
+    // The whole request never reached the layers that call or fall back: the deadline's
+    // own answer, at the deadline and its grace, and nothing billed.
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        started.elapsed(),
+        tower_health_ai::DEFAULT_REQUEST_DEADLINE + tower_health_ai::DEADLINE_GRACE
+    );
+    assert_eq!(upstream.calls(), 0);
+}
