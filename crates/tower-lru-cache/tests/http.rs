@@ -747,28 +747,32 @@ async fn grpc_answers_replay_with_trailers() {
     }
 }
 
+/// A request body that declares 10 bytes and sends about 6 KiB.
+struct Liar(u8);
+
+impl Body for Liar {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0 += 1;
+        Poll::Ready((self.0 < 100).then(|| Ok(Frame::data(Bytes::from_static(&[0; 64])))))
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(10)
+    }
+}
+
+impl From<Bytes> for Liar {
+    fn from(_: Bytes) -> Self {
+        Self(100)
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_longer_than_declared_is_refused() {
-    struct Liar(u8);
-    impl Body for Liar {
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            self.0 += 1;
-            Poll::Ready((self.0 < 100).then(|| Ok(Frame::data(Bytes::from_static(&[0; 64])))))
-        }
-        fn size_hint(&self) -> SizeHint {
-            SizeHint::with_exact(10)
-        }
-    }
-    impl From<Bytes> for Liar {
-        fn from(_: Bytes) -> Self {
-            Self(100)
-        }
-    }
     let inner = service_fn(|_: Request<Liar>| async {
         Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
     });
@@ -794,26 +798,6 @@ async fn the_answering_form_answers_refusals_and_keeps_inner_errors() {
     impl std::fmt::Display for Upstream {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("upstream")
-        }
-    }
-    struct Liar(u8);
-    impl Body for Liar {
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            self.0 += 1;
-            Poll::Ready((self.0 < 100).then(|| Ok(Frame::data(Bytes::from_static(&[0; 64])))))
-        }
-        fn size_hint(&self) -> SizeHint {
-            SizeHint::with_exact(10)
-        }
-    }
-    impl From<Bytes> for Liar {
-        fn from(_: Bytes) -> Self {
-            Self(100)
         }
     }
     let inner = service_fn(|request: Request<Liar>| async move {
