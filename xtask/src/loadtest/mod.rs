@@ -15,6 +15,7 @@ mod chart;
 mod client;
 mod criteria;
 mod gateway;
+mod ideal;
 mod instances;
 mod stats;
 mod timeline;
@@ -113,6 +114,12 @@ pub(crate) struct LoadtestArgs {
     /// run writes under a key prefix of its own.
     #[arg(long, requires = "instances")]
     redis: Option<String>,
+
+    /// Prints, for each seed, only the floor an ideal gateway sets under the fallback
+    /// share (see `ideal`), with the provider's and the preset's settings: no gateway is
+    /// started, and it takes a second.
+    #[arg(long, conflicts_with_all = ["preset_only", "instances"])]
+    ideal_only: bool,
 
     /// Extra gateway flags for the default preset's column, after `--`: e.g.
     /// `-- --queue-capacity 50`.
@@ -267,6 +274,63 @@ impl LoadtestArgs {
     fn capacity(&self) -> Option<usize> {
         (self.sim_capacity != 0).then_some(self.sim_capacity)
     }
+
+    /// The ideal gateway's model: this provider, and the deadline, attempts and TTL of
+    /// the default preset's column (the gateway's defaults, or the flags after `--`).
+    fn ideal_model(&self) -> Result<ideal::Model, String> {
+        let (min, max) = self
+            .sim_latency_ms
+            .split_once('-')
+            .unwrap_or((&self.sim_latency_ms, &self.sim_latency_ms));
+        let ms = |v: &str| {
+            v.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                .ok_or_else(|| format!("--sim-latency-ms should be MS or MIN-MAX, not {v:?}"))
+        };
+        let flag = |name: &str, default: f64| {
+            timeline::flag_value(&self.gateway_args, name)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(default)
+        };
+        Ok(ideal::Model {
+            capacity: self.capacity(),
+            latency_min: ms(min)? / 1000.0,
+            latency_max: ms(max)? / 1000.0,
+            failure_rate: self.sim_failure_rate,
+            deadline: flag("--request-deadline-secs", criteria::DEADLINE_SECS),
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            attempts: flag("--retry-attempts", 3.0).max(1.0) as u32,
+            ttl: flag("--cache-ttl-secs", 3600.0),
+        })
+    }
+}
+
+/// Draws of the provider the ideal gateway's floor is averaged over.
+const IDEAL_DRAWS: u64 = 200;
+
+/// The ideal gateway's floor for one seed, as a line under the table.
+fn ideal_line(
+    args: &LoadtestArgs,
+    seed: u64,
+    arrivals: &[Arrival],
+) -> Result<(String, ideal::Floor), String> {
+    let model = args.ideal_model()?;
+    let floor = ideal::fallback_share(&model, arrivals, seed, IDEAL_DRAWS);
+    let line = format!(
+        "An ideal gateway (see `xtask/src/loadtest/ideal.rs`: the limit at the provider's \
+         capacity from the start, single-flight, first come first served, the preset's \
+         {deadline:.0} s deadline and {attempts} attempts) would give {mean:.1}% fallbacks on \
+         this workload: the mean of {draws} draws of the provider, {min:.1}-{max:.1}%.\n",
+        deadline = model.deadline,
+        attempts = model.attempts,
+        mean = floor.mean * 100.0,
+        draws = floor.draws,
+        min = floor.min * 100.0,
+        max = floor.max * 100.0,
+    );
+    Ok((line, floor))
 }
 
 /// The workspace root: xtask's parent directory.
@@ -533,6 +597,7 @@ fn run_seed(
     if let (Some(n), Some(redis)) = (args.instances, &args.redis) {
         return instances::run_seed(runtime, args, seed, n, redis, &arrivals, out_dir);
     }
+    let (ideal, floor) = ideal_line(args, seed, &arrivals)?;
     if args.preset_only {
         let run = run_once(runtime, args, Column::Preset, seed, &arrivals, out_dir)?;
         let table = stats::render_table(&[stats::Column {
@@ -544,8 +609,10 @@ fn run_seed(
             &format!("The seed's success criteria, default preset, seed {seed}:"),
             &criteria::seed_criteria(&run.summary, &run.observed),
         );
-        println!("\n## Seed {seed}, default preset only\n\n{table}\n{seed_criteria}");
-        let json_text = serde_json::to_string_pretty(&run.to_json())
+        println!("\n## Seed {seed}, default preset only\n\n{table}\n{ideal}\n{seed_criteria}");
+        let mut results = run.to_json();
+        results["idealFallbackShare"] = ideal::to_json(&floor);
+        let json_text = serde_json::to_string_pretty(&results)
             .map_err(|e| format!("cannot encode the results: {e}"))?;
         write(&out_dir.join("preset-only.json"), &json_text)?;
         return Ok(());
@@ -565,7 +632,7 @@ fn run_seed(
         })
         .collect();
     let table = stats::render_table(&columns);
-    let notes = notes(args, seed, arrivals.len());
+    let notes = format!("{}\n{ideal}", notes(args, seed, arrivals.len()));
     let seed_criteria = criteria::render(
         &format!("The seed's success criteria, default preset, seed {seed}:"),
         &criteria::seed_criteria(&preset.summary, &preset.observed),
@@ -586,6 +653,7 @@ fn run_seed(
             "costPerCallUsd": args.cost_per_call_usd,
         },
         "workload": workload,
+        "idealFallbackShare": ideal::to_json(&floor),
         "priorityMix": { "urgent": PRIORITY_MIX[0], "high": PRIORITY_MIX[1], "normal": PRIORITY_MIX[2], "low": PRIORITY_MIX[3] },
         "arrivals": arrivals.iter().map(|a| json!({
             "atSecs": a.at_secs,
@@ -639,6 +707,14 @@ fn run_seed(
 /// `target/loadtest/seed-S/{results.json,latency.svg,inflight.svg,table.md}`.
 pub(crate) fn run(args: &LoadtestArgs) -> Result<(), String> {
     args.validate()?;
+    if args.ideal_only {
+        for seed in args.seeds() {
+            let arrivals = workload::generate(&args.workload(seed));
+            let (line, _) = ideal_line(args, seed, &arrivals)?;
+            println!("seed {seed}: {line}");
+        }
+        return Ok(());
+    }
     let started = std::time::Instant::now();
     let root = workspace_root();
     let out_root = root.join("target").join("loadtest");
@@ -710,6 +786,44 @@ mod tests {
                 .join(" ")
                 .contains("--sim-seed 7")
         );
+    }
+
+    #[test]
+    fn the_ideal_gateway_replays_the_preset_columns_settings() {
+        let args = parse(&["--sim-capacity", "12"]).unwrap_or_else(|e| panic!("{e}"));
+        let model = args.ideal_model().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            model,
+            ideal::Model {
+                capacity: Some(12),
+                latency_min: 45.0,
+                latency_max: 90.0,
+                failure_rate: 0.3,
+                deadline: 150.0,
+                attempts: 3,
+                ttl: 3600.0,
+            }
+        );
+        let args = parse(&[
+            "--sim-capacity",
+            "0",
+            "--sim-latency-ms",
+            "2000",
+            "--",
+            "--request-deadline-secs",
+            "100",
+            "--retry-attempts=1",
+            "--request-deadline-secs=300",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let model = args.ideal_model().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (model.capacity, model.latency_min, model.latency_max),
+            (None, 2.0, 2.0)
+        );
+        assert_eq!((model.deadline, model.attempts), (300.0, 1));
+        let args = parse(&["--sim-latency-ms", "fast"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(args.ideal_model().is_err());
     }
 
     #[test]

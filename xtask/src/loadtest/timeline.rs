@@ -54,19 +54,24 @@ pub(crate) fn sample(
 /// The fixed in-flight limit that gateway flags set: the last `--max-in-flight N` (or
 /// `--max-in-flight=N`), else the gateway's default.
 pub(crate) fn configured_max_in_flight(flags: &[String]) -> usize {
-    let mut limit = GATEWAY_DEFAULT_MAX_IN_FLIGHT;
+    flag_value(flags, "--max-in-flight")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(GATEWAY_DEFAULT_MAX_IN_FLIGHT)
+}
+
+/// The value of `name` in gateway flags (`--name V` or `--name=V`), the last one given
+/// winning as it does for clap.
+pub(crate) fn flag_value<'a>(flags: &'a [String], name: &str) -> Option<&'a str> {
+    let mut found = None;
     let mut flags = flags.iter();
     while let Some(flag) = flags.next() {
-        let value = if flag == "--max-in-flight" {
-            flags.next().map(String::as_str)
-        } else {
-            flag.strip_prefix("--max-in-flight=")
-        };
-        if let Some(n) = value.and_then(|v| v.parse().ok()) {
-            limit = n;
+        if flag == name {
+            found = flags.next().map(String::as_str).or(found);
+        } else if let Some(value) = flag.strip_prefix(name).and_then(|v| v.strip_prefix('=')) {
+            found = Some(value);
         }
     }
-    limit
+    found
 }
 
 /// Times the circuit opened, from the Prometheus text of `GET /metrics`: the sum of
