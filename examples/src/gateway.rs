@@ -32,8 +32,8 @@ use tower_health_ai::priority_queue::Limit;
 use tower_health_ai::red_metrics::PrometheusMetrics;
 use tower_health_ai::token_bucket::Quota;
 use tower_health_ai::{
-    BufferBodyLayer, HealthAiHandle, HealthAiStack, PriorityHeader, RedisConfig, RequestRejected,
-    refusal_response,
+    BufferBodyLayer, DEFAULT_ACCEPTED_AFTER, DEFAULT_ADAPTIVE_LIMIT, HealthAiHandle, HealthAiStack,
+    PriorityHeader, RedisConfig, RequestRejected, refusal_response,
 };
 
 use crate::analysis::{
@@ -146,17 +146,18 @@ fn redis_config(args: &GatewayArgs) -> Option<RedisConfig> {
     Some(config)
 }
 
-/// The in-flight limit: fixed with `--max-in-flight`, else adaptive from 2 up to
-/// `--max-in-flight-ceiling`, its cool-downs capped at 60 s on the gateway's time scale.
+/// The in-flight limit: fixed with `--max-in-flight`, else the preset's adaptive limit
+/// from 2 up to `--max-in-flight-ceiling`, its cool-downs capped at 60 s and a call
+/// counted as accepted after 2 s, both on the gateway's time scale.
 fn in_flight_limit(args: &GatewayArgs) -> Limit {
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     match args.max_in_flight {
         Some(fixed) => Limit::fixed(to_usize(fixed)),
         None => Limit::Adaptive(
-            Limit::adaptive()
-                .initial(2)
+            DEFAULT_ADAPTIVE_LIMIT
                 .max(to_usize(args.max_in_flight_ceiling))
-                .max_cooldown(args.scaled_secs(60)),
+                .max_cooldown(args.scaled_secs(60))
+                .accepted_after(args.scaled(DEFAULT_ACCEPTED_AFTER)),
         ),
     }
 }

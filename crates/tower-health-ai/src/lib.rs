@@ -152,9 +152,9 @@ pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_respon
 pub use crate::shared::{DEFAULT_REDIS_PREFIX, RedisConfig};
 pub use crate::shared::{PresetBackend, PresetDecision, PresetLookup, PresetStore};
 pub use crate::stack::{
-    DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE, DEFAULT_CACHE_MAX_BYTES,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER, HealthAi,
-    HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, PresetLabels,
+    DEFAULT_ACCEPTED_AFTER, DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE,
+    DEFAULT_CACHE_MAX_BYTES, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER,
+    HealthAi, HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, PresetLabels,
     UPSTREAM_NAME, UpstreamRequest,
 };
 /// The refusal foundation under the five crates: the [`Refusal`] trait every crate's error

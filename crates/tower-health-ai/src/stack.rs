@@ -61,10 +61,20 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The request budget, by default: 150 s from arrival.
 pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(150);
 
+/// How long a provider call must go unanswered to count as accepted, by default: an AI
+/// provider refuses calls above its concurrency quota with a 429 that comes back in
+/// milliseconds, so a call still running after 2 s has been taken.
+pub const DEFAULT_ACCEPTED_AFTER: Duration = Duration::from_secs(2);
+
 /// The preset's in-flight limit: adaptive, from the seed's 2 calls at once up to 32, with
-/// the queue's defaults otherwise (decrease ×0.9, +1 per window, cool-downs capped at 60 s);
-/// see [`AdaptiveLimit`](tower_priority_queue::AdaptiveLimit).
-pub const DEFAULT_ADAPTIVE_LIMIT: AdaptiveLimit = AdaptiveLimit::new();
+/// the queue's defaults otherwise (decrease ×0.9, +1 per window, cool-downs capped at
+/// 60 s), and growing on calls the provider has accepted
+/// ([`DEFAULT_ACCEPTED_AFTER`]): while requests wait and the provider holds every call in
+/// flight without a 429, the limit grows by one, so it finds the provider's capacity at
+/// the pace of arrivals rather than of 45-90 s calls; see
+/// [`AdaptiveLimit`](tower_priority_queue::AdaptiveLimit).
+pub const DEFAULT_ADAPTIVE_LIMIT: AdaptiveLimit =
+    AdaptiveLimit::new().accepted_after(DEFAULT_ACCEPTED_AFTER);
 
 /// The breaker's trip policy, by default: open when at least 65 % of the last 50 calls
 /// failed, once 20 calls are counted, as `(rate, window, minimum_calls)`; see

@@ -97,6 +97,17 @@ pub(crate) const MAX_PROBE_AFTER: u32 = 1024;
 /// - **Cool-down.** A 429 or 503 with `Retry-After` stops all admission until it ends
 ///   (waiting requests stay queued, bounded by their maximum wait), capped by
 ///   [`max_cooldown`](Self::max_cooldown).
+/// - **Accepted calls** (off unless [`accepted_after`](Self::accepted_after) is set). An
+///   upstream that refuses what it cannot take at once (an AI provider's 429 above its
+///   concurrency quota comes back in milliseconds) has taken every call it has not
+///   answered within that time. When a request has to wait, every slot is in use, no call
+///   has been admitted for `accepted_after` and no overload came since, the upstream is
+///   holding the whole limit: it grows as after a window of successful calls (`+increase`
+///   below the plateau, and one window's worth of calls towards the next probe at it).
+///   The limit then follows the upstream's capacity at the pace of arrivals rather than
+///   of completions: against calls of 45-90 s, from 2 to a capacity of 8 in about six
+///   arrivals instead of five minutes. Use it only with an upstream that refuses excess
+///   calls at once; one that queues them would be driven up to the time-outs instead.
 ///
 /// **Steady state.** Against an upstream that accepts `C` calls at once and answers 429
 /// above that, with enough demand to fill it, the limit settles at `C` and spends a few
@@ -119,6 +130,7 @@ pub(crate) const MAX_PROBE_AFTER: u32 = 1024;
 /// | [`increase`](Self::increase) | 1 |
 /// | [`decrease_factor`](Self::decrease_factor) | 0.9 (Netflix's concurrency-limits default) |
 /// | [`max_cooldown`](Self::max_cooldown) | 60 s |
+/// | [`accepted_after`](Self::accepted_after) | off |
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdaptiveLimit {
     pub(crate) min: usize,
@@ -127,6 +139,7 @@ pub struct AdaptiveLimit {
     pub(crate) increase: f64,
     pub(crate) decrease_factor: f64,
     pub(crate) max_cooldown: Duration,
+    pub(crate) accepted_after: Option<Duration>,
 }
 
 impl Default for AdaptiveLimit {
@@ -146,6 +159,7 @@ impl AdaptiveLimit {
             increase: 1.0,
             decrease_factor: 0.9,
             max_cooldown: Duration::from_secs(60),
+            accepted_after: None,
         }
     }
 
@@ -204,6 +218,17 @@ impl AdaptiveLimit {
     #[must_use]
     pub fn max_cooldown(mut self, cap: Duration) -> Self {
         self.max_cooldown = cap;
+        self
+    }
+
+    /// Counts a call the upstream has not answered within `after` as accepted, and grows
+    /// the limit when the upstream holds every slot that way (see "Accepted calls"
+    /// above). For upstreams that refuse excess calls at once, as AI providers do with
+    /// 429; `after` should exceed the time such a refusal takes to come back.
+    /// `Duration::ZERO` is taken as off.
+    #[must_use]
+    pub const fn accepted_after(mut self, after: Duration) -> Self {
+        self.accepted_after = if after.is_zero() { None } else { Some(after) };
         self
     }
 }
@@ -276,9 +301,44 @@ impl Aimd {
     /// A call completed without an overload signal while `in_flight` calls (itself
     /// included) were in flight.
     pub(crate) fn on_success(&mut self, in_flight: usize) -> Option<Change> {
+        let from = self.current();
+        if in_flight.saturating_mul(2) < from {
+            self.cascade = false;
+            return None;
+        }
+        let step = self.settings.increase;
+        #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
+        let per_call = step / from as f64;
+        let below_ceiling = match self.ceiling {
+            // Well below the ceiling (as after an outage): a step per call, to recover fast.
+            #[allow(clippy::cast_precision_loss)]
+            Some(ceiling) if (from as f64) < ceiling as f64 * self.settings.decrease_factor => step,
+            _ => per_call,
+        };
+        // No overload met yet: slow start, as TCP does (a window of successes doubles the
+        // limit), so that a large capacity is found in a few windows.
+        let no_ceiling = if self.slow_start { step } else { per_call };
+        self.grow(1, below_ceiling, no_ceiling)
+    }
+
+    /// The upstream holds all `in_flight` calls, every slot of the limit, and has
+    /// refused none of them: grow as after a window of successful calls.
+    pub(crate) fn on_accepted(&mut self, in_flight: usize) -> Option<Change> {
+        let from = self.current();
+        if in_flight < from {
+            return None;
+        }
+        let window = u32::try_from(from).unwrap_or(u32::MAX);
+        self.grow(window, self.settings.increase, self.settings.increase)
+    }
+
+    /// Grows the limit by evidence worth `calls` successful calls: `below_ceiling` under
+    /// the plateau, `no_ceiling` with no ceiling, and `calls` towards the next probe at
+    /// the plateau.
+    fn grow(&mut self, calls: u32, below_ceiling: f64, no_ceiling: f64) -> Option<Change> {
         self.cascade = false;
         let from = self.current();
-        if from >= self.settings.max || in_flight.saturating_mul(2) < from {
+        if from >= self.settings.max {
             return None;
         }
         let next = from + 1;
@@ -286,7 +346,7 @@ impl Aimd {
         #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
         match self.ceiling {
             Some(ceiling) if next >= ceiling => {
-                self.plateau += 1;
+                self.plateau = self.plateau.saturating_add(calls);
                 if self.plateau >= self.probe_after {
                     self.plateau = 0;
                     self.limit = (from as f64 + step).max(next as f64);
@@ -298,15 +358,12 @@ impl Aimd {
                 }
             }
             Some(ceiling) => {
-                let recovering = (from as f64) < ceiling as f64 * self.settings.decrease_factor;
-                self.limit += if recovering { step } else { step / from as f64 };
                 // Below the ceiling, growth stops at the plateau.
-                self.limit = self.limit.min((ceiling - 1) as f64).max(from as f64);
+                self.limit = (self.limit + below_ceiling)
+                    .min((ceiling - 1) as f64)
+                    .max(from as f64);
             }
-            // No overload met yet: slow start, as TCP does (a window of successes doubles
-            // the limit), so that a large capacity is found in a few windows.
-            None if self.slow_start => self.limit += step,
-            None => self.limit += step / from as f64,
+            None => self.limit += no_ceiling,
         }
         #[allow(clippy::cast_precision_loss)]
         {
@@ -417,6 +474,33 @@ mod tests {
             aimd.on_success(after);
         }
         assert!(aimd.current() <= after + 1);
+    }
+
+    #[test]
+    fn an_accepted_window_grows_the_limit_like_a_window_of_successes() {
+        let mut aimd = Aimd::new(AdaptiveLimit::new().max(64));
+        // Not every slot in use: no evidence.
+        assert_eq!(aimd.on_accepted(1), None);
+        // With no ceiling, a step per window of accepted calls.
+        assert_eq!(aimd.on_accepted(2), Some(Change { from: 2, to: 3 }));
+        assert_eq!(aimd.on_accepted(3), Some(Change { from: 3, to: 4 }));
+        // Overload at 10: the plateau is 9, reached a step per window and held there.
+        while aimd.current() < 10 {
+            let limit = aimd.current();
+            aimd.on_accepted(limit);
+        }
+        let epoch = aimd.epoch();
+        assert_eq!(aimd.on_overload(epoch), Some(Change { from: 10, to: 9 }));
+        assert_eq!(aimd.ceiling(), Some(10));
+        // At the plateau, each window counts its 9 calls towards the probe after 32: the
+        // fourth window probes past the plateau, to the ceiling.
+        for _ in 0..3 {
+            assert_eq!(aimd.on_accepted(9), None);
+        }
+        assert_eq!(aimd.on_accepted(9), Some(Change { from: 9, to: 10 }));
+        // A window cannot grow the limit past `max`.
+        let mut full = Aimd::new(AdaptiveLimit::new().initial(32));
+        assert_eq!(full.on_accepted(32), None);
     }
 
     #[test]

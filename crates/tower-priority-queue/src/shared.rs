@@ -124,6 +124,11 @@ struct Adaptive {
     /// The controller's epoch, readable without its lock at admission.
     epoch: AtomicU64,
     max_cooldown: Duration,
+    /// See [`AdaptiveLimit::accepted_after`](crate::AdaptiveLimit::accepted_after).
+    accepted_after: Option<Duration>,
+    /// Since when no call was admitted from the room and no overload came, while
+    /// requests wait.
+    quiet_since: Mutex<Option<Instant>>,
 }
 
 /// The outcome of asking for a slot.
@@ -148,6 +153,8 @@ impl Shared {
                 aimd: Mutex::new(Aimd::new(adaptive)),
                 epoch: AtomicU64::new(0),
                 max_cooldown: adaptive.max_cooldown,
+                accepted_after: adaptive.accepted_after,
+                quiet_since: Mutex::new(None),
             }),
         };
         Shared {
@@ -276,6 +283,7 @@ impl Shared {
                 Err(actual) => state = actual,
             }
         }
+        self.grow_if_accepted(room.is_empty(), now);
         let cell = Arc::new(WaitCell::new());
         let (id, displaced) = match room.push(priority, now, Arc::clone(&cell)) {
             Push::Queued(id) => (id, None),
@@ -366,11 +374,11 @@ impl Shared {
         }
         self.metrics.set_depth(priority, room.depth(priority));
         let waker = entry.payload.settle(GRANTED);
+        let now = Instant::now();
+        self.restart_quiet(now);
         drop(room);
-        self.metrics.waited(
-            priority,
-            Instant::now().saturating_duration_since(entry.enqueued),
-        );
+        self.metrics
+            .waited(priority, now.saturating_duration_since(entry.enqueued));
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -396,10 +404,10 @@ impl Shared {
             self.state.fetch_add(ONE_SLOT, Ordering::AcqRel);
             self.metrics.admitted();
             self.metrics.set_depth(priority, room.depth(priority));
-            self.metrics.waited(
-                priority,
-                Instant::now().saturating_duration_since(entry.enqueued),
-            );
+            let now = Instant::now();
+            self.restart_quiet(now);
+            self.metrics
+                .waited(priority, now.saturating_duration_since(entry.enqueued));
             if let Some(waker) = entry.payload.settle(GRANTED) {
                 wakers.push(waker);
             }
@@ -408,6 +416,78 @@ impl Shared {
             self.state.fetch_and(!WAITERS, Ordering::AcqRel);
         }
         wakers
+    }
+
+    /// A call was admitted from the room, or an overload came: the upstream has not yet
+    /// shown it holds every call in flight.
+    fn restart_quiet(&self, now: Instant) {
+        if let Some(Adaptive {
+            accepted_after: Some(_),
+            quiet_since,
+            ..
+        }) = &self.adaptive
+        {
+            *quiet_since.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
+        }
+    }
+
+    /// A request is about to wait (the room's lock is held; `room_empty`: nobody waited
+    /// before it). If every slot is in use, none was handed out for `accepted_after` and
+    /// no overload came since, the upstream holds the whole limit: grow it (see
+    /// [`AdaptiveLimit::accepted_after`](crate::AdaptiveLimit::accepted_after)). The
+    /// arrival's own pump hands out the new slot.
+    fn grow_if_accepted(&self, room_empty: bool, now: Instant) {
+        let Some(Adaptive {
+            aimd,
+            accepted_after: Some(after),
+            quiet_since,
+            ..
+        }) = &self.adaptive
+        else {
+            return;
+        };
+        let state = self.state.load(Ordering::Acquire);
+        let in_flight = state >> SLOT_SHIFT;
+        let change = {
+            let mut quiet = quiet_since.lock().unwrap_or_else(PoisonError::into_inner);
+            let evidence = match *quiet {
+                // Nobody waited: calls may have been admitted a moment ago without the
+                // room. The quiet time starts now.
+                _ if room_empty => {
+                    *quiet = Some(now);
+                    return;
+                }
+                Some(since)
+                    if state & COOLING == 0
+                        && in_flight >= self.limit.load(Ordering::Relaxed)
+                        && now.saturating_duration_since(since) >= *after =>
+                {
+                    *quiet = Some(now);
+                    in_flight
+                }
+                Some(_) => return,
+                None => {
+                    *quiet = Some(now);
+                    return;
+                }
+            };
+            drop(quiet);
+            let mut aimd = aimd.lock().unwrap_or_else(PoisonError::into_inner);
+            let change = aimd.on_accepted(evidence);
+            if let Some(change) = change {
+                self.limit.store(change.to, Ordering::Relaxed);
+            }
+            change
+        };
+        if let Some(change) = change {
+            self.metrics.set_limit(change.to);
+            tracing::debug!(
+                queue = %self.settings.name,
+                from = change.from,
+                to = change.to,
+                "priority queue: the upstream holds every call in flight: limit raised"
+            );
+        }
     }
 
     /// Hands free slots to waiters after the limit rose.
@@ -507,6 +587,9 @@ impl Shared {
             return;
         }
         let in_flight = self.in_flight();
+        if signal.is_overload() {
+            self.restart_quiet(Instant::now());
+        }
         let change = {
             let mut aimd = adaptive.aimd.lock().unwrap_or_else(PoisonError::into_inner);
             let change = if signal.is_overload() {

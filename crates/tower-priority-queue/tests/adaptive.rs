@@ -15,7 +15,8 @@ use proptest::prelude::*;
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 use tower_priority_queue::{
-    HttpOverload, HttpReplay, Limit, PriorityQueueLayer, QueueHandle, Refusal, RetryLayer,
+    AdaptiveLimit, HttpOverload, HttpReplay, Limit, PriorityQueueLayer, QueueHandle, Refusal,
+    RetryLayer,
 };
 
 type Request = http::Request<()>;
@@ -127,6 +128,7 @@ struct Outcome {
 /// Runs `clients` closed-loop clients for `run` against an upstream of `capacity`, and
 /// samples the limit every 100 ms after `warm_up`.
 async fn simulate(
+    limit: AdaptiveLimit,
     capacity: usize,
     seed: u64,
     clients: usize,
@@ -137,7 +139,7 @@ async fn simulate(
     let seen = Arc::new(Seen::default());
     let slot = Arc::new(Mutex::new(None));
     let layer = PriorityQueueLayer::builder()
-        .limit(Limit::adaptive().max(64))
+        .limit(limit)
         .overload_classifier(HttpOverload::new())
         .capacity(1024)
         .max_wait_all(Duration::MAX)
@@ -196,8 +198,18 @@ proptest! {
     /// never goes past C + 1, fewer than 5% of calls meet a 429, and no call is admitted
     /// past the limit.
     #[test]
-    fn the_limit_finds_a_hidden_capacity(capacity in 1_usize..=32, seed in any::<u64>()) {
+    fn the_limit_finds_a_hidden_capacity(
+        capacity in 1_usize..=32,
+        seed in any::<u64>(),
+        accepted in any::<bool>(),
+    ) {
+        // With or without growth on accepted calls (100 ms: the 429 comes at once).
+        let mut limit = Limit::adaptive().max(64);
+        if accepted {
+            limit = limit.accepted_after(Duration::from_millis(100));
+        }
         let outcome = paused_runtime().block_on(simulate(
+            limit,
             capacity,
             seed,
             2 * capacity + 4,
@@ -213,6 +225,86 @@ proptest! {
         prop_assert!(outcome.max_limit <= capacity + 1, "C = {}: limit reached {}", capacity, outcome.max_limit);
         prop_assert!(share < 0.05, "C = {}: {:.3} of {} calls got 429", capacity, share, outcome.calls);
         prop_assert_eq!(outcome.over_limit, 0);
+    }
+}
+
+/// Against calls of a minute to an upstream that takes 8 at once and answers 429 at once
+/// above that, with a request arriving every second: growing on accepted calls, the limit
+/// reaches the capacity long before the first call ends, for a few 429s; growing only on
+/// completions, it is still the initial 2 when the first calls end.
+#[tokio::test(start_paused = true)]
+async fn accepted_calls_find_the_capacity_before_any_call_ends() {
+    for accepted_after in [Some(Duration::from_secs(2)), None] {
+        let capacity = 8;
+        let mut limit = Limit::adaptive();
+        if let Some(after) = accepted_after {
+            limit = limit.accepted_after(after);
+        }
+        let layer = PriorityQueueLayer::builder()
+            .limit(limit)
+            .overload_classifier(HttpOverload::new())
+            .capacity(1024)
+            .max_wait_all(Duration::MAX)
+            .build();
+        let handle = layer.handle();
+        let active = Arc::new(AtomicUsize::new(0));
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let most_active = Arc::new(AtomicUsize::new(0));
+        let service = layer.layer(service_fn({
+            let (active, throttled, most_active) = (
+                Arc::clone(&active),
+                Arc::clone(&throttled),
+                Arc::clone(&most_active),
+            );
+            move |_request: Request| {
+                let (active, throttled, most_active) = (
+                    Arc::clone(&active),
+                    Arc::clone(&throttled),
+                    Arc::clone(&most_active),
+                );
+                async move {
+                    let now = active.fetch_add(1, Ordering::AcqRel) + 1;
+                    if now > capacity {
+                        active.fetch_sub(1, Ordering::AcqRel);
+                        throttled.fetch_add(1, Ordering::Relaxed);
+                        return Ok::<_, BoxError>(status(429, Some("1")));
+                    }
+                    most_active.fetch_max(now, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    Ok(status(200, None))
+                }
+            }
+        }));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            tasks.push(tokio::spawn(service.clone().oneshot(request())));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if handle.snapshot().processing > handle.max_in_flight() {
+                // Only just after a decrease, which the 429's answer made at once.
+                assert!(throttled.load(Ordering::Relaxed) > 0);
+            }
+        }
+        // 50 s in: no call has ended yet.
+        let limit = handle.max_in_flight();
+        let refused = throttled.load(Ordering::Relaxed);
+        match accepted_after {
+            Some(_) => {
+                assert!(
+                    (capacity..=capacity + 1).contains(&limit),
+                    "limit {limit} after 50 s"
+                );
+                assert_eq!(most_active.load(Ordering::Relaxed), capacity);
+                assert!((1..=4).contains(&refused), "{refused} calls got 429");
+            }
+            None => {
+                assert_eq!(limit, 2, "no call has ended: nothing to grow on");
+                assert_eq!((most_active.load(Ordering::Relaxed), refused), (2, 0));
+            }
+        }
+        for task in tasks {
+            task.abort();
+        }
     }
 }
 
