@@ -175,24 +175,21 @@ where
             };
         }
         let (parts, body) = request.into_parts();
-        // One allocation either way: the body is pinned in the state that reads it.
-        let mut collecting = Box::pin(Collecting {
-            body,
-            read: ReadBody::default(),
-            parts: None,
-            inner: None,
-            limit: self.limit,
-            check: None,
-        });
+        // The body is pinned on the heap (its own size, a few words for a buffered body)
+        // so that it can be polled now and, if it is still arriving, moved on with the
+        // request into the future.
+        let mut body = Box::pin(body);
+        let mut read = ReadBody::default();
         // A body already there (a buffered one, or a small one that came with the head)
         // is read now, with no waker to register, and the request goes straight to the
         // ready inner service: nothing is cloned or moved into the future. A body still
         // arriving is polled again, with the task's waker, by the future.
-        if let Poll::Ready(done) = collecting
-            .as_mut()
-            .read_ready(&mut Context::from_waker(Waker::noop()))
-        {
-            let read = done.map(|()| collecting.as_mut().take_bytes());
+        if let Poll::Ready(done) = read.poll(
+            body.as_mut(),
+            self.limit,
+            &mut Context::from_waker(Waker::noop()),
+        ) {
+            let read = done.map(|()| read.into_bytes());
             return BufferBodyFuture {
                 state: match pass_on(read, parts, self.check.as_ref()) {
                     Ok(request) => State::Call {
@@ -207,10 +204,14 @@ where
         }
         // The ready service goes with this request; a fresh clone waits for the next.
         let clone = self.inner.clone();
-        let waiting = collecting.as_mut().project();
-        *waiting.parts = Some(parts);
-        *waiting.inner = Some(std::mem::replace(&mut self.inner, clone));
-        *waiting.check = self.check.clone();
+        let collecting = Box::new(Collecting {
+            body,
+            read,
+            parts: Some(parts),
+            inner: Some(std::mem::replace(&mut self.inner, clone)),
+            limit: self.limit,
+            check: self.check.clone(),
+        });
         BufferBodyFuture {
             state: State::Collect(collecting),
         }
@@ -336,7 +337,7 @@ where
     Refused(Option<RequestRejected>),
     /// A body still arriving: boxed, so that the common case (a body read in `call`)
     /// keeps the future small.
-    Collect(Pin<Box<Collecting<S, B>>>),
+    Collect(Box<Collecting<S, B>>),
     Call {
         #[pin]
         future: S::Future,
@@ -344,34 +345,13 @@ where
 }
 
 /// The request whose body is being read, with what it goes on with once read.
-#[pin_project]
-struct Collecting<S, B>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    #[pin]
-    body: B,
+struct Collecting<S, B> {
+    body: Pin<Box<B>>,
     read: ReadBody,
     parts: Option<http::request::Parts>,
     inner: Option<S>,
     limit: usize,
     check: Option<RequestCheck>,
-}
-
-impl<S, B> Collecting<S, B>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
-    fn read_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), RequestRejected>> {
-        let this = self.project();
-        this.read.poll(this.body, *this.limit, cx)
-    }
-
-    fn take_bytes(self: Pin<&mut Self>) -> Bytes {
-        std::mem::take(self.project().read).into_bytes()
-    }
 }
 
 impl<S, B> fmt::Debug for BufferBodyFuture<S, B>
@@ -405,9 +385,9 @@ where
                     return Poll::Ready(Err(refusal.into()));
                 }
                 StateProj::Collect(collecting) => {
-                    let done = ready!(collecting.as_mut().read_ready(cx));
-                    let read = done.map(|()| collecting.as_mut().take_bytes());
-                    let this = collecting.as_mut().project();
+                    let this = &mut **collecting;
+                    let done = ready!(this.read.poll(this.body.as_mut(), this.limit, cx));
+                    let read = done.map(|()| std::mem::take(&mut this.read).into_bytes());
                     let (Some(parts), Some(mut inner)) = (this.parts.take(), this.inner.take())
                     else {
                         return Poll::Ready(Err(RequestRejected::bad_request(

@@ -1335,7 +1335,12 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let span = crate::span::request_span(&request, self.user_header, self.priority_header);
-        let inner = span.in_scope(|| self.inner.call(request));
+        // Entered for the call below only: not `in_scope`, whose closure would take the
+        // request by value, one more copy of it.
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
         HealthAiFuture { inner, span }
     }
 }

@@ -40,15 +40,20 @@ enum Kind<B> {
         rest: Pin<Box<B>>,
     },
     /// The inner body, passed on frame by frame while a copy is kept for the cache.
-    Tee {
-        /// Read before the head was returned: already in `copy`, not yet passed on.
-        prefix: Option<Bytes>,
-        inner: Pin<Box<B>>,
-        copy: Chunks,
-        limit: usize,
-        /// Gone once the copy is complete or abandoned.
-        sink: Option<Box<dyn TeeSink>>,
-    },
+    /// Boxed: a miss's body is allocated anyway, and the other variants (a hit's) stay
+    /// small, so that a response moves in fewer bytes on every hit.
+    Tee(Box<Tee<B>>),
+}
+
+/// A body streamed to the caller while a copy is kept for the cache.
+struct Tee<B> {
+    /// Read before the head was returned: already in `copy`, not yet passed on.
+    prefix: Option<Bytes>,
+    inner: Pin<Box<B>>,
+    copy: Chunks,
+    limit: usize,
+    /// Gone once the copy is complete or abandoned.
+    sink: Option<Box<dyn TeeSink>>,
 }
 
 /// Where a teed body's copy goes when the body has ended: the cache, and the requests
@@ -91,13 +96,13 @@ impl<B> CacheBody<B> {
         let mut copy = Chunks::default();
         copy.push(prefix.clone());
         Self {
-            kind: Kind::Tee {
+            kind: Kind::Tee(Box::new(Tee {
                 prefix: (!prefix.is_empty()).then_some(prefix),
                 inner: body,
                 copy,
                 limit,
                 sink: Some(sink),
-            },
+            })),
         }
     }
 
@@ -129,7 +134,7 @@ impl<B> fmt::Debug for CacheBody<B> {
             Kind::Full { .. } => "Full",
             Kind::Inner(_) => "Inner",
             Kind::Prefixed { .. } => "Prefixed",
-            Kind::Tee { .. } => "Tee",
+            Kind::Tee(_) => "Tee",
         };
         f.debug_struct("CacheBody").field("kind", &kind).finish()
     }
@@ -159,13 +164,14 @@ where
                 Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
                 None => rest.as_mut().poll_frame(cx).map_err(Into::into),
             },
-            KindProj::Tee {
-                prefix,
-                inner,
-                copy,
-                limit,
-                sink,
-            } => {
+            KindProj::Tee(tee) => {
+                let Tee {
+                    prefix,
+                    inner,
+                    copy,
+                    limit,
+                    sink,
+                } = &mut **tee;
                 if let Some(prefix) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(prefix))));
                 }
@@ -201,7 +207,7 @@ where
             Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Inner(body) => body.is_end_stream(),
             Kind::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
-            Kind::Tee { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
+            Kind::Tee(tee) => tee.prefix.is_none() && tee.inner.is_end_stream(),
         }
     }
 
@@ -211,23 +217,21 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Inner(body) => body.size_hint(),
-            Kind::Prefixed { prefix, rest }
-            | Kind::Tee {
-                prefix,
-                inner: rest,
-                ..
-            } => {
-                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
-                let inner = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower().saturating_add(extra));
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper.saturating_add(extra));
-                }
-                hint
-            }
+            Kind::Prefixed { prefix, rest } => prefixed_hint(prefix.as_ref(), rest.size_hint()),
+            Kind::Tee(tee) => prefixed_hint(tee.prefix.as_ref(), tee.inner.size_hint()),
         }
     }
+}
+
+/// The size hint of `inner` with `prefix` before it.
+fn prefixed_hint(prefix: Option<&Bytes>, inner: SizeHint) -> SizeHint {
+    let extra = prefix.map_or(0, |p| p.len() as u64);
+    let mut hint = SizeHint::new();
+    hint.set_lower(inner.lower().saturating_add(extra));
+    if let Some(upper) = inner.upper() {
+        hint.set_upper(upper.saturating_add(extra));
+    }
+    hint
 }
 
 /// Hands the complete copy to the sink.
