@@ -68,10 +68,10 @@ pub const DEFAULT_ACCEPTED_AFTER: Duration = Duration::from_secs(2);
 
 /// The preset's in-flight limit: adaptive, from the seed's 2 calls at once up to 32, with
 /// the queue's defaults otherwise (decrease ×0.9, +1 per window, cool-downs capped at
-/// 60 s), and growing on calls the provider has accepted
-/// ([`DEFAULT_ACCEPTED_AFTER`]): while requests wait and the provider holds every call in
-/// flight without a 429, the limit grows by one, so it finds the provider's capacity at
-/// the pace of arrivals rather than of 45-90 s calls; see
+/// 60 s), and growing on calls the provider holds ([`DEFAULT_ACCEPTED_AFTER`]): while
+/// requests wait and the provider has held every call in flight for 2 s with no overload
+/// answer, the limit takes a step up, within what successful calls confirmed, so that it
+/// finds the provider's capacity soon after the first 45-90 s calls end; see
 /// [`AdaptiveLimit`](tower_priority_queue::AdaptiveLimit).
 pub const DEFAULT_ADAPTIVE_LIMIT: AdaptiveLimit =
     AdaptiveLimit::new().accepted_after(DEFAULT_ACCEPTED_AFTER);

@@ -99,15 +99,20 @@ pub(crate) const MAX_PROBE_AFTER: u32 = 1024;
 ///   [`max_cooldown`](Self::max_cooldown).
 /// - **Accepted calls** (off unless [`accepted_after`](Self::accepted_after) is set). An
 ///   upstream that refuses what it cannot take at once (an AI provider's 429 above its
-///   concurrency quota comes back in milliseconds) has taken every call it has not
-///   answered within that time. When a request has to wait, every slot is in use, no call
-///   has been admitted for `accepted_after` and no overload came since, the upstream is
-///   holding the whole limit: it grows as after a window of successful calls (`+increase`
-///   below the plateau, and one window's worth of calls towards the next probe at it).
-///   The limit then follows the upstream's capacity at the pace of arrivals rather than
-///   of completions: against calls of 45-90 s, from 2 to a capacity of 8 in about six
-///   arrivals instead of five minutes. Use it only with an upstream that refuses excess
-///   calls at once; one that queues them would be driven up to the time-outs instead.
+///   concurrency quota comes back in milliseconds) holds every call it has not answered
+///   within that time. When a request has to wait, every slot is in use, no call has been
+///   handed out for `accepted_after` and no overload (429, 503, time-out) came since, the
+///   limit grows by `increase`, but only where completions have been: below the plateau,
+///   and in slow start up to twice the most calls seen in flight at a successful
+///   completion (twice `initial` before any). A hung upstream holds calls too, so held
+///   calls never probe past the plateau, never clear the ceiling, and never take the
+///   limit further than that from what successes confirmed. Against calls of 45-90 s and
+///   a capacity of 8, the limit reaches 4 while the first calls run and 8 a few steps
+///   after the first success, where completions alone need two windows of calls. The
+///   check runs when a request arrives to wait, so growth follows arrivals. A slot is
+///   counted from when the queue hands it out: a call held below the queue (by a rate
+///   limiter, a connection pool) looks accepted too. Use it only with an upstream that
+///   refuses excess calls at once; one that queues them would look as if it took them.
 ///
 /// **Steady state.** Against an upstream that accepts `C` calls at once and answers 429
 /// above that, with enough demand to fill it, the limit settles at `C` and spends a few
@@ -222,10 +227,10 @@ impl AdaptiveLimit {
     }
 
     /// Counts a call the upstream has not answered within `after` as accepted, and grows
-    /// the limit when the upstream holds every slot that way (see "Accepted calls"
-    /// above). For upstreams that refuse excess calls at once, as AI providers do with
-    /// 429; `after` should exceed the time such a refusal takes to come back.
-    /// `Duration::ZERO` is taken as off.
+    /// the limit when the upstream holds every slot that way, within what successful
+    /// calls confirmed (see "Accepted calls" above). For upstreams that refuse excess
+    /// calls at once, as AI providers do with 429; `after` should exceed the time such a
+    /// refusal takes to come back. `Duration::ZERO` is taken as off.
     #[must_use]
     pub const fn accepted_after(mut self, after: Duration) -> Self {
         self.accepted_after = if after.is_zero() { None } else { Some(after) };
@@ -260,6 +265,9 @@ pub(crate) struct Aimd {
     epoch: u64,
     /// No overload met yet.
     slow_start: bool,
+    /// The most calls in flight when a call completed successfully: a level the upstream
+    /// has been seen to serve, not only to hold.
+    confirmed: usize,
 }
 
 impl Aimd {
@@ -275,6 +283,7 @@ impl Aimd {
             probe_after: PROBE_AFTER,
             epoch: 0,
             slow_start: true,
+            confirmed: 0,
         }
     }
 
@@ -301,44 +310,10 @@ impl Aimd {
     /// A call completed without an overload signal while `in_flight` calls (itself
     /// included) were in flight.
     pub(crate) fn on_success(&mut self, in_flight: usize) -> Option<Change> {
-        let from = self.current();
-        if in_flight.saturating_mul(2) < from {
-            self.cascade = false;
-            return None;
-        }
-        let step = self.settings.increase;
-        #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
-        let per_call = step / from as f64;
-        let below_ceiling = match self.ceiling {
-            // Well below the ceiling (as after an outage): a step per call, to recover fast.
-            #[allow(clippy::cast_precision_loss)]
-            Some(ceiling) if (from as f64) < ceiling as f64 * self.settings.decrease_factor => step,
-            _ => per_call,
-        };
-        // No overload met yet: slow start, as TCP does (a window of successes doubles the
-        // limit), so that a large capacity is found in a few windows.
-        let no_ceiling = if self.slow_start { step } else { per_call };
-        self.grow(1, below_ceiling, no_ceiling)
-    }
-
-    /// The upstream holds all `in_flight` calls, every slot of the limit, and has
-    /// refused none of them: grow as after a window of successful calls.
-    pub(crate) fn on_accepted(&mut self, in_flight: usize) -> Option<Change> {
-        let from = self.current();
-        if in_flight < from {
-            return None;
-        }
-        let window = u32::try_from(from).unwrap_or(u32::MAX);
-        self.grow(window, self.settings.increase, self.settings.increase)
-    }
-
-    /// Grows the limit by evidence worth `calls` successful calls: `below_ceiling` under
-    /// the plateau, `no_ceiling` with no ceiling, and `calls` towards the next probe at
-    /// the plateau.
-    fn grow(&mut self, calls: u32, below_ceiling: f64, no_ceiling: f64) -> Option<Change> {
         self.cascade = false;
+        self.confirmed = self.confirmed.max(in_flight);
         let from = self.current();
-        if from >= self.settings.max {
+        if from >= self.settings.max || in_flight.saturating_mul(2) < from {
             return None;
         }
         let next = from + 1;
@@ -346,7 +321,7 @@ impl Aimd {
         #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
         match self.ceiling {
             Some(ceiling) if next >= ceiling => {
-                self.plateau = self.plateau.saturating_add(calls);
+                self.plateau += 1;
                 if self.plateau >= self.probe_after {
                     self.plateau = 0;
                     self.limit = (from as f64 + step).max(next as f64);
@@ -358,21 +333,58 @@ impl Aimd {
                 }
             }
             Some(ceiling) => {
+                let recovering = (from as f64) < ceiling as f64 * self.settings.decrease_factor;
+                self.limit += if recovering { step } else { step / from as f64 };
                 // Below the ceiling, growth stops at the plateau.
-                self.limit = (self.limit + below_ceiling)
-                    .min((ceiling - 1) as f64)
-                    .max(from as f64);
+                self.limit = self.limit.min((ceiling - 1) as f64).max(from as f64);
             }
-            None => self.limit += no_ceiling,
+            // No overload met yet: slow start, as TCP does (a window of successes doubles
+            // the limit), so that a large capacity is found in a few windows.
+            None if self.slow_start => self.limit += step,
+            None => self.limit += step / from as f64,
         }
-        #[allow(clippy::cast_precision_loss)]
+        self.clamp();
+        let to = self.current();
+        (to != from).then_some(Change { from, to })
+    }
+
+    /// The upstream holds all `in_flight` calls, every slot of the limit, and has
+    /// refused none of them for a while. Evidence that it takes them, not that it serves
+    /// them (a hung upstream holds calls too), so it only ever moves the limit where
+    /// completions have been or are about to be: a step up while below the plateau
+    /// (the level under the last overload), and in slow start a step up to at most twice
+    /// the most calls seen in flight at a successful completion (or twice `initial`,
+    /// before any). Never past the plateau: probes, and forgetting the ceiling, wait for
+    /// successful calls.
+    pub(crate) fn on_accepted(&mut self, in_flight: usize) -> Option<Change> {
+        let from = self.current();
+        if in_flight < from {
+            return None;
+        }
+        let step = self.settings.increase;
+        #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
+        let cap = match self.ceiling {
+            Some(ceiling) if from + 1 >= ceiling => return None,
+            Some(ceiling) => (ceiling - 1) as f64,
+            None if self.slow_start => {
+                (2 * self.confirmed.max(self.settings.initial)).max(from) as f64
+            }
+            None => return None,
+        };
+        self.limit = (self.limit + step).min(cap).max(from as f64);
+        self.clamp();
+        let to = self.current();
+        (to != from).then_some(Change { from, to })
+    }
+
+    /// Keeps the limit within `[min, max]`.
+    fn clamp(&mut self) {
+        #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
         {
             self.limit = self
                 .limit
                 .clamp(self.settings.min as f64, self.settings.max as f64);
         }
-        let to = self.current();
-        (to != from).then_some(Change { from, to })
     }
 
     /// A call admitted in `admitted_epoch` met overload.
@@ -477,29 +489,50 @@ mod tests {
     }
 
     #[test]
-    fn an_accepted_window_grows_the_limit_like_a_window_of_successes() {
+    fn accepted_calls_grow_the_limit_only_where_completions_have_been() {
         let mut aimd = Aimd::new(AdaptiveLimit::new().max(64));
         // Not every slot in use: no evidence.
         assert_eq!(aimd.on_accepted(1), None);
-        // With no ceiling, a step per window of accepted calls.
+        // Slow start, before any success: a step per window, up to twice `initial`.
         assert_eq!(aimd.on_accepted(2), Some(Change { from: 2, to: 3 }));
         assert_eq!(aimd.on_accepted(3), Some(Change { from: 3, to: 4 }));
-        // Overload at 10: the plateau is 9, reached a step per window and held there.
-        while aimd.current() < 10 {
-            let limit = aimd.current();
-            aimd.on_accepted(limit);
+        assert_eq!(aimd.on_accepted(4), None, "a hung upstream holds calls too");
+        // A success with 4 in flight confirms 4 (and, in slow start, adds its step):
+        // accepted calls may now take the limit to 8.
+        assert_eq!(aimd.on_success(4), Some(Change { from: 4, to: 5 }));
+        for to in 6..=8 {
+            let from = aimd.current();
+            assert_eq!(aimd.on_accepted(from), Some(Change { from, to }));
         }
+        assert_eq!(aimd.on_accepted(8), None);
+        // Overload at 10: the plateau is 9. Below it after a cascade, accepted calls
+        // climb back to it, leaving the cascade alone; at it, they neither probe nor
+        // count towards a probe.
+        aimd.on_success(8);
+        aimd.on_success(9);
+        assert_eq!(aimd.current(), 10);
         let epoch = aimd.epoch();
         assert_eq!(aimd.on_overload(epoch), Some(Change { from: 10, to: 9 }));
-        assert_eq!(aimd.ceiling(), Some(10));
-        // At the plateau, each window counts its 9 calls towards the probe after 32: the
-        // fourth window probes past the plateau, to the ceiling.
-        for _ in 0..3 {
+        let epoch = aimd.epoch();
+        assert_eq!(aimd.on_overload(epoch), Some(Change { from: 9, to: 8 }));
+        assert_eq!(
+            aimd.ceiling(),
+            Some(10),
+            "a cascade keeps the first ceiling"
+        );
+        assert_eq!(aimd.on_accepted(8), Some(Change { from: 8, to: 9 }));
+        assert!(aimd.cascade, "accepted calls are not successes");
+        for _ in 0..1_000 {
             assert_eq!(aimd.on_accepted(9), None);
         }
-        assert_eq!(aimd.on_accepted(9), Some(Change { from: 9, to: 10 }));
-        // A window cannot grow the limit past `max`.
+        assert_eq!(aimd.ceiling(), Some(10));
+        // After a probe held (no ceiling, no slow start), only successes move it.
+        let mut probed = Aimd::new(AdaptiveLimit::new().initial(8));
+        probed.slow_start = false;
+        assert_eq!(probed.on_accepted(8), None);
+        // Never past `max`.
         let mut full = Aimd::new(AdaptiveLimit::new().initial(32));
+        full.on_success(32);
         assert_eq!(full.on_accepted(32), None);
     }
 

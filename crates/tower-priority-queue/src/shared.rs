@@ -120,15 +120,22 @@ pub(crate) struct Shared {
 /// The adaptive limit's state.
 #[derive(Debug)]
 struct Adaptive {
-    aimd: Mutex<Aimd>,
+    aimd: Mutex<Controller>,
     /// The controller's epoch, readable without its lock at admission.
     epoch: AtomicU64,
     max_cooldown: Duration,
     /// See [`AdaptiveLimit::accepted_after`](crate::AdaptiveLimit::accepted_after).
     accepted_after: Option<Duration>,
+}
+
+/// The adaptive controller, and what it needs to judge accepted calls, under one lock:
+/// an overload and the check for accepted calls cannot interleave.
+#[derive(Debug)]
+struct Controller {
+    aimd: Aimd,
     /// Since when no call was admitted from the room and no overload came, while
     /// requests wait.
-    quiet_since: Mutex<Option<Instant>>,
+    quiet_since: Option<Instant>,
 }
 
 /// The outcome of asking for a slot.
@@ -150,11 +157,13 @@ impl Shared {
         let adaptive = match settings.limit {
             Limit::Fixed(_) => None,
             Limit::Adaptive(adaptive) => Some(Adaptive {
-                aimd: Mutex::new(Aimd::new(adaptive)),
+                aimd: Mutex::new(Controller {
+                    aimd: Aimd::new(adaptive),
+                    quiet_since: None,
+                }),
                 epoch: AtomicU64::new(0),
                 max_cooldown: adaptive.max_cooldown,
                 accepted_after: adaptive.accepted_after,
-                quiet_since: Mutex::new(None),
             }),
         };
         Shared {
@@ -283,16 +292,25 @@ impl Shared {
                 Err(actual) => state = actual,
             }
         }
-        self.grow_if_accepted(room.is_empty(), now);
+        // A slot the limit gains goes to those already waiting before this arrival takes
+        // a place (or is refused, or displaces one of them, for want of one).
+        let mut granted = if self.grow_if_accepted(room.is_empty()) {
+            self.pump_locked(&mut room)
+        } else {
+            Vec::new()
+        };
         let cell = Arc::new(WaitCell::new());
         let (id, displaced) = match room.push(priority, now, Arc::clone(&cell)) {
             Push::Queued(id) => (id, None),
             Push::Displaced(id, level, victim) => (id, Some((level, victim))),
             Push::Rejected => {
+                // Slots freed under the lock (a cool-down that ended above) still go out.
+                granted.extend(self.pump_locked(&mut room));
                 if room.is_empty() {
                     self.state.fetch_and(!WAITERS, Ordering::AcqRel);
                 }
                 drop(room);
+                wake_all(granted);
                 self.metrics.shed(priority, ShedReason::Full);
                 tracing::debug!(queue = %self.settings.name, %priority, "priority queue full: request shed");
                 return Admission::Refused(QueueError::QueueFull {
@@ -306,9 +324,11 @@ impl Shared {
             self.metrics.set_depth(level, room.depth(level));
             (level, victim.payload.settle(DISPLACED))
         });
+        // The pump above may have emptied the room and cleared the flag.
+        self.state.fetch_or(WAITERS, Ordering::AcqRel);
         // Slots may be free while others wait (the limit rose, a cool-down ended): hand
         // them out in priority order, this arrival included.
-        let granted = self.pump_locked(&mut room);
+        granted.extend(self.pump_locked(&mut room));
         drop(room);
         wake_all(granted);
         if let Some((level, waker)) = to_wake {
@@ -375,7 +395,7 @@ impl Shared {
         self.metrics.set_depth(priority, room.depth(priority));
         let waker = entry.payload.settle(GRANTED);
         let now = Instant::now();
-        self.restart_quiet(now);
+        self.restart_quiet();
         drop(room);
         self.metrics
             .waited(priority, now.saturating_duration_since(entry.enqueued));
@@ -405,7 +425,7 @@ impl Shared {
             self.metrics.admitted();
             self.metrics.set_depth(priority, room.depth(priority));
             let now = Instant::now();
-            self.restart_quiet(now);
+            self.restart_quiet();
             self.metrics
                 .waited(priority, now.saturating_duration_since(entry.enqueued));
             if let Some(waker) = entry.payload.settle(GRANTED) {
@@ -418,76 +438,78 @@ impl Shared {
         wakers
     }
 
-    /// A call was admitted from the room, or an overload came: the upstream has not yet
-    /// shown it holds every call in flight.
-    fn restart_quiet(&self, now: Instant) {
+    /// A call was admitted from the room: the upstream has not yet shown it holds every
+    /// call in flight.
+    fn restart_quiet(&self) {
         if let Some(Adaptive {
             accepted_after: Some(_),
-            quiet_since,
+            aimd,
             ..
         }) = &self.adaptive
         {
-            *quiet_since.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
+            aimd.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .quiet_since = Some(Instant::now());
         }
     }
 
     /// A request is about to wait (the room's lock is held; `room_empty`: nobody waited
     /// before it). If every slot is in use, none was handed out for `accepted_after` and
     /// no overload came since, the upstream holds the whole limit: grow it (see
-    /// [`AdaptiveLimit::accepted_after`](crate::AdaptiveLimit::accepted_after)). The
-    /// arrival's own pump hands out the new slot.
-    fn grow_if_accepted(&self, room_empty: bool, now: Instant) {
+    /// [`AdaptiveLimit::accepted_after`](crate::AdaptiveLimit::accepted_after)). Returns
+    /// whether the limit rose.
+    fn grow_if_accepted(&self, room_empty: bool) -> bool {
         let Some(Adaptive {
             aimd,
             accepted_after: Some(after),
-            quiet_since,
             ..
         }) = &self.adaptive
         else {
-            return;
+            return false;
         };
-        let state = self.state.load(Ordering::Acquire);
-        let in_flight = state >> SLOT_SHIFT;
         let change = {
-            let mut quiet = quiet_since.lock().unwrap_or_else(PoisonError::into_inner);
-            let evidence = match *quiet {
+            let mut controller = aimd.lock().unwrap_or_else(PoisonError::into_inner);
+            // Read under the lock, so that the quiet time never moves backwards.
+            let now = Instant::now();
+            let state = self.state.load(Ordering::Acquire);
+            let in_flight = state >> SLOT_SHIFT;
+            match controller.quiet_since {
                 // Nobody waited: calls may have been admitted a moment ago without the
                 // room. The quiet time starts now.
                 _ if room_empty => {
-                    *quiet = Some(now);
-                    return;
+                    controller.quiet_since = Some(now);
+                    return false;
                 }
                 Some(since)
                     if state & COOLING == 0
                         && in_flight >= self.limit.load(Ordering::Relaxed)
                         && now.saturating_duration_since(since) >= *after =>
                 {
-                    *quiet = Some(now);
-                    in_flight
+                    controller.quiet_since = Some(now);
                 }
-                Some(_) => return,
+                Some(_) => return false,
                 None => {
-                    *quiet = Some(now);
-                    return;
+                    controller.quiet_since = Some(now);
+                    return false;
                 }
-            };
-            drop(quiet);
-            let mut aimd = aimd.lock().unwrap_or_else(PoisonError::into_inner);
-            let change = aimd.on_accepted(evidence);
+            }
+            let change = controller.aimd.on_accepted(in_flight);
             if let Some(change) = change {
                 self.limit.store(change.to, Ordering::Relaxed);
+                self.metrics.set_limit(change.to);
             }
             change
         };
-        if let Some(change) = change {
-            self.metrics.set_limit(change.to);
-            tracing::debug!(
-                queue = %self.settings.name,
-                from = change.from,
-                to = change.to,
-                "priority queue: the upstream holds every call in flight: limit raised"
-            );
-        }
+        let Some(change) = change else {
+            return false;
+        };
+        tracing::debug!(
+            queue = %self.settings.name,
+            from = change.from,
+            to = change.to,
+            "priority queue: the upstream holds every call in flight: limit raised"
+        );
+        true
     }
 
     /// Hands free slots to waiters after the limit rose.
@@ -587,17 +609,19 @@ impl Shared {
             return;
         }
         let in_flight = self.in_flight();
-        if signal.is_overload() {
-            self.restart_quiet(Instant::now());
-        }
         let change = {
-            let mut aimd = adaptive.aimd.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut controller = adaptive.aimd.lock().unwrap_or_else(PoisonError::into_inner);
             let change = if signal.is_overload() {
-                aimd.on_overload(admitted_epoch)
+                if adaptive.accepted_after.is_some() {
+                    controller.quiet_since = Some(Instant::now());
+                }
+                controller.aimd.on_overload(admitted_epoch)
             } else {
-                aimd.on_success(in_flight)
+                controller.aimd.on_success(in_flight)
             };
-            adaptive.epoch.store(aimd.epoch(), Ordering::Relaxed);
+            adaptive
+                .epoch
+                .store(controller.aimd.epoch(), Ordering::Relaxed);
             if let Some(change) = change {
                 self.limit.store(change.to, Ordering::Relaxed);
             }

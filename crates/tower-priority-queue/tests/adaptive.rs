@@ -228,83 +228,163 @@ proptest! {
     }
 }
 
-/// Against calls of a minute to an upstream that takes 8 at once and answers 429 at once
-/// above that, with a request arriving every second: growing on accepted calls, the limit
-/// reaches the capacity long before the first call ends, for a few 429s; growing only on
-/// completions, it is still the initial 2 when the first calls end.
-#[tokio::test(start_paused = true)]
-async fn accepted_calls_find_the_capacity_before_any_call_ends() {
-    for accepted_after in [Some(Duration::from_secs(2)), None] {
-        let capacity = 8;
-        let mut limit = Limit::adaptive();
-        if let Some(after) = accepted_after {
-            limit = limit.accepted_after(after);
-        }
-        let layer = PriorityQueueLayer::builder()
-            .limit(limit)
-            .overload_classifier(HttpOverload::new())
-            .capacity(1024)
-            .max_wait_all(Duration::MAX)
-            .build();
-        let handle = layer.handle();
-        let active = Arc::new(AtomicUsize::new(0));
-        let throttled = Arc::new(AtomicUsize::new(0));
-        let most_active = Arc::new(AtomicUsize::new(0));
-        let service = layer.layer(service_fn({
+/// An upstream that takes `capacity` calls at once, each `latency` long (`None`: it
+/// never answers), and answers 429 with `Retry-After: 1` at once above that. Returns the
+/// service with counters: calls refused, and the most ever in progress.
+fn held_upstream(
+    capacity: usize,
+    latency: Option<Duration>,
+) -> (
+    impl Service<Request, Response = Response, Error = BoxError, Future: Send> + Clone + Send + use<>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let throttled = Arc::new(AtomicUsize::new(0));
+    let most_active = Arc::new(AtomicUsize::new(0));
+    let service = service_fn({
+        let (throttled, most_active) = (Arc::clone(&throttled), Arc::clone(&most_active));
+        move |_request: Request| {
             let (active, throttled, most_active) = (
                 Arc::clone(&active),
                 Arc::clone(&throttled),
                 Arc::clone(&most_active),
             );
-            move |_request: Request| {
-                let (active, throttled, most_active) = (
-                    Arc::clone(&active),
-                    Arc::clone(&throttled),
-                    Arc::clone(&most_active),
-                );
-                async move {
-                    let now = active.fetch_add(1, Ordering::AcqRel) + 1;
-                    if now > capacity {
-                        active.fetch_sub(1, Ordering::AcqRel);
-                        throttled.fetch_add(1, Ordering::Relaxed);
-                        return Ok::<_, BoxError>(status(429, Some("1")));
-                    }
-                    most_active.fetch_max(now, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_secs(60)).await;
+            async move {
+                let now = active.fetch_add(1, Ordering::AcqRel) + 1;
+                if now > capacity {
                     active.fetch_sub(1, Ordering::AcqRel);
-                    Ok(status(200, None))
+                    throttled.fetch_add(1, Ordering::Relaxed);
+                    return Ok::<_, BoxError>(status(429, Some("1")));
                 }
-            }
-        }));
-        let mut tasks = Vec::new();
-        for _ in 0..50 {
-            tasks.push(tokio::spawn(service.clone().oneshot(request())));
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if handle.snapshot().processing > handle.max_in_flight() {
-                // Only just after a decrease, which the 429's answer made at once.
-                assert!(throttled.load(Ordering::Relaxed) > 0);
+                most_active.fetch_max(now, Ordering::Relaxed);
+                match latency {
+                    Some(latency) => tokio::time::sleep(latency).await,
+                    None => std::future::pending::<()>().await,
+                }
+                active.fetch_sub(1, Ordering::AcqRel);
+                Ok(status(200, None))
             }
         }
-        // 50 s in: no call has ended yet.
-        let limit = handle.max_in_flight();
+    });
+    (service, throttled, most_active)
+}
+
+fn holding_queue(
+    accepted_after: Option<Duration>,
+    room: usize,
+) -> PriorityQueueLayer<tower_priority_queue::HeaderPriority, HttpOverload> {
+    let mut limit = Limit::adaptive();
+    if let Some(after) = accepted_after {
+        limit = limit.accepted_after(after);
+    }
+    PriorityQueueLayer::builder()
+        .limit(limit)
+        .overload_classifier(HttpOverload::new())
+        .capacity(room)
+        .max_wait_all(Duration::MAX)
+        .build()
+}
+
+/// Calls of a minute to an upstream that takes 8 at once, a request every second.
+/// Growing on accepted calls, the limit climbs a step per 2 s of held calls, to twice its
+/// start (4) before any call has ended, and to the capacity a few steps after the first
+/// success; growing only on completions, it is 4 then.
+#[tokio::test(start_paused = true)]
+async fn accepted_calls_find_the_capacity_soon_after_the_first_success() {
+    for accepted_after in [Some(Duration::from_secs(2)), None] {
+        let layer = holding_queue(accepted_after, 1024);
+        let handle = layer.handle();
+        let (upstream, throttled, most_active) = held_upstream(8, Some(Duration::from_secs(60)));
+        let service = layer.layer(upstream);
+        let mut tasks = Vec::new();
+        let mut rises = Vec::new();
+        let mut limit = handle.max_in_flight();
+        for second in 1..=80_u64 {
+            tasks.push(tokio::spawn(service.clone().oneshot(request())));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = handle.max_in_flight();
+            if now > limit {
+                rises.push(second);
+            }
+            limit = now;
+            if second < 60 {
+                assert!(limit <= 4, "{limit} at {second} s, before any call ended");
+            }
+        }
         let refused = throttled.load(Ordering::Relaxed);
         match accepted_after {
-            Some(_) => {
+            Some(after) => {
                 assert!(
-                    (capacity..=capacity + 1).contains(&limit),
-                    "limit {limit} after 50 s"
+                    (8..=9).contains(&limit),
+                    "limit {limit} after 80 s (rises at {rises:?})"
                 );
-                assert_eq!(most_active.load(Ordering::Relaxed), capacity);
-                assert!((1..=4).contains(&refused), "{refused} calls got 429");
+                assert_eq!(most_active.load(Ordering::Relaxed), 8);
+                assert!(refused <= 3, "{refused} calls got 429");
+                // Before the first success, only accepted calls raise it: a step per
+                // `after` at most.
+                let early: Vec<_> = rises.iter().filter(|&&s| s < 60).collect();
+                assert_eq!(early.len(), 2, "rises at {rises:?}");
+                assert!(early.windows(2).all(|w| w[1] - w[0] >= after.as_secs()));
             }
             None => {
-                assert_eq!(limit, 2, "no call has ended: nothing to grow on");
-                assert_eq!((most_active.load(Ordering::Relaxed), refused), (2, 0));
+                assert_eq!(limit, 4, "rises at {rises:?}");
+                assert_eq!((most_active.load(Ordering::Relaxed), refused), (4, 0));
             }
         }
         for task in tasks {
             task.abort();
         }
+    }
+}
+
+/// An upstream that hangs holds every call as an upstream that works does: accepted
+/// calls alone never take the limit past twice its start.
+#[tokio::test(start_paused = true)]
+async fn a_hung_upstream_does_not_drive_the_limit_up() {
+    let layer = holding_queue(Some(Duration::from_secs(2)), 1024);
+    let handle = layer.handle();
+    let (upstream, _, most_active) = held_upstream(64, None);
+    let service = layer.layer(upstream);
+    let mut tasks = Vec::new();
+    for _ in 0..600 {
+        tasks.push(tokio::spawn(service.clone().oneshot(request())));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(handle.max_in_flight(), 4);
+    assert_eq!(most_active.load(Ordering::Relaxed), 4);
+    for task in tasks {
+        task.abort();
+    }
+}
+
+/// The limit grows as a request arrives at a full waiting room: the new slot goes to the
+/// one waiting, and the arrival takes its place rather than being refused.
+#[tokio::test(start_paused = true)]
+async fn a_slot_gained_at_a_full_room_goes_out_before_the_arrival_is_judged() {
+    let layer = holding_queue(Some(Duration::from_secs(2)), 1);
+    let handle = layer.handle();
+    let (upstream, _, _) = held_upstream(64, None);
+    let service = layer.layer(upstream);
+    let first = tokio::spawn(service.clone().oneshot(request()));
+    let second = tokio::spawn(service.clone().oneshot(request()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = tokio::spawn(service.clone().oneshot(request()));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let snapshot = handle.snapshot();
+    assert_eq!((snapshot.processing, snapshot.queue_size), (2, 1));
+    // 2.5 s of three held calls' worth of waiting: the fourth raises the limit.
+    let fourth = tokio::spawn(service.clone().oneshot(request()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let snapshot = handle.snapshot();
+    assert_eq!(handle.max_in_flight(), 3);
+    assert_eq!((snapshot.processing, snapshot.queue_size), (3, 1));
+    assert!(
+        !fourth.is_finished(),
+        "the fourth waits: it was not refused"
+    );
+    for task in [first, second, third, fourth] {
+        task.abort();
     }
 }
 
