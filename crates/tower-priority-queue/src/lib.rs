@@ -162,6 +162,12 @@
 //! limit. [`AdaptiveLimit`] gives the algorithm, the steady-state band for a hidden
 //! capacity and the number of calls it takes to recover after an outage.
 //!
+//! With calls of a minute, growth on completions is slow: a window of calls takes a
+//! minute. Against an upstream that refuses excess calls at once (an AI provider's 429),
+//! [`AdaptiveLimit::accepted_after`] also grows the limit on calls the upstream holds
+//! without a refusal, bounded by what successful calls have confirmed, so that a hung
+//! upstream cannot drive it up.
+//!
 //! # Starvation
 //!
 //! Priorities age: each level counts `aging` (default 10 s) earlier than the one below
