@@ -99,6 +99,14 @@ impl<T> WaitQueue<T> {
         self.levels[priority.index()].len()
     }
 
+    /// Whether an arrival at `priority` would wait without displacing anyone: its level
+    /// and the room both have a place.
+    pub(crate) fn has_place(&self, priority: Priority) -> bool {
+        let index = priority.index();
+        self.levels[index].len() < self.limits.level_capacity[index]
+            && self.len < self.limits.capacity
+    }
+
     /// Lets an arrival wait, displacing the newest waiter of the lowest level below it if
     /// the room is full.
     pub(crate) fn push(&mut self, priority: Priority, now: Instant, payload: T) -> Push<T> {

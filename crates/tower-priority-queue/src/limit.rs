@@ -102,11 +102,14 @@ pub(crate) const MAX_PROBE_AFTER: u32 = 1024;
 ///   concurrency quota comes back in milliseconds) holds every call it has not answered
 ///   within that time. When a request has to wait, every slot is in use, no call has been
 ///   handed out for `accepted_after` and no overload (429, 503, time-out) came since, the
-///   limit grows by `increase`, but only where completions have been: below the plateau,
-///   and in slow start up to twice the most calls seen in flight at a successful
-///   completion (twice `initial` before any). A hung upstream holds calls too, so held
-///   calls never probe past the plateau, never clear the ceiling, and never take the
-///   limit further than that from what successes confirmed. Against calls of 45-90 s and
+///   limit grows by `increase`, but only where completions have been: below the plateau
+///   or in slow start, and up to twice the most calls seen in flight at a successful
+///   completion since the last overload (twice `initial` before any). A hung upstream
+///   holds calls too, so held calls never probe past the plateau, never clear the
+///   ceiling, and never take the limit further than that from what successes confirmed;
+///   one that serves some calls and hangs others can still raise it, each success
+///   confirming the calls then in flight, until its hung calls time out (an overload,
+///   which forgets what successes confirmed). Against calls of 45-90 s and
 ///   a capacity of 8, the limit reaches 4 while the first calls run and 8 a few steps
 ///   after the first success, where completions alone need two windows of calls. The
 ///   check runs when a request arrives to wait, so growth follows arrivals. A slot is
@@ -265,8 +268,8 @@ pub(crate) struct Aimd {
     epoch: u64,
     /// No overload met yet.
     slow_start: bool,
-    /// The most calls in flight when a call completed successfully: a level the upstream
-    /// has been seen to serve, not only to hold.
+    /// The most calls in flight when a call completed successfully since the last
+    /// overload: a level the upstream has been seen to serve, not only to hold.
     confirmed: usize,
 }
 
@@ -350,12 +353,11 @@ impl Aimd {
 
     /// The upstream holds all `in_flight` calls, every slot of the limit, and has
     /// refused none of them for a while. Evidence that it takes them, not that it serves
-    /// them (a hung upstream holds calls too), so it only ever moves the limit where
-    /// completions have been or are about to be: a step up while below the plateau
-    /// (the level under the last overload), and in slow start a step up to at most twice
-    /// the most calls seen in flight at a successful completion (or twice `initial`,
-    /// before any). Never past the plateau: probes, and forgetting the ceiling, wait for
-    /// successful calls.
+    /// them (a hung upstream holds calls too), so it only ever moves the limit a step up
+    /// to at most twice the most calls seen in flight at a successful completion since
+    /// the last overload (twice `initial` before any), and only below the plateau (the
+    /// level under the last overload) or in slow start. Never past the plateau: probes,
+    /// and forgetting the ceiling, wait for successful calls.
     pub(crate) fn on_accepted(&mut self, in_flight: usize) -> Option<Change> {
         let from = self.current();
         if in_flight < from {
@@ -363,12 +365,11 @@ impl Aimd {
         }
         let step = self.settings.increase;
         #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
+        let confirmed = (2 * self.confirmed.max(self.settings.initial)).max(from);
         let cap = match self.ceiling {
             Some(ceiling) if from + 1 >= ceiling => return None,
-            Some(ceiling) => (ceiling - 1) as f64,
-            None if self.slow_start => {
-                (2 * self.confirmed.max(self.settings.initial)).max(from) as f64
-            }
+            Some(ceiling) => (ceiling - 1).min(confirmed) as f64,
+            None if self.slow_start => confirmed as f64,
             None => return None,
         };
         self.limit = (self.limit + step).min(cap).max(from as f64);
@@ -405,6 +406,8 @@ impl Aimd {
         }
         self.cascade = true;
         self.slow_start = false;
+        // What successes confirmed was under the load that just failed.
+        self.confirmed = 0;
         self.plateau = 0;
         self.epoch += 1;
         #[allow(
@@ -505,27 +508,39 @@ mod tests {
             assert_eq!(aimd.on_accepted(from), Some(Change { from, to }));
         }
         assert_eq!(aimd.on_accepted(8), None);
-        // Overload at 10: the plateau is 9. Below it after a cascade, accepted calls
-        // climb back to it, leaving the cascade alone; at it, they neither probe nor
-        // count towards a probe.
-        aimd.on_success(8);
-        aimd.on_success(9);
-        assert_eq!(aimd.current(), 10);
-        let epoch = aimd.epoch();
-        assert_eq!(aimd.on_overload(epoch), Some(Change { from: 10, to: 9 }));
-        let epoch = aimd.epoch();
-        assert_eq!(aimd.on_overload(epoch), Some(Change { from: 9, to: 8 }));
-        assert_eq!(
-            aimd.ceiling(),
-            Some(10),
-            "a cascade keeps the first ceiling"
-        );
-        assert_eq!(aimd.on_accepted(8), Some(Change { from: 8, to: 9 }));
-        assert!(aimd.cascade, "accepted calls are not successes");
-        for _ in 0..1_000 {
-            assert_eq!(aimd.on_accepted(9), None);
+        // Overload at 20: the plateau is 19, and what successes confirmed is forgotten.
+        while aimd.current() < 20 {
+            let limit = aimd.current();
+            aimd.on_success(limit);
         }
-        assert_eq!(aimd.ceiling(), Some(10));
+        let overload = |aimd: &mut Aimd| {
+            let epoch = aimd.epoch();
+            aimd.on_overload(epoch);
+        };
+        overload(&mut aimd);
+        overload(&mut aimd);
+        assert_eq!((aimd.current(), aimd.ceiling()), (16, Some(20)));
+        // Held calls alone do not climb back, and leave the cascade alone.
+        assert_eq!(aimd.on_accepted(16), None);
+        assert!(aimd.cascade, "held calls are not successes");
+        // A success at 16 in flight confirms 16 (and, well below the ceiling, adds a step):
+        // held calls then climb to the plateau, and no further.
+        assert_eq!(aimd.on_success(16), Some(Change { from: 16, to: 17 }));
+        assert_eq!(aimd.on_accepted(17), Some(Change { from: 17, to: 18 }));
+        assert_eq!(aimd.on_accepted(18), Some(Change { from: 18, to: 19 }));
+        for _ in 0..1_000 {
+            assert_eq!(aimd.on_accepted(19), None);
+        }
+        assert_eq!(aimd.ceiling(), Some(20), "held calls never probe");
+        // Driven down to 3 by a cascade, held calls may take it back to twice `initial`,
+        // and the cascade keeps its ceiling.
+        while aimd.current() > 3 {
+            overload(&mut aimd);
+        }
+        assert!(aimd.cascade);
+        assert_eq!(aimd.on_accepted(3), Some(Change { from: 3, to: 4 }));
+        assert_eq!(aimd.on_accepted(4), None);
+        assert!(aimd.cascade);
         // After a probe held (no ceiling, no slow start), only successes move it.
         let mut probed = Aimd::new(AdaptiveLimit::new().initial(8));
         probed.slow_start = false;

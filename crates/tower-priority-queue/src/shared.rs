@@ -6,8 +6,10 @@
 //! says someone waits. While nobody waits and a slot is free, admission is one
 //! compare-and-swap and release is one more: no lock, no clock read, no allocation.
 //!
-//! The flag is only set (under the room's lock) when no slot can be taken (every slot is
-//! taken, or a cool-down runs), and it stays set while anyone waits. While it is set, a
+//! The flag is set (under the room's lock) when an arrival finds no slot it can take
+//! (every slot is taken, or a cool-down runs), and it stays set while anyone waits: also
+//! while such an arrival, still holding the lock, hands out slots the limit has just
+//! gained before it takes its place. While it is set, a
 //! finishing request does not give its slot back to newcomers: under the lock it hands the
 //! slot to the next waiter (unless the limit has been lowered below the slots in use, or a
 //! cool-down runs, when the slot is given back), so a slot can never be taken by a newcomer
@@ -292,12 +294,16 @@ impl Shared {
                 Err(actual) => state = actual,
             }
         }
-        // A slot the limit gains goes to those already waiting before this arrival takes
-        // a place (or is refused, or displaces one of them, for want of one).
-        let mut granted = if self.grow_if_accepted(room.is_empty()) {
-            self.pump_locked(&mut room)
-        } else {
+        self.grow_if_accepted(room.is_empty());
+        // A slot may be free while others wait (the limit just rose, a cool-down just
+        // ended, or a raise by a completing call has not been handed out yet). If this
+        // arrival would find no place, the free slots go to those already waiting first,
+        // so that it is not refused, nor displaces one of them, beside a free slot.
+        // Otherwise it takes its place first and competes for them by priority.
+        let mut granted = if room.has_place(priority) {
             Vec::new()
+        } else {
+            self.hand_out(&mut room)
         };
         let cell = Arc::new(WaitCell::new());
         let (id, displaced) = match room.push(priority, now, Arc::clone(&cell)) {
@@ -324,8 +330,6 @@ impl Shared {
             self.metrics.set_depth(level, room.depth(level));
             (level, victim.payload.settle(DISPLACED))
         });
-        // The pump above may have emptied the room and cleared the flag.
-        self.state.fetch_or(WAITERS, Ordering::AcqRel);
         // Slots may be free while others wait (the limit rose, a cool-down ended): hand
         // them out in priority order, this arrival included.
         granted.extend(self.pump_locked(&mut room));
@@ -409,6 +413,17 @@ impl Shared {
     /// Hands free slots to waiters, in priority order, while no cool-down runs and the
     /// limit allows; returns the wakers to wake once the lock is released.
     fn pump_locked(&self, room: &mut WaitQueue<Arc<WaitCell>>) -> Vec<Waker> {
+        let wakers = self.hand_out(room);
+        if room.is_empty() {
+            self.state.fetch_and(!WAITERS, Ordering::AcqRel);
+        }
+        wakers
+    }
+
+    /// [`pump_locked`](Self::pump_locked), leaving the `WAITERS` flag set even if the room
+    /// empties: for an arrival that is about to wait, which no lock-free admission may
+    /// pass meanwhile.
+    fn hand_out(&self, room: &mut WaitQueue<Arc<WaitCell>>) -> Vec<Waker> {
         let mut wakers = Vec::new();
         loop {
             let state = self.state.load(Ordering::Acquire);
@@ -431,9 +446,6 @@ impl Shared {
             if let Some(waker) = entry.payload.settle(GRANTED) {
                 wakers.push(waker);
             }
-        }
-        if room.is_empty() {
-            self.state.fetch_and(!WAITERS, Ordering::AcqRel);
         }
         wakers
     }

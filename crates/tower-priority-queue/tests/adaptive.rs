@@ -359,12 +359,13 @@ async fn a_hung_upstream_does_not_drive_the_limit_up() {
 }
 
 /// The limit grows as a request arrives at a full waiting room: the new slot goes to the
-/// one waiting, and the arrival takes its place rather than being refused.
+/// one waiting, and the arrival takes its place rather than being refused; when a call
+/// ends, its slot goes to the arrival.
 #[tokio::test(start_paused = true)]
 async fn a_slot_gained_at_a_full_room_goes_out_before_the_arrival_is_judged() {
     let layer = holding_queue(Some(Duration::from_secs(2)), 1);
     let handle = layer.handle();
-    let (upstream, _, _) = held_upstream(64, None);
+    let (upstream, _, _) = held_upstream(64, Some(Duration::from_secs(60)));
     let service = layer.layer(upstream);
     let first = tokio::spawn(service.clone().oneshot(request()));
     let second = tokio::spawn(service.clone().oneshot(request()));
@@ -373,7 +374,7 @@ async fn a_slot_gained_at_a_full_room_goes_out_before_the_arrival_is_judged() {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let snapshot = handle.snapshot();
     assert_eq!((snapshot.processing, snapshot.queue_size), (2, 1));
-    // 2.5 s of three held calls' worth of waiting: the fourth raises the limit.
+    // 2.5 s of two held calls with one waiting: the fourth raises the limit.
     let fourth = tokio::spawn(service.clone().oneshot(request()));
     tokio::time::sleep(Duration::from_millis(10)).await;
     let snapshot = handle.snapshot();
@@ -383,7 +384,47 @@ async fn a_slot_gained_at_a_full_room_goes_out_before_the_arrival_is_judged() {
         !fourth.is_finished(),
         "the fourth waits: it was not refused"
     );
+    // The first two calls end at 60 s: the fourth takes a slot they free (the third's
+    // call and its own are in flight).
+    tokio::time::sleep(Duration::from_millis(57_000)).await;
+    let snapshot = handle.snapshot();
+    assert_eq!((snapshot.processing, snapshot.queue_size), (2, 0));
     for task in [first, second, third, fourth] {
+        let answer = task.await.expect("no panic").expect("answered");
+        assert_eq!(answer.status(), 200);
+    }
+}
+
+/// When held calls raise the limit and the room has a place, the arrival competes for
+/// the new slot by priority: an urgent arrival takes it ahead of a low waiter.
+#[tokio::test(start_paused = true)]
+async fn a_slot_gained_goes_to_the_highest_priority_the_arrival_included() {
+    let layer = holding_queue(Some(Duration::from_secs(2)), 8);
+    let handle = layer.handle();
+    let (upstream, _, _) = held_upstream(64, None);
+    let service = layer.layer(upstream);
+    let with_priority = |priority: &str| {
+        http::Request::builder()
+            .header("x-priority", priority)
+            .body(())
+            .expect("valid request")
+    };
+    let mut tasks = vec![
+        tokio::spawn(service.clone().oneshot(with_priority("normal"))),
+        tokio::spawn(service.clone().oneshot(with_priority("normal"))),
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tasks.push(tokio::spawn(service.clone().oneshot(with_priority("low"))));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    tasks.push(tokio::spawn(
+        service.clone().oneshot(with_priority("urgent")),
+    ));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let snapshot = handle.snapshot();
+    assert_eq!(handle.max_in_flight(), 3);
+    assert_eq!(snapshot.processing, 3);
+    assert_eq!((snapshot.urgent, snapshot.low), (0, 1), "{snapshot:?}");
+    for task in tasks {
         task.abort();
     }
 }
@@ -558,6 +599,7 @@ proptest! {
         answers in prop::collection::vec((0_u8..4, 0_u64..3000), 1..40),
         cancel_after in prop::collection::vec(prop::option::of(0_u64..4000), 1..40),
         max in 1_usize..6,
+        accepted in any::<bool>(),
     ) {
         paused_runtime().block_on(async move {
             let answers = Arc::new(answers);
@@ -574,8 +616,14 @@ proptest! {
                     })
                 }
             });
+            // With growth on held calls: from 1, arrivals 150 ms apart, held for 100 ms.
+            let limit = if accepted {
+                Limit::adaptive().max(max).initial(1).accepted_after(Duration::from_millis(100))
+            } else {
+                Limit::adaptive().max(max).initial(max)
+            };
             let layer = PriorityQueueLayer::builder()
-                .limit(Limit::adaptive().max(max).initial(max))
+                .limit(limit)
                 .overload_classifier(HttpOverload::new())
                 .capacity(64)
                 .max_wait_all(Duration::from_secs(20))
@@ -584,6 +632,9 @@ proptest! {
             let service = layer.layer(upstream);
             let mut tasks = Vec::new();
             for cancel in cancel_after {
+                if accepted {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
                 let call: Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>> =
                     Box::pin(service.clone().oneshot(request()));
                 tasks.push(tokio::spawn(async move {
