@@ -311,10 +311,8 @@ impl Shared {
             Push::Displaced(id, level, victim) => (id, Some((level, victim))),
             Push::Rejected => {
                 // Slots freed under the lock (a cool-down that ended above) still go out.
+                // `pump_locked` clears the flag if the room is empty.
                 granted.extend(self.pump_locked(&mut room));
-                if room.is_empty() {
-                    self.state.fetch_and(!WAITERS, Ordering::AcqRel);
-                }
                 drop(room);
                 wake_all(granted);
                 self.metrics.shed(priority, ShedReason::Full);
@@ -398,11 +396,12 @@ impl Shared {
         }
         self.metrics.set_depth(priority, room.depth(priority));
         let waker = entry.payload.settle(GRANTED);
-        let now = Instant::now();
         self.restart_quiet();
         drop(room);
-        self.metrics
-            .waited(priority, now.saturating_duration_since(entry.enqueued));
+        self.metrics.waited(
+            priority,
+            Instant::now().saturating_duration_since(entry.enqueued),
+        );
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -425,6 +424,7 @@ impl Shared {
     /// pass meanwhile.
     fn hand_out(&self, room: &mut WaitQueue<Arc<WaitCell>>) -> Vec<Waker> {
         let mut wakers = Vec::new();
+        let mut handed_out = false;
         loop {
             let state = self.state.load(Ordering::Acquire);
             if state & COOLING != 0
@@ -439,13 +439,17 @@ impl Shared {
             self.state.fetch_add(ONE_SLOT, Ordering::AcqRel);
             self.metrics.admitted();
             self.metrics.set_depth(priority, room.depth(priority));
-            let now = Instant::now();
-            self.restart_quiet();
-            self.metrics
-                .waited(priority, now.saturating_duration_since(entry.enqueued));
+            handed_out = true;
+            self.metrics.waited(
+                priority,
+                Instant::now().saturating_duration_since(entry.enqueued),
+            );
             if let Some(waker) = entry.payload.settle(GRANTED) {
                 wakers.push(waker);
             }
+        }
+        if handed_out {
+            self.restart_quiet();
         }
         wakers
     }
@@ -468,43 +472,38 @@ impl Shared {
     /// A request is about to wait (the room's lock is held; `room_empty`: nobody waited
     /// before it). If every slot is in use, none was handed out for `accepted_after` and
     /// no overload came since, the upstream holds the whole limit: grow it (see
-    /// [`AdaptiveLimit::accepted_after`](crate::AdaptiveLimit::accepted_after)). Returns
-    /// whether the limit rose.
-    fn grow_if_accepted(&self, room_empty: bool) -> bool {
+    /// [`AdaptiveLimit::accepted_after`](crate::AdaptiveLimit::accepted_after)).
+    fn grow_if_accepted(&self, room_empty: bool) {
         let Some(Adaptive {
             aimd,
             accepted_after: Some(after),
             ..
         }) = &self.adaptive
         else {
-            return false;
+            return;
         };
         let change = {
             let mut controller = aimd.lock().unwrap_or_else(PoisonError::into_inner);
             // Read under the lock, so that the quiet time never moves backwards.
             let now = Instant::now();
+            let quiet_for = match controller.quiet_since {
+                Some(since) if !room_empty => now.saturating_duration_since(since),
+                // Nobody waited (calls may have been admitted a moment ago without the
+                // room), or nothing started the clock: it starts now.
+                _ => {
+                    controller.quiet_since = Some(now);
+                    return;
+                }
+            };
             let state = self.state.load(Ordering::Acquire);
             let in_flight = state >> SLOT_SHIFT;
-            match controller.quiet_since {
-                // Nobody waited: calls may have been admitted a moment ago without the
-                // room. The quiet time starts now.
-                _ if room_empty => {
-                    controller.quiet_since = Some(now);
-                    return false;
-                }
-                Some(since)
-                    if state & COOLING == 0
-                        && in_flight >= self.limit.load(Ordering::Relaxed)
-                        && now.saturating_duration_since(since) >= *after =>
-                {
-                    controller.quiet_since = Some(now);
-                }
-                Some(_) => return false,
-                None => {
-                    controller.quiet_since = Some(now);
-                    return false;
-                }
+            if quiet_for < *after
+                || state & COOLING != 0
+                || in_flight < self.limit.load(Ordering::Relaxed)
+            {
+                return;
             }
+            controller.quiet_since = Some(now);
             let change = controller.aimd.on_accepted(in_flight);
             if let Some(change) = change {
                 self.limit.store(change.to, Ordering::Relaxed);
@@ -512,16 +511,14 @@ impl Shared {
             }
             change
         };
-        let Some(change) = change else {
-            return false;
-        };
-        tracing::debug!(
-            queue = %self.settings.name,
-            from = change.from,
-            to = change.to,
-            "priority queue: the upstream holds every call in flight: limit raised"
-        );
-        true
+        if let Some(change) = change {
+            tracing::debug!(
+                queue = %self.settings.name,
+                from = change.from,
+                to = change.to,
+                "priority queue: the upstream holds every call in flight: limit raised"
+            );
+        }
     }
 
     /// Hands free slots to waiters after the limit rose.
