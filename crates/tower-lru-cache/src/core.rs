@@ -332,13 +332,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::key::KeyHasher;
-
-    fn key(n: u8) -> CacheKey {
-        let mut h = KeyHasher::new();
-        h.field(0, &[n]);
-        h.finish()
-    }
+    use crate::key::test_key as key;
 
     fn value(flight: &Flight<u64>) -> Option<u64> {
         match flight {

@@ -192,6 +192,14 @@ fn prefix_into(tag: u8, n: usize, out: &mut [u8]) -> usize {
     }
 }
 
+/// The key of a one-byte field `n`: distinct keys for unit tests.
+#[cfg(test)]
+pub(crate) fn test_key(n: u8) -> CacheKey {
+    let mut h = KeyHasher::new();
+    h.field(0, &[n]);
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,13 +262,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::key::KeyHasher;
-
-    fn key(n: u8) -> CacheKey {
-        let mut h = KeyHasher::new();
-        h.field(0, &[n]);
-        h.finish()
-    }
+    use crate::key::test_key as key;
 
     fn name() -> impl Strategy<Value = HeaderName> {
         "[a-z][a-z0-9-]{0,12}".prop_map(|s| HeaderName::from_bytes(s.as_bytes()).unwrap())
