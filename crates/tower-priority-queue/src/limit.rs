@@ -365,9 +365,14 @@ impl Aimd {
         }
         let step = self.settings.increase;
         #[allow(clippy::cast_precision_loss)] // limits are far below 2^52
-        let confirmed = (2 * self.confirmed.max(self.settings.initial)).max(from);
+        // Saturating: `max` and `initial` may be set as high as `usize::MAX`.
+        let confirmed = self
+            .confirmed
+            .max(self.settings.initial)
+            .saturating_mul(2)
+            .max(from);
         let cap = match self.ceiling {
-            Some(ceiling) if from + 1 >= ceiling => return None,
+            Some(ceiling) if from.saturating_add(1) >= ceiling => return None,
             Some(ceiling) => (ceiling - 1).min(confirmed) as f64,
             None if self.slow_start => confirmed as f64,
             None => return None,
@@ -545,6 +550,17 @@ mod tests {
         let mut probed = Aimd::new(AdaptiveLimit::new().initial(8));
         probed.slow_start = false;
         assert_eq!(probed.on_accepted(8), None);
+        // Limits as high as they can be set: no overflow.
+        let mut huge = Aimd::new(AdaptiveLimit::new().max(usize::MAX).initial(usize::MAX));
+        let at = huge.current();
+        assert_eq!(huge.on_accepted(at), None);
+        let epoch = huge.epoch();
+        huge.on_overload(epoch);
+        let at = huge.current();
+        assert!(
+            huge.on_accepted(at)
+                .is_none_or(|change| change.to > change.from)
+        );
         // Never past `max`.
         let mut full = Aimd::new(AdaptiveLimit::new().initial(32));
         full.on_success(32);
