@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use sha2::{Digest, Sha256};
+use sha2::block_api::compress256;
 
 /// A cache key: the SHA-256 digest of a request's encoded fields.
 ///
@@ -77,20 +77,37 @@ impl fmt::Display for CacheKey {
 /// ```
 #[derive(Clone)]
 pub struct KeyHasher {
-    sha: Sha256,
-    /// Small writes gather here and reach SHA-256 in one call.
-    buf: [u8; BUF],
+    /// The SHA-256 state after the whole blocks written so far.
+    state: [u32; 8],
+    /// The bytes of the block being filled: `len` of them.
+    buf: [u8; BLOCK],
     len: usize,
+    /// Whole blocks compressed into `state`.
+    blocks: u64,
 }
 
-const BUF: usize = 64;
+/// SHA-256's block size in bytes.
+const BLOCK: usize = 64;
+
+/// SHA-256's initial state (FIPS 180-4, 5.3.3).
+const IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
 
 impl Default for KeyHasher {
     fn default() -> Self {
         Self {
-            sha: Sha256::new(),
-            buf: [0; BUF],
+            state: IV,
+            buf: [0; BLOCK],
             len: 0,
+            blocks: 0,
         }
     }
 }
@@ -109,7 +126,7 @@ impl KeyHasher {
     }
 
     /// Writes one field: `tag`, the length of `bytes`, then `bytes`.
-    #[inline]
+    #[inline(always)]
     pub fn field(&mut self, tag: u8, bytes: &[u8]) -> &mut Self {
         self.count(tag, bytes.len());
         self.write(bytes);
@@ -117,7 +134,7 @@ impl KeyHasher {
     }
 
     /// Writes a field that may be absent: absent and empty encode differently.
-    #[inline]
+    #[inline(always)]
     pub fn optional(&mut self, tag: u8, bytes: Option<&[u8]>) -> &mut Self {
         match bytes {
             None => self.count(tag, 0),
@@ -126,33 +143,57 @@ impl KeyHasher {
     }
 
     /// Writes a count (for example how many values a header has) under `tag`.
-    #[inline]
+    #[inline(always)]
     pub fn count(&mut self, tag: u8, n: usize) -> &mut Self {
-        if self.len + 11 <= BUF {
-            self.len += prefix_into(tag, n, &mut self.buf[self.len..]);
+        // Counts and lengths under 128 (a request's usual fields) are one LEB128 byte.
+        if let Ok(short @ 0..0x80) = u8::try_from(n)
+            && let Some(room) = self.buf.get_mut(self.len..self.len + 2)
+        {
+            room.copy_from_slice(&[tag, short]);
+            self.len += 2;
         } else {
-            let mut buf = [0u8; 11];
-            let len = prefix_into(tag, n, &mut buf);
-            self.write(&buf[..len]);
+            self.long_count(tag, n);
         }
         self
     }
 
-    #[inline]
+    #[inline(never)]
+    fn long_count(&mut self, tag: u8, n: usize) {
+        let mut buf = [0u8; 11];
+        let len = prefix_into(tag, n, &mut buf);
+        self.write(&buf[..len]);
+    }
+
+    #[inline(always)]
     fn write(&mut self, bytes: &[u8]) {
         if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
-            room.copy_from_slice(bytes);
+            copy_short(room, bytes);
             self.len += bytes.len();
         } else {
-            self.sha.update(&self.buf[..self.len]);
-            self.len = 0;
-            if bytes.len() < BUF {
-                self.buf[..bytes.len()].copy_from_slice(bytes);
-                self.len = bytes.len();
-            } else {
-                self.sha.update(bytes);
-            }
+            self.overflow(bytes);
         }
+    }
+
+    /// Writes `bytes`, which overflow the block: fills it, compresses it, then every
+    /// whole block of the rest straight from `bytes`, and keeps the tail.
+    #[inline(never)]
+    fn overflow(&mut self, bytes: &[u8]) {
+        let (head, rest) = bytes.split_at(BLOCK - self.len);
+        self.buf[self.len..].copy_from_slice(head);
+        self.compress_buf();
+        let (blocks, tail) = rest.as_chunks::<BLOCK>();
+        compress256(&mut self.state, blocks);
+        self.blocks = self.blocks.wrapping_add(blocks.len() as u64);
+        self.buf[..tail.len()].copy_from_slice(tail);
+        self.len = tail.len();
+    }
+
+    /// Compresses the (full) block buffer.
+    #[inline]
+    fn compress_buf(&mut self) {
+        compress256(&mut self.state, std::slice::from_ref(&self.buf));
+        self.blocks = self.blocks.wrapping_add(1);
+        self.len = 0;
     }
 
     /// The digest of everything written.
@@ -164,12 +205,60 @@ impl KeyHasher {
 
     /// The digest of everything written, taken in place (moving the hasher into
     /// [`finish`](Self::finish) copies its state); the hasher is left reset.
+    ///
+    /// SHA-256's own padding (FIPS 180-4, 5.1.1) around the `sha2` crate's compression
+    /// function: the key of a typical request is one block, compressed once from this
+    /// buffer, with none of the copies a general-purpose hasher makes.
     #[inline]
     pub(crate) fn digest(&mut self) -> CacheKey {
-        self.sha.update(&self.buf[..self.len]);
-        self.len = 0;
-        // Finalizing in place spares a copy of the hash state.
-        CacheKey(self.sha.finalize_reset().into())
+        if self.len == BLOCK {
+            self.compress_buf();
+        }
+        let bits = self
+            .blocks
+            .wrapping_mul(BLOCK as u64)
+            .wrapping_add(self.len as u64)
+            .wrapping_mul(8);
+        self.buf[self.len] = 0x80;
+        self.buf[self.len + 1..].fill(0);
+        if self.len + 1 > BLOCK - 8 {
+            self.compress_buf();
+            self.buf.fill(0);
+        }
+        self.buf[BLOCK - 8..].copy_from_slice(&bits.to_be_bytes());
+        compress256(&mut self.state, std::slice::from_ref(&self.buf));
+        let mut out = [0u8; 32];
+        for (bytes, word) in out.as_chunks_mut::<4>().0.iter_mut().zip(self.state) {
+            *bytes = word.to_be_bytes();
+        }
+        *self = Self::default();
+        CacheKey(out)
+    }
+}
+
+/// Copies `src` into `dst` (of the same length). A request's fields are mostly a few
+/// bytes (a method, a short path, an empty body): those are copied with a few fixed-size
+/// moves, two of them overlapping, rather than a call to `memcpy`.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let len = src.len();
+    match (dst.len() == len, len) {
+        (false, _) | (_, 0) => {}
+        (true, 1..4) => {
+            // First, middle and last byte cover lengths 1 to 3.
+            dst[0] = src[0];
+            dst[len / 2] = src[len / 2];
+            dst[len - 1] = src[len - 1];
+        }
+        (true, 4..8) => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[len - 4..].copy_from_slice(&src[len - 4..]);
+        }
+        (true, 8..=16) => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[len - 8..].copy_from_slice(&src[len - 8..]);
+        }
+        (true, _) => dst.copy_from_slice(src),
     }
 }
 
@@ -204,6 +293,52 @@ pub(crate) fn test_key(n: u8) -> CacheKey {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use sha2::{Digest, Sha256};
+
+    #[test]
+    fn digests_are_sha256_at_every_padding_boundary() {
+        // One write, and the same bytes written one at a time, across the lengths where
+        // the padding takes a second block (56) and the buffer fills (64).
+        let data: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+        for len in (0..=130).chain([191, 192, 193, 255, 256, 300]) {
+            let direct: [u8; 32] = Sha256::digest(&data[..len]).into();
+            let mut whole = KeyHasher::new();
+            whole.write(&data[..len]);
+            assert_eq!(*whole.finish().as_bytes(), direct, "length {len}");
+            let mut bytewise = KeyHasher::new();
+            for byte in &data[..len] {
+                bytewise.write(std::slice::from_ref(byte));
+            }
+            assert_eq!(
+                *bytewise.finish().as_bytes(),
+                direct,
+                "length {len}, bytewise"
+            );
+        }
+    }
+
+    #[test]
+    fn short_copies_copy_every_byte() {
+        let src: Vec<u8> = (1..=40).collect();
+        for len in 0..=40 {
+            let mut dst = vec![0u8; len];
+            copy_short(&mut dst, &src[..len]);
+            assert_eq!(dst, src[..len], "length {len}");
+        }
+    }
+
+    #[test]
+    fn a_digest_resets_the_hasher() {
+        let mut h = KeyHasher::new();
+        h.field(1, b"first");
+        let first = h.digest();
+        h.field(1, b"first");
+        assert_eq!(h.digest(), first);
+        assert_eq!(
+            h.digest().to_string(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 
     fn key_of(fields: &[(u8, Vec<u8>)]) -> CacheKey {
         let mut h = KeyHasher::new();
