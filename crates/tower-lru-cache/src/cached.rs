@@ -1,6 +1,6 @@
 //! [`CachedResponse`]: what the HTTP cache stores for one answer.
 
-use std::{cell::RefCell, fmt};
+use std::{cell::RefCell, fmt, sync::Arc};
 
 use bytes::{Bytes, BytesMut};
 use http::{
@@ -8,7 +8,7 @@ use http::{
     response::Parts,
 };
 
-use crate::body::CacheBody;
+use crate::{body::CacheBody, store::Entry};
 
 /// Response header saying how the cache answered: `HIT`, `MISS`, `STALE` or `BYPASS`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -193,13 +193,19 @@ impl CachedResponse {
 
     /// A fresh response replaying this one, marked with `x-cache` and, when known, `age`
     /// (whole seconds since it was stored).
-    #[inline]
     pub(crate) fn replay<B>(
         &self,
         x_cache: &'static str,
         age_secs: Option<u64>,
     ) -> Response<CacheBody<B>> {
-        let mut res = Response::new(CacheBody::full(self.body.clone(), self.trailers.clone()));
+        self.replay_head(x_cache, age_secs)
+            .map(|()| CacheBody::full(self.body.clone(), self.trailers.clone()))
+    }
+
+    /// A copy of this response's head, marked.
+    #[inline(always)]
+    fn replay_head(&self, x_cache: &'static str, age_secs: Option<u64>) -> Response<()> {
+        let mut res = Response::new(());
         *res.status_mut() = self.status;
         *res.version_mut() = self.version;
         *res.headers_mut() = self.headers.clone();
@@ -212,6 +218,19 @@ impl CachedResponse {
         }
         res
     }
+}
+
+/// A fresh response replaying a stored entry, marked with `x-cache` and `age` (whole
+/// seconds since it was stored). The body is the entry itself: its bytes are shared
+/// when the body is polled.
+#[inline(always)]
+pub(crate) fn replay_entry<B>(
+    entry: Arc<Entry<CachedResponse>>,
+    x_cache: &'static str,
+    age_secs: u64,
+) -> Response<CacheBody<B>> {
+    let head = entry.value().replay_head(x_cache, Some(age_secs));
+    head.map(|()| CacheBody::stored(entry))
 }
 
 /// A copy of `map` whose values all live in one buffer of their own (one allocation for
@@ -248,14 +267,23 @@ pub(crate) fn mark(headers: &mut HeaderMap, x_cache: &'static str, age_secs: Opt
     }
 }
 
-/// The `age` header's value for `age` seconds. Hits replay the same few ages over and
-/// over (an entry's age moves once a second), so each thread keeps the last values it
-/// formatted: a hit clones one (a reference count) rather than formatting and allocating.
+/// The `age` header's value for `age` seconds.
+///
+/// Ages under [`STATIC_AGES`] (the default TTL with its grace fits) are slices of one
+/// static table: cloning and dropping them touch no reference count. Older ages come
+/// from a small per-thread cache of the last values formatted (an entry's age moves
+/// once a second, so hits replay the same few): a hit clones one (a reference count)
+/// rather than formatting and allocating.
 fn age_value(age: u64) -> HeaderValue {
     const SLOTS: usize = 8;
     thread_local! {
         static AGES: RefCell<[Option<(u64, HeaderValue)>; SLOTS]> =
             const { RefCell::new([const { None }; SLOTS]) };
+    }
+    if let Some(digits) = static_age(age)
+        && let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from_static(digits))
+    {
+        return value;
     }
     let slot = usize::try_from(age % SLOTS as u64).unwrap_or_default();
     AGES.try_with(|ages| {
@@ -273,6 +301,37 @@ fn age_value(age: u64) -> HeaderValue {
     .ok()
     .flatten()
     .unwrap_or_else(|| HeaderValue::from(age))
+}
+
+/// Ages below this many seconds (2 h 46 min) have a static `age` value.
+const STATIC_AGES: usize = 10_000;
+
+/// `0000` to `9999`, four digits each.
+// Each cast is of one decimal digit (0 to 9).
+#[allow(clippy::cast_possible_truncation)]
+static AGE_DIGITS: [u8; 4 * STATIC_AGES] = {
+    let mut digits = [0u8; 4 * STATIC_AGES];
+    let mut n = 0;
+    while n < STATIC_AGES {
+        digits[4 * n] = b'0' + (n / 1000 % 10) as u8;
+        digits[4 * n + 1] = b'0' + (n / 100 % 10) as u8;
+        digits[4 * n + 2] = b'0' + (n / 10 % 10) as u8;
+        digits[4 * n + 3] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    digits
+};
+
+/// The decimal digits of `age` (no leading zero) from [`AGE_DIGITS`], if it is there.
+fn static_age(age: u64) -> Option<&'static [u8]> {
+    let n = usize::try_from(age).ok().filter(|&n| n < STATIC_AGES)?;
+    let leading_zeros = match n {
+        0..10 => 3,
+        10..100 => 2,
+        100..1000 => 1,
+        _ => 0,
+    };
+    AGE_DIGITS.get(4 * n + leading_zeros..4 * n + 4)
 }
 
 fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
@@ -304,8 +363,31 @@ mod tests {
     #[test]
     fn age_values_are_the_ages_whatever_the_slot() {
         // 1 and 9 share a slot; each read must give its own age, fresh or kept.
-        for age in [0, 1, 9, 1, 9, 9, 17, u64::MAX, 1] {
+        for age in [
+            0,
+            1,
+            9,
+            1,
+            9,
+            9,
+            17,
+            u64::MAX,
+            1,
+            9_999,
+            10_000,
+            10_008,
+            10_000,
+        ] {
             assert_eq!(age_value(age), HeaderValue::from(age), "age {age}");
         }
+    }
+
+    #[test]
+    fn every_static_age_is_its_decimal_form() {
+        for age in 0..STATIC_AGES as u64 + 2 {
+            assert_eq!(age_value(age), HeaderValue::from(age), "age {age}");
+        }
+        assert_eq!(static_age(9_999), Some(&b"9999"[..]));
+        assert_eq!(static_age(10_000), None);
     }
 }

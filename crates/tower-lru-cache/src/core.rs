@@ -21,7 +21,7 @@ use crate::clock::{CacheClock, Clock};
 use crate::{
     key::CacheKey,
     metrics::{Metrics, Outcome},
-    policy::{Freshness, freshness},
+    policy::{Freshness, freshness, freshness_at_age},
     stats::{CacheSnapshot, Stats},
     store::{CacheStore, Entry, PrefixHasher},
 };
@@ -132,6 +132,11 @@ where
             Freshness::Stale => Found::Stale(entry),
             Freshness::Expired => Found::Absent,
         }
+    }
+
+    /// Where `entry`, `age` old, stands.
+    pub(crate) fn freshness_at_age(&self, entry: &Entry<V>, age: Duration) -> Freshness {
+        freshness_at_age(age, entry.ttl(), self.grace)
     }
 
     pub(crate) fn record(&self, outcome: Outcome) {

@@ -18,13 +18,13 @@ use tower_service::Service;
 
 use crate::{
     body::{CacheBody, Chunks},
-    cached::{CachedResponse, mark},
-    core::Found,
+    cached::{CachedResponse, mark, replay_entry},
     error::{BoxError, CacheError},
     http_key::Plan,
     key::CacheKey,
     metrics::Outcome,
     miss::miss,
+    policy::Freshness,
     shared::HttpShared,
     store::{CacheStore, Entry},
 };
@@ -71,7 +71,8 @@ where
     /// The miss or the bypass path.
     Miss { fut: MissFuture<ResB> },
     /// A fresh entry, replayed when polled: the future stays a few words, so moving it
-    /// (out of `call`, into the caller's future) copies no response.
+    /// (out of `call`, into the caller's future) copies no response. The entry moves
+    /// into the response's body.
     Hit {
         entry: Option<Arc<Entry<CachedResponse>>>,
         age_secs: u64,
@@ -207,9 +208,27 @@ where
                 return Self::with(state);
             }
         };
-        Self::with(match key {
-            Some(key) => lookup(shared, || inner.clone(), key, parts, ReqBody::Unread(body)),
-            None => bypass(shared, inner.clone(), Request::from_parts(parts, body)),
+        let Some(key) = key else {
+            return Self::with(bypass(
+                shared,
+                inner.clone(),
+                Request::from_parts(parts, body),
+            ));
+        };
+        // As `lookup`, with the request's head left where it is: a hit only reads it.
+        Self::with(match shared.core.store.get_now(&key) {
+            Some(found) => match hit(shared, found, &parts.headers) {
+                Ok(hit) => hit,
+                Err(stale) => miss_state(
+                    shared,
+                    || inner.clone(),
+                    key,
+                    parts,
+                    ReqBody::Unread(body),
+                    stale,
+                ),
+            },
+            None => looking(shared, inner.clone(), key, parts, ReqBody::Unread(body)),
         })
     }
 
@@ -296,15 +315,30 @@ where
             Ok(hit) => hit,
             Err(stale) => miss_state(shared, svc, key, parts, body, stale),
         },
-        None => State::Lookup(Box::pin(Looking {
-            shared: Arc::clone(shared),
-            get: shared.core.store.get(&key),
-            key,
-            parts: Some(parts),
-            body: Some(body),
-            svc: Some(svc()),
-        })),
+        None => looking(shared, svc(), key, parts, body),
     }
+}
+
+/// Waits for the store's answer (a store that cannot answer at once).
+fn looking<S, ReqB, ResB, St>(
+    shared: &Arc<HttpShared<St>>,
+    svc: S,
+    key: CacheKey,
+    parts: Parts,
+    body: ReqBody<ReqB>,
+) -> State<S, ReqB, ResB, St>
+where
+    S: Service<Request<ReqB>>,
+    St: CacheStore<CachedResponse>,
+{
+    State::Lookup(Box::pin(Looking {
+        shared: Arc::clone(shared),
+        get: shared.core.store.get(&key),
+        key,
+        parts: Some(parts),
+        body: Some(body),
+        svc: Some(svc),
+    }))
 }
 
 /// A fresh entry of this request's variant answers: `Ok` with the hit's state. Else
@@ -320,22 +354,25 @@ where
     S: Service<Request<ReqB>>,
     St: CacheStore<CachedResponse>,
 {
-    let now = shared.core.now();
-    match shared.core.classify(found, now) {
+    let Some(entry) = found else {
+        return Err(None);
+    };
+    let age = shared
+        .core
+        .now()
+        .saturating_duration_since(entry.stored_at());
+    match shared.core.freshness_at_age(&entry, age) {
         // An entry of another variant (its `Vary` headers differ) is no answer here.
-        Found::Fresh(entry) | Found::Stale(entry) if !entry.value().vary_matches(headers) => {
-            Err(None)
-        }
-        Found::Fresh(entry) => {
+        Freshness::Fresh | Freshness::Stale if !entry.value().vary_matches(headers) => Err(None),
+        Freshness::Fresh => {
             shared.core.record(Outcome::Hit);
-            let age_secs = now.saturating_duration_since(entry.stored_at()).as_secs();
             Ok(State::Hit {
                 entry: Some(entry),
-                age_secs,
+                age_secs: age.as_secs(),
             })
         }
-        Found::Stale(entry) => Err(Some(entry)),
-        Found::Absent => Err(None),
+        Freshness::Stale => Err(Some(entry)),
+        Freshness::Expired => Err(None),
     }
 }
 
@@ -422,7 +459,7 @@ where
                 State::Miss { fut } => return fut.as_mut().poll(cx),
                 State::Hit { entry, age_secs } => {
                     return Poll::Ready(match entry.take() {
-                        Some(entry) => Ok(entry.value().replay("HIT", Some(*age_secs))),
+                        Some(entry) => Ok(replay_entry(entry, "HIT", *age_secs)),
                         None => Err(polled_after_completion()),
                     });
                 }

@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use crate::{
     body::{CacheBody, Collected, Drained, TeeSink, collect, drain_ready},
-    cached::{CachedResponse, mark},
+    cached::{CachedResponse, mark, replay_entry},
     core::{Core, Flight, Found},
     error::{BoxError, CacheError},
     key::CacheKey,
@@ -57,11 +57,16 @@ where
     // Whether a stale entry may answer is judged when it would be served: a slow call
     // may have outlived the grace period it started in.
     let serve_stale = |when: bool| {
-        core.still_stale(stale.as_deref())
-            .filter(|_| when)
+        stale
+            .as_ref()
+            .filter(|entry| when && core.still_stale(Some(entry)).is_some())
             .map(|entry| {
                 core.record(Outcome::Stale);
-                Ok(entry.value().replay("STALE", Some(age_secs(core, entry))))
+                Ok(replay_entry(
+                    Arc::clone(entry),
+                    "STALE",
+                    age_secs(core, entry),
+                ))
             })
     };
     let mut call = Some((svc, req));
@@ -182,9 +187,11 @@ where
     match flight {
         Flight::Stored(entry) if fits(call, entry.value()) => {
             core.record(Outcome::Coalesced);
-            Some(Ok(entry
-                .value()
-                .replay("MISS", Some(age_secs(core, entry)))))
+            Some(Ok(replay_entry(
+                Arc::clone(entry),
+                "MISS",
+                age_secs(core, entry),
+            )))
         }
         Flight::Shared { value, failed } if fits(call, value) => {
             serve_stale(*failed).or_else(|| {
@@ -267,7 +274,7 @@ where
     if let Found::Fresh(entry) = core.classify(core.store.get_recent(&key).await, core.now())
         && entry.value().vary_matches(req.headers())
     {
-        let res = entry.value().replay("HIT", Some(age_secs(core, &entry)));
+        let res = replay_entry(Arc::clone(&entry), "HIT", age_secs(core, &entry));
         return (Own::Hit(res), Flight::Stored(entry));
     }
     // Another instance may be filling this key (a shared store's lock): its answer.
@@ -275,7 +282,7 @@ where
         && let Found::Fresh(entry) = core.classify(turn.await, core.now())
         && entry.value().vary_matches(req.headers())
     {
-        let res = entry.value().replay("HIT", Some(age_secs(core, &entry)));
+        let res = replay_entry(Arc::clone(&entry), "HIT", age_secs(core, &entry));
         return (Own::Hit(res), Flight::Stored(entry));
     }
     let asked = Asked {

@@ -24,7 +24,12 @@ pub(crate) fn freshness(
     grace: Duration,
     now: Instant,
 ) -> Freshness {
-    let age = now.saturating_duration_since(stored_at);
+    freshness_at_age(now.saturating_duration_since(stored_at), ttl, grace)
+}
+
+/// Where an entry `age` old with time-to-live `ttl` stands, given a stale-if-error
+/// `grace` period.
+pub(crate) fn freshness_at_age(age: Duration, ttl: Duration, grace: Duration) -> Freshness {
     if age < ttl {
         Freshness::Fresh
     } else if age < ttl.saturating_add(grace) {
