@@ -215,20 +215,16 @@ where
                 Request::from_parts(parts, body),
             ));
         };
-        // As `lookup`, with the request's head left where it is: a hit only reads it.
-        Self::with(match shared.core.store.get_now(&key) {
-            Some(found) => match hit(shared, found, &parts.headers) {
-                Ok(hit) => hit,
-                Err(stale) => miss_state(
-                    shared,
-                    || inner.clone(),
-                    key,
-                    parts,
-                    ReqBody::Unread(body),
-                    stale,
-                ),
-            },
-            None => looking(shared, inner.clone(), key, parts, ReqBody::Unread(body)),
+        Self::with(match lookup_now(shared, &key, &parts.headers) {
+            Some(Ok(hit)) => hit,
+            now => not_hit(
+                now,
+                shared,
+                || inner.clone(),
+                key,
+                parts,
+                ReqBody::Unread(body),
+            ),
         })
     }
 
@@ -257,9 +253,12 @@ where
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
-    match shared.key.key(&parts, Some(&bytes)) {
-        Some(key) => lookup(shared, svc, key, parts, ReqBody::Read(bytes)),
-        None => bypass(shared, svc(), Request::from_parts(parts, ReqB::from(bytes))),
+    let Some(key) = shared.key.key(&parts, Some(&bytes)) else {
+        return bypass(shared, svc(), Request::from_parts(parts, ReqB::from(bytes)));
+    };
+    match lookup_now(shared, &key, &parts.headers) {
+        Some(Ok(hit)) => hit,
+        now => not_hit(now, shared, svc, key, parts, ReqBody::Read(bytes)),
     }
 }
 
@@ -292,9 +291,33 @@ where
     }
 }
 
-/// Looks `key` up: at once when the store can answer synchronously, else in the future.
-#[inline]
-fn lookup<S, ReqB, ResB, St>(
+/// What [`lookup_now`] found.
+type Looked<S, ReqB, ResB, St> = Option<Result<State<S, ReqB, ResB, St>, Option<StoredEntry>>>;
+
+/// Looks `key` up when the store can answer at once: `Some(Ok(_))` with a hit's state,
+/// `Some(Err(_))` for a miss (with the stale entry it may fall back on), `None` when the
+/// store must be waited for. The request's head is only read: on a hit it is dropped
+/// where it is, never moved (a move of a request head is a call to `memcpy`).
+#[inline(always)]
+fn lookup_now<S, ReqB, ResB, St>(
+    shared: &HttpShared<St>,
+    key: &CacheKey,
+    headers: &http::HeaderMap,
+) -> Looked<S, ReqB, ResB, St>
+where
+    S: Service<Request<ReqB>>,
+    St: CacheStore<CachedResponse>,
+{
+    shared
+        .core
+        .store
+        .get_now(key)
+        .map(|found| hit(shared, found, headers))
+}
+
+/// What follows a lookup that found no hit: the miss, or the wait for the store.
+fn not_hit<S, ReqB, ResB, St>(
+    now: Looked<S, ReqB, ResB, St>,
     shared: &Arc<HttpShared<St>>,
     svc: impl FnOnce() -> S,
     key: CacheKey,
@@ -310,11 +333,9 @@ where
     ResB::Error: Into<BoxError>,
     St: CacheStore<CachedResponse>,
 {
-    match shared.core.store.get_now(&key) {
-        Some(found) => match hit(shared, found, &parts.headers) {
-            Ok(hit) => hit,
-            Err(stale) => miss_state(shared, svc, key, parts, body, stale),
-        },
+    match now {
+        Some(Ok(hit)) => hit,
+        Some(Err(stale)) => miss_state(shared, svc, key, parts, body, stale),
         None => looking(shared, svc(), key, parts, body),
     }
 }
