@@ -32,20 +32,21 @@ pub struct CacheBody<B> {
 
 enum Kind<B> {
     /// A stored entry, replayed: its bytes, then its trailers, cloned out when polled.
+    /// The entry is let go with the last frame, so that a finished body keeps alive no
+    /// more than the frames it gave (the entry may have left the cache since).
     Stored {
-        entry: Arc<Entry<CachedResponse>>,
+        entry: Option<Arc<Entry<CachedResponse>>>,
         next: Next,
     },
     /// Any other body.
     Boxed(Pin<Box<Other<B>>>),
 }
 
-/// What a replayed entry yields next.
+/// What a replayed entry yields next (while it is held).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Next {
     Data,
     Trailers,
-    Done,
 }
 
 #[pin_project(project = OtherProj)]
@@ -93,7 +94,7 @@ impl<B> CacheBody<B> {
     pub(crate) fn stored(entry: Arc<Entry<CachedResponse>>) -> Self {
         Self {
             kind: Kind::Stored {
-                entry,
+                entry: Some(entry),
                 next: Next::Data,
             },
         }
@@ -179,33 +180,17 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
-            Kind::Stored { entry, next } => {
-                let stored = entry.value();
-                if *next == Next::Data {
-                    *next = Next::Trailers;
-                    if !stored.body().is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(stored.body().clone()))));
-                    }
-                }
-                if *next == Next::Trailers {
-                    *next = Next::Done;
-                    if let Some(trailers) = stored.trailers() {
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
-                    }
-                }
-                Poll::Ready(None)
-            }
+            Kind::Stored { entry, next } => Poll::Ready(replay_frame(entry, next).map(Ok)),
             Kind::Boxed(other) => poll_other(other.as_mut(), cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Stored { entry, next } => match next {
-                Next::Data => entry.value().body().is_empty() && entry.value().trailers().is_none(),
-                Next::Trailers => entry.value().trailers().is_none(),
-                Next::Done => true,
-            },
+            Kind::Stored { entry, next } => entry.as_ref().is_none_or(|entry| {
+                let stored = entry.value();
+                (*next == Next::Trailers || stored.body().is_empty()) && stored.trailers().is_none()
+            }),
             Kind::Boxed(other) => match &**other {
                 Other::Full { data, trailers } => data.is_none() && trailers.is_none(),
                 Other::Inner(body) => body.is_end_stream(),
@@ -217,9 +202,9 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Stored { entry, next } => SizeHint::with_exact(match next {
-                Next::Data => entry.value().body().len() as u64,
-                Next::Trailers | Next::Done => 0,
+            Kind::Stored { entry, next } => SizeHint::with_exact(match (entry, next) {
+                (Some(entry), Next::Data) => entry.value().body().len() as u64,
+                _ => 0,
             }),
             Kind::Boxed(other) => match &**other {
                 Other::Full { data, .. } => {
@@ -233,6 +218,29 @@ where
             },
         }
     }
+}
+
+/// The next frame of a stored entry's body: its bytes, then its trailers. The entry is
+/// dropped with the last frame.
+fn replay_frame(
+    held: &mut Option<Arc<Entry<CachedResponse>>>,
+    next: &mut Next,
+) -> Option<Frame<Bytes>> {
+    let entry = held.as_ref()?;
+    let stored = entry.value();
+    if *next == Next::Data {
+        *next = Next::Trailers;
+        if !stored.body().is_empty() {
+            let data = Frame::data(stored.body().clone());
+            if stored.trailers().is_none() {
+                *held = None;
+            }
+            return Some(data);
+        }
+    }
+    let trailers = stored.trailers().cloned().map(Frame::trailers);
+    *held = None;
+    trailers
 }
 
 /// A frame of a body that is not a stored entry's.
@@ -576,6 +584,38 @@ mod tests {
         );
         assert!(body.is_end_stream());
         assert!(body.frame().await.is_none());
+    }
+
+    /// A finished body lets the entry go: it may have left the cache, and the body must
+    /// not keep it alive (the bytes it gave are the reader's to keep).
+    #[tokio::test]
+    async fn a_finished_stored_body_lets_the_entry_go() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        for (data, trailers) in [
+            (&b"hi"[..], None),
+            (&b"hi"[..], Some(trailers.clone())),
+            (&b""[..], Some(trailers)),
+            (&b""[..], None),
+        ] {
+            let with_trailers = trailers.is_some();
+            let entry = entry(data, trailers);
+            let weak = Arc::downgrade(&entry);
+            let mut body = CacheBody::<Full<Bytes>>::stored(entry);
+            let mut frames = 0;
+            while body.frame().await.is_some() {
+                frames += 1;
+            }
+            assert_eq!(
+                frames,
+                usize::from(!data.is_empty()) + usize::from(with_trailers)
+            );
+            assert!(body.is_end_stream());
+            assert!(
+                weak.upgrade().is_none(),
+                "{data:?}, trailers: {with_trailers}"
+            );
+        }
     }
 
     #[tokio::test]
