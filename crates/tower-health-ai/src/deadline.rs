@@ -27,7 +27,7 @@ use tower_service::Service;
 
 use crate::degraded::{DegradeReason, DegradedCounters};
 use crate::policy::FallbackFn;
-use crate::refusal::{AnswerBody, is_grpc, refusal_response};
+use crate::refusal::{is_grpc, refusal_response};
 
 /// The header in which an HTTP client may shorten its deadline, in seconds (`2.5`).
 pub const X_REQUEST_TIMEOUT: &str = "x-request-timeout";
@@ -208,7 +208,7 @@ impl<S> fmt::Debug for RequestDeadline<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestDeadline<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<Either<ResBody, AnswerBody>>>,
+    S: Service<Request<ReqBody>, Response = Response<Either<ResBody, Full<Bytes>>>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -314,7 +314,7 @@ impl<F> fmt::Debug for RequestDeadlineFuture<F> {
 
 impl<F, ResBody, E> Future for RequestDeadlineFuture<F>
 where
-    F: Future<Output = Result<Response<Either<ResBody, AnswerBody>>, E>>,
+    F: Future<Output = Result<Response<Either<ResBody, Full<Bytes>>>, E>>,
 {
     type Output = F::Output;
 
@@ -343,13 +343,14 @@ where
             && let Some(response) = fallback(checked.0.get().unwrap_or(&parts), &error)
         {
             counters.record(DegradeReason::Deadline);
-            let mut response = response.map(|body| Either::Right(Box::new(Full::new(body))));
+            let mut response = response.map(|body| Either::Right(Full::new(body)));
             crate::policy::set_retry_after(&mut response, &error);
             response.mark_degraded();
             return Poll::Ready(Ok(response));
         }
-        Poll::Ready(Ok(refusal_response::<Full<Bytes>>(&error, *this.grpc)
-            .map(|body| Either::Right(Box::new(body)))))
+        Poll::Ready(Ok(
+            refusal_response::<Full<Bytes>>(&error, *this.grpc).map(Either::Right)
+        ))
     }
 }
 

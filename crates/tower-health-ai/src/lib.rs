@@ -147,7 +147,7 @@ pub use crate::policy::{
 };
 pub use crate::priority::{PresetPriority, PriorityHeader};
 pub use crate::prometheus::install_prometheus;
-pub use crate::refusal::{AnswerBody, Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
+pub use crate::refusal::{Refusals, RefusalsFuture, RefusalsLayer, refusal_response};
 #[cfg(feature = "redis")]
 pub use crate::shared::{DEFAULT_REDIS_PREFIX, RedisConfig};
 pub use crate::shared::{PresetBackend, PresetDecision, PresetLookup, PresetStore};

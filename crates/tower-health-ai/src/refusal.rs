@@ -87,15 +87,6 @@ impl<S> Layer<S> for RefusalsLayer {
     }
 }
 
-/// The body of an answer the stack writes itself: a refusal, or the fallback at the
-/// request's deadline.
-///
-/// Boxed, so that the preset's response body stays two words, as a cached answer's body
-/// is: a response within 128 bytes moves, through every layer and the server above,
-/// with register copies instead of a call to `memcpy`. Refusals are rare enough to pay
-/// the allocation.
-pub type AnswerBody = Box<Full<Bytes>>;
-
 /// The service of the refusal mapping: it never fails; every error becomes its
 /// response, whose body is the right side of the `Either`. An error of the inner
 /// service's readiness is answered by the next call.
@@ -138,7 +129,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
 {
-    type Response = Response<Either<ResBody, AnswerBody>>;
+    type Response = Response<Either<ResBody, Full<Bytes>>>;
     type Error = Infallible;
     type Future = RefusalsFuture<S::Future>;
 
@@ -188,7 +179,7 @@ where
     F: Future<Output = Result<Response<ResBody>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<Response<Either<ResBody, AnswerBody>>, Infallible>;
+    type Output = Result<Response<Either<ResBody, Full<Bytes>>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -201,8 +192,7 @@ where
                 .take()
                 .unwrap_or_else(|| "the service was not ready".into()),
         };
-        Poll::Ready(Ok(refusal_response::<Full<Bytes>>(&error, *this.grpc)
-            .map(|body| Either::Right(Box::new(body)))))
+        Poll::Ready(Ok(refusal_response(&error, *this.grpc).map(Either::Right)))
     }
 }
 

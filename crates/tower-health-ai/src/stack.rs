@@ -45,7 +45,7 @@ use crate::policy::{
     RetryClassifier,
 };
 use crate::priority::{PresetPriority, PriorityHeader};
-use crate::refusal::{AnswerBody, GLOBAL_LIMITER, Refusals, RefusalsLayer};
+use crate::refusal::{GLOBAL_LIMITER, Refusals, RefusalsLayer};
 use crate::shared::{PresetBackend, PresetStore};
 
 /// The header that names the user, by default (a stand-in for what authentication
@@ -1324,7 +1324,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HealthAi<S>
 where
     Stacked<S>: Service<Request<ReqBody>, Response = Response<ResBody>, Error = Infallible>,
 {
-    type Response = Response<Either<ResBody, AnswerBody>>;
+    type Response = Response<Either<ResBody, Full<Bytes>>>;
     type Error = Infallible;
     type Future = HealthAiFuture<<Stacked<S> as Service<Request<ReqBody>>>::Future>;
 
@@ -1364,7 +1364,7 @@ impl<F, ResBody> Future for HealthAiFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, Infallible>>,
 {
-    type Output = Result<Response<Either<ResBody, AnswerBody>>, Infallible>;
+    type Output = Result<Response<Either<ResBody, Full<Bytes>>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

@@ -236,11 +236,6 @@ impl Recording {
         Self { armed: None }
     }
 
-    /// Whether it still has a request to record.
-    pub(crate) const fn is_armed(&self) -> bool {
-        self.armed.is_some()
-    }
-
     /// Records the request as ended with `status`.
     #[inline]
     pub fn finish(mut self, status: Status) {
