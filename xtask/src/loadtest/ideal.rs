@@ -54,6 +54,23 @@ pub(crate) struct Model {
     pub(crate) ttl: f64,
 }
 
+#[cfg(test)]
+impl Model {
+    /// The seed's provider (capacity 8, 45-90 s, 30% failures) and the preset's
+    /// defaults (150 s deadline, 3 attempts, one-hour TTL).
+    pub(crate) fn seed() -> Self {
+        Self {
+            capacity: Some(8),
+            latency_min: 45.0,
+            latency_max: 90.0,
+            failure_rate: 0.3,
+            deadline: 150.0,
+            attempts: 3,
+            ttl: 3600.0,
+        }
+    }
+}
+
 impl Model {
     /// The time a call is likely to need: the median latency, as the preset learns it.
     fn call_estimate(&self) -> f64 {
@@ -294,19 +311,6 @@ mod tests {
     use super::super::workload::{Priority, WorkloadConfig, generate};
     use super::*;
 
-    /// The seed's provider and the preset's defaults.
-    fn seed_model() -> Model {
-        Model {
-            capacity: Some(8),
-            latency_min: 45.0,
-            latency_max: 90.0,
-            failure_rate: 0.3,
-            deadline: 150.0,
-            attempts: 3,
-            ttl: 3600.0,
-        }
-    }
-
     fn seed_workload(seed: u64) -> Vec<Arrival> {
         generate(&WorkloadConfig {
             seed,
@@ -332,7 +336,7 @@ mod tests {
         let model = Model {
             capacity: None,
             failure_rate: 0.0,
-            ..seed_model()
+            ..Model::seed()
         };
         let arrivals = seed_workload(42);
         let out = replay(&model, &arrivals, 1);
@@ -348,7 +352,7 @@ mod tests {
     fn identical_requests_share_one_call_and_then_the_cache() {
         let model = Model {
             failure_rate: 0.0,
-            ..seed_model()
+            ..Model::seed()
         };
         let mut arrivals: Vec<Arrival> = (0..10).map(|i| arrival(f64::from(i), 1, 1)).collect();
         arrivals.push(arrival(500.0, 1, 1));
@@ -360,7 +364,7 @@ mod tests {
     fn a_deadline_shorter_than_a_call_starts_nothing() {
         let model = Model {
             deadline: 60.0,
-            ..seed_model()
+            ..Model::seed()
         };
         let arrivals = seed_workload(7);
         let out = replay(&model, &arrivals, 3);
@@ -376,7 +380,7 @@ mod tests {
             latency_max: 10.0,
             deadline: 1000.0,
             attempts: 3,
-            ..seed_model()
+            ..Model::seed()
         };
         let out = replay(&model, &[arrival(0.0, 1, 1), arrival(5.0, 1, 1)], 1);
         assert_eq!((out.calls, out.fallbacks, out.real), (3, 2, 0));
@@ -393,7 +397,7 @@ mod tests {
             latency_min: 100.0,
             latency_max: 100.0,
             deadline: 250.0,
-            ..seed_model()
+            ..Model::seed()
         };
         let arrivals: Vec<Arrival> = (0..20).map(|u| arrival(0.0, u, 0)).collect();
         let out = replay(&model, &arrivals, 1);
@@ -404,14 +408,14 @@ mod tests {
     fn more_capacity_and_a_longer_deadline_lower_the_floor() {
         let arrivals = seed_workload(42);
         let share = |model: Model| fallback_share(&model, &arrivals, 0, 20).mean;
-        let seed = share(seed_model());
+        let seed = share(Model::seed());
         let roomy = share(Model {
             capacity: Some(16),
-            ..seed_model()
+            ..Model::seed()
         });
         let patient = share(Model {
             deadline: 300.0,
-            ..seed_model()
+            ..Model::seed()
         });
         assert!(roomy < seed && patient < seed, "{seed} {roomy} {patient}");
         // The seed's settings cannot be served without fallbacks: 30% of calls fail after

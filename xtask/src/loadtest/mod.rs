@@ -796,12 +796,7 @@ mod tests {
             model,
             ideal::Model {
                 capacity: Some(12),
-                latency_min: 45.0,
-                latency_max: 90.0,
-                failure_rate: 0.3,
-                deadline: 150.0,
-                attempts: 3,
-                ttl: 3600.0,
+                ..ideal::Model::seed()
             }
         );
         let args = parse(&[
