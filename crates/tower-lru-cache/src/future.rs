@@ -215,16 +215,11 @@ where
                 Request::from_parts(parts, body),
             ));
         };
+        let body = ReqBody::Unread(body);
         Self::with(match lookup_now(shared, &key, &parts.headers) {
             Some(Ok(hit)) => hit,
-            now => not_hit(
-                now,
-                shared,
-                || inner.clone(),
-                key,
-                parts,
-                ReqBody::Unread(body),
-            ),
+            Some(Err(stale)) => miss_state(shared, || inner.clone(), key, parts, body, stale),
+            None => looking(shared, inner.clone(), key, parts, body),
         })
     }
 
@@ -256,9 +251,11 @@ where
     let Some(key) = shared.key.key(&parts, Some(&bytes)) else {
         return bypass(shared, svc(), Request::from_parts(parts, ReqB::from(bytes)));
     };
+    let body = ReqBody::Read(bytes);
     match lookup_now(shared, &key, &parts.headers) {
         Some(Ok(hit)) => hit,
-        now => not_hit(now, shared, svc, key, parts, ReqBody::Read(bytes)),
+        Some(Err(stale)) => miss_state(shared, svc, key, parts, body, stale),
+        None => looking(shared, svc(), key, parts, body),
     }
 }
 
@@ -313,31 +310,6 @@ where
         .store
         .get_now(key)
         .map(|found| hit(shared, found, headers))
-}
-
-/// What follows a lookup that found no hit: the miss, or the wait for the store.
-fn not_hit<S, ReqB, ResB, St>(
-    now: Looked<S, ReqB, ResB, St>,
-    shared: &Arc<HttpShared<St>>,
-    svc: impl FnOnce() -> S,
-    key: CacheKey,
-    parts: Parts,
-    body: ReqBody<ReqB>,
-) -> State<S, ReqB, ResB, St>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
-    ReqB: Body + From<Bytes> + Send + 'static,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-    St: CacheStore<CachedResponse>,
-{
-    match now {
-        Some(Ok(hit)) => hit,
-        Some(Err(stale)) => miss_state(shared, svc, key, parts, body, stale),
-        None => looking(shared, svc(), key, parts, body),
-    }
 }
 
 /// Waits for the store's answer (a store that cannot answer at once).
