@@ -27,6 +27,17 @@
 //! requests first) were tried in this model and gave fallback shares within a point of
 //! first come, first served on the seed's workload: the floor comes from the capacity
 //! and the deadline, not from the order.
+//!
+//! [`Gateway::Preset`] replays the same workload as the preset runs it, so that the gap
+//! between the preset's figure and the floor can be read as the sum of its parts:
+//!
+//! - the in-flight limit is the one the preset had at each moment of a run (its
+//!   adaptive limit's cold start), capped by the provider's capacity;
+//! - a call ends at the deadline of the request that leads it (the preset's deadline
+//!   cuts the call below the cache): its slot is free at once, nothing fills the cache;
+//! - the requests waiting on a call share its leader's fate, as the cache shares the
+//!   leader's degraded answer with them: when the leader's time runs out (too little
+//!   left to start a call, or the cut), every one of them gets the fallback.
 
 use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
@@ -87,12 +98,28 @@ pub(crate) struct Floor {
     pub(crate) draws: u64,
 }
 
-/// The ideal gateway's fallback share of `arrivals`, over `draws` draws of the provider
-/// (draw `d` seeded with `seed + d`).
-pub(crate) fn fallback_share(model: &Model, arrivals: &[Arrival], seed: u64, draws: u64) -> Floor {
+/// Which gateway a replay models.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Gateway<'a> {
+    /// The ideal one of the module docs.
+    Ideal,
+    /// The preset as it runs: `limit` is its in-flight limit over a run, as
+    /// `(seconds from the start, limit)` in time order (empty: the provider's capacity).
+    Preset { limit: &'a [(f64, usize)] },
+}
+
+/// The fallback share of `arrivals` through `gateway`, over `draws` draws of the
+/// provider (draw `d` seeded with `seed + d`).
+pub(crate) fn fallback_share(
+    model: &Model,
+    gateway: Gateway<'_>,
+    arrivals: &[Arrival],
+    seed: u64,
+    draws: u64,
+) -> Floor {
     let draws = draws.max(1);
     let shares: Vec<f64> = (0..draws)
-        .map(|d| replay(model, arrivals, seed.wrapping_add(d)).fallback_share())
+        .map(|d| replay(model, gateway, arrivals, seed.wrapping_add(d)).fallback_share())
         .collect();
     Floor {
         mean: shares.iter().sum::<f64>() / shares.len() as f64,
@@ -120,6 +147,8 @@ pub(crate) struct Replay {
     pub(crate) real: usize,
     pub(crate) fallbacks: usize,
     pub(crate) calls: usize,
+    /// The most calls running at once.
+    pub(crate) peak_running: usize,
 }
 
 impl Replay {
@@ -135,8 +164,21 @@ impl Replay {
 /// A point in the replay: an arrival, or the end of a call for a key.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Event {
-    Arrival { index: usize },
-    CallEnds { key: (u32, u32), failed: bool },
+    Arrival {
+        index: usize,
+    },
+    CallEnds {
+        key: (u32, u32),
+        call: u64,
+        failed: bool,
+    },
+    /// The deadline of the request leading a call ([`Gateway::Preset`] only).
+    Cut {
+        key: (u32, u32),
+        call: u64,
+    },
+    /// The preset's limit changes ([`Gateway::Preset`] only).
+    Limit,
 }
 
 /// An event at a time; the heap pops the earliest first, ties in the order pushed.
@@ -174,12 +216,16 @@ impl Ord for Timed {
 /// The requests waiting for one key's answer, with their deadlines.
 #[derive(Debug, Default)]
 struct Flight {
+    /// In arrival order: the first is the leader, with the earliest deadline.
     waiting: Vec<f64>,
     calls: u32,
+    /// The running call's number, 0 when none runs.
+    call: u64,
 }
 
 struct Replayer<'a> {
     model: &'a Model,
+    gateway: Gateway<'a>,
     rng: SplitMix64,
     events: BinaryHeap<Timed>,
     order: u64,
@@ -200,33 +246,73 @@ impl Replayer<'_> {
         });
     }
 
-    /// Starts calls while the provider has room, first come first served.
+    /// The gateway's in-flight limit at `now`, `None` for unlimited.
+    fn limit_at(&self, now: f64) -> Option<usize> {
+        let own = match self.gateway {
+            Gateway::Preset { limit } if !limit.is_empty() => {
+                let seen = limit.partition_point(|&(at, _)| at <= now);
+                Some(limit[seen.saturating_sub(1)].1)
+            }
+            _ => None,
+        };
+        match (self.model.capacity, own) {
+            (Some(c), Some(l)) => Some(c.min(l)),
+            (c, l) => c.or(l),
+        }
+    }
+
+    /// Starts calls while the gateway's limit has room, first come first served.
     fn start_calls(&mut self, now: f64) {
         let estimate = self.model.call_estimate();
-        while self.model.capacity.is_none_or(|c| self.running < c) {
+        let preset = matches!(self.gateway, Gateway::Preset { .. });
+        while self.limit_at(now).is_none_or(|l| self.running < l) {
             let Some(key) = self.queue.pop_front() else {
                 return;
             };
             let Entry::Occupied(mut flight) = self.flights.entry(key) else {
                 continue;
             };
-            let before = flight.get().waiting.len();
-            flight
-                .get_mut()
-                .waiting
-                .retain(|&deadline| deadline - now >= estimate);
-            self.out.fallbacks += before - flight.get().waiting.len();
-            if flight.get().waiting.is_empty() {
+            let waiting = &mut flight.get_mut().waiting;
+            let before = waiting.len();
+            if preset {
+                // Too little time for the leader: the fallback for all of them.
+                if waiting.first().is_some_and(|&lead| lead - now < estimate) {
+                    waiting.clear();
+                }
+            } else {
+                waiting.retain(|&deadline| deadline - now >= estimate);
+            }
+            self.out.fallbacks += before - waiting.len();
+            let Some(&lead) = waiting.first() else {
                 flight.remove();
                 continue;
-            }
+            };
+            self.order += 1;
+            let call = self.order;
             flight.get_mut().calls += 1;
+            flight.get_mut().call = call;
             self.running += 1;
+            self.out.peak_running = self.out.peak_running.max(self.running);
             self.out.calls += 1;
             let latency = self.model.latency_min
                 + self.rng.next_f64() * (self.model.latency_max - self.model.latency_min);
             let failed = self.rng.next_f64() < self.model.failure_rate;
-            self.push(now + latency, Event::CallEnds { key, failed });
+            self.push(now + latency, Event::CallEnds { key, call, failed });
+            if preset {
+                self.push(lead, Event::Cut { key, call });
+            }
+        }
+    }
+
+    /// The leader's deadline passed with its call running: the call ends unanswered,
+    /// and every request waiting on it gets the fallback.
+    fn cut(&mut self, now: f64, key: (u32, u32), call: u64) {
+        if let Entry::Occupied(flight) = self.flights.entry(key)
+            && flight.get().call == call
+        {
+            self.running -= 1;
+            self.out.fallbacks += flight.remove().waiting.len();
+            self.start_calls(now);
         }
     }
 
@@ -248,6 +334,7 @@ impl Replayer<'_> {
                 slot.insert(Flight {
                     waiting: vec![deadline],
                     calls: 0,
+                    call: 0,
                 });
                 self.queue.push_back(key);
             }
@@ -255,33 +342,46 @@ impl Replayer<'_> {
         self.start_calls(now);
     }
 
-    fn call_ends(&mut self, now: f64, key: (u32, u32), failed: bool) {
+    fn call_ends(&mut self, now: f64, key: (u32, u32), call: u64, failed: bool) {
+        let Entry::Occupied(mut flight) = self.flights.entry(key) else {
+            return;
+        };
+        if flight.get().call != call {
+            // Cut at its leader's deadline: already counted.
+            return;
+        }
+        flight.get_mut().call = 0;
         self.running -= 1;
-        if let Entry::Occupied(mut flight) = self.flights.entry(key) {
-            let waiting = std::mem::take(&mut flight.get_mut().waiting);
-            let (in_time, late): (Vec<f64>, Vec<f64>) =
-                waiting.into_iter().partition(|&deadline| deadline >= now);
-            self.out.fallbacks += late.len();
-            if !failed {
-                self.out.real += in_time.len();
-                flight.remove();
-                self.cached_until.insert(key, now + self.model.ttl);
-            } else if in_time.is_empty() || flight.get().calls >= self.model.attempts {
-                self.out.fallbacks += in_time.len();
-                flight.remove();
-            } else {
-                flight.get_mut().waiting = in_time;
-                self.queue.push_front(key);
-            }
+        let waiting = std::mem::take(&mut flight.get_mut().waiting);
+        let (in_time, late): (Vec<f64>, Vec<f64>) =
+            waiting.into_iter().partition(|&deadline| deadline >= now);
+        self.out.fallbacks += late.len();
+        if !failed {
+            self.out.real += in_time.len();
+            flight.remove();
+            self.cached_until.insert(key, now + self.model.ttl);
+        } else if in_time.is_empty() || flight.get().calls >= self.model.attempts {
+            self.out.fallbacks += in_time.len();
+            flight.remove();
+        } else {
+            flight.get_mut().waiting = in_time;
+            self.queue.push_front(key);
         }
         self.start_calls(now);
     }
 }
 
-/// One replay of `arrivals` with the provider's draws seeded by `seed`.
-pub(crate) fn replay(model: &Model, arrivals: &[Arrival], seed: u64) -> Replay {
+/// One replay of `arrivals` through `gateway`, with the provider's draws seeded by
+/// `seed`.
+pub(crate) fn replay(
+    model: &Model,
+    gateway: Gateway<'_>,
+    arrivals: &[Arrival],
+    seed: u64,
+) -> Replay {
     let mut replayer = Replayer {
         model,
+        gateway,
         rng: SplitMix64::new(seed),
         events: BinaryHeap::new(),
         order: 0,
@@ -291,6 +391,11 @@ pub(crate) fn replay(model: &Model, arrivals: &[Arrival], seed: u64) -> Replay {
         cached_until: HashMap::new(),
         out: Replay::default(),
     };
+    if let Gateway::Preset { limit } = gateway {
+        for &(at, _) in limit {
+            replayer.push(at, Event::Limit);
+        }
+    }
     for (index, arrival) in arrivals.iter().enumerate() {
         replayer.push(arrival.at_secs, Event::Arrival { index });
     }
@@ -300,7 +405,9 @@ pub(crate) fn replay(model: &Model, arrivals: &[Arrival], seed: u64) -> Replay {
                 let arrival = &arrivals[index];
                 replayer.arrive(at, (arrival.user, arrival.record));
             }
-            Event::CallEnds { key, failed } => replayer.call_ends(at, key, failed),
+            Event::CallEnds { key, call, failed } => replayer.call_ends(at, key, call, failed),
+            Event::Cut { key, call } => replayer.cut(at, key, call),
+            Event::Limit => replayer.start_calls(at),
         }
     }
     replayer.out
@@ -339,7 +446,7 @@ mod tests {
             ..Model::seed()
         };
         let arrivals = seed_workload(42);
-        let out = replay(&model, &arrivals, 1);
+        let out = replay(&model, Gateway::Ideal, &arrivals, 1);
         assert_eq!(out.fallbacks, 0);
         assert_eq!(out.real, arrivals.len());
         assert!(
@@ -356,7 +463,7 @@ mod tests {
         };
         let mut arrivals: Vec<Arrival> = (0..10).map(|i| arrival(f64::from(i), 1, 1)).collect();
         arrivals.push(arrival(500.0, 1, 1));
-        let out = replay(&model, &arrivals, 1);
+        let out = replay(&model, Gateway::Ideal, &arrivals, 1);
         assert_eq!((out.calls, out.real, out.hits), (1, 11, 1), "{out:?}");
     }
 
@@ -367,7 +474,7 @@ mod tests {
             ..Model::seed()
         };
         let arrivals = seed_workload(7);
-        let out = replay(&model, &arrivals, 3);
+        let out = replay(&model, Gateway::Ideal, &arrivals, 3);
         assert_eq!((out.calls, out.fallbacks), (0, arrivals.len()));
     }
 
@@ -382,7 +489,12 @@ mod tests {
             attempts: 3,
             ..Model::seed()
         };
-        let out = replay(&model, &[arrival(0.0, 1, 1), arrival(5.0, 1, 1)], 1);
+        let out = replay(
+            &model,
+            Gateway::Ideal,
+            &[arrival(0.0, 1, 1), arrival(5.0, 1, 1)],
+            1,
+        );
         assert_eq!((out.calls, out.fallbacks, out.real), (3, 2, 0));
     }
 
@@ -400,14 +512,102 @@ mod tests {
             ..Model::seed()
         };
         let arrivals: Vec<Arrival> = (0..20).map(|u| arrival(0.0, u, 0)).collect();
-        let out = replay(&model, &arrivals, 1);
+        let out = replay(&model, Gateway::Ideal, &arrivals, 1);
         assert_eq!((out.calls, out.real, out.fallbacks), (8, 8, 12), "{out:?}");
+        assert_eq!(out.peak_running, 4);
+    }
+
+    #[test]
+    fn the_preset_ends_a_call_at_its_leaders_deadline_and_its_waiters_share_that() {
+        // Calls of 100-200 s (a median of 150 s, so a call starts for a fresh request);
+        // a key asked at 0 s and 20 s (deadlines 150 s and 170 s), and again at 400 s.
+        let model = Model {
+            capacity: None,
+            failure_rate: 0.0,
+            latency_min: 100.0,
+            latency_max: 200.0,
+            deadline: 150.0,
+            ..Model::seed()
+        };
+        let arrivals = [
+            arrival(0.0, 1, 1),
+            arrival(20.0, 1, 1),
+            arrival(400.0, 1, 1),
+        ];
+        let (mut cut, mut in_time) = (0, 0);
+        for seed in 0..64 {
+            let ideal = replay(&model, Gateway::Ideal, &arrivals, seed);
+            let preset = replay(&model, Gateway::Preset { limit: &[] }, &arrivals, seed);
+            // The ideal call always runs to its end and fills the cache for 400 s.
+            assert_eq!((ideal.calls, ideal.hits), (1, 1), "{ideal:?}");
+            if preset.calls == 1 {
+                // Ended by 150 s: nothing to cut.
+                assert_eq!(preset, ideal);
+                assert_eq!(ideal.fallbacks, 0, "{ideal:?}");
+                in_time += 1;
+            } else {
+                // Cut at 150 s: both requests get the fallback, even the one the ideal
+                // call may still have answered by 170 s, and nothing fills the cache.
+                assert_eq!((preset.calls, preset.hits), (2, 0), "{preset:?}");
+                assert!(preset.fallbacks >= 2 && ideal.fallbacks >= 1, "{preset:?}");
+                assert!(ideal.fallbacks <= preset.fallbacks);
+                cut += 1;
+            }
+        }
+        assert!(cut > 0 && in_time > 0, "{cut} cut, {in_time} in time");
+    }
+
+    #[test]
+    fn the_preset_runs_no_more_calls_than_its_limit_had_room_for() {
+        // 20 keys at once, 10 s calls: a limit of 2 for the first 15 s, then 6 (the
+        // provider's capacity of 4 caps it).
+        let model = Model {
+            capacity: Some(4),
+            failure_rate: 0.0,
+            latency_min: 10.0,
+            latency_max: 10.0,
+            deadline: 1000.0,
+            ..Model::seed()
+        };
+        let arrivals: Vec<Arrival> = (0..20).map(|u| arrival(0.0, u, 0)).collect();
+        let limit = [(0.0, 2), (15.0, 6)];
+        let out = replay(&model, Gateway::Preset { limit: &limit }, &arrivals, 1);
+        assert_eq!(
+            (out.calls, out.real, out.peak_running),
+            (20, 20, 4),
+            "{out:?}"
+        );
+        // Only two until 15 s: four calls ended by 20 s, not eight.
+        let early: Vec<Arrival> = (0..20).map(|u| arrival(0.0, u, 0)).collect();
+        let short = Model {
+            deadline: 20.0,
+            latency_min: 10.0,
+            latency_max: 10.0,
+            ..model
+        };
+        let out = replay(&short, Gateway::Preset { limit: &limit }, &early, 1);
+        assert_eq!((out.real, out.peak_running), (4, 2), "{out:?}");
+        let ideal = replay(&short, Gateway::Ideal, &early, 1);
+        assert_eq!(ideal.real, 8, "{ideal:?}");
+    }
+
+    #[test]
+    fn on_the_seeds_workload_the_preset_is_above_the_floor() {
+        let arrivals = seed_workload(7);
+        let model = Model::seed();
+        let share = |gateway| fallback_share(&model, gateway, &arrivals, 0, 50).mean;
+        let ideal = share(Gateway::Ideal);
+        let flat = share(Gateway::Preset { limit: &[] });
+        let cold = share(Gateway::Preset {
+            limit: &[(0.0, 2), (60.0, 4), (120.0, 8)],
+        });
+        assert!(ideal < flat && flat < cold, "{ideal} {flat} {cold}");
     }
 
     #[test]
     fn more_capacity_and_a_longer_deadline_lower_the_floor() {
         let arrivals = seed_workload(42);
-        let share = |model: Model| fallback_share(&model, &arrivals, 0, 20).mean;
+        let share = |model: Model| fallback_share(&model, Gateway::Ideal, &arrivals, 0, 20).mean;
         let seed = share(Model::seed());
         let roomy = share(Model {
             capacity: Some(16),

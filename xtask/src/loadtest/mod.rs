@@ -317,7 +317,7 @@ fn ideal_line(
     arrivals: &[Arrival],
 ) -> Result<(String, ideal::Floor), String> {
     let model = args.ideal_model()?;
-    let floor = ideal::fallback_share(&model, arrivals, seed, IDEAL_DRAWS);
+    let floor = ideal::fallback_share(&model, ideal::Gateway::Ideal, arrivals, seed, IDEAL_DRAWS);
     let line = format!(
         "An ideal gateway (see `xtask/src/loadtest/ideal.rs`: the limit at the provider's \
          capacity from the start, single-flight, first come first served, the preset's \
@@ -325,6 +325,39 @@ fn ideal_line(
          this workload: the mean of {draws} draws of the provider, {min:.1}-{max:.1}%.\n",
         deadline = model.deadline,
         attempts = model.attempts,
+        mean = floor.mean * 100.0,
+        draws = floor.draws,
+        min = floor.min * 100.0,
+        max = floor.max * 100.0,
+    );
+    Ok((line, floor))
+}
+
+/// The same model run as the preset runs (see [`ideal::Gateway::Preset`]), with the
+/// in-flight limit the preset had in this run, as a line under the ideal one.
+fn preset_model_line(
+    args: &LoadtestArgs,
+    seed: u64,
+    arrivals: &[Arrival],
+    samples: &[timeline::Sample],
+) -> Result<(String, ideal::Floor), String> {
+    let model = args.ideal_model()?;
+    let limit: Vec<(f64, usize)> = samples
+        .iter()
+        .filter_map(|sample| Some((sample.at_secs, sample.limit?)))
+        .collect();
+    let floor = ideal::fallback_share(
+        &model,
+        ideal::Gateway::Preset { limit: &limit },
+        arrivals,
+        seed,
+        IDEAL_DRAWS,
+    );
+    let line = format!(
+        "The same model run as the preset runs (the in-flight limit it had in this run, a \
+         call ended at the deadline of the request leading it, the requests waiting on \
+         that call given the same answer) gives {mean:.1}%: the mean of {draws} draws, \
+         {min:.1}-{max:.1}%.\n",
         mean = floor.mean * 100.0,
         draws = floor.draws,
         min = floor.min * 100.0,
@@ -600,6 +633,8 @@ fn run_seed(
     let (ideal, floor) = ideal_line(args, seed, &arrivals)?;
     if args.preset_only {
         let run = run_once(runtime, args, Column::Preset, seed, &arrivals, out_dir)?;
+        let (model_line, model_floor) = preset_model_line(args, seed, &arrivals, &run.samples)?;
+        let ideal = format!("{ideal}\n{model_line}");
         let table = stats::render_table(&[stats::Column {
             heading: run.column.heading(),
             short: run.column.key(),
@@ -612,6 +647,7 @@ fn run_seed(
         println!("\n## Seed {seed}, default preset only\n\n{table}\n{ideal}\n{seed_criteria}");
         let mut results = run.to_json();
         results["idealFallbackShare"] = ideal::to_json(&floor);
+        results["presetModelFallbackShare"] = ideal::to_json(&model_floor);
         let json_text = serde_json::to_string_pretty(&results)
             .map_err(|e| format!("cannot encode the results: {e}"))?;
         write(&out_dir.join("preset-only.json"), &json_text)?;
@@ -632,7 +668,11 @@ fn run_seed(
         })
         .collect();
     let table = stats::render_table(&columns);
-    let notes = format!("{}\n{ideal}", notes(args, seed, arrivals.len()));
+    let (model_line, model_floor) = preset_model_line(args, seed, &arrivals, &preset.samples)?;
+    let notes = format!(
+        "{}\n{ideal}\n{model_line}",
+        notes(args, seed, arrivals.len())
+    );
     let seed_criteria = criteria::render(
         &format!("The seed's success criteria, default preset, seed {seed}:"),
         &criteria::seed_criteria(&preset.summary, &preset.observed),
@@ -654,6 +694,7 @@ fn run_seed(
         },
         "workload": workload,
         "idealFallbackShare": ideal::to_json(&floor),
+        "presetModelFallbackShare": ideal::to_json(&model_floor),
         "priorityMix": { "urgent": PRIORITY_MIX[0], "high": PRIORITY_MIX[1], "normal": PRIORITY_MIX[2], "low": PRIORITY_MIX[3] },
         "arrivals": arrivals.iter().map(|a| json!({
             "atSecs": a.at_secs,
