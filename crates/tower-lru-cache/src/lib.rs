@@ -257,6 +257,8 @@ mod http;
 mod http_key;
 mod key;
 #[cfg(feature = "http")]
+mod late;
+#[cfg(feature = "http")]
 mod layer;
 mod metrics;
 #[cfg(feature = "http")]
@@ -283,6 +285,8 @@ pub use crate::generic::{FnCacheFuture, FnCacheLayer, FnCacheLayerBuilder, FnCac
 #[cfg(feature = "http")]
 pub use crate::http_key::{KeyBuilder, Partition, Plan, RequestKey};
 pub use crate::key::{CacheKey, KeyHasher};
+#[cfg(feature = "http")]
+pub use crate::late::LateAnswer;
 #[cfg(feature = "http")]
 pub use crate::layer::{
     CacheLayer, CacheLayerBuilder, DEFAULT_BODY_WAIT, DEFAULT_MAX_REQUEST_BODY,

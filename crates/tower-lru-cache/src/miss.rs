@@ -16,6 +16,7 @@ use crate::{
     core::{Core, Flight, Found},
     error::{BoxError, CacheError},
     key::CacheKey,
+    late::LateAnswer,
     metrics::Outcome,
     shared::{Asked, Grpc, HttpShared, Verdict, vary_names, vary_values},
     store::{CacheStore, Entry},
@@ -256,7 +257,7 @@ fn age_secs<V, St>(core: &Core<V, St>, entry: &Entry<V>) -> u64 {
 async fn lead<S, ReqB, ResB, St>(
     shared: &Arc<HttpShared<St>>,
     mut svc: S,
-    req: Request<ReqB>,
+    mut req: Request<ReqB>,
     key: CacheKey,
     has_stale: bool,
 ) -> (Own<ResB>, Flight<CachedResponse>)
@@ -289,6 +290,9 @@ where
         authorized: req.headers().contains_key(header::AUTHORIZATION),
         headers: req.headers().clone(),
     };
+    // For a layer below that lets this call run on after its caller was answered.
+    req.extensions_mut()
+        .insert(LateAnswer::new(shared, key, generation, asked.clone()));
     let failed = |e: BoxError| {
         let message: Arc<str> = e.to_string().into();
         (Own::Error(e), Flight::Failed(message))

@@ -1,0 +1,130 @@
+//! [`LateAnswer`]: a call's answer that comes after its request was answered otherwise,
+//! stored for the next identical request.
+
+use std::{fmt, sync::Arc};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, response::Parts};
+use http_body::Body;
+
+use crate::{
+    body::{Collected, collect},
+    cached::CachedResponse,
+    error::BoxError,
+    key::CacheKey,
+    shared::{Asked, Grpc, HttpShared, Verdict, vary_names, vary_values},
+    store::CacheStore,
+};
+
+/// A miss's way back into the cache for an answer that comes too late for its request.
+///
+/// On a miss, the cache puts a `LateAnswer` in the extensions of the request it passes
+/// to the inner service. A layer below the cache that stops waiting for a call it has
+/// started (a deadline that lets a fallback answer the caller, say) may let the call run
+/// on and hand its answer to [`store`](Self::store) when it comes. The answer is judged
+/// by the rules an answer in time meets (its status, `Cache-Control`, `Vary`, the
+/// response-size limit, and no invalidation since the call started) and stored if they
+/// allow, so that the next identical request is a hit rather than another call. Nothing
+/// waits for it: the requests that waited on the call have had their answers.
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower_lru_cache::LateAnswer;
+///
+/// // In a layer below the cache, on giving up waiting for a call it lets run on:
+/// async fn when_the_call_ends(request: &Request<()>, answer: Response<String>) {
+///     if let Some(late) = request.extensions().get::<LateAnswer>().cloned() {
+///         let stored = late.store(answer).await;
+///         # let _ = stored;
+///     }
+/// }
+/// ```
+#[derive(Clone)]
+pub struct LateAnswer {
+    sink: Arc<dyn Sink>,
+}
+
+impl fmt::Debug for LateAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LateAnswer").finish_non_exhaustive()
+    }
+}
+
+/// Where a late answer goes: the cache that missed, for the key it missed.
+trait Sink: Send + Sync {
+    /// The largest body the cache keeps.
+    fn limit(&self) -> usize;
+    /// Stores the answer if the cache's rules allow; whether it did.
+    fn store(&self, parts: Parts, data: Bytes, trailers: Option<HeaderMap>) -> bool;
+}
+
+struct Late<St> {
+    shared: Arc<HttpShared<St>>,
+    key: CacheKey,
+    /// The cache's generation when the call started: an invalidation since keeps the
+    /// answer out.
+    generation: u64,
+    asked: Asked,
+}
+
+impl<St: CacheStore<CachedResponse>> Sink for Late<St> {
+    fn limit(&self) -> usize {
+        self.shared.max_response_body
+    }
+
+    fn store(&self, parts: Parts, data: Bytes, trailers: Option<HeaderMap>) -> bool {
+        let degraded = (self.shared.degraded)(&parts);
+        let (verdict, _) = self.shared.judge(&self.asked, &parts, degraded);
+        let Verdict::Store(ttl) = verdict else {
+            return false;
+        };
+        if Grpc::of(&parts).with_trailers(trailers.as_ref()) == Grpc::Failed {
+            return false;
+        }
+        let vary = vary_names(&parts.headers)
+            .filter(|names| !names.is_empty())
+            .map(|names| vary_values(names, &self.asked.headers));
+        let mut cached = CachedResponse::from_parts(parts, data, trailers);
+        if let Some(vary) = vary {
+            cached = cached.with_vary(vary);
+        }
+        self.shared
+            .core
+            .store(self.key, cached.for_storage(), ttl, self.generation)
+            .is_ok()
+    }
+}
+
+impl LateAnswer {
+    pub(crate) fn new<St: CacheStore<CachedResponse>>(
+        shared: &Arc<HttpShared<St>>,
+        key: CacheKey,
+        generation: u64,
+        asked: Asked,
+    ) -> Self {
+        Self {
+            sink: Arc::new(Late {
+                shared: Arc::clone(shared),
+                key,
+                generation,
+                asked,
+            }),
+        }
+    }
+
+    /// Reads `answer`'s body (no more than the cache keeps of one) and stores the answer
+    /// if the cache's rules allow. Returns whether it was stored: not when the rules
+    /// refuse it, the body is larger than the limit or fails, or the cache was
+    /// invalidated since the call started.
+    pub async fn store<B>(self, answer: Response<B>) -> bool
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = answer.into_parts();
+        match collect(body, self.sink.limit()).await {
+            Collected::Full { data, trailers } => self.sink.store(parts, data, trailers),
+            Collected::TooBig(_) | Collected::Failed(_) => false,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! A call's answer that comes after its request was answered otherwise: handed back to
+//! the cache through the [`LateAnswer`] the cache puts on a miss's request, and stored by
+//! the rules an answer in time meets.
+#![cfg(feature = "http")]
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use tower::util::BoxCloneService;
+use tower::{BoxError, Layer, ServiceExt, service_fn};
+use tower_lru_cache::{CacheBody, CacheHandle, CacheLayer, LateAnswer};
+
+/// An upstream that gives up at once (503), keeping each call's `LateAnswer` for the
+/// test to hand the real answer to later, as a layer below the cache that lets a call
+/// run on past its caller's deadline would.
+#[derive(Clone, Default)]
+struct GivesUp {
+    late: Arc<Mutex<Vec<Option<LateAnswer>>>>,
+}
+
+impl GivesUp {
+    fn calls(&self) -> usize {
+        self.late.lock().unwrap().len()
+    }
+
+    fn last(&self) -> LateAnswer {
+        let late = self.late.lock().unwrap();
+        late.last()
+            .cloned()
+            .flatten()
+            .expect("the miss's request carries a LateAnswer")
+    }
+}
+
+type Svc = BoxCloneService<Request<Full<Bytes>>, Response<CacheBody<Full<Bytes>>>, BoxError>;
+
+/// The cache in front of [`GivesUp`], the upstream, and the cache's handle.
+struct Setup {
+    svc: Svc,
+    upstream: GivesUp,
+    handle: CacheHandle,
+}
+
+fn cache(max_response_body: usize) -> Setup {
+    let upstream = GivesUp::default();
+    let late = Arc::clone(&upstream.late);
+    let inner = service_fn(move |req: Request<Full<Bytes>>| {
+        late.lock()
+            .unwrap()
+            .push(req.extensions().get::<LateAnswer>().cloned());
+        let mut res = Response::new(Full::new(Bytes::from_static(b"not now")));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        std::future::ready(Ok::<_, BoxError>(res))
+    });
+    let layer = CacheLayer::builder()
+        .max_response_body(max_response_body)
+        .build();
+    let handle = layer.handle();
+    Setup {
+        svc: BoxCloneService::new(layer.layer(inner)),
+        upstream,
+        handle,
+    }
+}
+
+fn ask() -> Request<Full<Bytes>> {
+    Request::get("/analysis/7").body(Full::default()).unwrap()
+}
+
+fn answer(body: &'static str, cache_control: Option<&'static str>) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    if let Some(value) = cache_control {
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, value.parse().unwrap());
+    }
+    res
+}
+
+async fn body(res: Response<impl http_body::Body<Data = Bytes, Error = BoxError>>) -> Bytes {
+    res.into_body().collect().await.unwrap().to_bytes()
+}
+
+#[tokio::test]
+async fn a_late_answer_is_stored_and_answers_the_next_request() {
+    let Setup { svc, upstream, .. } = cache(1024);
+    let first = svc.clone().oneshot(ask()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.calls(), 1);
+
+    assert!(upstream.last().store(answer("the analysis", None)).await);
+
+    let next = svc.clone().oneshot(ask()).await.unwrap();
+    assert_eq!(next.status(), StatusCode::OK);
+    assert_eq!(next.headers()["x-cache"], "HIT");
+    assert_eq!(body(next).await, "the analysis");
+    assert_eq!(upstream.calls(), 1, "no second call");
+}
+
+#[tokio::test]
+async fn a_late_answer_the_rules_refuse_is_not_stored() {
+    let Setup { svc, upstream, .. } = cache(1024);
+    svc.clone().oneshot(ask()).await.unwrap();
+    assert!(
+        !upstream
+            .last()
+            .store(answer("private", Some("no-store")))
+            .await
+    );
+    let mut failed = answer("boom", None);
+    *failed.status_mut() = StatusCode::BAD_GATEWAY;
+    assert!(!upstream.last().store(failed).await);
+
+    let next = svc.clone().oneshot(ask()).await.unwrap();
+    assert_eq!(next.headers()["x-cache"], "MISS");
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_late_answer_larger_than_the_limit_is_not_stored() {
+    let Setup { svc, upstream, .. } = cache(8);
+    svc.clone().oneshot(ask()).await.unwrap();
+    assert!(!upstream.last().store(answer("more than eight", None)).await);
+    svc.clone().oneshot(ask()).await.unwrap();
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test]
+async fn an_invalidation_since_the_call_started_keeps_a_late_answer_out() {
+    let Setup {
+        svc,
+        upstream,
+        handle,
+    } = cache(1024);
+    svc.clone().oneshot(ask()).await.unwrap();
+    handle.invalidate_all();
+    assert!(!upstream.last().store(answer("stale by now", None)).await);
+    svc.clone().oneshot(ask()).await.unwrap();
+    assert_eq!(upstream.calls(), 2);
+}
