@@ -233,8 +233,18 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let deadline = request.extensions().get::<Deadline>().copied();
+        // Past its deadline (a retry of a call that ran on after its caller was
+        // answered), nothing starts, whatever is known of the upstream.
+        if deadline.is_some_and(|deadline| deadline.remaining().is_zero()) {
+            return StartInTimeFuture {
+                inner: None,
+                started: Instant::now(),
+                times: None,
+            };
+        }
         if self.enabled
-            && let Some(deadline) = request.extensions().get::<Deadline>().copied()
+            && let Some(deadline) = deadline
             && let Some(need) = self.times.likely_need()
         {
             let left = deadline.remaining();

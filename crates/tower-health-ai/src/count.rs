@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use pin_project::pin_project;
 use tower_service::Service;
+
+use crate::deadline::{Running, RunningGuard};
 
 /// Counts the calls made to the inner service (the upstream) that a provider bills: every
 /// call except those it turned away with `429 Too Many Requests` (a provider over its
@@ -45,9 +47,9 @@ impl<S> CountCalls<S> {
     }
 }
 
-impl<S, Req, B> Service<Req> for CountCalls<S>
+impl<S, ReqB, B> Service<Request<ReqB>> for CountCalls<S>
 where
-    S: Service<Req, Response = Response<B>>,
+    S: Service<Request<ReqB>, Response = Response<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -57,11 +59,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let running = request.extensions().get::<Running>().map(Running::start);
         CountCallsFuture {
             inner: self.inner.call(request),
             calls: Some(Arc::clone(&self.calls)),
             polled: false,
+            running,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct CountCallsFuture<F> {
     calls: Option<Arc<AtomicU64>>,
     /// Whether the call was polled: until then nothing was sent.
     polled: bool,
+    /// Held while the call runs, for [`EnforceDeadline`](crate::deadline::EnforceDeadline).
+    running: Option<RunningGuard>,
 }
 
 impl<F, B, E> Future for CountCallsFuture<F>
@@ -88,6 +94,7 @@ where
         let this = self.project();
         *this.polled = true;
         let output = ready!(this.inner.poll(cx));
+        this.running.take();
         if let Some(calls) = this.calls.take() {
             let refused = matches!(&output, Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS);
             if !refused {
@@ -126,7 +133,7 @@ mod tests {
         hang: bool,
     }
 
-    impl Service<()> for Upstream {
+    impl Service<Request<()>> for Upstream {
         type Response = Response<()>;
         type Error = Infallible;
         type Future = Pin<Box<dyn Future<Output = Result<Response<()>, Infallible>> + Send>>;
@@ -135,7 +142,7 @@ mod tests {
             Poll::Ready(Ok(()))
         }
 
-        fn call(&mut self, (): ()) -> Self::Future {
+        fn call(&mut self, _: Request<()>) -> Self::Future {
             let Self { status, hang } = *self;
             Box::pin(async move {
                 if hang {
@@ -157,22 +164,41 @@ mod tests {
     #[tokio::test]
     async fn answered_calls_count_and_429s_do_not() {
         let (svc, calls) = counted(StatusCode::OK, false);
-        svc.oneshot(()).await.unwrap();
+        svc.oneshot(Request::new(())).await.unwrap();
         assert_eq!(calls.load(Ordering::Relaxed), 1);
         let (svc, calls) = counted(StatusCode::TOO_MANY_REQUESTS, false);
-        svc.oneshot(()).await.unwrap();
+        svc.oneshot(Request::new(())).await.unwrap();
         assert_eq!(calls.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
     async fn a_call_dropped_unpolled_sent_nothing_and_one_dropped_running_may_have_run() {
         let (mut svc, calls) = counted(StatusCode::OK, true);
-        drop(svc.call(()));
+        drop(svc.call(Request::new(())));
         assert_eq!(calls.load(Ordering::Relaxed), 0, "never polled");
-        let mut running = Box::pin(svc.call(()));
+        let mut running = Box::pin(svc.call(Request::new(())));
         let polled = std::future::poll_fn(|cx| Poll::Ready(running.as_mut().poll(cx))).await;
         assert!(polled.is_pending());
         drop(running);
         assert_eq!(calls.load(Ordering::Relaxed), 1, "polled, then given up");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_asks_is_told_while_its_call_runs() {
+        let (mut svc, _) = counted(StatusCode::OK, true);
+        let running = Running::default();
+        let mut request = Request::new(());
+        request.extensions_mut().insert(running.clone());
+        let call = svc.call(request);
+        assert!(running.any(), "from the call on");
+        drop(call);
+        assert!(!running.any(), "until it is dropped");
+        let (mut svc, _) = counted(StatusCode::OK, false);
+        let mut request = Request::new(());
+        request.extensions_mut().insert(running.clone());
+        let call = svc.call(request);
+        assert!(running.any());
+        call.await.unwrap();
+        assert!(!running.any(), "or ends");
     }
 }

@@ -5,13 +5,16 @@
 //! [`Deadline`] (the builder's budget, shortened, never lengthened, by the client's
 //! `grpc-timeout` or `x-request-timeout`, or by a [`Deadline`] the application put in the
 //! extensions) and answers by it whatever happens below. [`EnforceDeadline`], just below
-//! the fallback, ends the call at the deadline with [`DeadlineExceeded`], which the
+//! the fallback, ends the wait at the deadline with [`DeadlineExceeded`], which the
 //! fallback answers (degraded) or the preset turns into 504 (gRPC 4 `DEADLINE_EXCEEDED`).
+//! A miss's call already running at the upstream then runs on to its end, and its answer
+//! goes to the cache.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +26,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use tower::BoxError;
 use tower_breaker::fallback::Capture;
 use tower_breaker::{CaptureHead, MarkDegraded};
+use tower_lru_cache::LateAnswer;
 use tower_service::Service;
 
 use crate::degraded::{DegradeReason, DegradedCounters};
@@ -357,6 +361,15 @@ where
 /// Ends the call below at the request's [`Deadline`] with [`DeadlineExceeded`]: below the
 /// fallback, so that the fallback answers it; above the retries, so that it covers every
 /// attempt and backoff, the breaker, the queue and the pace.
+///
+/// A call that is running at the upstream when the deadline passes, for a request the
+/// cache missed, is not thrown away: it has been billed, and its answer is the one the
+/// next identical request needs. Its caller is answered at the deadline all the same,
+/// and the call runs on in a task of its own to its end (the call timeout bounds it), its
+/// slot of the in-flight limit still held; a success is stored in the cache
+/// ([`LateAnswer`]). No attempt starts after the deadline: a retry is refused at once,
+/// without waiting for a slot ([`StartInTime`](crate::budget::StartInTime) and the
+/// queue's wait).
 #[derive(Clone, Debug)]
 pub struct EnforceDeadline<S> {
     inner: S,
@@ -383,10 +396,13 @@ impl<S> EnforceDeadline<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for EnforceDeadline<S>
+impl<S, B, ResB> Service<Request<B>> for EnforceDeadline<S>
 where
-    S: Service<Request<B>>,
-    S::Error: Into<BoxError>,
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError> + 'static,
+    S::Future: Send + 'static,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -396,29 +412,74 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let deadline = request.extensions().get::<Deadline>().copied();
+        let sleep = deadline.map(|deadline| Box::pin(sleep_until(deadline.0)));
         // A request whose deadline has already passed is not sent: its call could not
         // answer in time, and might be billed.
-        let inner = match deadline {
-            Some(deadline) if deadline.0 <= Instant::now() => None,
-            _ => Some(self.inner.call(request)),
+        if deadline.is_some_and(|deadline| deadline.0 <= Instant::now()) {
+            return EnforceDeadlineFuture {
+                inner: None,
+                late: None,
+                sleep,
+            };
+        }
+        // A miss's call may outlive its caller: count its attempts at the upstream.
+        let late = match (deadline, request.extensions().get::<LateAnswer>()) {
+            (Some(_), Some(late)) => {
+                let late = (late.clone(), Running::default());
+                request.extensions_mut().insert(late.1.clone());
+                Some(late)
+            }
+            _ => None,
         };
         EnforceDeadlineFuture {
-            inner,
-            sleep: deadline.map(|deadline| sleep_until(deadline.0)),
+            inner: Some(Box::pin(self.inner.call(request))),
+            late,
+            sleep,
         }
     }
 }
 
+/// How many attempts of one request are running at the upstream: put in the request's
+/// extensions by [`EnforceDeadline`], counted by
+/// [`CountCalls`](crate::count::CountCalls), next to the upstream.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    /// Counts one attempt as running until the guard is dropped.
+    pub(crate) fn start(&self) -> RunningGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        RunningGuard(Arc::clone(&self.0))
+    }
+
+    pub(crate) fn any(&self) -> bool {
+        self.0.load(Ordering::Acquire) > 0
+    }
+}
+
+/// One running attempt; see [`Running`].
+#[derive(Debug)]
+pub(crate) struct RunningGuard(Arc<AtomicUsize>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The future of [`EnforceDeadline`].
-#[pin_project]
+///
+/// The call below is boxed, so that it can be moved into a task of its own at the
+/// deadline (a miss's call: the allocation is nothing next to it).
 pub struct EnforceDeadlineFuture<F> {
-    /// `None` when the deadline had passed before the call.
-    #[pin]
-    inner: Option<F>,
-    #[pin]
-    sleep: Option<Sleep>,
+    /// `None` when the deadline had passed before the call, or once it is handed on.
+    inner: Option<Pin<Box<F>>>,
+    /// For a miss: where its answer goes if it comes after the deadline, and whether an
+    /// attempt is running at the upstream.
+    late: Option<(LateAnswer, Running)>,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<F> fmt::Debug for EnforceDeadlineFuture<F> {
@@ -428,28 +489,54 @@ impl<F> fmt::Debug for EnforceDeadlineFuture<F> {
     }
 }
 
-impl<F, T, E> Future for EnforceDeadlineFuture<F>
+impl<F, ResB, E> Future for EnforceDeadlineFuture<F>
 where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
+    F: Future<Output = Result<Response<ResB>, E>> + Send + 'static,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+    E: Into<BoxError> + 'static,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<Response<ResB>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(inner) = this.inner.as_pin_mut()
-            && let Poll::Ready(result) = inner.poll(cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(inner) = &mut this.inner
+            && let Poll::Ready(result) = inner.as_mut().poll(cx)
         {
+            this.inner = None;
             return Poll::Ready(result.map_err(Into::into));
         }
-        match this.sleep.as_pin_mut() {
+        match &mut this.sleep {
             Some(sleep) => {
-                std::task::ready!(sleep.poll(cx));
+                std::task::ready!(sleep.as_mut().poll(cx));
+                this.sleep = None;
+                if let (Some(inner), Some((late, running))) = (this.inner.take(), this.late.take())
+                    && running.any()
+                    && let Ok(runtime) = tokio::runtime::Handle::try_current()
+                {
+                    tracing::debug!("deadline passed with the call running: it runs on");
+                    runtime.spawn(run_on(inner, late));
+                }
                 Poll::Ready(Err(Box::new(DeadlineExceeded)))
             }
             None => Poll::Pending,
         }
     }
+}
+
+/// A call whose caller was answered at its deadline, run to its end: a success goes to
+/// the cache.
+async fn run_on<F, ResB, E>(call: Pin<Box<F>>, late: LateAnswer)
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: http_body::Body<Data = Bytes>,
+    ResB::Error: Into<BoxError>,
+{
+    let Ok(answer) = call.await else {
+        return;
+    };
+    let stored = late.store(answer).await;
+    tracing::debug!(stored, "a call that outlived its caller ended");
 }
 
 #[cfg(test)]

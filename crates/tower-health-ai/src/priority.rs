@@ -70,6 +70,11 @@ impl<B> PriorityExtractor<Request<B>> for PresetPriority {
     /// [`start_calls_in_time`](crate::HealthAiStackBuilder::start_calls_in_time)).
     fn max_wait(&self, request: &Request<B>) -> Option<Duration> {
         let deadline = request.extensions().get::<Deadline>()?;
+        // Past its deadline (a retry of a call that ran on after its caller was
+        // answered): no wait at all.
+        if deadline.remaining().is_zero() {
+            return Some(Duration::ZERO);
+        }
         self.call_times.as_ref()?.slack(*deadline)
     }
 }

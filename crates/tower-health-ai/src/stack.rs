@@ -314,6 +314,16 @@ enum RedSource {
 /// [`DEADLINE_GRACE`](crate::DEADLINE_GRACE), 100 ms, for a request waiting on an
 /// identical request's call).
 ///
+/// A call already running at the upstream when its request's deadline passes is not
+/// thrown away: it has been billed, and its answer is what the next identical request
+/// needs. The request is answered at its deadline all the same; the call runs on, in a
+/// task of its own, to its end (the [call timeout](HealthAiStackBuilder::call_timeout)
+/// bounds it), keeping its slot of the in-flight limit, since the upstream is still
+/// working on it; a success is stored in the cache
+/// ([`LateAnswer`](tower_lru_cache::LateAnswer)). Nothing else starts for that request
+/// after its deadline: no retry, no wait in the queue. Requests that bypass the cache
+/// have their calls ended at the deadline, as their answers could serve no one.
+///
 /// # Retries and the circuit
 ///
 /// The upstream call the preset is made for is an analysis with no side effects: safe to
@@ -892,9 +902,9 @@ impl HealthAiStackBuilder {
     /// (the median of the last 64, once ten have succeeded) and neither starts a
     /// call with less time left than that, nor lets a request wait in the queue past the
     /// point where its call could still end in time: such a request is answered then
-    /// (the fallback, degraded, else 503 or 504), instead of at its deadline after a
-    /// call that is cut short but billed. Its slot goes to a request that can still be
-    /// answered. See [not starting what cannot end](HealthAiStack#not-starting-what-cannot-end).
+    /// (the fallback, degraded, else 503 or 504), instead of at its deadline, with a
+    /// call billed for an answer that comes too late for it. Its slot goes to a request
+    /// that can still be answered. See [not starting what cannot end](HealthAiStack#not-starting-what-cannot-end).
     pub fn start_calls_in_time(mut self, enabled: bool) -> Self {
         self.start_in_time = enabled;
         self

@@ -856,13 +856,68 @@ async fn a_waiter_with_a_shorter_deadline_is_answered_by_its_own_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_request_past_its_deadline_frees_its_slot() {
-    // One slot, an upstream that takes far longer than the 2 s deadline.
+async fn a_call_past_its_callers_deadline_runs_on_and_its_answer_serves_the_next_request() {
+    // A 10 s upstream, a 2 s deadline.
+    let upstream = Upstream::new(Duration::from_secs(10));
+    let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_deadline(Duration::from_secs(2))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    // The caller is answered at its deadline, as before.
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(response.headers()["x-degraded"], "true");
+    assert_eq!(text(response).await, "fallback");
+    // Its call runs on, its slot held: the upstream is still working on it.
+    assert_eq!(handle.metrics().queue.processing, 1);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(handle.metrics().queue.processing, 0);
+    // Its answer, billed anyway, is the next identical request's: no second call.
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "HIT");
+    assert_eq!(text(response).await, "ai:same");
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_runs_on_starts_no_other_attempt() {
+    // Every call fails after 10 s; a 2 s deadline; retries on.
+    let upstream = Upstream::new(Duration::from_secs(10));
+    upstream.set_healthy(false);
+    let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_deadline(Duration::from_secs(2))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-degraded"], "true");
+    // The failed call would be retried, but its request's deadline has passed: no
+    // second attempt, and nothing stored.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(handle.metrics().queue.processing, 0);
+    assert_eq!(handle.metrics().queue.queue_size, 0);
+    upstream.set_healthy(true);
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "MISS");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_call_past_its_callers_deadline_holds_its_slot_until_the_call_timeout() {
+    // One slot, an upstream that takes far longer than the 2 s deadline and the 60 s
+    // call timeout.
     let upstream = Upstream::new(Duration::from_secs(10_000));
     let stack = HealthAiStack::builder()
         .clock(Clock::Tokio)
         .max_in_flight(1)
         .request_deadline(Duration::from_secs(2))
+        .call_timeout(Duration::from_secs(60))
         .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
         .build();
     let handle = stack.handle();
@@ -873,9 +928,14 @@ async fn a_request_past_its_deadline_frees_its_slot() {
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         assert_eq!(response.headers()["x-degraded"], "true");
     }
-    // The second request reached the upstream: the first one's slot was given back.
-    assert_eq!(upstream.calls(), 2);
+    // The first call still runs, in the only slot: the second request never got it.
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(handle.metrics().queue.processing, 1);
+    // The call timeout ends it, and gives the slot back.
+    tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(handle.metrics().queue.processing, 0);
+    let _ = svc.clone().oneshot(ask("ada", "c")).await.unwrap();
+    assert_eq!(upstream.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
