@@ -354,9 +354,9 @@ fn preset_model_line(
         IDEAL_DRAWS,
     );
     let line = format!(
-        "The same model run as the preset runs (the in-flight limit it had in this run, a \
-         call ended at the deadline of the request leading it, the requests waiting on \
-         that call given the same answer) gives {mean:.1}%: the mean of {draws} draws, \
+        "The same model run as the preset runs (the in-flight limit it had in this run; the \
+         requests waiting on a call answered at the deadline of the one leading it, the \
+         call running on to fill the cache) gives {mean:.1}%: the mean of {draws} draws, \
          {min:.1}-{max:.1}%.\n",
         mean = floor.mean * 100.0,
         draws = floor.draws,
