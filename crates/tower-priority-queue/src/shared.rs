@@ -70,6 +70,14 @@ impl WaitCell {
         }
     }
 
+    /// The waiter's task, to wake without settling anything.
+    fn waker(&self) -> Option<Waker> {
+        self.waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Records the outcome (under the room's lock) and returns the waker to wake once the
     /// lock is released.
     fn settle(&self, outcome: u8) -> Option<Waker> {
@@ -589,23 +597,30 @@ impl Shared {
             .checked_add(wait)
             .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
             .unwrap_or(now);
-        {
-            let _room = self.lock();
+        let waiters = {
+            let room = self.lock();
             let mut until = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
             if until.is_some_and(|until| until >= end) {
                 return;
             }
             *until = Some(end);
             self.state.fetch_or(COOLING, Ordering::AcqRel);
-        }
+            // Those already waiting may wait for a slot alone, with no timer for the end
+            // of the pause: they look again and wait for its end too.
+            room.payloads()
+                .filter_map(|cell| cell.waker())
+                .collect::<Vec<_>>()
+        };
+        wake_all(waiters);
         self.metrics.cooldown_started(wait);
         tracing::warn!(
             queue = %self.settings.name,
             cooldown_ms = wait.as_millis(),
             "priority queue: the upstream asked for a pause (Retry-After): admission paused"
         );
-        // No timer task: the waiters' futures wait for the end (`WaitGuard::poll_cooldown`),
-        // and an arrival or a release after the end ends it too.
+        // No timer task: the waiters' futures wait for the end (`WaitGuard::poll_cooldown`;
+        // those that waited before it began were woken above to do so), and an arrival or
+        // a release after the end ends it too.
     }
 
     /// Feeds one completed call's load signal to the adaptive limit. `in_flight` counts

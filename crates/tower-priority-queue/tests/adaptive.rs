@@ -808,3 +808,48 @@ async fn an_outage_of_errors_does_not_raise_the_limit() {
     }
     assert_eq!(handle.max_in_flight(), 2);
 }
+
+/// A request already waiting when the upstream asks for a pause is admitted when the
+/// pause ends, even if nothing else happens then (no arrival, no call completing): it
+/// does not sit out its whole maximum wait beside a free slot.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_queued_before_a_cool_down_is_admitted_when_it_ends() {
+    let upstream = service_fn(|request: Request| async move {
+        if request.headers().contains_key("x-first") {
+            // Held for a second, then throttled with a pause of 5 s.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, BoxError>(status(429, Some("5")))
+        } else {
+            Ok(status(200, None))
+        }
+    });
+    let layer = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive().initial(1))
+        .overload_classifier(HttpOverload::new())
+        .max_wait_all(Duration::from_secs(60))
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    let started = Instant::now();
+    let first = http::Request::builder()
+        .header("x-first", "1")
+        .body(())
+        .expect("request");
+    let first = tokio::spawn(service.clone().oneshot(first));
+    tokio::task::yield_now().await;
+    // Waits for the only slot, before any pause is asked for.
+    let waiter = tokio::spawn(service.clone().oneshot(request()));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.snapshot().queue_size, 1);
+    let throttled = first.await.expect("no panic").expect("answered");
+    assert_eq!(throttled.status(), 429);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(handle.snapshot().processing, 0, "the slot is back");
+    let response = waiter
+        .await
+        .expect("no panic")
+        .expect("admitted when the pause ends, not shed after its max wait");
+    assert_eq!(response.status(), 200);
+    assert_eq!(started.elapsed(), Duration::from_secs(6));
+    assert_eq!(handle.snapshot().queue_size, 0);
+}
