@@ -200,8 +200,15 @@ impl<S, E, C: Clone> PriorityQueue<S, E, C> {
                 return ResponseFuture::failed(error.into(), self.classifier.clone());
             }
         };
-        let own = self.extractor.max_wait(&request);
-        if own == Some(Duration::ZERO) {
+        // The shorter of the level's bound and the request's own.
+        let max_wait = match (
+            self.shared.settings.max_wait[priority.index()],
+            self.extractor.max_wait(&request),
+        ) {
+            (Some(level), Some(own)) => Some(level.min(own)),
+            (level, own) => level.or(own),
+        };
+        if max_wait == Some(Duration::ZERO) {
             // May not wait at all: it never enters the room, where it could displace a
             // waiter of a lower level only to time out at once.
             if self.shared.try_acquire() {
@@ -223,11 +230,6 @@ impl<S, E, C: Clone> PriorityQueue<S, E, C> {
         match self.shared.acquire_or_wait(priority, Instant::now()) {
             Admission::Admitted => self.call_admitted(priority, request),
             Admission::Waiting(guard) => {
-                // The shorter of the level's bound and the request's own.
-                let max_wait = match (self.shared.settings.max_wait[priority.index()], own) {
-                    (Some(level), Some(own)) => Some(level.min(own)),
-                    (level, own) => level.or(own),
-                };
                 let classifier = self.classifier.clone();
                 ResponseFuture::waiting(guard, max_wait, self.inner.clone(), request, classifier)
             }
