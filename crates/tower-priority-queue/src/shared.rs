@@ -514,18 +514,36 @@ impl Shared {
             controller.quiet_since = Some(now);
             let change = controller.aimd.on_accepted(in_flight);
             if let Some(change) = change {
-                self.limit.store(change.to, Ordering::Relaxed);
-                self.metrics.set_limit(change.to);
+                self.limit.store(change.to, Ordering::Release);
             }
             change
         };
         if let Some(change) = change {
+            self.publish_limit();
             tracing::debug!(
                 queue = %self.settings.name,
                 from = change.from,
                 to = change.to,
                 "priority queue: the upstream holds every call in flight: limit raised"
             );
+        }
+    }
+
+    /// Sets the `queue_limit` gauge to the limit in force, after a change.
+    ///
+    /// Outside the controller's lock (the recorder is the user's code), so changes may be
+    /// recorded out of order: each writer reads the limit again after setting the gauge
+    /// and sets it again if the limit moved meanwhile. The last value set is then the
+    /// limit in force: a change made after it is followed by its own writer's setting.
+    fn publish_limit(&self) {
+        let mut limit = self.limit.load(Ordering::Acquire);
+        loop {
+            self.metrics.set_limit(limit);
+            let now = self.limit.load(Ordering::Acquire);
+            if now == limit {
+                return;
+            }
+            limit = now;
         }
     }
 
@@ -647,12 +665,12 @@ impl Shared {
                 .epoch
                 .store(controller.aimd.epoch(), Ordering::Relaxed);
             if let Some(change) = change {
-                self.limit.store(change.to, Ordering::Relaxed);
+                self.limit.store(change.to, Ordering::Release);
             }
             change
         };
         if let Some(change) = change {
-            self.metrics.set_limit(change.to);
+            self.publish_limit();
             if change.to < change.from {
                 tracing::warn!(
                     queue = %self.settings.name,

@@ -853,3 +853,124 @@ async fn a_waiter_queued_before_a_cool_down_is_admitted_when_it_ends() {
     assert_eq!(started.elapsed(), Duration::from_secs(6));
     assert_eq!(handle.snapshot().queue_size, 0);
 }
+
+/// The `queue_limit` gauge: each value set, and a hook run once when a given value is set,
+/// before it is stored.
+struct LimitGauge {
+    value: Mutex<f64>,
+    hook_at: f64,
+    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl metrics::GaugeFn for LimitGauge {
+    fn increment(&self, value: f64) {
+        *self.value.lock().expect("value") += value;
+    }
+
+    fn decrement(&self, value: f64) {
+        *self.value.lock().expect("value") -= value;
+    }
+
+    fn set(&self, value: f64) {
+        #[allow(clippy::float_cmp)] // whole numbers
+        let hook = if value == self.hook_at {
+            self.hook.lock().expect("hook").take()
+        } else {
+            None
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+        *self.value.lock().expect("value") = value;
+    }
+}
+
+/// Hands out [`LimitGauge`] for `queue_limit`, and no-op handles for the rest.
+struct LimitRecorder(Arc<LimitGauge>);
+
+impl metrics::Recorder for LimitRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        if key.name() == "queue_limit" {
+            metrics::Gauge::from_arc(Arc::clone(&self.0))
+        } else {
+            metrics::Gauge::noop()
+        }
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Two calls lower the limit one after the other (5 to 4, then 4 to 3), and the second
+/// change is made and recorded between the first's change and its recording, as another
+/// thread can: the gauge still ends at the limit in force, 3, not at the stale 4.
+#[tokio::test(start_paused = true)]
+async fn the_limit_gauge_ends_at_the_limit_when_changes_interleave() {
+    let gauge = Arc::new(LimitGauge {
+        value: Mutex::new(f64::NAN),
+        hook_at: 4.0,
+        hook: Mutex::new(None),
+    });
+    let recorder = LimitRecorder(Arc::clone(&gauge));
+    let layer = metrics::with_local_recorder(&recorder, || {
+        PriorityQueueLayer::builder()
+            .limit(Limit::adaptive().initial(5))
+            .overload_classifier(HttpOverload::new())
+            .build()
+    });
+    let handle = layer.handle();
+    let service = layer.layer(service_fn(|_request: Request| async {
+        Ok::<_, BoxError>(status(429, None))
+    }));
+    // The second call, admitted after the first decrease and answered 429 at once; run
+    // while the first call records its decrease.
+    let second = service.clone();
+    *gauge.hook.lock().expect("hook") = Some(Box::new(move || {
+        let mut service = second;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let mut call = std::pin::pin!(service.call(request()));
+        match call.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(response)) => assert_eq!(response.status(), 429),
+            other => panic!("the second call is answered at once, not {other:?}"),
+        }
+    }));
+    let first = service.clone().oneshot(request()).await.expect("answered");
+    assert_eq!(first.status(), 429);
+    assert!(gauge.hook.lock().expect("hook").is_none(), "the hook ran");
+    assert_eq!(handle.max_in_flight(), 3);
+    #[allow(clippy::cast_precision_loss)]
+    let limit = handle.max_in_flight() as f64;
+    assert_eq!(*gauge.value.lock().expect("value"), limit);
+}
