@@ -121,10 +121,19 @@ pub(crate) struct Shared {
     room: Mutex<WaitQueue<Arc<WaitCell>>>,
     /// The adaptive controller, when the limit is adaptive.
     adaptive: Option<Adaptive>,
-    /// When the current cool-down ends; read and written under the room's lock.
-    cooldown: Mutex<Option<Instant>>,
+    /// The current cool-down; written under the room's lock.
+    cooldown: Mutex<Option<Pause>>,
     pub(crate) settings: Settings,
     pub(crate) metrics: QueueMetrics,
+}
+
+/// A cool-down in progress.
+#[derive(Clone, Copy, Debug)]
+struct Pause {
+    /// When it ends.
+    until: Instant,
+    /// How long the upstream asked for (capped): the `queue_cooldown_seconds` gauge.
+    length: Duration,
 }
 
 /// The adaptive limit's state.
@@ -209,9 +218,9 @@ impl Shared {
         if self.state.load(Ordering::Acquire) & COOLING == 0 {
             return None;
         }
-        let until = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-        until
-            .map(|until| until.saturating_duration_since(now))
+        let pause = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+        pause
+            .map(|pause| pause.until.saturating_duration_since(now))
             .filter(|left| !left.is_zero())
     }
 
@@ -568,7 +577,10 @@ impl Shared {
         if self.state.load(Ordering::Acquire) & COOLING == 0 {
             return None;
         }
-        *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner)
+        self.cooldown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|pause| pause.until)
     }
 
     /// What is left of the cool-down (the room's lock is held).
@@ -576,8 +588,8 @@ impl Shared {
         if self.state.load(Ordering::Acquire) & COOLING == 0 {
             return None;
         }
-        let until = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-        until.map(|until| until.saturating_duration_since(now))
+        let pause = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+        pause.map(|pause| pause.until.saturating_duration_since(now))
     }
 
     /// Ends the cool-down if it is due (the room's lock is held).
@@ -585,12 +597,36 @@ impl Shared {
         if self.state.load(Ordering::Acquire) & COOLING == 0 {
             return;
         }
-        let mut until = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-        if until.is_none_or(|until| until <= now) {
-            *until = None;
+        {
+            let mut pause = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+            if pause.is_some_and(|pause| pause.until > now) {
+                return;
+            }
+            *pause = None;
             self.state.fetch_and(!COOLING, Ordering::AcqRel);
-            self.metrics.cooldown_ended();
-            tracing::debug!(queue = %self.settings.name, "priority queue: cool-down over");
+        }
+        self.publish_cooldown();
+        tracing::debug!(queue = %self.settings.name, "priority queue: cool-down over");
+    }
+
+    /// Sets the `queue_cooldown_seconds` gauge to the cool-down in progress (0 if none),
+    /// after a change; as [`publish_limit`](Self::publish_limit), a writer that raced
+    /// with a later change sets it again.
+    fn publish_cooldown(&self) {
+        let length = || {
+            self.cooldown
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .map_or(Duration::ZERO, |pause| pause.length)
+        };
+        let mut published = length();
+        loop {
+            self.metrics.set_cooldown(published);
+            let now = length();
+            if now == published {
+                return;
+            }
+            published = now;
         }
     }
 
@@ -617,11 +653,14 @@ impl Shared {
             .unwrap_or(now);
         let waiters = {
             let room = self.lock();
-            let mut until = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-            if until.is_some_and(|until| until >= end) {
+            let mut pause = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+            if pause.is_some_and(|pause| pause.until >= end) {
                 return;
             }
-            *until = Some(end);
+            *pause = Some(Pause {
+                until: end,
+                length: wait,
+            });
             self.state.fetch_or(COOLING, Ordering::AcqRel);
             // Those already waiting may wait for a slot alone, with no timer for the end
             // of the pause: they look again and wait for its end too.
@@ -630,7 +669,8 @@ impl Shared {
                 .collect::<Vec<_>>()
         };
         wake_all(waiters);
-        self.metrics.cooldown_started(wait);
+        self.metrics.cooldown_started();
+        self.publish_cooldown();
         tracing::warn!(
             queue = %self.settings.name,
             cooldown_ms = wait.as_millis(),

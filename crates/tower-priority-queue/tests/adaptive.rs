@@ -885,8 +885,9 @@ impl metrics::GaugeFn for LimitGauge {
     }
 }
 
-/// Hands out [`LimitGauge`] for `queue_limit`, and no-op handles for the rest.
-struct LimitRecorder(Arc<LimitGauge>);
+/// Hands out [`LimitGauge`] for one gauge (`queue_limit` unless told), and no-op handles
+/// for the rest.
+struct LimitRecorder(Arc<LimitGauge>, &'static str);
 
 impl metrics::Recorder for LimitRecorder {
     fn describe_counter(
@@ -916,7 +917,7 @@ impl metrics::Recorder for LimitRecorder {
     }
 
     fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        if key.name() == "queue_limit" {
+        if key.name() == self.1 {
             metrics::Gauge::from_arc(Arc::clone(&self.0))
         } else {
             metrics::Gauge::noop()
@@ -942,7 +943,7 @@ async fn the_limit_gauge_ends_at_the_limit_when_changes_interleave() {
         hook_at: 4.0,
         hook: Mutex::new(None),
     });
-    let recorder = LimitRecorder(Arc::clone(&gauge));
+    let recorder = LimitRecorder(Arc::clone(&gauge), "queue_limit");
     let layer = metrics::with_local_recorder(&recorder, || {
         PriorityQueueLayer::builder()
             .limit(Limit::adaptive().initial(5))
@@ -973,4 +974,77 @@ async fn the_limit_gauge_ends_at_the_limit_when_changes_interleave() {
     #[allow(clippy::cast_precision_loss)]
     let limit = handle.max_in_flight() as f64;
     assert_eq!(*gauge.value.lock().expect("value"), limit);
+}
+
+/// Two calls answer 429 asking for pauses of 5 s and 20 s, and the second extends the
+/// cool-down and records it between the first's start and its recording, as another
+/// thread can: `queue_cooldown_seconds` still ends at the pause in progress, 20 s.
+#[tokio::test(start_paused = true)]
+async fn the_cool_down_gauge_ends_at_the_pause_in_progress_when_starts_interleave() {
+    let gauge = Arc::new(LimitGauge {
+        value: Mutex::new(f64::NAN),
+        hook_at: 5.0,
+        hook: Mutex::new(None),
+    });
+    let recorder = LimitRecorder(Arc::clone(&gauge), "queue_cooldown_seconds");
+    let layer = metrics::with_local_recorder(&recorder, || {
+        PriorityQueueLayer::builder()
+            .limit(Limit::adaptive().initial(4))
+            .overload_classifier(HttpOverload::new())
+            .build()
+    });
+    let handle = layer.handle();
+    let answer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = layer.layer(service_fn({
+        let answer = Arc::clone(&answer);
+        move |request: Request| {
+            let answer = Arc::clone(&answer);
+            async move {
+                if request.headers().contains_key("x-second") {
+                    // Answers when told to.
+                    std::future::poll_fn(|_| {
+                        if answer.load(Ordering::Relaxed) {
+                            std::task::Poll::Ready(())
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    })
+                    .await;
+                    Ok::<_, BoxError>(status(429, Some("20")))
+                } else {
+                    Ok(status(429, Some("5")))
+                }
+            }
+        }
+    }));
+    // The second call is in flight before the first; it answers while the first records
+    // the start of its cool-down.
+    let second_request = http::Request::builder()
+        .header("x-second", "1")
+        .body(())
+        .expect("request");
+    let mut second = service.clone();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(second.poll_ready(&mut cx).is_ready());
+    let mut second = Box::pin(second.call(second_request));
+    assert!(second.as_mut().poll(&mut cx).is_pending());
+    *gauge.hook.lock().expect("hook") = Some(Box::new(move || {
+        answer.store(true, Ordering::Relaxed);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match second.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(response)) => assert_eq!(response.status(), 429),
+            other => panic!("the second call is answered at once, not {other:?}"),
+        }
+    }));
+    let first = service.clone().oneshot(request()).await.expect("answered");
+    assert_eq!(first.status(), 429);
+    assert!(gauge.hook.lock().expect("hook").is_none(), "the hook ran");
+    assert_eq!(handle.snapshot().cooling_down_secs, 20);
+    assert_eq!(*gauge.value.lock().expect("value"), 20.0);
+    // The pause ends at 20 s for the next arrival, which meets the next pause.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(handle.snapshot().cooling_down_secs, 0);
+    let after = service.clone().oneshot(request()).await.expect("answered");
+    assert_eq!(after.status(), 429);
+    assert_eq!(*gauge.value.lock().expect("value"), 5.0, "the next pause");
 }
