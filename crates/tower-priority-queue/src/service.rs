@@ -12,7 +12,6 @@ use tower_service::Service;
 use crate::error::QueueError;
 use crate::future::ResponseFuture;
 use crate::handle::QueueHandle;
-use crate::metrics::ShedReason;
 use crate::overload::{OverloadClassifier, TimeoutOverload};
 use crate::priority::{Priority, PriorityExtractor};
 use crate::shared::{Admission, Permit, Shared};
@@ -211,21 +210,13 @@ impl<S, E, C: Clone> PriorityQueue<S, E, C> {
         if max_wait == Some(Duration::ZERO) {
             // May not wait at all: it never enters the room, where it could displace a
             // waiter of a lower level only to time out at once.
-            if self.shared.try_acquire() {
-                return self.call_admitted(priority, request);
-            }
-            self.shared.metrics.shed(priority, ShedReason::Timeout);
-            tracing::debug!(
-                queue = %self.shared.settings.name,
-                %priority,
-                "priority queue full and the request may not wait: request shed"
-            );
-            let error = QueueError::QueueTimeout {
-                priority,
-                waited: Duration::ZERO,
-                retry_after: self.shared.settings.retry_after,
+            return match self
+                .shared
+                .acquire_without_waiting(priority, Instant::now())
+            {
+                Ok(()) => self.call_admitted(priority, request),
+                Err(error) => ResponseFuture::failed(error.into(), self.classifier.clone()),
             };
-            return ResponseFuture::failed(error.into(), self.classifier.clone());
         }
         match self.shared.acquire_or_wait(priority, Instant::now()) {
             Admission::Admitted => self.call_admitted(priority, request),

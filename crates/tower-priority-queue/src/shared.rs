@@ -371,6 +371,67 @@ impl Shared {
         })
     }
 
+    /// Takes a free slot for a request that may not wait, or refuses it: it never enters
+    /// the room. Under the room's lock, so that a cool-down that is over ends here.
+    pub(crate) fn acquire_without_waiting(
+        &self,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<(), QueueError> {
+        let mut room = self.lock();
+        self.end_cooldown_if_due(now);
+        // Slots the end of a cool-down frees go to those already waiting first.
+        let granted = self.pump_locked(&mut room);
+        let cooldown = self.cooldown_left(now);
+        let mut state = self.state.load(Ordering::Acquire);
+        let admitted = loop {
+            if state & (WAITERS | COOLING) != 0
+                || state >> SLOT_SHIFT >= self.limit.load(Ordering::Relaxed)
+            {
+                break false;
+            }
+            match self.state.compare_exchange(
+                state,
+                state + ONE_SLOT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break true,
+                Err(actual) => state = actual,
+            }
+        };
+        drop(room);
+        wake_all(granted);
+        if admitted {
+            self.metrics.admitted();
+            return Ok(());
+        }
+        if let Some(left) = cooldown {
+            self.metrics.shed(priority, ShedReason::CoolingDown);
+            tracing::debug!(
+                queue = %self.settings.name,
+                %priority,
+                cooldown_left_ms = left.as_millis(),
+                "priority queue cooling down and the request may not wait: request shed"
+            );
+            return Err(QueueError::CoolingDown {
+                priority,
+                retry_after: left,
+            });
+        }
+        self.metrics.shed(priority, ShedReason::Timeout);
+        tracing::debug!(
+            queue = %self.settings.name,
+            %priority,
+            "priority queue full and the request may not wait: request shed"
+        );
+        Err(QueueError::QueueTimeout {
+            priority,
+            waited: Duration::ZERO,
+            retry_after: self.settings.retry_after,
+        })
+    }
+
     /// Gives a slot back, or hands it to the next waiter.
     pub(crate) fn release(&self) {
         let mut state = self.state.load(Ordering::Relaxed);

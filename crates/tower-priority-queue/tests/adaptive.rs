@@ -1048,3 +1048,85 @@ async fn the_cool_down_gauge_ends_at_the_pause_in_progress_when_starts_interleav
     assert_eq!(after.status(), 429);
     assert_eq!(*gauge.value.lock().expect("value"), 5.0, "the next pause");
 }
+
+/// High requests, which may not wait: by their own bound (`x-no-wait`), or by their
+/// level's maximum wait.
+#[derive(Clone, Copy, Debug)]
+struct NoWait;
+
+impl tower_priority_queue::PriorityExtractor<Request> for NoWait {
+    fn extract(
+        &self,
+        request: &Request,
+    ) -> Result<tower_priority_queue::Priority, tower_priority_queue::QueueError> {
+        tower_priority_queue::HeaderPriority::new().extract(request)
+    }
+
+    fn max_wait(&self, request: &Request) -> Option<Duration> {
+        request
+            .headers()
+            .contains_key("x-no-wait")
+            .then_some(Duration::ZERO)
+    }
+}
+
+/// A request that may not wait (by its own bound or by its level's) meets a cool-down:
+/// it is refused at once with what is left of the pause, and once the pause is over it is
+/// admitted, even if nothing else has ended the pause yet.
+#[tokio::test(start_paused = true)]
+async fn a_request_that_may_not_wait_meets_a_cool_down() {
+    for own in [true, false] {
+        let upstream = service_fn(|request: Request| async move {
+            if request.headers().contains_key("x-first") {
+                Ok::<_, BoxError>(status(429, Some("5")))
+            } else {
+                Ok(status(200, None))
+            }
+        });
+        let mut builder = PriorityQueueLayer::builder()
+            .extractor(NoWait)
+            .limit(Limit::adaptive().initial(4))
+            .overload_classifier(HttpOverload::new());
+        if !own {
+            builder = builder.max_wait(tower_priority_queue::Priority::High, Duration::ZERO);
+        }
+        let layer = builder.build();
+        let handle = layer.handle();
+        let service = layer.layer(upstream);
+        let first = http::Request::builder()
+            .header("x-first", "1")
+            .body(())
+            .expect("request");
+        let throttled = service.clone().oneshot(first).await.expect("answered");
+        assert_eq!(throttled.status(), 429);
+        let high = || {
+            let mut request = http::Request::builder().header("x-priority", "high");
+            if own {
+                request = request.header("x-no-wait", "1");
+            }
+            request.body(()).expect("request")
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let error = service
+            .clone()
+            .oneshot(high())
+            .await
+            .expect_err("refused during the pause");
+        let refusal = error
+            .downcast_ref::<tower_priority_queue::QueueError>()
+            .unwrap_or_else(|| panic!("a queue refusal, not {error}"));
+        assert!(
+            matches!(refusal, tower_priority_queue::QueueError::CoolingDown { retry_after, .. } if *retry_after == Duration::from_secs(4)),
+            "own bound {own}: {refusal:?}"
+        );
+        assert_eq!(handle.snapshot().queue_size, 0, "it never waited");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let response = service
+            .clone()
+            .oneshot(high())
+            .await
+            .unwrap_or_else(|error| panic!("own bound {own}: refused after the pause: {error}"));
+        assert_eq!(response.status(), 200);
+        assert_eq!(handle.snapshot().processing, 0);
+    }
+}
