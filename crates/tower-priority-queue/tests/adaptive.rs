@@ -1130,3 +1130,79 @@ async fn a_request_that_may_not_wait_meets_a_cool_down() {
         assert_eq!(handle.snapshot().processing, 0);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random requests against an upstream that answers after a while, some with 429 and
+    /// a pause: whenever someone waits, every slot is in use or a pause runs (no waiter is
+    /// left beside a free slot, e.g. after a pause ends), and nothing leaks.
+    #[test]
+    fn no_waiter_is_left_beside_a_free_slot(
+        requests in prop::collection::vec((0_u64..6000, 0_usize..4, 0_u8..6, 0_u64..4000), 1..40),
+        max in 1_usize..5,
+        max_wait_ms in 500_u64..20_000,
+    ) {
+        paused_runtime().block_on(async move {
+            let upstream = service_fn(|request: Request| async move {
+                let kind: u8 = request.headers()["x-kind"].to_str().expect("ascii").parse().expect("kind");
+                let latency: u64 = request.headers()["x-latency"].to_str().expect("ascii").parse().expect("ms");
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+                Ok::<_, BoxError>(match kind {
+                    0 => status(429, Some("1")),
+                    1 => status(429, Some("3")),
+                    2 => status(503, None),
+                    _ => status(200, None),
+                })
+            });
+            let layer = PriorityQueueLayer::builder()
+                .limit(Limit::adaptive().max(max).initial(max))
+                .overload_classifier(HttpOverload::new())
+                .capacity(64)
+                .max_wait_all(Duration::from_millis(max_wait_ms))
+                .build();
+            let handle = layer.handle();
+            let service = layer.layer(upstream);
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for (at, level, kind, latency) in requests {
+                let request = http::Request::builder()
+                    .header("x-priority", tower_priority_queue::Priority::ALL[level].as_str())
+                    .header("x-kind", kind.to_string())
+                    .header("x-latency", latency.to_string())
+                    .body(())
+                    .expect("request");
+                let call: Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>> =
+                    Box::pin(service.clone().oneshot(request));
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                    let _ = call.await;
+                }));
+            }
+            // Look every 50 ms, once what happens at that instant has run.
+            let mut violations = Vec::new();
+            let mut at = start;
+            while tasks.iter().any(|task| !task.is_finished()) {
+                tokio::time::sleep_until(at).await;
+                for _ in 0..64 {
+                    tokio::task::yield_now().await;
+                }
+                let snapshot = handle.snapshot();
+                if snapshot.queue_size > 0
+                    && snapshot.processing < snapshot.limit
+                    && snapshot.cooling_down_secs == 0
+                {
+                    violations.push((at - start, snapshot));
+                }
+                at += Duration::from_millis(50);
+            }
+            let violations: Vec<_> = violations.into_iter().take(3).collect();
+            for task in tasks {
+                task.await.expect("no panic");
+            }
+            assert!(violations.is_empty(), "waiting beside a free slot: {violations:?}");
+            let snapshot = handle.snapshot();
+            assert_eq!((snapshot.processing, snapshot.queue_size), (0, 0));
+        });
+    }
+}
