@@ -166,6 +166,13 @@ impl<T> WaitQueue<T> {
         Some((Priority::ALL[index], entry))
     }
 
+    /// What every waiter attached, in no particular order.
+    pub(crate) fn payloads(&self) -> impl Iterator<Item = &T> {
+        self.levels
+            .iter()
+            .flat_map(|level| level.iter().map(|entry| &entry.payload))
+    }
+
     /// Removes a waiter that gave up (cancelled or timed out).
     pub(crate) fn remove(&mut self, priority: Priority, id: u64) -> Option<Entry<T>> {
         let level = &mut self.levels[priority.index()];

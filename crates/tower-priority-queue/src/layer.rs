@@ -221,7 +221,8 @@ impl<E, C> PriorityQueueLayerBuilder<E, C> {
 
     /// The longest a request of this level may wait for a slot before it is refused with
     /// [`QueueError::QueueTimeout`](crate::QueueError::QueueTimeout). `Duration::MAX`
-    /// means no limit.
+    /// means no limit; `Duration::ZERO` means no wait: a request of this level that finds
+    /// no free slot is refused at once, without entering the room (it displaces nobody).
     #[must_use]
     pub fn max_wait(mut self, priority: Priority, max_wait: Duration) -> Self {
         self.max_wait[priority.index()] = Some(max_wait).filter(|wait| *wait != Duration::MAX);

@@ -207,13 +207,12 @@ impl QueueMetrics {
         self.limit.set(limit as f64);
     }
 
-    pub(crate) fn cooldown_started(&self, wait: Duration) {
+    pub(crate) fn cooldown_started(&self) {
         self.cooldowns.increment(1);
-        self.cooldown.set(wait.as_secs_f64());
     }
 
-    pub(crate) fn cooldown_ended(&self) {
-        self.cooldown.set(0.0);
+    pub(crate) fn set_cooldown(&self, length: Duration) {
+        self.cooldown.set(length.as_secs_f64());
     }
 }
 

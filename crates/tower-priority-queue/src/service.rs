@@ -12,7 +12,6 @@ use tower_service::Service;
 use crate::error::QueueError;
 use crate::future::ResponseFuture;
 use crate::handle::QueueHandle;
-use crate::metrics::ShedReason;
 use crate::overload::{OverloadClassifier, TimeoutOverload};
 use crate::priority::{Priority, PriorityExtractor};
 use crate::shared::{Admission, Permit, Shared};
@@ -200,34 +199,28 @@ impl<S, E, C: Clone> PriorityQueue<S, E, C> {
                 return ResponseFuture::failed(error.into(), self.classifier.clone());
             }
         };
-        let own = self.extractor.max_wait(&request);
-        if own == Some(Duration::ZERO) {
+        // The shorter of the level's bound and the request's own.
+        let max_wait = match (
+            self.shared.settings.max_wait[priority.index()],
+            self.extractor.max_wait(&request),
+        ) {
+            (Some(level), Some(own)) => Some(level.min(own)),
+            (level, own) => level.or(own),
+        };
+        if max_wait == Some(Duration::ZERO) {
             // May not wait at all: it never enters the room, where it could displace a
             // waiter of a lower level only to time out at once.
-            if self.shared.try_acquire() {
-                return self.call_admitted(priority, request);
-            }
-            self.shared.metrics.shed(priority, ShedReason::Timeout);
-            tracing::debug!(
-                queue = %self.shared.settings.name,
-                %priority,
-                "priority queue full and the request may not wait: request shed"
-            );
-            let error = QueueError::QueueTimeout {
-                priority,
-                waited: Duration::ZERO,
-                retry_after: self.shared.settings.retry_after,
+            return match self
+                .shared
+                .acquire_without_waiting(priority, Instant::now())
+            {
+                Ok(()) => self.call_admitted(priority, request),
+                Err(error) => ResponseFuture::failed(error.into(), self.classifier.clone()),
             };
-            return ResponseFuture::failed(error.into(), self.classifier.clone());
         }
         match self.shared.acquire_or_wait(priority, Instant::now()) {
             Admission::Admitted => self.call_admitted(priority, request),
             Admission::Waiting(guard) => {
-                // The shorter of the level's bound and the request's own.
-                let max_wait = match (self.shared.settings.max_wait[priority.index()], own) {
-                    (Some(level), Some(own)) => Some(level.min(own)),
-                    (level, own) => level.or(own),
-                };
                 let classifier = self.classifier.clone();
                 ResponseFuture::waiting(guard, max_wait, self.inner.clone(), request, classifier)
             }

@@ -70,6 +70,14 @@ impl WaitCell {
         }
     }
 
+    /// The waiter's task, to wake without settling anything.
+    fn waker(&self) -> Option<Waker> {
+        self.waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Records the outcome (under the room's lock) and returns the waker to wake once the
     /// lock is released.
     fn settle(&self, outcome: u8) -> Option<Waker> {
@@ -113,10 +121,19 @@ pub(crate) struct Shared {
     room: Mutex<WaitQueue<Arc<WaitCell>>>,
     /// The adaptive controller, when the limit is adaptive.
     adaptive: Option<Adaptive>,
-    /// When the current cool-down ends; read and written under the room's lock.
-    cooldown: Mutex<Option<Instant>>,
+    /// The current cool-down; written under the room's lock.
+    cooldown: Mutex<Option<Pause>>,
     pub(crate) settings: Settings,
     pub(crate) metrics: QueueMetrics,
+}
+
+/// A cool-down in progress.
+#[derive(Clone, Copy, Debug)]
+struct Pause {
+    /// When it ends.
+    until: Instant,
+    /// How long the upstream asked for (capped): the `queue_cooldown_seconds` gauge.
+    length: Duration,
 }
 
 /// The adaptive limit's state.
@@ -201,9 +218,9 @@ impl Shared {
         if self.state.load(Ordering::Acquire) & COOLING == 0 {
             return None;
         }
-        let until = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-        until
-            .map(|until| until.saturating_duration_since(now))
+        let pause = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+        pause
+            .map(|pause| pause.until.saturating_duration_since(now))
             .filter(|left| !left.is_zero())
     }
 
@@ -351,6 +368,67 @@ impl Shared {
             id,
             priority,
             enqueued: now,
+        })
+    }
+
+    /// Takes a free slot for a request that may not wait, or refuses it: it never enters
+    /// the room. Under the room's lock, so that a cool-down that is over ends here.
+    pub(crate) fn acquire_without_waiting(
+        &self,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<(), QueueError> {
+        let mut room = self.lock();
+        self.end_cooldown_if_due(now);
+        // Slots the end of a cool-down frees go to those already waiting first.
+        let granted = self.pump_locked(&mut room);
+        let cooldown = self.cooldown_left(now);
+        let mut state = self.state.load(Ordering::Acquire);
+        let admitted = loop {
+            if state & (WAITERS | COOLING) != 0
+                || state >> SLOT_SHIFT >= self.limit.load(Ordering::Relaxed)
+            {
+                break false;
+            }
+            match self.state.compare_exchange(
+                state,
+                state + ONE_SLOT,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break true,
+                Err(actual) => state = actual,
+            }
+        };
+        drop(room);
+        wake_all(granted);
+        if admitted {
+            self.metrics.admitted();
+            return Ok(());
+        }
+        if let Some(left) = cooldown {
+            self.metrics.shed(priority, ShedReason::CoolingDown);
+            tracing::debug!(
+                queue = %self.settings.name,
+                %priority,
+                cooldown_left_ms = left.as_millis(),
+                "priority queue cooling down and the request may not wait: request shed"
+            );
+            return Err(QueueError::CoolingDown {
+                priority,
+                retry_after: left,
+            });
+        }
+        self.metrics.shed(priority, ShedReason::Timeout);
+        tracing::debug!(
+            queue = %self.settings.name,
+            %priority,
+            "priority queue full and the request may not wait: request shed"
+        );
+        Err(QueueError::QueueTimeout {
+            priority,
+            waited: Duration::ZERO,
+            retry_after: self.settings.retry_after,
         })
     }
 
@@ -506,18 +584,36 @@ impl Shared {
             controller.quiet_since = Some(now);
             let change = controller.aimd.on_accepted(in_flight);
             if let Some(change) = change {
-                self.limit.store(change.to, Ordering::Relaxed);
-                self.metrics.set_limit(change.to);
+                self.limit.store(change.to, Ordering::Release);
             }
             change
         };
         if let Some(change) = change {
+            self.publish_limit();
             tracing::debug!(
                 queue = %self.settings.name,
                 from = change.from,
                 to = change.to,
                 "priority queue: the upstream holds every call in flight: limit raised"
             );
+        }
+    }
+
+    /// Sets the `queue_limit` gauge to the limit in force, after a change.
+    ///
+    /// Outside the controller's lock (the recorder is the user's code), so changes may be
+    /// recorded out of order: each writer reads the limit again after setting the gauge
+    /// and sets it again if the limit moved meanwhile. The last value set is then the
+    /// limit in force: a change made after it is followed by its own writer's setting.
+    fn publish_limit(&self) {
+        let mut limit = self.limit.load(Ordering::Acquire);
+        loop {
+            self.metrics.set_limit(limit);
+            let now = self.limit.load(Ordering::Acquire);
+            if now == limit {
+                return;
+            }
+            limit = now;
         }
     }
 
@@ -542,7 +638,10 @@ impl Shared {
         if self.state.load(Ordering::Acquire) & COOLING == 0 {
             return None;
         }
-        *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner)
+        self.cooldown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|pause| pause.until)
     }
 
     /// What is left of the cool-down (the room's lock is held).
@@ -550,8 +649,8 @@ impl Shared {
         if self.state.load(Ordering::Acquire) & COOLING == 0 {
             return None;
         }
-        let until = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-        until.map(|until| until.saturating_duration_since(now))
+        let pause = *self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+        pause.map(|pause| pause.until.saturating_duration_since(now))
     }
 
     /// Ends the cool-down if it is due (the room's lock is held).
@@ -559,12 +658,36 @@ impl Shared {
         if self.state.load(Ordering::Acquire) & COOLING == 0 {
             return;
         }
-        let mut until = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-        if until.is_none_or(|until| until <= now) {
-            *until = None;
+        {
+            let mut pause = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+            if pause.is_some_and(|pause| pause.until > now) {
+                return;
+            }
+            *pause = None;
             self.state.fetch_and(!COOLING, Ordering::AcqRel);
-            self.metrics.cooldown_ended();
-            tracing::debug!(queue = %self.settings.name, "priority queue: cool-down over");
+        }
+        self.publish_cooldown();
+        tracing::debug!(queue = %self.settings.name, "priority queue: cool-down over");
+    }
+
+    /// Sets the `queue_cooldown_seconds` gauge to the cool-down in progress (0 if none),
+    /// after a change; as [`publish_limit`](Self::publish_limit), a writer that raced
+    /// with a later change sets it again.
+    fn publish_cooldown(&self) {
+        let length = || {
+            self.cooldown
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .map_or(Duration::ZERO, |pause| pause.length)
+        };
+        let mut published = length();
+        loop {
+            self.metrics.set_cooldown(published);
+            let now = length();
+            if now == published {
+                return;
+            }
+            published = now;
         }
     }
 
@@ -589,23 +712,34 @@ impl Shared {
             .checked_add(wait)
             .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
             .unwrap_or(now);
-        {
-            let _room = self.lock();
-            let mut until = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
-            if until.is_some_and(|until| until >= end) {
+        let waiters = {
+            let room = self.lock();
+            let mut pause = self.cooldown.lock().unwrap_or_else(PoisonError::into_inner);
+            if pause.is_some_and(|pause| pause.until >= end) {
                 return;
             }
-            *until = Some(end);
+            *pause = Some(Pause {
+                until: end,
+                length: wait,
+            });
             self.state.fetch_or(COOLING, Ordering::AcqRel);
-        }
-        self.metrics.cooldown_started(wait);
+            // Those already waiting may wait for a slot alone, with no timer for the end
+            // of the pause: they look again and wait for its end too.
+            room.payloads()
+                .filter_map(|cell| cell.waker())
+                .collect::<Vec<_>>()
+        };
+        wake_all(waiters);
+        self.metrics.cooldown_started();
+        self.publish_cooldown();
         tracing::warn!(
             queue = %self.settings.name,
             cooldown_ms = wait.as_millis(),
             "priority queue: the upstream asked for a pause (Retry-After): admission paused"
         );
-        // No timer task: the waiters' futures wait for the end (`WaitGuard::poll_cooldown`),
-        // and an arrival or a release after the end ends it too.
+        // No timer task: the waiters' futures wait for the end (`WaitGuard::poll_cooldown`;
+        // those that waited before it began were woken above to do so), and an arrival or
+        // a release after the end ends it too.
     }
 
     /// Feeds one completed call's load signal to the adaptive limit. `in_flight` counts
@@ -632,12 +766,12 @@ impl Shared {
                 .epoch
                 .store(controller.aimd.epoch(), Ordering::Relaxed);
             if let Some(change) = change {
-                self.limit.store(change.to, Ordering::Relaxed);
+                self.limit.store(change.to, Ordering::Release);
             }
             change
         };
         if let Some(change) = change {
-            self.metrics.set_limit(change.to);
+            self.publish_limit();
             if change.to < change.from {
                 tracing::warn!(
                     queue = %self.settings.name,

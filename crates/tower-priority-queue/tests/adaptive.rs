@@ -808,3 +808,401 @@ async fn an_outage_of_errors_does_not_raise_the_limit() {
     }
     assert_eq!(handle.max_in_flight(), 2);
 }
+
+/// A request already waiting when the upstream asks for a pause is admitted when the
+/// pause ends, even if nothing else happens then (no arrival, no call completing): it
+/// does not sit out its whole maximum wait beside a free slot.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_queued_before_a_cool_down_is_admitted_when_it_ends() {
+    let upstream = service_fn(|request: Request| async move {
+        if request.headers().contains_key("x-first") {
+            // Held for a second, then throttled with a pause of 5 s.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, BoxError>(status(429, Some("5")))
+        } else {
+            Ok(status(200, None))
+        }
+    });
+    let layer = PriorityQueueLayer::builder()
+        .limit(Limit::adaptive().initial(1))
+        .overload_classifier(HttpOverload::new())
+        .max_wait_all(Duration::from_secs(60))
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    let started = Instant::now();
+    let first = http::Request::builder()
+        .header("x-first", "1")
+        .body(())
+        .expect("request");
+    let first = tokio::spawn(service.clone().oneshot(first));
+    tokio::task::yield_now().await;
+    // Waits for the only slot, before any pause is asked for.
+    let waiter = tokio::spawn(service.clone().oneshot(request()));
+    tokio::task::yield_now().await;
+    assert_eq!(handle.snapshot().queue_size, 1);
+    let throttled = first.await.expect("no panic").expect("answered");
+    assert_eq!(throttled.status(), 429);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(handle.snapshot().processing, 0, "the slot is back");
+    let response = waiter
+        .await
+        .expect("no panic")
+        .expect("admitted when the pause ends, not shed after its max wait");
+    assert_eq!(response.status(), 200);
+    assert_eq!(started.elapsed(), Duration::from_secs(6));
+    assert_eq!(handle.snapshot().queue_size, 0);
+}
+
+/// The `queue_limit` gauge: each value set, and a hook run once when a given value is set,
+/// before it is stored.
+struct LimitGauge {
+    value: Mutex<f64>,
+    hook_at: f64,
+    hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl metrics::GaugeFn for LimitGauge {
+    fn increment(&self, value: f64) {
+        *self.value.lock().expect("value") += value;
+    }
+
+    fn decrement(&self, value: f64) {
+        *self.value.lock().expect("value") -= value;
+    }
+
+    fn set(&self, value: f64) {
+        #[allow(clippy::float_cmp)] // whole numbers
+        let hook = if value == self.hook_at {
+            self.hook.lock().expect("hook").take()
+        } else {
+            None
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+        *self.value.lock().expect("value") = value;
+    }
+}
+
+/// Hands out [`LimitGauge`] for one gauge (`queue_limit` unless told), and no-op handles
+/// for the rest.
+struct LimitRecorder(Arc<LimitGauge>, &'static str);
+
+impl metrics::Recorder for LimitRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        if key.name() == self.1 {
+            metrics::Gauge::from_arc(Arc::clone(&self.0))
+        } else {
+            metrics::Gauge::noop()
+        }
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Two calls lower the limit one after the other (5 to 4, then 4 to 3), and the second
+/// change is made and recorded between the first's change and its recording, as another
+/// thread can: the gauge still ends at the limit in force, 3, not at the stale 4.
+#[tokio::test(start_paused = true)]
+async fn the_limit_gauge_ends_at_the_limit_when_changes_interleave() {
+    let gauge = Arc::new(LimitGauge {
+        value: Mutex::new(f64::NAN),
+        hook_at: 4.0,
+        hook: Mutex::new(None),
+    });
+    let recorder = LimitRecorder(Arc::clone(&gauge), "queue_limit");
+    let layer = metrics::with_local_recorder(&recorder, || {
+        PriorityQueueLayer::builder()
+            .limit(Limit::adaptive().initial(5))
+            .overload_classifier(HttpOverload::new())
+            .build()
+    });
+    let handle = layer.handle();
+    let service = layer.layer(service_fn(|_request: Request| async {
+        Ok::<_, BoxError>(status(429, None))
+    }));
+    // The second call, admitted after the first decrease and answered 429 at once; run
+    // while the first call records its decrease.
+    let second = service.clone();
+    *gauge.hook.lock().expect("hook") = Some(Box::new(move || {
+        let mut service = second;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let mut call = std::pin::pin!(service.call(request()));
+        match call.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(response)) => assert_eq!(response.status(), 429),
+            other => panic!("the second call is answered at once, not {other:?}"),
+        }
+    }));
+    let first = service.clone().oneshot(request()).await.expect("answered");
+    assert_eq!(first.status(), 429);
+    assert!(gauge.hook.lock().expect("hook").is_none(), "the hook ran");
+    assert_eq!(handle.max_in_flight(), 3);
+    #[allow(clippy::cast_precision_loss)]
+    let limit = handle.max_in_flight() as f64;
+    assert_eq!(*gauge.value.lock().expect("value"), limit);
+}
+
+/// Two calls answer 429 asking for pauses of 5 s and 20 s, and the second extends the
+/// cool-down and records it between the first's start and its recording, as another
+/// thread can: `queue_cooldown_seconds` still ends at the pause in progress, 20 s.
+#[tokio::test(start_paused = true)]
+async fn the_cool_down_gauge_ends_at_the_pause_in_progress_when_starts_interleave() {
+    let gauge = Arc::new(LimitGauge {
+        value: Mutex::new(f64::NAN),
+        hook_at: 5.0,
+        hook: Mutex::new(None),
+    });
+    let recorder = LimitRecorder(Arc::clone(&gauge), "queue_cooldown_seconds");
+    let layer = metrics::with_local_recorder(&recorder, || {
+        PriorityQueueLayer::builder()
+            .limit(Limit::adaptive().initial(4))
+            .overload_classifier(HttpOverload::new())
+            .build()
+    });
+    let handle = layer.handle();
+    let answer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = layer.layer(service_fn({
+        let answer = Arc::clone(&answer);
+        move |request: Request| {
+            let answer = Arc::clone(&answer);
+            async move {
+                if request.headers().contains_key("x-second") {
+                    // Answers when told to.
+                    std::future::poll_fn(|_| {
+                        if answer.load(Ordering::Relaxed) {
+                            std::task::Poll::Ready(())
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    })
+                    .await;
+                    Ok::<_, BoxError>(status(429, Some("20")))
+                } else {
+                    Ok(status(429, Some("5")))
+                }
+            }
+        }
+    }));
+    // The second call is in flight before the first; it answers while the first records
+    // the start of its cool-down.
+    let second_request = http::Request::builder()
+        .header("x-second", "1")
+        .body(())
+        .expect("request");
+    let mut second = service.clone();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(second.poll_ready(&mut cx).is_ready());
+    let mut second = Box::pin(second.call(second_request));
+    assert!(second.as_mut().poll(&mut cx).is_pending());
+    *gauge.hook.lock().expect("hook") = Some(Box::new(move || {
+        answer.store(true, Ordering::Relaxed);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match second.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(response)) => assert_eq!(response.status(), 429),
+            other => panic!("the second call is answered at once, not {other:?}"),
+        }
+    }));
+    let first = service.clone().oneshot(request()).await.expect("answered");
+    assert_eq!(first.status(), 429);
+    assert!(gauge.hook.lock().expect("hook").is_none(), "the hook ran");
+    assert_eq!(handle.snapshot().cooling_down_secs, 20);
+    assert_eq!(*gauge.value.lock().expect("value"), 20.0);
+    // The pause ends at 20 s for the next arrival, which meets the next pause.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(handle.snapshot().cooling_down_secs, 0);
+    let after = service.clone().oneshot(request()).await.expect("answered");
+    assert_eq!(after.status(), 429);
+    assert_eq!(*gauge.value.lock().expect("value"), 5.0, "the next pause");
+}
+
+/// High requests, which may not wait: by their own bound (`x-no-wait`), or by their
+/// level's maximum wait.
+#[derive(Clone, Copy, Debug)]
+struct NoWait;
+
+impl tower_priority_queue::PriorityExtractor<Request> for NoWait {
+    fn extract(
+        &self,
+        request: &Request,
+    ) -> Result<tower_priority_queue::Priority, tower_priority_queue::QueueError> {
+        tower_priority_queue::HeaderPriority::new().extract(request)
+    }
+
+    fn max_wait(&self, request: &Request) -> Option<Duration> {
+        request
+            .headers()
+            .contains_key("x-no-wait")
+            .then_some(Duration::ZERO)
+    }
+}
+
+/// A request that may not wait (by its own bound or by its level's) meets a cool-down:
+/// it is refused at once with what is left of the pause, and once the pause is over it is
+/// admitted, even if nothing else has ended the pause yet.
+#[tokio::test(start_paused = true)]
+async fn a_request_that_may_not_wait_meets_a_cool_down() {
+    for own in [true, false] {
+        let upstream = service_fn(|request: Request| async move {
+            if request.headers().contains_key("x-first") {
+                Ok::<_, BoxError>(status(429, Some("5")))
+            } else {
+                Ok(status(200, None))
+            }
+        });
+        let mut builder = PriorityQueueLayer::builder()
+            .extractor(NoWait)
+            .limit(Limit::adaptive().initial(4))
+            .overload_classifier(HttpOverload::new());
+        if !own {
+            builder = builder.max_wait(tower_priority_queue::Priority::High, Duration::ZERO);
+        }
+        let layer = builder.build();
+        let handle = layer.handle();
+        let service = layer.layer(upstream);
+        let first = http::Request::builder()
+            .header("x-first", "1")
+            .body(())
+            .expect("request");
+        let throttled = service.clone().oneshot(first).await.expect("answered");
+        assert_eq!(throttled.status(), 429);
+        let high = || {
+            let mut request = http::Request::builder().header("x-priority", "high");
+            if own {
+                request = request.header("x-no-wait", "1");
+            }
+            request.body(()).expect("request")
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let error = service
+            .clone()
+            .oneshot(high())
+            .await
+            .expect_err("refused during the pause");
+        let refusal = error
+            .downcast_ref::<tower_priority_queue::QueueError>()
+            .unwrap_or_else(|| panic!("a queue refusal, not {error}"));
+        assert!(
+            matches!(refusal, tower_priority_queue::QueueError::CoolingDown { retry_after, .. } if *retry_after == Duration::from_secs(4)),
+            "own bound {own}: {refusal:?}"
+        );
+        assert_eq!(handle.snapshot().queue_size, 0, "it never waited");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let response = service
+            .clone()
+            .oneshot(high())
+            .await
+            .unwrap_or_else(|error| panic!("own bound {own}: refused after the pause: {error}"));
+        assert_eq!(response.status(), 200);
+        assert_eq!(handle.snapshot().processing, 0);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random requests against an upstream that answers after a while, some with 429 and
+    /// a pause: whenever someone waits, every slot is in use or a pause runs (no waiter is
+    /// left beside a free slot, e.g. after a pause ends), and nothing leaks.
+    #[test]
+    fn no_waiter_is_left_beside_a_free_slot(
+        requests in prop::collection::vec((0_u64..6000, 0_usize..4, 0_u8..6, 0_u64..4000), 1..40),
+        max in 1_usize..5,
+        max_wait_ms in 500_u64..20_000,
+    ) {
+        paused_runtime().block_on(async move {
+            let upstream = service_fn(|request: Request| async move {
+                let kind: u8 = request.headers()["x-kind"].to_str().expect("ascii").parse().expect("kind");
+                let latency: u64 = request.headers()["x-latency"].to_str().expect("ascii").parse().expect("ms");
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+                Ok::<_, BoxError>(match kind {
+                    0 => status(429, Some("1")),
+                    1 => status(429, Some("3")),
+                    2 => status(503, None),
+                    _ => status(200, None),
+                })
+            });
+            let layer = PriorityQueueLayer::builder()
+                .limit(Limit::adaptive().max(max).initial(max))
+                .overload_classifier(HttpOverload::new())
+                .capacity(64)
+                .max_wait_all(Duration::from_millis(max_wait_ms))
+                .build();
+            let handle = layer.handle();
+            let service = layer.layer(upstream);
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for (at, level, kind, latency) in requests {
+                let request = http::Request::builder()
+                    .header("x-priority", tower_priority_queue::Priority::ALL[level].as_str())
+                    .header("x-kind", kind.to_string())
+                    .header("x-latency", latency.to_string())
+                    .body(())
+                    .expect("request");
+                let call: Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>> =
+                    Box::pin(service.clone().oneshot(request));
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                    let _ = call.await;
+                }));
+            }
+            // Look every 50 ms, once what happens at that instant has run.
+            let mut violations = Vec::new();
+            let mut at = start;
+            while tasks.iter().any(|task| !task.is_finished()) {
+                tokio::time::sleep_until(at).await;
+                for _ in 0..64 {
+                    tokio::task::yield_now().await;
+                }
+                let snapshot = handle.snapshot();
+                if snapshot.queue_size > 0
+                    && snapshot.processing < snapshot.limit
+                    && snapshot.cooling_down_secs == 0
+                {
+                    violations.push((at - start, snapshot));
+                }
+                at += Duration::from_millis(50);
+            }
+            let violations: Vec<_> = violations.into_iter().take(3).collect();
+            for task in tasks {
+                task.await.expect("no panic");
+            }
+            assert!(violations.is_empty(), "waiting beside a free slot: {violations:?}");
+            let snapshot = handle.snapshot();
+            assert_eq!((snapshot.processing, snapshot.queue_size), (0, 0));
+        });
+    }
+}

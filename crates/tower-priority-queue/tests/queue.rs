@@ -295,6 +295,37 @@ async fn a_request_that_may_not_wait_displaces_nobody() {
     assert_eq!(handle.snapshot(), idle(&handle));
 }
 
+/// A level whose maximum wait is zero may not wait at all: its requests are refused at once
+/// without entering the room, so they displace nobody, as a request that bounds its own
+/// wait to zero.
+#[tokio::test(start_paused = true)]
+async fn a_level_that_may_not_wait_displaces_nobody() {
+    let log = Log::default();
+    let layer = PriorityQueueLayer::builder()
+        .max_in_flight(1)
+        .capacity(1)
+        .max_wait_all(Duration::from_secs(60))
+        .max_wait(Priority::High, Duration::ZERO)
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(upstream(&log, Duration::from_secs(5)));
+    let busy = send(&service, request("busy", "normal")).await;
+    let low = send(&service, request("low", "low")).await;
+    settle().await;
+    assert_eq!(handle.snapshot().queue_size, 1);
+    let start = Instant::now();
+    let hasty = send(&service, request("hasty", "high")).await;
+    match queue_error(hasty.await.expect("task")) {
+        QueueError::QueueTimeout { waited, .. } => assert_eq!(waited, Duration::ZERO),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    busy.await.expect("task").expect("served");
+    assert_eq!(low.await.expect("task").expect("kept its place"), "low");
+    assert_eq!(*log.lock().expect("log"), ["busy", "low"]);
+    assert_eq!(handle.snapshot(), idle(&handle));
+}
+
 /// Reads the queue's in-flight count when the inner call is dropped.
 struct DropProbe {
     handle: tower_priority_queue::QueueHandle,
