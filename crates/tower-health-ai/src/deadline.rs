@@ -25,7 +25,7 @@ use tower_breaker::fallback::Capture;
 use tower_breaker::{CaptureHead, MarkDegraded};
 use tower_service::Service;
 
-use crate::degraded::{DegradeReason, DegradedCounters};
+use crate::degraded::{DegradeReason, DegradedCounters, Uncounted};
 use crate::policy::FallbackFn;
 use crate::refusal::{is_grpc, refusal_response};
 
@@ -320,7 +320,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(output) = this.inner.poll(cx) {
+        if let Poll::Ready(mut output) = this.inner.poll(cx) {
+            if let Ok(response) = &mut output {
+                Uncounted::count(response);
+            }
             return Poll::Ready(output);
         }
         let Some(deadline) = *this.deadline else {
