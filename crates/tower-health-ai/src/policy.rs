@@ -14,7 +14,7 @@ use http::header::RETRY_AFTER;
 use http::{HeaderValue, Response, StatusCode};
 use tower::BoxError;
 use tower_breaker::fallback::{FallbackCause, FallbackPolicy, FallbackRequest};
-use tower_breaker::{BreakerError, DefaultClassifier, Verdict};
+use tower_breaker::{BreakerError, DefaultClassifier, NotDegraded, Verdict};
 use tower_lru_cache::CacheError;
 use tower_priority_queue::{
     HttpClassifier, HttpOverload, OverloadClassifier, QueueError, RetryDecision, Signal,
@@ -262,8 +262,11 @@ where
                 ));
                 Ok(response)
             }
-            // No fallback answer: the upstream's own answer goes through.
-            (None, Some(response)) => Ok(response),
+            // No fallback answer: the upstream's own answer goes through, unmarked.
+            (None, Some(mut response)) => {
+                response.extensions_mut().insert(NotDegraded);
+                Ok(response)
+            }
             (None, None) => Err(error),
         })
     }

@@ -117,3 +117,38 @@ async fn a_stale_answer_that_replaced_the_fallback_is_not_counted_as_degraded() 
     // The client got a real (stale) answer: nothing degraded reached it.
     assert_eq!(handle.degraded().total, 0, "{:?}", handle.degraded());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_upstreams_own_failure_passed_through_is_not_marked_degraded() {
+    // The fallback declines (`None`): the upstream's own 500 goes to the client as it is,
+    // neither marked nor counted as a degraded answer.
+    let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .retry_attempts(1)
+        .fallback(|_parts, _error| None)
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(service_fn(|_request: UpstreamRequest| async {
+        let mut response = Response::new(Body::from("upstream broke"));
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        Ok::<_, BoxError>(response)
+    }));
+    let response = svc.oneshot(ask("ada", "r1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        response.headers().get("x-degraded").is_none(),
+        "{:?}",
+        response.headers()
+    );
+    assert!(
+        response
+            .extensions()
+            .get::<tower_health_ai::breaker::Degraded>()
+            .is_none()
+    );
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "upstream broke"
+    );
+    assert_eq!(handle.degraded().total, 0);
+}
