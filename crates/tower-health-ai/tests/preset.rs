@@ -438,6 +438,45 @@ async fn anonymous_callers_never_share_cached_answers() {
     assert_eq!(upstream.calls(), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_empty_user_header_names_no_user_and_shares_no_cached_answer() {
+    // An empty user header is no user to the per-user limit (it falls back to the peer
+    // address, else the one shared key), so it must be none to the cache either: callers
+    // with an empty id and no address cannot be told apart, and must not read each
+    // other's answers.
+    let upstream = Upstream::new(Duration::from_millis(10));
+    let svc = stack().layer(upstream.service());
+    for _ in 0..2 {
+        let request = Request::post("/analyze")
+            .header("x-user-id", "")
+            .body(Body::from("same"))
+            .unwrap();
+        let response = svc.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_ne!(
+            response.headers().get("x-cache").map(HeaderValue::as_bytes),
+            Some(&b"HIT"[..])
+        );
+    }
+    assert_eq!(upstream.calls(), 2);
+    // With a peer address, the empty id is that address, as for the limit.
+    for _ in 0..2 {
+        let mut request = Request::post("/analyze")
+            .header("x-user-id", "")
+            .body(Body::from("same"))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(std::net::SocketAddr::from(([192, 0, 2, 1], 40_000)));
+        svc.clone().oneshot(request).await.unwrap();
+    }
+    assert_eq!(
+        upstream.calls(),
+        3,
+        "the second request from the peer is a hit"
+    );
+}
+
 /// One slot, a fast pace and a generous per-user limit: the queue alone orders requests.
 fn one_slot() -> tower_health_ai::HealthAiStackBuilder {
     HealthAiStack::builder()
