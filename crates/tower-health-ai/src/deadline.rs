@@ -234,7 +234,7 @@ where
             // shorter deadline) can need an answer from here: keep its head for the
             // fallback.
             if shortened && let Some(fallback) = &self.on_deadline.fallback {
-                let checked = HeadSlot::default();
+                let checked = HeadSlot::new(deadline);
                 request.extensions_mut().insert(checked.clone());
                 answer = Some(Box::new(DeadlineAnswer {
                     parts: CaptureHead.capture(&request),
@@ -274,15 +274,26 @@ struct DeadlineAnswer {
 }
 
 /// Where the body layer leaves the request head once the request check has run, for
-/// [`RequestDeadline`]'s fallback: a request extension, only on requests that may need
-/// it.
-#[derive(Clone, Default)]
-pub(crate) struct HeadSlot(Arc<std::sync::OnceLock<http::request::Parts>>);
+/// [`RequestDeadline`]'s fallback: a request extension, only on requests that
+/// [`RequestDeadline`] answers itself at their deadline.
+#[derive(Clone)]
+pub(crate) struct HeadSlot {
+    head: Arc<std::sync::OnceLock<http::request::Parts>>,
+    /// The deadline at which [`RequestDeadline`] answers.
+    answered_at: Instant,
+}
 
 impl HeadSlot {
+    fn new(answered_at: Instant) -> Self {
+        Self {
+            head: Arc::default(),
+            answered_at,
+        }
+    }
+
     /// Keeps a copy of `parts` (the first one only).
     pub(crate) fn fill(&self, parts: &http::request::Parts) {
-        let _ = self.0.get_or_init(|| {
+        let _ = self.head.get_or_init(|| {
             let mut copy = parts.clone();
             copy.extensions.remove::<HeadSlot>();
             copy
@@ -343,7 +354,7 @@ where
                 fallback,
                 counters,
             } = *answer
-            && let Some(response) = fallback(checked.0.get().unwrap_or(&parts), &error)
+            && let Some(response) = fallback(checked.head.get().unwrap_or(&parts), &error)
         {
             counters.record(DegradeReason::Deadline);
             let mut response = response.map(|body| Either::Right(Full::new(body)));
@@ -360,6 +371,10 @@ where
 /// Ends the call below at the request's [`Deadline`] with [`DeadlineExceeded`]: below the
 /// fallback, so that the fallback answers it; above the retries, so that it covers every
 /// attempt and backoff, the breaker, the queue and the pace.
+///
+/// A request that [`RequestDeadline`] answers itself at its deadline (a deadline the
+/// client shortened, with a fallback) is left to it: the call such a request leads may be
+/// shared, through the cache, with identical requests that have longer to wait.
 #[derive(Clone, Debug)]
 pub struct EnforceDeadline<S> {
     inner: S,
@@ -401,16 +416,26 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let deadline = request.extensions().get::<Deadline>().copied();
+        // A request that `RequestDeadline` answers itself at its deadline (one the client
+        // shortened, with a fallback) is not cut here: the call it leads may be shared,
+        // through the cache, with identical requests whose deadlines are later, and must
+        // not end at this one's. It ends when this request is answered and dropped, and
+        // a request waiting on it then makes its own call.
+        let answered_above = request
+            .extensions()
+            .get::<HeadSlot>()
+            .is_some_and(|slot| deadline.is_some_and(|deadline| deadline.0 == slot.answered_at));
         // A request whose deadline has already passed is not sent: its call could not
         // answer in time, and might be billed.
         let inner = match deadline {
             Some(deadline) if deadline.0 <= Instant::now() => None,
             _ => Some(self.inner.call(request)),
         };
-        EnforceDeadlineFuture {
-            inner,
-            sleep: deadline.map(|deadline| sleep_until(deadline.0)),
-        }
+        let sleep = match deadline {
+            Some(_) if answered_above && inner.is_some() => None,
+            deadline => deadline.map(|deadline| sleep_until(deadline.0)),
+        };
+        EnforceDeadlineFuture { inner, sleep }
     }
 }
 

@@ -895,6 +895,64 @@ async fn a_waiter_with_a_shorter_deadline_is_answered_by_its_own_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_waiter_is_not_cut_short_by_the_shorter_deadline_of_the_request_it_waits_on() {
+    // A request whose client gave it 1 s leads the call; an identical one with the whole
+    // budget waits behind it in the cache. The first gets the fallback at its 1 s; the
+    // second has time for a real answer and must get one, not the first one's fallback.
+    let upstream = Upstream::new(Duration::from_secs(5));
+    let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let start = tokio::time::Instant::now();
+    let mut hurried = ask("ada", "same");
+    hurried
+        .headers_mut()
+        .insert("x-request-timeout", "1".parse().unwrap());
+    let hurried = tokio::spawn(svc.clone().oneshot(hurried));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let patient = tokio::spawn(svc.clone().oneshot(ask("ada", "same")));
+    let response = hurried.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(response.headers()["x-degraded"], "true");
+    let response = patient.await.unwrap().unwrap();
+    assert!(response.headers().get("x-degraded").is_none());
+    assert_eq!(text(response).await, "ai:same");
+    assert!(
+        start.elapsed() <= Duration::from_secs(7),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(handle.degraded().total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_the_request_check_shortens_still_ends_the_call() {
+    // The client shortened its deadline to 10 s; the application's check, to 1 s.
+    let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_check(|parts, _body| {
+            let soon = tokio::time::Instant::now() + Duration::from_secs(1);
+            parts.extensions.insert(tower_health_ai::Deadline::at(soon));
+            Ok(())
+        })
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let svc = stack.layer(hanging());
+    let mut request = ask("ada", "r1");
+    request
+        .headers_mut()
+        .insert("x-request-timeout", "10".parse().unwrap());
+    let start = tokio::time::Instant::now();
+    let response = svc.oneshot(request).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(response.headers()["x-degraded"], "true");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_past_its_deadline_frees_its_slot() {
     // One slot, an upstream that takes far longer than the 2 s deadline.
     let upstream = Upstream::new(Duration::from_secs(10_000));
