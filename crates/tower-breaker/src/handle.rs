@@ -112,6 +112,13 @@ impl Shared {
         admission
     }
 
+    /// Whether a permit was admitted under the current state (see
+    /// [`Machine::is_current`]).
+    #[inline]
+    pub(crate) fn is_current(&self, admission: &Admission) -> bool {
+        self.machine.is_current(admission)
+    }
+
     /// Counts a refusal returned to a caller.
     #[cold]
     #[inline(never)]

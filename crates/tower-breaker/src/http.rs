@@ -11,7 +11,7 @@ use tower_refusal::{Refusal, first_value_static};
 
 use crate::BreakerError;
 use crate::classify::ResponseVerdict;
-use crate::fallback::{Capture, Degraded, MarkDegraded};
+use crate::fallback::{Capture, Degraded, MarkDegraded, NotDegraded};
 
 /// The header that marks a fallback answer: `x-degraded: true`.
 pub const X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
@@ -95,6 +95,10 @@ impl<B> ResponseVerdict for Response<B> {
 /// Inserts the [`Degraded`] extension and `x-degraded: true`.
 impl<B> MarkDegraded for Response<B> {
     fn mark_degraded(&mut self) {
+        if self.extensions_mut().remove::<NotDegraded>().is_some() {
+            // The inner service's own answer, handed back as it is.
+            return;
+        }
         self.extensions_mut().insert(Degraded);
         self.headers_mut()
             .insert(X_DEGRADED, HeaderValue::from_static("true"));

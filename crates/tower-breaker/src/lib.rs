@@ -185,7 +185,7 @@ mod http;
 
 pub use self::classify::{BoxError, Classify, DefaultClassifier, ResponseVerdict, Verdict};
 pub use self::error::BreakerError;
-pub use self::fallback::{Degraded, Fallback, FallbackLayer, MarkDegraded};
+pub use self::fallback::{Degraded, Fallback, FallbackLayer, MarkDegraded, NotDegraded};
 pub use self::handle::{CircuitBreakerHandle, CircuitBreakerSnapshot};
 #[cfg(feature = "http")]
 pub use self::http::{CaptureHead, X_DEGRADED};

@@ -220,6 +220,17 @@ impl Admission {
         }
     }
 
+    /// The permit form of the state word a permit was admitted under (meaningless for
+    /// other admissions).
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a permit's word is the low half of its bits"
+    )]
+    #[inline]
+    const fn permit_word(&self) -> u32 {
+        self.0 as u32
+    }
+
     /// The permit or the refusal; `None` if leave was not asked.
     pub(crate) fn into_result(self) -> Option<Result<Permit, Rejected>> {
         match self.0 {
@@ -472,6 +483,15 @@ impl Machine {
         if permit.start() != 0 {
             *permit = Permit::new(permit.word(), self.stamp(now));
         }
+    }
+
+    /// Whether a permit was admitted under the current state: no state change since.
+    /// A permit from an earlier state lets no call through (its outcome would not even
+    /// count): it was taken in `poll_ready`, and the circuit opened (or went half-open)
+    /// while the inner service got ready.
+    #[inline]
+    pub(crate) fn is_current(&self, admission: &Admission) -> bool {
+        permit_word(self.word.load(Ordering::Acquire)) == admission.permit_word()
     }
 
     /// [`admit`](Self::admit)'s answer when it is one atomic load: closed and untimed.

@@ -17,7 +17,9 @@ use crate::machine::{Admission, Permit};
 /// The breaker decides in `poll_ready`: when the circuit refuses, `poll_ready` is ready at
 /// once without polling the inner service, and `call` fails fast with
 /// [`BreakerError::CircuitOpen`](crate::BreakerError::CircuitOpen), so an open circuit never waits on (or touches) the inner
-/// service. When admitted, `poll_ready` waits on the inner service's readiness.
+/// service. When admitted, `poll_ready` waits on the inner service's readiness; if the
+/// circuit changed state meanwhile (it opened while the inner service got ready), `call`
+/// decides again, so that no call goes through a circuit that opened.
 ///
 /// Clones share the breaker; each clone has its own admission. A clone dropped after
 /// `poll_ready` admitted it gives its admission back (a half-open probe slot is freed).
@@ -132,15 +134,17 @@ where
     #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
         let admission = std::mem::replace(&mut self.gate.admission, Admission::UNCHECKED);
-        // The common case: admitted by `poll_ready`, untimed.
-        let permit = if admission.is_permit() && !self.gate.breaker.shared.times_calls() {
-            admission.into_permit()
-        } else {
-            match self.settle_admission(admission) {
-                Ok(permit) => permit,
-                Err(refusal) => return ResponseFuture::refused(refusal),
-            }
-        };
+        // The common case: admitted by `poll_ready`, untimed, and no state change since.
+        let shared = &self.gate.breaker.shared;
+        let permit =
+            if admission.is_permit() && !shared.times_calls() && shared.is_current(&admission) {
+                admission.into_permit()
+            } else {
+                match self.settle_admission(admission) {
+                    Ok(permit) => permit,
+                    Err(refusal) => return ResponseFuture::refused(refusal),
+                }
+            };
         let guard = PermitGuard::new(Arc::clone(&self.gate.breaker), permit);
         ResponseFuture::called(self.inner.call(request), guard)
     }
@@ -152,8 +156,12 @@ impl<S, C> CircuitBreaker<S, C> {
     #[cold]
     #[inline(never)]
     fn settle_admission(&mut self, mut admission: Admission) -> Result<Permit, BreakerError> {
-        if admission.is_unchecked() {
-            // `call` without `poll_ready`: decide now.
+        if admission.is_unchecked()
+            || (admission.is_permit() && !self.gate.breaker.shared.is_current(&admission))
+        {
+            // `call` without `poll_ready`, or admitted under a state that has changed
+            // since (the circuit opened while the inner service got ready): decide now.
+            // A permit of an earlier state holds nothing to give back.
             admission = self.gate.breaker.shared.admit();
         }
         match admission.into_result() {

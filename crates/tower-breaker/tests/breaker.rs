@@ -468,3 +468,83 @@ async fn a_call_future_dropped_before_its_first_poll_returns_its_probe_slot() {
     send(&service).await.unwrap();
     assert_eq!(handle.state(), State::Closed);
 }
+
+/// An upstream whose readiness waits for a shared gate, as a concurrency limit's does.
+#[derive(Clone)]
+struct Gated {
+    upstream: Upstream,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Service<http::Request<Bytes>> for Gated {
+    type Response = Response<Bytes>;
+    type Error = BoxError;
+    type Future = <Upstream as Service<http::Request<Bytes>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            self.upstream.poll_ready(cx)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, request: http::Request<Bytes>) -> Self::Future {
+        self.upstream.call(request)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_admitted_before_the_circuit_opened_does_not_call_through_it() {
+    let upstream = Upstream::answering(500);
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .build();
+    let handle = layer.handle();
+    let service = layer.layer(Gated {
+        upstream: upstream.clone(),
+        open: Arc::clone(&open),
+    });
+    // Admitted while closed, then waiting for the inner service's readiness.
+    let mut waiting = service.clone();
+    assert!(
+        poll_once(&mut std::pin::pin!(waiting.ready()))
+            .await
+            .is_pending()
+    );
+    // Meanwhile another call fails and opens the circuit.
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    send(&service).await.unwrap();
+    assert_eq!(handle.state(), State::Open);
+    // The waiting caller's turn comes: the circuit is open, so it fails fast.
+    waiting.ready().await.unwrap();
+    let error = waiting.call(request()).await.unwrap_err();
+    assert!(refusal(&error).is_circuit_open());
+    assert_eq!(upstream.calls(), 1, "a call went through an open circuit");
+
+    // Half-open, the same holds: a caller admitted before the probe period does not
+    // call alongside the probe.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    upstream.set(200);
+    open.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut probe = service.clone();
+    assert!(
+        poll_once(&mut std::pin::pin!(probe.ready()))
+            .await
+            .is_pending()
+    );
+    assert_eq!(handle.snapshot().probes_in_flight, 1);
+    let mut late = service.clone();
+    assert!(
+        poll_once(&mut std::pin::pin!(late.ready()))
+            .await
+            .is_ready(),
+        "the only probe slot is taken: refused at once"
+    );
+    drop(late);
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    probe.ready().await.unwrap();
+    probe.call(request()).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+}

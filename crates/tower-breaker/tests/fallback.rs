@@ -14,7 +14,8 @@ use support::{BROKEN, HANG, Upstream};
 use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
 use tower_breaker::fallback::{FallbackCause, FallbackRequest};
 use tower_breaker::{
-    BreakerError, CaptureHead, CircuitBreakerLayer, Degraded, FallbackLayer, TimeoutLayer,
+    BreakerError, CaptureHead, CircuitBreakerLayer, Degraded, FallbackLayer, NotDegraded,
+    TimeoutLayer,
 };
 
 /// The demo's capture: the record id from the path and the user id header.
@@ -155,6 +156,36 @@ async fn a_policy_can_send_failed_responses_to_the_fallback() {
         "local analysis of rec-42 for u-7 (bad response)"
     );
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_may_hand_back_the_upstreams_own_answer_unmarked() {
+    // A fallback with nothing better to give hands back the failed answer as it is.
+    let fallback = service_fn(
+        |request: FallbackRequest<Facts, Response<Bytes>>| async move {
+            match request.cause {
+                FallbackCause::Response(mut response) => {
+                    response.extensions_mut().insert(NotDegraded);
+                    Ok(response)
+                }
+                _ => Err::<Response<Bytes>, BoxError>("no answer".into()),
+            }
+        },
+    );
+    let policy = |result: &Result<Response<Bytes>, BoxError>| {
+        result
+            .as_ref()
+            .map_or(true, |response| response.status().is_server_error())
+    };
+    let service = ServiceBuilder::new()
+        .layer(FallbackLayer::new(capture, fallback).policy(policy))
+        .service(Upstream::answering(502));
+    let response = service.oneshot(analyze()).await.unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.body(), "upstream");
+    assert!(response.headers().get("x-degraded").is_none());
+    assert!(response.extensions().get::<Degraded>().is_none());
+    assert!(response.extensions().get::<NotDegraded>().is_none());
 }
 
 #[tokio::test(start_paused = true)]

@@ -29,7 +29,7 @@ use tower_breaker::{CaptureHead, MarkDegraded};
 use tower_lru_cache::LateAnswer;
 use tower_service::Service;
 
-use crate::degraded::{DegradeReason, DegradedCounters};
+use crate::degraded::{DegradeReason, DegradedCounters, Uncounted};
 use crate::policy::FallbackFn;
 use crate::refusal::{is_grpc, refusal_response};
 
@@ -238,7 +238,7 @@ where
             // shorter deadline) can need an answer from here: keep its head for the
             // fallback.
             if shortened && let Some(fallback) = &self.on_deadline.fallback {
-                let checked = HeadSlot::default();
+                let checked = HeadSlot::new(deadline);
                 request.extensions_mut().insert(checked.clone());
                 answer = Some(Box::new(DeadlineAnswer {
                     parts: CaptureHead.capture(&request),
@@ -278,15 +278,26 @@ struct DeadlineAnswer {
 }
 
 /// Where the body layer leaves the request head once the request check has run, for
-/// [`RequestDeadline`]'s fallback: a request extension, only on requests that may need
-/// it.
-#[derive(Clone, Default)]
-pub(crate) struct HeadSlot(Arc<std::sync::OnceLock<http::request::Parts>>);
+/// [`RequestDeadline`]'s fallback: a request extension, only on requests that
+/// [`RequestDeadline`] answers itself at their deadline.
+#[derive(Clone)]
+pub(crate) struct HeadSlot {
+    head: Arc<std::sync::OnceLock<http::request::Parts>>,
+    /// The deadline at which [`RequestDeadline`] answers.
+    answered_at: Instant,
+}
 
 impl HeadSlot {
+    fn new(answered_at: Instant) -> Self {
+        Self {
+            head: Arc::default(),
+            answered_at,
+        }
+    }
+
     /// Keeps a copy of `parts` (the first one only).
     pub(crate) fn fill(&self, parts: &http::request::Parts) {
-        let _ = self.0.get_or_init(|| {
+        let _ = self.head.get_or_init(|| {
             let mut copy = parts.clone();
             copy.extensions.remove::<HeadSlot>();
             copy
@@ -324,7 +335,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(output) = this.inner.poll(cx) {
+        if let Poll::Ready(mut output) = this.inner.poll(cx) {
+            if let Ok(response) = &mut output {
+                Uncounted::count(response);
+            }
             return Poll::Ready(output);
         }
         let Some(deadline) = *this.deadline else {
@@ -344,7 +358,7 @@ where
                 fallback,
                 counters,
             } = *answer
-            && let Some(response) = fallback(checked.0.get().unwrap_or(&parts), &error)
+            && let Some(response) = fallback(checked.head.get().unwrap_or(&parts), &error)
         {
             counters.record(DegradeReason::Deadline);
             let mut response = response.map(|body| Either::Right(Full::new(body)));
@@ -370,6 +384,10 @@ where
 /// ([`LateAnswer`]). No attempt starts after the deadline: a retry is refused at once,
 /// without waiting for a slot ([`StartInTime`](crate::budget::StartInTime) and the
 /// queue's wait).
+///
+/// A request that [`RequestDeadline`] answers itself at its deadline (a deadline the
+/// client shortened, with a fallback) is left to it: the call such a request leads may be
+/// shared, through the cache, with identical requests that have longer to wait.
 #[derive(Clone, Debug)]
 pub struct EnforceDeadline<S> {
     inner: S,
@@ -414,29 +432,45 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let deadline = request.extensions().get::<Deadline>().copied();
-        let sleep = deadline.map(|deadline| Box::pin(sleep_until(deadline.0)));
+        // A request that `RequestDeadline` answers itself at its deadline (one the client
+        // shortened, with a fallback) is not cut here: the call it leads may be shared,
+        // through the cache, with identical requests whose deadlines are later, and must
+        // not end at this one's. It ends when this request is answered and dropped, and
+        // a request waiting on it then makes its own call.
+        let answered_above = request
+            .extensions()
+            .get::<HeadSlot>()
+            .is_some_and(|slot| deadline.is_some_and(|deadline| deadline.0 == slot.answered_at));
         // A request whose deadline has already passed is not sent: its call could not
         // answer in time, and might be billed.
         if deadline.is_some_and(|deadline| deadline.0 <= Instant::now()) {
             return EnforceDeadlineFuture {
                 inner: None,
                 late: None,
-                sleep,
+                sleep: deadline.map(|deadline| Box::pin(sleep_until(deadline.0))),
             };
         }
-        // A miss's call may outlive its caller: count its attempts at the upstream.
-        let late = match (deadline, request.extensions().get::<LateAnswer>()) {
-            (Some(_), Some(late)) => {
-                let late = (late.clone(), Running::default());
-                request.extensions_mut().insert(late.1.clone());
-                Some(late)
-            }
-            _ => None,
+        let Some(deadline) = deadline.filter(|_| !answered_above) else {
+            return EnforceDeadlineFuture {
+                inner: Some(Box::pin(self.inner.call(request))),
+                late: None,
+                sleep: None,
+            };
         };
+        // A miss's call may outlive its caller: count its attempts at the upstream.
+        let late = request
+            .extensions()
+            .get::<LateAnswer>()
+            .cloned()
+            .map(|late| {
+                let running = Running::default();
+                request.extensions_mut().insert(running.clone());
+                (late, running)
+            });
         EnforceDeadlineFuture {
             inner: Some(Box::pin(self.inner.call(request))),
             late,
-            sleep,
+            sleep: Some(Box::pin(sleep_until(deadline.0))),
         }
     }
 }

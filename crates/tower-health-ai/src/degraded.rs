@@ -1,5 +1,6 @@
 //! Degraded answers: why the fallback answered, counted apart.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::Counter;
@@ -202,6 +203,33 @@ impl DegradedCounters {
             deadline,
             cooldown,
             upstream_overloaded,
+        }
+    }
+}
+
+/// A degraded answer not counted yet, in the answer's extensions.
+///
+/// The fallback runs below the cache, which may hand its answer to every identical
+/// request coalesced onto the call, or replace it with a stale real answer. So the
+/// fallback only marks its answer, and [`RequestDeadline`](crate::RequestDeadline), on
+/// the way out of the stack, counts each answer a client gets: a coalesced request's copy
+/// counts too, and an answer the cache replaced does not.
+#[derive(Clone)]
+pub(crate) struct Uncounted {
+    reason: DegradeReason,
+    counters: Arc<DegradedCounters>,
+}
+
+impl Uncounted {
+    pub(crate) fn new(reason: DegradeReason, counters: Arc<DegradedCounters>) -> Self {
+        Self { reason, counters }
+    }
+
+    /// Counts `response` if it carries a degraded answer not counted yet.
+    #[inline]
+    pub(crate) fn count<B>(response: &mut http::Response<B>) {
+        if let Some(Self { reason, counters }) = response.extensions_mut().remove::<Self>() {
+            counters.record(reason);
         }
     }
 }

@@ -14,7 +14,7 @@ use http::header::RETRY_AFTER;
 use http::{HeaderValue, Response, StatusCode};
 use tower::BoxError;
 use tower_breaker::fallback::{FallbackCause, FallbackPolicy, FallbackRequest};
-use tower_breaker::{BreakerError, DefaultClassifier, Verdict};
+use tower_breaker::{BreakerError, DefaultClassifier, NotDegraded, Verdict};
 use tower_lru_cache::CacheError;
 use tower_priority_queue::{
     HttpClassifier, HttpOverload, OverloadClassifier, QueueError, RetryDecision, Signal,
@@ -24,7 +24,7 @@ use tower_token_bucket::RateLimitError;
 
 use crate::body::RequestRejected;
 use crate::deadline::DeadlineExceeded;
-use crate::degraded::{DegradeReason, DegradedCounters};
+use crate::degraded::{DegradeReason, DegradedCounters, Uncounted};
 
 /// Whether an error is a refusal made by this suite's own layers (rate limited, queue
 /// full or timed out, deadline passed, malformed input): about local load or the client,
@@ -253,13 +253,20 @@ where
             .and_then(|answer| answer(&request.context, &error));
         ready(match (answer, answered) {
             (Some(response), _) => {
-                self.counters.record(DegradeReason::of(&error));
                 let mut response = response.map(B::from);
                 set_retry_after(&mut response, &error);
+                // Counted as it leaves the stack, once per client that gets it.
+                response.extensions_mut().insert(Uncounted::new(
+                    DegradeReason::of(&error),
+                    Arc::clone(&self.counters),
+                ));
                 Ok(response)
             }
-            // No fallback answer: the upstream's own answer goes through.
-            (None, Some(response)) => Ok(response),
+            // No fallback answer: the upstream's own answer goes through, unmarked.
+            (None, Some(mut response)) => {
+                response.extensions_mut().insert(NotDegraded);
+                Ok(response)
+            }
             (None, None) => Err(error),
         })
     }

@@ -58,6 +58,7 @@ pub(crate) fn request_span<B>(
     let user = request
         .headers()
         .get(HeaderName::from_static(user_header))
+        .filter(|user| !user.is_empty())
         .map(|user| hasher().hash_one(user.as_bytes()))
         .or_else(|| peer(request).map(|ip| hasher().hash_one(ip)));
     if let Some(user) = user {

@@ -614,9 +614,9 @@ impl fmt::Debug for HealthAiStackBuilder {
 
 impl HealthAiStackBuilder {
     /// The header that names the user, for the per-user limit and the cache partition
-    /// (default `x-user-id`). Without it, the client IP (axum's `ConnectInfo`, or a
-    /// `SocketAddr` extension) is the user; without either, one shared key. Your
-    /// authentication layer must set this header from the identity it verified,
+    /// (default `x-user-id`). Without it (or with an empty value), the client IP (axum's
+    /// `ConnectInfo`, or a `SocketAddr` extension) is the user; without either, one shared
+    /// key. Your authentication layer must set this header from the identity it verified,
     /// overwriting whatever the client sent (see [who the user is](HealthAiStack#who-the-user-is)).
     pub fn user_header(mut self, header: &'static str) -> Self {
         self.user_header = header;
@@ -1167,10 +1167,14 @@ impl HealthAiStackBuilder {
 }
 
 /// The cache partition: the user header, else the client IP; `None` (no caching) when
-/// neither is known.
+/// neither is known. An empty user header names no user, as for the per-user limit.
 fn user_of(parts: &http::request::Parts, user_header: &HeaderName) -> Option<PartitionBytes> {
     let mut partition = PartitionBytes::default();
-    if let Some(user) = parts.headers.get(user_header) {
+    if let Some(user) = parts
+        .headers
+        .get(user_header)
+        .filter(|user| !user.is_empty())
+    {
         partition.push(b"user:");
         partition.push(user.as_bytes());
         return Some(partition);

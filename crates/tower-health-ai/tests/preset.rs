@@ -438,6 +438,45 @@ async fn anonymous_callers_never_share_cached_answers() {
     assert_eq!(upstream.calls(), 2);
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_empty_user_header_names_no_user_and_shares_no_cached_answer() {
+    // An empty user header is no user to the per-user limit (it falls back to the peer
+    // address, else the one shared key), so it must be none to the cache either: callers
+    // with an empty id and no address cannot be told apart, and must not read each
+    // other's answers.
+    let upstream = Upstream::new(Duration::from_millis(10));
+    let svc = stack().layer(upstream.service());
+    for _ in 0..2 {
+        let request = Request::post("/analyze")
+            .header("x-user-id", "")
+            .body(Body::from("same"))
+            .unwrap();
+        let response = svc.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_ne!(
+            response.headers().get("x-cache").map(HeaderValue::as_bytes),
+            Some(&b"HIT"[..])
+        );
+    }
+    assert_eq!(upstream.calls(), 2);
+    // With a peer address, the empty id is that address, as for the limit.
+    for _ in 0..2 {
+        let mut request = Request::post("/analyze")
+            .header("x-user-id", "")
+            .body(Body::from("same"))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(std::net::SocketAddr::from(([192, 0, 2, 1], 40_000)));
+        svc.clone().oneshot(request).await.unwrap();
+    }
+    assert_eq!(
+        upstream.calls(),
+        3,
+        "the second request from the peer is a hit"
+    );
+}
+
 /// One slot, a fast pace and a generous per-user limit: the queue alone orders requests.
 fn one_slot() -> tower_health_ai::HealthAiStackBuilder {
     HealthAiStack::builder()
@@ -853,6 +892,64 @@ async fn a_waiter_with_a_shorter_deadline_is_answered_by_its_own_deadline() {
     let response = leader.await.unwrap().unwrap();
     assert_eq!(text(response).await, "ai:same");
     assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_is_not_cut_short_by_the_shorter_deadline_of_the_request_it_waits_on() {
+    // A request whose client gave it 1 s leads the call; an identical one with the whole
+    // budget waits behind it in the cache. The first gets the fallback at its 1 s; the
+    // second has time for a real answer and must get one, not the first one's fallback.
+    let upstream = Upstream::new(Duration::from_secs(5));
+    let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .per_user_quota(tower_health_ai::token_bucket::Quota::per_second(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let handle = stack.handle();
+    let svc = stack.layer(upstream.service());
+    let start = tokio::time::Instant::now();
+    let mut hurried = ask("ada", "same");
+    hurried
+        .headers_mut()
+        .insert("x-request-timeout", "1".parse().unwrap());
+    let hurried = tokio::spawn(svc.clone().oneshot(hurried));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let patient = tokio::spawn(svc.clone().oneshot(ask("ada", "same")));
+    let response = hurried.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(response.headers()["x-degraded"], "true");
+    let response = patient.await.unwrap().unwrap();
+    assert!(response.headers().get("x-degraded").is_none());
+    assert_eq!(text(response).await, "ai:same");
+    assert!(
+        start.elapsed() <= Duration::from_secs(7),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(handle.degraded().total, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_the_request_check_shortens_still_ends_the_call() {
+    // The client shortened its deadline to 10 s; the application's check, to 1 s.
+    let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_check(|parts, _body| {
+            let soon = tokio::time::Instant::now() + Duration::from_secs(1);
+            parts.extensions.insert(tower_health_ai::Deadline::at(soon));
+            Ok(())
+        })
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let svc = stack.layer(hanging());
+    let mut request = ask("ada", "r1");
+    request
+        .headers_mut()
+        .insert("x-request-timeout", "10".parse().unwrap());
+    let start = tokio::time::Instant::now();
+    let response = svc.oneshot(request).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(response.headers()["x-degraded"], "true");
 }
 
 #[tokio::test(start_paused = true)]

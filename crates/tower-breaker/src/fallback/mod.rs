@@ -17,6 +17,7 @@ mod service;
 pub use self::future::ResponseFuture;
 pub use self::layer::FallbackLayer;
 pub use self::policy::{
-    Capture, Degraded, FallbackCause, FallbackPolicy, FallbackRequest, MarkDegraded, OnError,
+    Capture, Degraded, FallbackCause, FallbackPolicy, FallbackRequest, MarkDegraded, NotDegraded,
+    OnError,
 };
 pub use self::service::Fallback;

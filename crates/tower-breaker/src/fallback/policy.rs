@@ -91,11 +91,19 @@ pub struct FallbackRequest<Ctx, Res> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Degraded;
 
+/// The response extension with which a fallback service hands back the inner service's
+/// own answer as it is ([`FallbackCause::Response`], when it has nothing better to give):
+/// that answer is not a fallback answer, so `http::Response`'s [`MarkDegraded`] takes
+/// this extension off instead of marking it [`Degraded`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NotDegraded;
+
 /// Marks a response as a degraded (fallback) answer.
 ///
 /// Implemented for `http::Response<B>` (feature `http`): inserts the [`Degraded`]
-/// extension and the `x-degraded: true` header. Implement it for your own response type
-/// to use [`Fallback`](super::Fallback) with it.
+/// extension and the `x-degraded: true` header, unless the fallback service handed back
+/// the inner service's own answer with a [`NotDegraded`] extension (which it removes).
+/// Implement it for your own response type to use [`Fallback`](super::Fallback) with it.
 pub trait MarkDegraded {
     /// Marks `self`.
     fn mark_degraded(&mut self);
