@@ -422,7 +422,7 @@ where
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = Response<DeadlineBody<ResB>>;
     type Error = BoxError;
     type Future = EnforceDeadlineFuture<S::Future>;
 
@@ -446,6 +446,7 @@ where
         if deadline.is_some_and(|deadline| deadline.0 <= Instant::now()) {
             return EnforceDeadlineFuture {
                 inner: None,
+                deadline: None,
                 late: None,
                 sleep: deadline.map(|deadline| Box::pin(sleep_until(deadline.0))),
             };
@@ -453,6 +454,7 @@ where
         let Some(deadline) = deadline.filter(|_| !answered_above) else {
             return EnforceDeadlineFuture {
                 inner: Some(Box::pin(self.inner.call(request))),
+                deadline: deadline.map(Deadline::instant),
                 late: None,
                 sleep: None,
             };
@@ -469,6 +471,7 @@ where
             });
         EnforceDeadlineFuture {
             inner: Some(Box::pin(self.inner.call(request))),
+            deadline: Some(deadline.0),
             late,
             sleep: Some(Box::pin(sleep_until(deadline.0))),
         }
@@ -510,6 +513,8 @@ impl Drop for RunningGuard {
 pub struct EnforceDeadlineFuture<F> {
     /// `None` when the deadline had passed before the call, or once it is handed on.
     inner: Option<Pin<Box<F>>>,
+    /// The request's deadline, which the answer's body must end by too.
+    deadline: Option<Instant>,
     /// For a miss: where its answer goes if it comes after the deadline, and whether an
     /// attempt is running at the upstream.
     late: Option<(LateAnswer, Running)>,
@@ -530,7 +535,7 @@ where
     ResB::Error: Into<BoxError>,
     E: Into<BoxError> + 'static,
 {
-    type Output = Result<Response<ResB>, BoxError>;
+    type Output = Result<Response<DeadlineBody<ResB>>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -538,7 +543,11 @@ where
             && let Poll::Ready(result) = inner.as_mut().poll(cx)
         {
             this.inner = None;
-            return Poll::Ready(result.map_err(Into::into));
+            let deadline = this.deadline;
+            return Poll::Ready(match result {
+                Ok(response) => Ok(response.map(|body| DeadlineBody::new(body, deadline))),
+                Err(e) => Err(e.into()),
+            });
         }
         match &mut this.sleep {
             Some(sleep) => {
@@ -554,6 +563,94 @@ where
                 Poll::Ready(Err(Box::new(DeadlineExceeded)))
             }
             None => Poll::Pending,
+        }
+    }
+}
+
+/// The body of an answer that came in time, ended at the request's [`Deadline`] if it is
+/// still arriving then: an upstream that sends its head at once and then its body
+/// slowly, or forever, holds the answer no longer than its request may wait. Past the
+/// deadline it ends with [`DeadlineExceeded`] as its error (the connection is reset:
+/// the client sees an incomplete answer, never a complete-looking one); the cache keeps
+/// nothing of it. A body that is all there is read as it is, with no timer.
+#[pin_project]
+pub struct DeadlineBody<B> {
+    #[pin]
+    inner: B,
+    deadline: Option<Instant>,
+    /// Set when the body first has nothing ready.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Ended at the deadline.
+    cut: bool,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(inner: B, deadline: Option<Instant>) -> Self {
+        Self {
+            inner,
+            deadline,
+            sleep: None,
+            cut: false,
+        }
+    }
+}
+
+/// A body made here (the fallback's answer): all there, no deadline to keep.
+impl<B: From<Bytes>> From<Bytes> for DeadlineBody<B> {
+    fn from(bytes: Bytes) -> Self {
+        Self::new(B::from(bytes), None)
+    }
+}
+
+impl<B> fmt::Debug for DeadlineBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadlineBody")
+            .field("deadline", &self.deadline)
+            .field("cut", &self.cut)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> http_body::Body for DeadlineBody<B>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if *this.cut {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let Some(deadline) = *this.deadline else {
+            return Poll::Pending;
+        };
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        *this.cut = true;
+        tracing::info!("request deadline passed while the answer's body was arriving");
+        Poll::Ready(Some(Err(Box::new(DeadlineExceeded))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.cut || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.cut {
+            http_body::SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
         }
     }
 }

@@ -133,8 +133,8 @@ pub use crate::body::{
 pub use crate::budget::{StartInTime, StartInTimeFuture};
 pub use crate::count::{CountCalls, CountCallsFuture};
 pub use crate::deadline::{
-    DEADLINE_GRACE, Deadline, DeadlineExceeded, EnforceDeadline, EnforceDeadlineFuture,
-    GRPC_TIMEOUT, RequestDeadline, RequestDeadlineFuture, X_REQUEST_TIMEOUT,
+    DEADLINE_GRACE, Deadline, DeadlineBody, DeadlineExceeded, EnforceDeadline,
+    EnforceDeadlineFuture, GRPC_TIMEOUT, RequestDeadline, RequestDeadlineFuture, X_REQUEST_TIMEOUT,
 };
 pub use crate::degraded::{DEGRADED_TOTAL, DegradeReason, DegradedStats};
 pub use crate::handle::{

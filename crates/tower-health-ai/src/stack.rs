@@ -312,7 +312,10 @@ enum RedSource {
 /// the fallback answers, degraded, when there is one; else 504 (gRPC 4
 /// `DEADLINE_EXCEEDED`). No answer comes later than the deadline (plus at most
 /// [`DEADLINE_GRACE`](crate::DEADLINE_GRACE), 100 ms, for a request waiting on an
-/// identical request's call).
+/// identical request's call), and no upstream answer's body outlasts it: one still
+/// arriving at the deadline ends there with an error
+/// ([`DeadlineBody`](crate::DeadlineBody)), so that the client sees an incomplete
+/// answer as such, and the cache keeps nothing of it.
 ///
 /// A call already running at the upstream when its request's deadline passes is not
 /// thrown away: it has been billed, and its answer is what the next identical request

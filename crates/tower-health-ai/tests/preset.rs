@@ -1855,3 +1855,43 @@ async fn a_request_body_that_never_ends_is_answered_at_the_deadline_without_a_ca
     );
     assert_eq!(upstream.calls(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_whose_body_never_ends_ends_at_the_deadline_and_is_not_stored() {
+    // The upstream sends its head and a first chunk at once, then nothing, ever.
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = {
+        let calls = Arc::clone(&calls);
+        service_fn(move |_request: UpstreamRequest| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let chunks = futures_util::StreamExt::chain(
+                futures_util::stream::iter([Ok::<_, BoxError>(Bytes::from_static(
+                    b"{\"analysis\":",
+                ))]),
+                futures_util::stream::pending(),
+            );
+            std::future::ready(Ok::<_, BoxError>(Response::new(Body::from_stream(chunks))))
+        })
+    };
+    let svc = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_deadline(Duration::from_secs(5))
+        .build()
+        .layer(upstream);
+    let start = tokio::time::Instant::now();
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Read to the end: an error at the deadline, not a body that never ends.
+    let read = tokio::time::timeout(Duration::from_secs(3_600), response.into_body().collect())
+        .await
+        .expect("the body ends");
+    assert!(
+        read.is_err(),
+        "an incomplete answer must not read as complete"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    // Nothing of it was stored: the next identical request calls again.
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "MISS");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
