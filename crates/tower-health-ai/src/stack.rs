@@ -621,7 +621,19 @@ impl HealthAiStackBuilder {
     /// `ConnectInfo`, or a `SocketAddr` extension) is the user; without either, one shared
     /// key. Your authentication layer must set this header from the identity it verified,
     /// overwriting whatever the client sent (see [who the user is](HealthAiStack#who-the-user-is)).
+    ///
+    /// # Panics
+    ///
+    /// If `header` is not a valid header name in lowercase (`x-user-id`, not
+    /// `X-User-Id`), as [`HeaderName::from_static`] does: a mistake in the code, told
+    /// here rather than by the first request.
     pub fn user_header(mut self, header: &'static str) -> Self {
+        let valid =
+            HeaderName::from_bytes(header.as_bytes()).is_ok_and(|name| name.as_str() == header);
+        assert!(
+            valid,
+            "user_header({header:?}): not a valid header name in lowercase"
+        );
         self.user_header = header;
         self
     }

@@ -1895,3 +1895,18 @@ async fn an_answer_whose_body_never_ends_ends_at_the_deadline_and_is_not_stored(
     assert_eq!(response.headers()["x-cache"], "MISS");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+#[should_panic(expected = "not a valid header name in lowercase")]
+fn a_user_header_in_capitals_is_refused_by_the_builder() {
+    let _ = HealthAiStack::builder().user_header("X-User-Id");
+}
+
+#[test]
+fn a_user_header_in_lowercase_is_taken() {
+    let svc = HealthAiStack::builder()
+        .user_header("x-account")
+        .build()
+        .layer(Upstream::new(Duration::ZERO).service());
+    drop(svc);
+}
