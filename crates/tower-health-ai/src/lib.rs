@@ -154,8 +154,8 @@ pub use crate::shared::{PresetBackend, PresetDecision, PresetLookup, PresetStore
 pub use crate::stack::{
     DEFAULT_ACCEPTED_AFTER, DEFAULT_ADAPTIVE_LIMIT, DEFAULT_BREAKER_FAILURE_RATE,
     DEFAULT_CACHE_MAX_BYTES, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, DEFAULT_USER_HEADER,
-    HealthAi, HealthAiFuture, HealthAiStack, HealthAiStackBuilder, PER_USER_LIMITER, PresetLabels,
-    UPSTREAM_NAME, UpstreamRequest,
+    HealthAi, HealthAiFuture, HealthAiStack, HealthAiStackBuilder, MAX_USER_ID_LEN,
+    PER_USER_LIMITER, PresetLabels, UPSTREAM_NAME, UpstreamRequest,
 };
 /// The refusal foundation under the five crates: the [`Refusal`] trait every crate's error
 /// implements (import it to call `to_http_response`, `to_response`), a refusal given by

@@ -55,12 +55,10 @@ pub(crate) fn request_span<B>(
     if let Ok(priority) = PresetPriority::new(priority).extract(request) {
         span.record("priority", priority.as_str());
     }
-    let user = request
-        .headers()
-        .get(HeaderName::from_static(user_header))
-        .filter(|user| !user.is_empty())
-        .map(|user| hasher().hash_one(user.as_bytes()))
-        .or_else(|| peer(request).map(|ip| hasher().hash_one(ip)));
+    let user =
+        crate::stack::named_user(request.headers().get(HeaderName::from_static(user_header)))
+            .map(|user| hasher().hash_one(user.as_bytes()))
+            .or_else(|| peer(request).map(|ip| hasher().hash_one(ip)));
     if let Some(user) = user {
         span.record("user", format_args!("{user:016x}"));
     }

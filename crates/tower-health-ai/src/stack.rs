@@ -55,6 +55,17 @@ pub const DEFAULT_USER_HEADER: &str = "x-user-id";
 pub const PER_USER_LIMITER: &str = "per-user";
 /// The name of the cache, the queue and the breaker (their metric label).
 pub const UPSTREAM_NAME: &str = "ai-service";
+/// The longest user id the user header may carry: a longer one names no user, for the
+/// per-user limit (whose buckets it would otherwise key), the cache partition and the
+/// request's span alike, so that the three never disagree on who the user is.
+pub const MAX_USER_ID_LEN: usize = 256;
+
+/// The user header's value, when it names a user: not empty, not longer than
+/// [`MAX_USER_ID_LEN`].
+pub(crate) fn named_user(value: Option<&http::HeaderValue>) -> Option<&http::HeaderValue> {
+    value.filter(|user| !user.is_empty() && user.len() <= MAX_USER_ID_LEN)
+}
+
 /// The largest request body read, by default: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -617,7 +628,8 @@ impl fmt::Debug for HealthAiStackBuilder {
 
 impl HealthAiStackBuilder {
     /// The header that names the user, for the per-user limit and the cache partition
-    /// (default `x-user-id`). Without it (or with an empty value), the client IP (axum's
+    /// (default `x-user-id`). Without it (or with an empty value, or one longer than
+    /// [`MAX_USER_ID_LEN`] bytes), the client IP (axum's
     /// `ConnectInfo`, or a `SocketAddr` extension) is the user; without either, one shared
     /// key. Your authentication layer must set this header from the identity it verified,
     /// overwriting whatever the client sent (see [who the user is](HealthAiStack#who-the-user-is)).
@@ -1067,7 +1079,12 @@ impl HealthAiStackBuilder {
         };
         let per_user = RateLimitLayer::builder(self.per_user_quota)
             .name(PER_USER_LIMITER)
-            .key(HeaderKey::from_static(user_header).or(PeerIp).or(GlobalKey))
+            .key(
+                HeaderKey::from_static(user_header)
+                    .max_len(MAX_USER_ID_LEN)
+                    .or(PeerIp)
+                    .or(GlobalKey),
+            )
             .build_with_backend(per_user_backend);
         let mut body = BufferBodyLayer::new(self.max_body_bytes);
         if let Some(check) = self.request_check {
@@ -1182,14 +1199,11 @@ impl HealthAiStackBuilder {
 }
 
 /// The cache partition: the user header, else the client IP; `None` (no caching) when
-/// neither is known. An empty user header names no user, as for the per-user limit.
+/// neither is known. An empty user header, or one over [`MAX_USER_ID_LEN`], names no
+/// user, as for the per-user limit.
 fn user_of(parts: &http::request::Parts, user_header: &HeaderName) -> Option<PartitionBytes> {
     let mut partition = PartitionBytes::default();
-    if let Some(user) = parts
-        .headers
-        .get(user_header)
-        .filter(|user| !user.is_empty())
-    {
+    if let Some(user) = named_user(parts.headers.get(user_header)) {
         partition.push(b"user:");
         partition.push(user.as_bytes());
         return Some(partition);
@@ -1437,6 +1451,22 @@ mod tests {
         assert_eq!(
             user_of(&user, &header).unwrap().as_ref(),
             format!("user:{long}").as_bytes()
+        );
+        // One over the limit names no user: the peer's address, as for the per-user
+        // limit.
+        let mut too_long = parts(
+            Request::builder()
+                .header(DEFAULT_USER_HEADER, "u".repeat(MAX_USER_ID_LEN + 1))
+                .body(())
+                .unwrap(),
+        );
+        assert!(user_of(&too_long, &header).is_none());
+        too_long
+            .extensions
+            .insert(SocketAddr::from(([10, 0, 0, 8], 80)));
+        assert_eq!(
+            user_of(&too_long, &header).unwrap().as_ref(),
+            b"ip:10.0.0.8"
         );
         let mut peer = parts(Request::new(()));
         assert!(
