@@ -381,7 +381,8 @@ where
 /// next identical request needs. Its caller is answered at the deadline all the same,
 /// and the call runs on in a task of its own to its end (the call timeout bounds it), its
 /// slot of the in-flight limit still held; a success is stored in the cache
-/// ([`LateAnswer`]). No attempt starts after the deadline: a retry is refused at once,
+/// ([`LateAnswer`]). The call timeout bounds the call that runs on from the deadline,
+/// the answer's body included (the timeout itself ends a call at its head). No attempt starts after the deadline: a retry is refused at once,
 /// without waiting for a slot ([`StartInTime`](crate::budget::StartInTime) and the
 /// queue's wait).
 ///
@@ -391,11 +392,14 @@ where
 #[derive(Clone, Debug)]
 pub struct EnforceDeadline<S> {
     inner: S,
+    /// How long a call may run on past its request's deadline, its answer's body
+    /// included: the call timeout.
+    run_on_for: Duration,
 }
 
 impl<S> EnforceDeadline<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: S, run_on_for: Duration) -> Self {
+        Self { inner, run_on_for }
     }
 
     /// The inner service.
@@ -448,6 +452,7 @@ where
                 inner: None,
                 deadline: None,
                 late: None,
+                run_on_for: self.run_on_for,
                 sleep: deadline.map(|deadline| Box::pin(sleep_until(deadline.0))),
             };
         }
@@ -456,6 +461,7 @@ where
                 inner: Some(Box::pin(self.inner.call(request))),
                 deadline: deadline.map(Deadline::instant),
                 late: None,
+                run_on_for: self.run_on_for,
                 sleep: None,
             };
         };
@@ -473,6 +479,7 @@ where
             inner: Some(Box::pin(self.inner.call(request))),
             deadline: Some(deadline.0),
             late,
+            run_on_for: self.run_on_for,
             sleep: Some(Box::pin(sleep_until(deadline.0))),
         }
     }
@@ -518,6 +525,8 @@ pub struct EnforceDeadlineFuture<F> {
     /// For a miss: where its answer goes if it comes after the deadline, and whether an
     /// attempt is running at the upstream.
     late: Option<(LateAnswer, Running)>,
+    /// How long the call may run on past the deadline, body included.
+    run_on_for: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
@@ -558,7 +567,7 @@ where
                     && let Ok(runtime) = tokio::runtime::Handle::try_current()
                 {
                     tracing::debug!("deadline passed with the call running: it runs on");
-                    runtime.spawn(run_on(inner, late));
+                    runtime.spawn(run_on(inner, late, this.run_on_for));
                 }
                 Poll::Ready(Err(Box::new(DeadlineExceeded)))
             }
@@ -655,19 +664,25 @@ where
     }
 }
 
-/// A call whose caller was answered at its deadline, run to its end: a success goes to
-/// the cache.
-async fn run_on<F, ResB, E>(call: Pin<Box<F>>, late: LateAnswer)
+/// A call whose caller was answered at its deadline, run to its end, for `limit` at
+/// most (its answer's body included: the call timeout ends a call only at its head): a
+/// success goes to the cache.
+async fn run_on<F, ResB, E>(call: Pin<Box<F>>, late: LateAnswer, limit: Duration)
 where
     F: Future<Output = Result<Response<ResB>, E>>,
     ResB: http_body::Body<Data = Bytes>,
     ResB::Error: Into<BoxError>,
 {
-    let Ok(answer) = call.await else {
-        return;
+    let run = async {
+        let Ok(answer) = call.await else {
+            return false;
+        };
+        late.store(answer).await
     };
-    let stored = late.store(answer).await;
-    tracing::debug!(stored, "a call that outlived its caller ended");
+    match tokio::time::timeout(limit, run).await {
+        Ok(stored) => tracing::debug!(stored, "a call that outlived its caller ended"),
+        Err(_) => tracing::debug!("a call that outlived its caller ran out of time"),
+    }
 }
 
 #[cfg(test)]
