@@ -636,16 +636,25 @@ where
         if *this.cut {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
-        }
-        let Some(deadline) = *this.deadline else {
-            return Poll::Pending;
-        };
-        let sleep = this
+        // Once the body has waited (the timer is set), the deadline is checked before
+        // each frame: a body that has more ready at every poll from then on is still
+        // arriving, and ends at the deadline all the same.
+        let passed = this
             .sleep
-            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-        std::task::ready!(sleep.as_mut().poll(cx));
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        if !passed {
+            if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+                return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+            }
+            let Some(deadline) = *this.deadline else {
+                return Poll::Pending;
+            };
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+            std::task::ready!(sleep.as_mut().poll(cx));
+        }
         *this.cut = true;
         tracing::info!("request deadline passed while the answer's body was arriving");
         Poll::Ready(Some(Err(Box::new(DeadlineExceeded))))
@@ -695,6 +704,53 @@ mod tests {
             map.insert(*name, value.parse().unwrap());
         }
         map
+    }
+
+    /// A body that waits once, then always has another chunk ready.
+    struct Gushing {
+        waited: bool,
+    }
+
+    impl http_body::Body for Gushing {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            if !self.waited {
+                self.waited = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_still_arriving_at_the_deadline_ends_even_if_it_never_waits_again() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut body = DeadlineBody::new(Gushing { waited: false }, Some(deadline));
+        // Before the deadline, it flows.
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"x")));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // Past it, the body ends with the deadline's error, however fast it comes.
+        let mut frames = 0;
+        let error = loop {
+            match body.frame().await {
+                Some(Ok(_)) if frames < 1_000 => frames += 1,
+                Some(Ok(_)) => panic!("still arriving 1000 frames past the deadline"),
+                Some(Err(error)) => break error,
+                None => panic!("ended as if complete"),
+            }
+        };
+        assert!(error.is::<DeadlineExceeded>());
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]
