@@ -381,7 +381,8 @@ where
 /// next identical request needs. Its caller is answered at the deadline all the same,
 /// and the call runs on in a task of its own to its end (the call timeout bounds it), its
 /// slot of the in-flight limit still held; a success is stored in the cache
-/// ([`LateAnswer`]). No attempt starts after the deadline: a retry is refused at once,
+/// ([`LateAnswer`]). The call timeout bounds the call that runs on from the deadline,
+/// the answer's body included (the timeout itself ends a call at its head). No attempt starts after the deadline: a retry is refused at once,
 /// without waiting for a slot ([`StartInTime`](crate::budget::StartInTime) and the
 /// queue's wait).
 ///
@@ -391,11 +392,14 @@ where
 #[derive(Clone, Debug)]
 pub struct EnforceDeadline<S> {
     inner: S,
+    /// How long a call may run on past its request's deadline, its answer's body
+    /// included: the call timeout.
+    run_on_for: Duration,
 }
 
 impl<S> EnforceDeadline<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: S, run_on_for: Duration) -> Self {
+        Self { inner, run_on_for }
     }
 
     /// The inner service.
@@ -448,6 +452,7 @@ where
                 inner: None,
                 deadline: None,
                 late: None,
+                run_on_for: self.run_on_for,
                 sleep: deadline.map(|deadline| Box::pin(sleep_until(deadline.0))),
             };
         }
@@ -456,6 +461,7 @@ where
                 inner: Some(Box::pin(self.inner.call(request))),
                 deadline: deadline.map(Deadline::instant),
                 late: None,
+                run_on_for: self.run_on_for,
                 sleep: None,
             };
         };
@@ -473,6 +479,7 @@ where
             inner: Some(Box::pin(self.inner.call(request))),
             deadline: Some(deadline.0),
             late,
+            run_on_for: self.run_on_for,
             sleep: Some(Box::pin(sleep_until(deadline.0))),
         }
     }
@@ -518,6 +525,8 @@ pub struct EnforceDeadlineFuture<F> {
     /// For a miss: where its answer goes if it comes after the deadline, and whether an
     /// attempt is running at the upstream.
     late: Option<(LateAnswer, Running)>,
+    /// How long the call may run on past the deadline, body included.
+    run_on_for: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
@@ -558,7 +567,7 @@ where
                     && let Ok(runtime) = tokio::runtime::Handle::try_current()
                 {
                     tracing::debug!("deadline passed with the call running: it runs on");
-                    runtime.spawn(run_on(inner, late));
+                    runtime.spawn(run_on(inner, late, this.run_on_for));
                 }
                 Poll::Ready(Err(Box::new(DeadlineExceeded)))
             }
@@ -627,16 +636,25 @@ where
         if *this.cut {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
-        }
-        let Some(deadline) = *this.deadline else {
-            return Poll::Pending;
-        };
-        let sleep = this
+        // Once the body has waited (the timer is set), the deadline is checked before
+        // each frame: a body that has more ready at every poll from then on is still
+        // arriving, and ends at the deadline all the same.
+        let passed = this
             .sleep
-            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-        std::task::ready!(sleep.as_mut().poll(cx));
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        if !passed {
+            if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+                return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+            }
+            let Some(deadline) = *this.deadline else {
+                return Poll::Pending;
+            };
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+            std::task::ready!(sleep.as_mut().poll(cx));
+        }
         *this.cut = true;
         tracing::info!("request deadline passed while the answer's body was arriving");
         Poll::Ready(Some(Err(Box::new(DeadlineExceeded))))
@@ -655,19 +673,25 @@ where
     }
 }
 
-/// A call whose caller was answered at its deadline, run to its end: a success goes to
-/// the cache.
-async fn run_on<F, ResB, E>(call: Pin<Box<F>>, late: LateAnswer)
+/// A call whose caller was answered at its deadline, run to its end, for `limit` at
+/// most (its answer's body included: the call timeout ends a call only at its head): a
+/// success goes to the cache.
+async fn run_on<F, ResB, E>(call: Pin<Box<F>>, late: LateAnswer, limit: Duration)
 where
     F: Future<Output = Result<Response<ResB>, E>>,
     ResB: http_body::Body<Data = Bytes>,
     ResB::Error: Into<BoxError>,
 {
-    let Ok(answer) = call.await else {
-        return;
+    let run = async {
+        let Ok(answer) = call.await else {
+            return false;
+        };
+        late.store(answer).await
     };
-    let stored = late.store(answer).await;
-    tracing::debug!(stored, "a call that outlived its caller ended");
+    match tokio::time::timeout(limit, run).await {
+        Ok(stored) => tracing::debug!(stored, "a call that outlived its caller ended"),
+        Err(_) => tracing::debug!("a call that outlived its caller ran out of time"),
+    }
 }
 
 #[cfg(test)]
@@ -680,6 +704,53 @@ mod tests {
             map.insert(*name, value.parse().unwrap());
         }
         map
+    }
+
+    /// A body that waits once, then always has another chunk ready.
+    struct Gushing {
+        waited: bool,
+    }
+
+    impl http_body::Body for Gushing {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            if !self.waited {
+                self.waited = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_still_arriving_at_the_deadline_ends_even_if_it_never_waits_again() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut body = DeadlineBody::new(Gushing { waited: false }, Some(deadline));
+        // Before the deadline, it flows.
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().ok(), Some(Bytes::from_static(b"x")));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // Past it, the body ends with the deadline's error, however fast it comes.
+        let mut frames = 0;
+        let error = loop {
+            match body.frame().await {
+                Some(Ok(_)) if frames < 1_000 => frames += 1,
+                Some(Ok(_)) => panic!("still arriving 1000 frames past the deadline"),
+                Some(Err(error)) => break error,
+                None => panic!("ended as if complete"),
+            }
+        };
+        assert!(error.is::<DeadlineExceeded>());
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1910,3 +1910,68 @@ fn a_user_header_in_lowercase_is_taken() {
         .layer(Upstream::new(Duration::ZERO).service());
     drop(svc);
 }
+
+/// A body that sends its first chunk and then nothing, ever; `dropped` is set when it
+/// is dropped.
+struct Trickle {
+    first: Option<Bytes>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Trickle {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.first.take() {
+            Some(first) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Trickle {
+    fn drop(&mut self) {
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_runs_on_ends_when_its_answers_body_never_does() {
+    // The head comes after 10 s, past the 2 s deadline and within the 60 s call
+    // timeout; then the body stops after its first chunk.
+    let dropped = Arc::new(AtomicBool::new(false));
+    let upstream = {
+        let dropped = Arc::clone(&dropped);
+        service_fn(move |_request: UpstreamRequest| {
+            let dropped = Arc::clone(&dropped);
+            async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, BoxError>(Response::new(Body::new(Trickle {
+                    first: Some(Bytes::from_static(b"ai:")),
+                    dropped,
+                })))
+            }
+        })
+    };
+    let stack = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_deadline(Duration::from_secs(2))
+        .call_timeout(Duration::from_secs(60))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build();
+    let svc = stack.layer(upstream);
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-degraded"], "true");
+    // The call runs on; its answer's body is read for the cache, and never ends. The
+    // call timeout bounds the call that runs on, body and all: by the deadline plus the
+    // call timeout it is over, and the upstream's body let go.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the body is still being read"
+    );
+}

@@ -1,11 +1,12 @@
 //! [`LateAnswer`]: a call's answer that comes after its request was answered otherwise,
 //! stored for the next identical request.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, response::Parts};
 use http_body::Body;
+use tokio::time::Instant;
 
 use crate::{
     body::{Collected, collect},
@@ -54,6 +55,9 @@ impl fmt::Debug for LateAnswer {
 trait Sink: Send + Sync {
     /// The largest body the cache keeps.
     fn limit(&self) -> usize;
+    /// Whether an entry has been stored for the key since the call started (by a call
+    /// that began after it): a late answer must not replace it.
+    fn newer_stored(&self) -> Pin<Box<dyn Future<Output = bool> + Send>>;
     /// Stores the answer if the cache's rules allow; whether it did.
     fn store(&self, parts: Parts, data: Bytes, trailers: Option<HeaderMap>) -> bool;
 }
@@ -64,12 +68,24 @@ struct Late<St> {
     /// The cache's generation when the call started: an invalidation since keeps the
     /// answer out.
     generation: u64,
+    /// When the call started, on the cache's clock.
+    started: Instant,
     asked: Asked,
 }
 
 impl<St: CacheStore<CachedResponse>> Sink for Late<St> {
     fn limit(&self) -> usize {
         self.shared.max_response_body
+    }
+
+    fn newer_stored(&self) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        let lookup = self.shared.core.store.get_recent(&self.key);
+        let started = self.started;
+        Box::pin(async move {
+            lookup
+                .await
+                .is_some_and(|entry| entry.stored_at() >= started)
+        })
     }
 
     fn store(&self, parts: Parts, data: Bytes, trailers: Option<HeaderMap>) -> bool {
@@ -100,6 +116,7 @@ impl LateAnswer {
         shared: &Arc<HttpShared<St>>,
         key: CacheKey,
         generation: u64,
+        started: Instant,
         asked: Asked,
     ) -> Self {
         Self {
@@ -107,6 +124,7 @@ impl LateAnswer {
                 shared: Arc::clone(shared),
                 key,
                 generation,
+                started,
                 asked,
             }),
         }
@@ -114,8 +132,9 @@ impl LateAnswer {
 
     /// Reads `answer`'s body (no more than the cache keeps of one) and stores the answer
     /// if the cache's rules allow. Returns whether it was stored: not when the rules
-    /// refuse it, the body is larger than the limit or fails, or the cache was
-    /// invalidated since the call started.
+    /// refuse it, the body is larger than the limit or fails, the cache was invalidated
+    /// since the call started, or an entry for the same key has been stored since then
+    /// (the answer of a later call, which a late one must not replace).
     pub async fn store<B>(self, answer: Response<B>) -> bool
     where
         B: Body<Data = Bytes>,
@@ -123,7 +142,9 @@ impl LateAnswer {
     {
         let (parts, body) = answer.into_parts();
         match collect(body, self.sink.limit()).await {
-            Collected::Full { data, trailers } => self.sink.store(parts, data, trailers),
+            Collected::Full { data, trailers } => {
+                !self.sink.newer_stored().await && self.sink.store(parts, data, trailers)
+            }
             Collected::TooBig(_) | Collected::Failed(_) => false,
         }
     }

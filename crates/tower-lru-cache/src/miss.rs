@@ -271,6 +271,7 @@ where
     let core = &shared.core;
     // Read before the call: an invalidation during it keeps its answer out of the store.
     let generation = core.generation();
+    let started = core.now();
     // A flight for this key may have finished between our lookup and now.
     if let Found::Fresh(entry) = core.classify(core.store.get_recent(&key).await, core.now())
         && entry.value().vary_matches(req.headers())
@@ -291,8 +292,13 @@ where
         headers: req.headers().clone(),
     };
     // For a layer below that lets this call run on after its caller was answered.
-    req.extensions_mut()
-        .insert(LateAnswer::new(shared, key, generation, asked.clone()));
+    req.extensions_mut().insert(LateAnswer::new(
+        shared,
+        key,
+        generation,
+        started,
+        asked.clone(),
+    ));
     let failed = |e: BoxError| {
         let message: Arc<str> = e.to_string().into();
         (Own::Error(e), Flight::Failed(message))

@@ -139,3 +139,43 @@ async fn an_invalidation_since_the_call_started_keeps_a_late_answer_out() {
     svc.clone().oneshot(ask()).await.unwrap();
     assert_eq!(upstream.calls(), 2);
 }
+
+/// A late answer comes after a newer call for the same key has stored its own: the
+/// newer entry stays.
+#[tokio::test(start_paused = true)]
+async fn a_late_answer_does_not_overwrite_an_entry_stored_since_its_call_started() {
+    let late = Arc::new(Mutex::new(None::<LateAnswer>));
+    let calls = Arc::new(Mutex::new(0_usize));
+    let inner = {
+        let late = Arc::clone(&late);
+        let calls = Arc::clone(&calls);
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let mut calls = calls.lock().unwrap();
+            *calls += 1;
+            let res = if *calls == 1 {
+                // The first call gives up on its caller; its answer comes later.
+                *late.lock().unwrap() = req.extensions().get::<LateAnswer>().cloned();
+                let mut res = Response::new(Full::new(Bytes::from_static(b"not now")));
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                res
+            } else {
+                answer("newer", None)
+            };
+            std::future::ready(Ok::<_, BoxError>(res))
+        })
+    };
+    let svc = CacheLayer::builder().build().layer(inner);
+    svc.clone().oneshot(ask()).await.unwrap();
+    tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    let second = svc.clone().oneshot(ask()).await.unwrap();
+    assert_eq!(body(second).await, "newer");
+
+    tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    let first_call = late.lock().unwrap().take().expect("a LateAnswer");
+    assert!(!first_call.store(answer("older", None)).await);
+
+    let next = svc.clone().oneshot(ask()).await.unwrap();
+    assert_eq!(next.headers()["x-cache"], "HIT");
+    assert_eq!(body(next).await, "newer");
+    assert_eq!(*calls.lock().unwrap(), 2);
+}
