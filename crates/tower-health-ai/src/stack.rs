@@ -331,12 +331,16 @@ enum RedSource {
 /// A call already running at the upstream when its request's deadline passes is not
 /// thrown away: it has been billed, and its answer is what the next identical request
 /// needs. The request is answered at its deadline all the same; the call runs on, in a
-/// task of its own, to its end (the [call timeout](HealthAiStackBuilder::call_timeout)
-/// bounds it), keeping its slot of the in-flight limit, since the upstream is still
+/// task of its own, to its end (at most the
+/// [call timeout](HealthAiStackBuilder::call_timeout) from the deadline, its answer's
+/// body included), keeping its slot of the in-flight limit, since the upstream is still
 /// working on it; a success is stored in the cache
 /// ([`LateAnswer`](tower_lru_cache::LateAnswer)). Nothing else starts for that request
 /// after its deadline: no retry, no wait in the queue. Requests that bypass the cache
-/// have their calls ended at the deadline, as their answers could serve no one.
+/// have their calls ended at the deadline, as their answers could serve no one; so does
+/// a request whose client shortened its deadline, when the fallback answers it above the
+/// cache (its call may be shared with identical requests that have longer: it ends when
+/// that request is answered, and one of them calls again).
 ///
 /// # Retries and the circuit
 ///

@@ -70,7 +70,7 @@ struct Late<St> {
     generation: u64,
     /// When the call started, on the cache's clock.
     started: Instant,
-    asked: Asked,
+    asked: Arc<Asked>,
 }
 
 impl<St: CacheStore<CachedResponse>> Sink for Late<St> {
@@ -117,7 +117,7 @@ impl LateAnswer {
         key: CacheKey,
         generation: u64,
         started: Instant,
-        asked: Asked,
+        asked: Arc<Asked>,
     ) -> Self {
         Self {
             sink: Arc::new(Late {

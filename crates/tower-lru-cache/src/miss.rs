@@ -287,17 +287,18 @@ where
         let res = replay_entry(Arc::clone(&entry), "HIT", age_secs(core, &entry));
         return (Own::Hit(res), Flight::Stored(entry));
     }
-    let asked = Asked {
+    // Shared with the late answer: one copy of the request's headers per miss.
+    let asked = Arc::new(Asked {
         authorized: req.headers().contains_key(header::AUTHORIZATION),
         headers: req.headers().clone(),
-    };
+    });
     // For a layer below that lets this call run on after its caller was answered.
     req.extensions_mut().insert(LateAnswer::new(
         shared,
         key,
         generation,
         started,
-        asked.clone(),
+        Arc::clone(&asked),
     ));
     let failed = |e: BoxError| {
         let message: Arc<str> = e.to_string().into();

@@ -109,7 +109,6 @@ impl Grpc {
 
 /// What the cache keeps of a request to judge its answer: whether it carried
 /// credentials, and its headers (for the response's `Vary`).
-#[derive(Clone)]
 pub(crate) struct Asked {
     pub(crate) authorized: bool,
     pub(crate) headers: HeaderMap,
