@@ -243,6 +243,15 @@ impl Shared {
 
     /// Takes a free slot if nobody waits. Lock-free.
     pub(crate) fn try_acquire(&self) -> bool {
+        let taken = self.take_free_slot();
+        if taken {
+            self.metrics.admitted();
+        }
+        taken
+    }
+
+    /// Takes a free slot if nobody waits and no cool-down runs, without recording it.
+    fn take_free_slot(&self) -> bool {
         let max = self.limit.load(Ordering::Relaxed);
         let mut state = self.state.load(Ordering::Relaxed);
         loop {
@@ -255,10 +264,7 @@ impl Shared {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => {
-                    self.metrics.admitted();
-                    return true;
-                }
+                Ok(_) => return true,
                 Err(actual) => state = actual,
             }
         }
@@ -383,23 +389,7 @@ impl Shared {
         // Slots the end of a cool-down frees go to those already waiting first.
         let granted = self.pump_locked(&mut room);
         let cooldown = self.cooldown_left(now);
-        let mut state = self.state.load(Ordering::Acquire);
-        let admitted = loop {
-            if state & (WAITERS | COOLING) != 0
-                || state >> SLOT_SHIFT >= self.limit.load(Ordering::Relaxed)
-            {
-                break false;
-            }
-            match self.state.compare_exchange(
-                state,
-                state + ONE_SLOT,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break true,
-                Err(actual) => state = actual,
-            }
-        };
+        let admitted = self.take_free_slot();
         drop(room);
         wake_all(granted);
         if admitted {
