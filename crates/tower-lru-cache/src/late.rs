@@ -13,7 +13,8 @@ use crate::{
     cached::CachedResponse,
     error::BoxError,
     key::CacheKey,
-    shared::{Asked, Grpc, HttpShared, Verdict, vary_names, vary_values},
+    miss::{Finished, Publish},
+    shared::{Asked, Grpc, HttpShared},
     store::CacheStore,
 };
 
@@ -89,25 +90,23 @@ impl<St: CacheStore<CachedResponse>> Sink for Late<St> {
     }
 
     fn store(&self, parts: Parts, data: Bytes, trailers: Option<HeaderMap>) -> bool {
+        // Judged and stored as an answer in time is (`lead` and `Publish`).
         let degraded = (self.shared.degraded)(&parts);
-        let (verdict, _) = self.shared.judge(&self.asked, &parts, degraded);
-        let Verdict::Store(ttl) = verdict else {
-            return false;
-        };
-        if Grpc::of(&parts).with_trailers(trailers.as_ref()) == Grpc::Failed {
-            return false;
-        }
-        let vary = vary_names(&parts.headers)
-            .filter(|names| !names.is_empty())
-            .map(|names| vary_values(names, &self.asked.headers));
+        let (verdict, failed) = self.shared.judge(&self.asked, &parts, degraded);
+        let publish = Publish::new(
+            &self.shared,
+            self.key,
+            self.generation,
+            verdict,
+            failed,
+            Grpc::of(&parts),
+        );
+        let vary = self.asked.vary_of(&parts.headers);
         let mut cached = CachedResponse::from_parts(parts, data, trailers);
         if let Some(vary) = vary {
             cached = cached.with_vary(vary);
         }
-        self.shared
-            .core
-            .store(self.key, cached.for_storage(), ttl, self.generation)
-            .is_ok()
+        matches!(publish.finish(cached), Finished::Stored { .. })
     }
 }
 

@@ -18,7 +18,7 @@ use crate::{
     key::CacheKey,
     late::LateAnswer,
     metrics::Outcome,
-    shared::{Asked, Grpc, HttpShared, Verdict, vary_names, vary_values},
+    shared::{Asked, Grpc, HttpShared, Verdict},
     store::{CacheStore, Entry},
 };
 
@@ -327,20 +327,8 @@ where
         );
     }
     let grpc = Grpc::of(&parts);
-    let vary = vary_names(&parts.headers)
-        .filter(|names| !names.is_empty())
-        .map(|names| vary_values(names, &asked.headers));
-    let mut publish = Publish {
-        shared: Arc::clone(shared),
-        key,
-        generation,
-        verdict,
-        failed: is_failure,
-        grpc,
-        head: None,
-        body: None,
-        tx: None,
-    };
+    let vary = asked.vary_of(&parts.headers);
+    let mut publish = Publish::new(shared, key, generation, verdict, is_failure, grpc);
     // With a stale entry to fall back on, a failure (known from the head, or from a gRPC
     // status in the trailers) must be known before answering: read the body first.
     let read_first = has_stale && (is_failure || grpc == Grpc::Pending);
@@ -423,7 +411,7 @@ fn too_big<B, St>(
 /// Turns a complete answer into what the cache keeps and shares: stored when its
 /// verdict allows (and no invalidation happened since its call started), shared
 /// otherwise. For a streamed answer, also tells the waiting requests.
-struct Publish<St> {
+pub(crate) struct Publish<St> {
     shared: Arc<HttpShared<St>>,
     key: CacheKey,
     generation: u64,
@@ -438,7 +426,7 @@ struct Publish<St> {
 }
 
 /// A complete answer, judged.
-enum Finished {
+pub(crate) enum Finished {
     /// Stored as `entry` (a copy without extensions); `answer` is the original.
     Stored {
         entry: Arc<Entry<CachedResponse>>,
@@ -450,9 +438,32 @@ enum Finished {
 }
 
 impl<St: CacheStore<CachedResponse>> Publish<St> {
+    /// For the answer to the call for `key` that started at `generation`, judged
+    /// `verdict` (`failed`: a failure for stale-if-error) from its head.
+    pub(crate) fn new(
+        shared: &Arc<HttpShared<St>>,
+        key: CacheKey,
+        generation: u64,
+        verdict: Verdict,
+        failed: bool,
+        grpc: Grpc,
+    ) -> Self {
+        Self {
+            shared: Arc::clone(shared),
+            key,
+            generation,
+            verdict,
+            failed,
+            grpc,
+            head: None,
+            body: None,
+            tx: None,
+        }
+    }
+
     /// Stores the complete answer when its verdict allows (and no invalidation happened
     /// since its call started), else keeps it to share.
-    fn finish(&self, cached: CachedResponse) -> Finished {
+    pub(crate) fn finish(&self, cached: CachedResponse) -> Finished {
         // A gRPC status in the trailers is known only now.
         let grpc_failed = self.grpc.with_trailers(cached.trailers()) == Grpc::Failed;
         let failed = self.failed || grpc_failed;

@@ -114,6 +114,19 @@ pub(crate) struct Asked {
     pub(crate) headers: HeaderMap,
 }
 
+impl Asked {
+    /// This request's values of the headers an answer with `answer` (its headers)
+    /// varies on, stored with it; `None` when it varies on none.
+    pub(crate) fn vary_of(
+        &self,
+        answer: &HeaderMap,
+    ) -> Option<Vec<(HeaderName, Vec<HeaderValue>)>> {
+        vary_names(answer)
+            .filter(|names| !names.is_empty())
+            .map(|names| vary_values(names, &self.headers))
+    }
+}
+
 impl<St> HttpShared<St> {
     /// The streaming answer for `key`, if a call's body is still streaming.
     pub(crate) fn streaming(&self, key: &CacheKey) -> Option<StreamBody<CachedResponse>> {
