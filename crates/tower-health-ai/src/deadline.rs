@@ -379,10 +379,10 @@ where
 /// A call that is running at the upstream when the deadline passes, for a request the
 /// cache missed, is not thrown away: it has been billed, and its answer is the one the
 /// next identical request needs. Its caller is answered at the deadline all the same,
-/// and the call runs on in a task of its own to its end (the call timeout bounds it), its
-/// slot of the in-flight limit still held; a success is stored in the cache
-/// ([`LateAnswer`]). The call timeout bounds the call that runs on from the deadline,
-/// the answer's body included (the timeout itself ends a call at its head). No attempt starts after the deadline: a retry is refused at once,
+/// and the call runs on in a task of its own, its slot of the in-flight limit still
+/// held, for at most the call timeout from the deadline, its answer's body included (the
+/// timeout itself ends a call at its head); a success is stored in the cache
+/// ([`LateAnswer`]). No attempt starts after the deadline: a retry is refused at once,
 /// without waiting for a slot ([`StartInTime`](crate::budget::StartInTime) and the
 /// queue's wait).
 ///
@@ -446,41 +446,24 @@ where
             .get::<HeadSlot>()
             .is_some_and(|slot| deadline.is_some_and(|deadline| deadline.0 == slot.answered_at));
         // A request whose deadline has already passed is not sent: its call could not
-        // answer in time, and might be billed.
-        if deadline.is_some_and(|deadline| deadline.0 <= Instant::now()) {
-            return EnforceDeadlineFuture {
-                inner: None,
-                deadline: None,
-                late: None,
-                run_on_for: self.run_on_for,
-                sleep: deadline.map(|deadline| Box::pin(sleep_until(deadline.0))),
-            };
-        }
-        let Some(deadline) = deadline.filter(|_| !answered_above) else {
-            return EnforceDeadlineFuture {
-                inner: Some(Box::pin(self.inner.call(request))),
-                deadline: deadline.map(Deadline::instant),
-                late: None,
-                run_on_for: self.run_on_for,
-                sleep: None,
-            };
-        };
+        // answer in time, and might be billed. It is answered at once, by its timer.
+        let passed = deadline.is_some_and(|deadline| deadline.0 <= Instant::now());
+        let cut_here = deadline.filter(|_| passed || !answered_above);
         // A miss's call may outlive its caller: count its attempts at the upstream.
-        let late = request
-            .extensions()
-            .get::<LateAnswer>()
-            .cloned()
+        let late = cut_here
+            .filter(|_| !passed)
+            .and_then(|_| request.extensions().get::<LateAnswer>().cloned())
             .map(|late| {
                 let running = Running::default();
                 request.extensions_mut().insert(running.clone());
                 (late, running)
             });
         EnforceDeadlineFuture {
-            inner: Some(Box::pin(self.inner.call(request))),
-            deadline: Some(deadline.0),
+            inner: (!passed).then(|| Box::pin(self.inner.call(request))),
+            deadline: deadline.map(Deadline::instant),
             late,
             run_on_for: self.run_on_for,
-            sleep: Some(Box::pin(sleep_until(deadline.0))),
+            sleep: cut_here.map(|deadline| Box::pin(sleep_until(deadline.0))),
         }
     }
 }

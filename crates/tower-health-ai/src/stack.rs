@@ -427,8 +427,6 @@ pub struct HealthAiStack {
     queue: PriorityQueueLayer<PresetPriority, PresetOverload>,
     global: RateLimitLayer<GlobalKey, PresetBackend<()>>,
     timeout: TimeoutLayer,
-    /// How long a call that outlives its caller may run on, body and all.
-    call_timeout: Duration,
     call_times: Arc<CallTimes>,
     start_in_time: bool,
     on_deadline: OnDeadline,
@@ -494,7 +492,8 @@ impl<S> Layer<S> for HealthAiStack {
         let inner = self.queue.layer(inner);
         let inner = self.breaker.layer(inner);
         let inner = self.retry.layer(inner);
-        let inner = EnforceDeadline::new(inner, self.call_timeout);
+        // A call that outlives its caller runs on for the call timeout, body and all.
+        let inner = EnforceDeadline::new(inner, self.timeout.timeout());
         let inner = self.fallback.layer(inner);
         // Cloned per request by axum and hyper: below the cache, only when a request
         // reaches it (a hit does not).
@@ -1193,7 +1192,6 @@ impl HealthAiStackBuilder {
             queue,
             global,
             timeout,
-            call_timeout: self.call_timeout,
             call_times,
             start_in_time: self.start_in_time,
             on_deadline,

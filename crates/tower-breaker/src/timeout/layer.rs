@@ -21,6 +21,12 @@ impl TimeoutLayer {
     pub const fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
+
+    /// The timeout.
+    #[must_use]
+    pub const fn timeout(&self) -> Duration {
+        self.timeout
+    }
 }
 
 #[cfg(feature = "http")]
