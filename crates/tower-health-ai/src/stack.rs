@@ -36,7 +36,7 @@ use tower_token_bucket::{ExtractKeyExt, GlobalKey, Or, Quota, RateLimit, RateLim
 use crate::body::{BufferBody, BufferBodyLayer, RequestCheck, RequestRejected};
 use crate::budget::{CallTimes, StartInTime};
 use crate::count::CountCalls;
-use crate::deadline::{EnforceDeadline, OnDeadline, RequestDeadline};
+use crate::deadline::{Deadline, EnforceDeadline, OnDeadline, RequestDeadline};
 use crate::degraded::DegradedCounters;
 use crate::handle::HealthAiHandle;
 use crate::lazy::CloneOnDrive;
@@ -335,8 +335,11 @@ enum RedSource {
 /// [call timeout](HealthAiStackBuilder::call_timeout) from the deadline, its answer's
 /// body included), keeping its slot of the in-flight limit, since the upstream is still
 /// working on it; a success is stored in the cache
-/// ([`LateAnswer`](tower_lru_cache::LateAnswer)). Nothing else starts for that request
-/// after its deadline: no retry, no wait in the queue. Requests that bypass the cache
+/// ([`LateAnswer`](tower_lru_cache::LateAnswer)). The identical requests waiting on the
+/// call, and those arriving while it runs on, wait for its answer until their own
+/// deadlines (a cache miss, not another call; the fallback if it fails or is too late).
+/// Nothing else starts for that request after its deadline: no retry, no wait in the
+/// queue. Requests that bypass the cache
 /// have their calls ended at the deadline, as their answers could serve no one; so does
 /// a request whose client shortened its deadline, when the fallback answers it above the
 /// cache (its call may be shared with identical requests that have longer: it ends when
@@ -1111,6 +1114,11 @@ impl HealthAiStackBuilder {
             // which each waiter must get as itself (503 with its Retry-After), not as a
             // shared 502.
             .share_failures(false)
+            // A call that outlives its caller's deadline runs on (`EnforceDeadline`):
+            // the requests waiting on it, or arriving for its key, wait for its answer
+            // until their own deadlines rather than share the caller's fallback or call
+            // again.
+            .wait_for_late_answers(|extensions| extensions.get::<Deadline>().map(|d| d.instant()))
             .clock(cache_clock)
             .build();
         let degraded = Arc::new(DegradedCounters::new());

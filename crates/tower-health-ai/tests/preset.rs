@@ -1005,6 +1005,121 @@ async fn a_call_that_runs_on_starts_no_other_attempt() {
     assert_eq!(response.headers()["x-cache"], "MISS");
 }
 
+/// A stack whose requests have `deadline`, answered by a fallback past it.
+fn with_deadline(deadline: Duration) -> HealthAiStack {
+    HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_deadline(deadline)
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build()
+}
+
+/// Sends `request` through `svc` `after` from now; resolves to how long it took from
+/// then, and the answer's body, marked `(degraded)` when it is.
+fn send_after<S, B>(
+    svc: &S,
+    after: Duration,
+    request: Request<Body>,
+) -> tokio::task::JoinHandle<(Duration, String)>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+    S::Future: Send,
+    B: http_body::Body + Send,
+    B::Data: Send,
+    B::Error: std::fmt::Debug,
+{
+    let svc = svc.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let start = tokio::time::Instant::now();
+        let response = svc.oneshot(request).await.unwrap();
+        let degraded = response.headers().contains_key("x-degraded");
+        let body = text(response).await;
+        let body = if degraded {
+            format!("{body} (degraded)")
+        } else {
+            body
+        };
+        (start.elapsed(), body)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_on_a_call_that_runs_on_gets_its_answer_not_its_leaders_fallback() {
+    // A 10 s upstream, an 8 s deadline. The first request's call is still running at
+    // its deadline; the second, identical, arrived 5 s later and has until 13 s.
+    let upstream = Upstream::new(Duration::from_secs(10));
+    let svc = with_deadline(Duration::from_secs(8)).layer(upstream.service());
+    let first = send_after(&svc, Duration::ZERO, ask("ada", "same"));
+    let second = send_after(&svc, Duration::from_secs(5), ask("ada", "same"));
+    assert_eq!(
+        first.await.unwrap(),
+        (Duration::from_secs(8), "fallback (degraded)".to_owned())
+    );
+    // The call ends at 10 s, within the second request's time: its answer.
+    assert_eq!(
+        second.await.unwrap(),
+        (Duration::from_secs(5), "ai:same".to_owned())
+    );
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_arriving_while_a_call_runs_on_waits_for_it_rather_than_calling_again() {
+    let upstream = Upstream::new(Duration::from_secs(10));
+    let svc = with_deadline(Duration::from_secs(8)).layer(upstream.service());
+    let first = send_after(&svc, Duration::ZERO, ask("ada", "same"));
+    // Arrives after the first was answered, while its call runs on (until 10 s).
+    let later = send_after(&svc, Duration::from_secs(9), ask("ada", "same"));
+    assert_eq!(first.await.unwrap().1, "fallback (degraded)");
+    assert_eq!(
+        later.await.unwrap(),
+        (Duration::from_secs(1), "ai:same".to_owned())
+    );
+    assert_eq!(upstream.calls(), 1, "no second call for the same key");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_on_a_call_that_runs_on_is_answered_by_its_own_deadline() {
+    // The call takes 30 s: longer than either request may wait.
+    let upstream = Upstream::new(Duration::from_secs(30));
+    let svc = with_deadline(Duration::from_secs(8)).layer(upstream.service());
+    let first = send_after(&svc, Duration::ZERO, ask("ada", "same"));
+    let second = send_after(&svc, Duration::from_secs(5), ask("ada", "same"));
+    let arriving = send_after(&svc, Duration::from_secs(9), ask("ada", "same"));
+    let fallback = |after: u64| (Duration::from_secs(after), "fallback (degraded)".to_owned());
+    assert_eq!(first.await.unwrap(), fallback(8));
+    // Each at its own deadline, not at the first one's nor past its own.
+    assert_eq!(second.await.unwrap(), fallback(8));
+    assert_eq!(arriving.await.unwrap(), fallback(8));
+    // The call ran on and filled the cache all the same.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "HIT");
+    assert_eq!(upstream.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_on_a_call_that_runs_on_and_fails_gets_the_fallback_when_it_fails() {
+    let upstream = Upstream::new(Duration::from_secs(10));
+    upstream.set_healthy(false);
+    let svc = with_deadline(Duration::from_secs(8)).layer(upstream.service());
+    let first = send_after(&svc, Duration::ZERO, ask("ada", "same"));
+    let second = send_after(&svc, Duration::from_secs(5), ask("ada", "same"));
+    assert_eq!(first.await.unwrap().1, "fallback (degraded)");
+    // Told when the call ends (it fails at 10 s; its retry, past its request's
+    // deadline, is refused after the backoff), not kept to its own deadline (13 s); and
+    // with less time left than a call takes, it starts none of its own.
+    let (took, body) = second.await.unwrap();
+    assert_eq!(body, "fallback (degraded)");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert_eq!(upstream.calls(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hung_call_past_its_callers_deadline_holds_its_slot_until_the_call_timeout() {
     // One slot, an upstream that takes far longer than the 2 s deadline and the 60 s

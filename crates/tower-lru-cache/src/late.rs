@@ -6,11 +6,12 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 use bytes::Bytes;
 use http::{HeaderMap, Response, response::Parts};
 use http_body::Body;
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
     body::{Collected, collect},
     cached::CachedResponse,
+    core::{Body as Pending, Flight},
     error::BoxError,
     key::CacheKey,
     miss::{Finished, Publish},
@@ -26,8 +27,11 @@ use crate::{
 /// on and hand its answer to [`store`](Self::store) when it comes. The answer is judged
 /// by the rules an answer in time meets (its status, `Cache-Control`, `Vary`, the
 /// response-size limit, and no invalidation since the call started) and stored if they
-/// allow, so that the next identical request is a hit rather than another call. Nothing
-/// waits for it: the requests that waited on the call have had their answers.
+/// allow, so that the next identical request is a hit rather than another call. With
+/// [`wait_for_late_answers`](crate::CacheLayerBuilder::wait_for_late_answers), the
+/// requests waiting on the call, and those arriving for the same key meanwhile, wait for
+/// it too. Dropping every copy of a `LateAnswer` without storing tells them that no
+/// answer will come: keep one only while the call it belongs to runs.
 ///
 /// ```
 /// use http::{Request, Response};
@@ -72,6 +76,21 @@ struct Late<St> {
     /// When the call started, on the cache's clock.
     started: Instant,
     asked: Arc<Asked>,
+    /// Tells the requests waiting for this answer that it was stored; dropped with the
+    /// last copy of the [`LateAnswer`], which tells them none will come.
+    stored: Option<watch::Sender<Option<Arc<Flight<CachedResponse>>>>>,
+    /// The same channel, as the cache's running-on map has it.
+    waiting: Pending<CachedResponse>,
+}
+
+impl<St> Drop for Late<St> {
+    fn drop(&mut self) {
+        // Closed first: a request that finds the entry after this sees it closed.
+        drop(self.stored.take());
+        if self.shared.late_wait.is_some() {
+            self.shared.running_on.end(&self.key, &self.waiting);
+        }
+    }
 }
 
 impl<St: CacheStore<CachedResponse>> Sink for Late<St> {
@@ -106,7 +125,15 @@ impl<St: CacheStore<CachedResponse>> Sink for Late<St> {
         if let Some(vary) = vary {
             cached = cached.with_vary(vary);
         }
-        matches!(publish.finish(cached), Finished::Stored { .. })
+        match publish.finish(cached) {
+            Finished::Stored { entry, .. } => {
+                if let Some(stored) = &self.stored {
+                    stored.send_replace(Some(Arc::new(Flight::Stored(entry))));
+                }
+                true
+            }
+            Finished::Shared { .. } => false,
+        }
     }
 }
 
@@ -117,16 +144,20 @@ impl LateAnswer {
         generation: u64,
         started: Instant,
         asked: Arc<Asked>,
-    ) -> Self {
-        Self {
+    ) -> (Self, Pending<CachedResponse>) {
+        let (stored, waiting) = watch::channel(None);
+        let late = Self {
             sink: Arc::new(Late {
                 shared: Arc::clone(shared),
                 key,
                 generation,
                 started,
                 asked,
+                stored: Some(stored),
+                waiting: waiting.clone(),
             }),
-        }
+        };
+        (late, waiting)
     }
 
     /// Reads `answer`'s body (no more than the cache keeps of one) and stores the answer

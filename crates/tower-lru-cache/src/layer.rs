@@ -3,6 +3,7 @@
 use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
 use http::response::Parts;
+use tokio::time::Instant;
 use tower_layer::Layer;
 
 use crate::Clock;
@@ -12,7 +13,7 @@ use crate::{
     http_key::{KeyBuilder, Partition, RequestKey},
     metrics::{DEFAULT_MAX_ENTRIES, DEFAULT_NAME, DEFAULT_TTL},
     service::CacheService,
-    shared::{HttpShared, ResponsePredicate},
+    shared::{HttpShared, LateWait, Pending, ResponsePredicate},
     stats::CacheHandle,
     store::{CacheStore, MokaStore},
 };
@@ -126,6 +127,7 @@ pub struct CacheLayerBuilder<St = MokaStore<CachedResponse>> {
     cache_control: bool,
     share_failures: bool,
     body_wait: Duration,
+    late_wait: Option<LateWait>,
 }
 
 impl Default for CacheLayerBuilder {
@@ -144,6 +146,7 @@ impl Default for CacheLayerBuilder {
             cache_control: true,
             share_failures: true,
             body_wait: DEFAULT_BODY_WAIT,
+            late_wait: None,
         }
     }
 }
@@ -160,6 +163,7 @@ impl<St> fmt::Debug for CacheLayerBuilder<St> {
             .field("cache_control", &self.cache_control)
             .field("share_failures", &self.share_failures)
             .field("body_wait", &self.body_wait)
+            .field("waits_for_late_answers", &self.late_wait.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -301,6 +305,43 @@ impl<St> CacheLayerBuilder<St> {
         self
     }
 
+    /// Lets requests wait for a call that runs on after the request that made it was
+    /// answered, until the instant `until` reads from their extensions (their deadline,
+    /// say); a request for which it reads `None` does not wait. Off by default.
+    ///
+    /// A layer below the cache may answer a request before its call ends (a deadline
+    /// answered by a fallback) and let the call run on, handing its answer to the
+    /// [`LateAnswer`](crate::LateAnswer) the cache put in the request. The requests
+    /// coalesced onto that call would otherwise share the early answer (a degraded one)
+    /// and the requests arriving meanwhile would make calls of their own, while the
+    /// provider is still working on the key. With this setting, both wait for the call
+    /// instead: its answer, once stored, answers them as a coalesced one. If it is not
+    /// stored (the call failed, or its answer may not be kept) or `until` passes first,
+    /// they go on as they would have: the waiters with the early answer, the others
+    /// with a call of their own.
+    ///
+    /// ```
+    /// use tokio::time::Instant;
+    /// use tower_lru_cache::CacheLayer;
+    ///
+    /// /// Put in each request's extensions by a layer above the cache.
+    /// #[derive(Clone, Copy)]
+    /// struct Deadline(Instant);
+    ///
+    /// let layer = CacheLayer::builder()
+    ///     .wait_for_late_answers(|extensions| extensions.get::<Deadline>().map(|d| d.0))
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn wait_for_late_answers(
+        mut self,
+        until: impl Fn(&http::Extensions) -> Option<Instant> + Send + Sync + 'static,
+    ) -> Self {
+        self.late_wait = Some(Arc::new(until));
+        self
+    }
+
     /// Stores entries in `store` instead of the default in-process moka store; the
     /// `max_entries`/`max_bytes` bounds are then the store's own business.
     #[must_use]
@@ -319,6 +360,7 @@ impl<St> CacheLayerBuilder<St> {
             cache_control: self.cache_control,
             share_failures: self.share_failures,
             body_wait: self.body_wait,
+            late_wait: self.late_wait,
         }
     }
 }
@@ -338,7 +380,9 @@ impl<St: CacheStore<CachedResponse>> CacheLayerBuilder<St> {
             cache_control: self.cache_control,
             share_failures: self.share_failures,
             body_wait: self.body_wait,
-            streams: std::sync::Mutex::default(),
+            streams: Pending::default(),
+            late_wait: self.late_wait,
+            running_on: Pending::default(),
         };
         CacheLayer {
             shared: Arc::new(shared),

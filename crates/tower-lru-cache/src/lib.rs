@@ -144,6 +144,14 @@
 //! its own answer or error, but the waiters do not all call at once: they coalesce
 //! again, so the upstream sees one call for the key at a time.
 //!
+//! A layer below the cache may answer the leader before its call ends (at a deadline,
+//! from a fallback) and let the call run on ([`LateAnswer`]). With
+//! [`wait_for_late_answers`](CacheLayerBuilder::wait_for_late_answers), the waiters then
+//! wait for that call's answer rather than share the leader's, and identical requests
+//! arriving meanwhile wait for it rather than call again, each until the instant the
+//! setting reads from its request; a stale entry that can answer at once is served
+//! first.
+//!
 //! # Stale-if-error
 //!
 //! With [`stale_if_error`](CacheLayerBuilder::stale_if_error), an expired entry is kept

@@ -2,12 +2,12 @@
 //! storing, sharing, and stale-if-error. It runs as one boxed future: a miss costs an
 //! upstream call, next to which the allocation is nothing; hits never come here.
 
-use std::{future::poll_fn, sync::Arc, time::Duration};
+use std::{future::poll_fn, sync::Arc};
 
 use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body::Body;
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tower_service::Service;
 
 use crate::{
@@ -70,16 +70,38 @@ where
                 ))
             })
     };
+    // Until when this request may wait for a call that runs on.
+    let late_until = shared
+        .late_wait
+        .as_ref()
+        .and_then(|until| until(req.extensions()));
     let mut call = Some((svc, req));
     let mut rounds = 0;
     // Wait at most once for a body streaming to another request.
     let mut watch_streams = true;
+    // Wait at most once for a call running on.
+    let mut watch_late = late_until.is_some();
     loop {
+        // An identical call that runs on after its own request was answered: wait for
+        // its answer rather than calling again while the provider works on it.
+        if let Some(until) = late_until.filter(|_| watch_late)
+            && let Some(late) = shared.running_on.get(&key)
+        {
+            watch_late = false;
+            if let Some(done) = wait_answer(late, Some(until)).await
+                && let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale)
+            {
+                return answer;
+            }
+        }
+
         // An identical call whose answer is streaming to its own caller: wait for the
         // copy rather than calling again.
-        if watch_streams && let Some(body) = shared.streaming(&key) {
+        if watch_streams && let Some(body) = shared.streams.get(&key) {
             watch_streams = false;
-            if let Some(done) = wait_body(body, shared.body_wait).await {
+            if let Some(done) =
+                wait_answer(body, Instant::now().checked_add(shared.body_wait)).await
+            {
                 return match answer_from(core, &done, call.as_ref(), serve_stale) {
                     Some(answer) => answer,
                     None => call_alone(core, call.take()).await,
@@ -135,7 +157,7 @@ where
         let done = match streaming {
             Some(body) => {
                 watch_streams = false;
-                match wait_body(body, shared.body_wait).await {
+                match wait_answer(body, Instant::now().checked_add(shared.body_wait)).await {
                     Some(done) => done,
                     // Abandoned, or too slow: one of the waiters calls for all of them.
                     None if rounds < MAX_ROUNDS => {
@@ -147,6 +169,26 @@ where
             }
             None => flight,
         };
+        // A failure because the leader's own time ran out, its call running on: unless a
+        // stale answer can answer now, wait for the call rather than share the failure.
+        let failed = matches!(
+            &*done,
+            Flight::Failed(_) | Flight::Shared { failed: true, .. }
+        );
+        if failed
+            && let Some(until) = late_until.filter(|_| watch_late)
+            && stale
+                .as_ref()
+                .is_none_or(|entry| core.still_stale(Some(entry)).is_none())
+            && let Some(late) = shared.running_on.get(&key)
+        {
+            watch_late = false;
+            if let Some(late) = wait_answer(late, Some(until)).await
+                && let Some(answer) = answer_from(core, &late, call.as_ref(), serve_stale)
+            {
+                return answer;
+            }
+        }
         if let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale) {
             return answer;
         }
@@ -204,16 +246,20 @@ where
     }
 }
 
-/// Waits, at most `bound`, for a streaming answer's complete copy. `None` when the copy
-/// was abandoned or is too slow to come.
-async fn wait_body(
+/// Waits, until `until` (`None`: as long as it takes), for an answer still to come: a
+/// streaming answer's complete copy, or that of an identical call running on after its
+/// own request was answered. `None` when it was abandoned or not stored, or is too slow
+/// to come.
+async fn wait_answer(
     mut body: crate::core::Body<CachedResponse>,
-    bound: Duration,
+    until: Option<Instant>,
 ) -> Option<Arc<Flight<CachedResponse>>> {
-    match tokio::time::timeout(bound, body.wait_for(Option::is_some)).await {
-        Ok(Ok(done)) => done.clone(),
-        _ => None,
-    }
+    let answer = body.wait_for(Option::is_some);
+    let done = match until {
+        Some(until) => tokio::time::timeout_at(until, answer).await.ok()?,
+        None => answer.await,
+    };
+    done.ok()?.clone()
 }
 
 /// Whether a shared answer answers this request too: it varies on nothing this request
@@ -293,13 +339,8 @@ where
         headers: req.headers().clone(),
     });
     // For a layer below that lets this call run on after its caller was answered.
-    req.extensions_mut().insert(LateAnswer::new(
-        shared,
-        key,
-        generation,
-        started,
-        Arc::clone(&asked),
-    ));
+    let (late, running_on) = LateAnswer::new(shared, key, generation, started, Arc::clone(&asked));
+    req.extensions_mut().insert(late);
     let failed = |e: BoxError| {
         let message: Arc<str> = e.to_string().into();
         (Own::Error(e), Flight::Failed(message))
@@ -307,9 +348,15 @@ where
     if let Err(e) = poll_fn(|cx| svc.poll_ready(cx)).await {
         return failed(e.into());
     }
-    let res = match svc.call(req).await {
+    let res = svc.call(req).await.map_err(Into::into);
+    // The request and its call are gone: a `LateAnswer` still alive belongs to the call,
+    // running on. Registered before this flight ends, for its waiters to find.
+    if shared.late_wait.is_some() {
+        shared.running_on.start_if_open(key, &running_on);
+    }
+    let res = match res {
         Ok(res) => res,
-        Err(e) => return failed(e.into()),
+        Err(e) => return failed(e),
     };
     let (parts, body) = res.into_parts();
     let degraded = (shared.degraded)(&parts);
@@ -348,7 +395,7 @@ where
                 // coalesced onto this call (and those arriving meanwhile) get the copy
                 // when it is complete.
                 let (tx, rx) = watch::channel(None);
-                shared.start_stream(key, rx.clone());
+                shared.streams.start(key, rx.clone());
                 publish.head = Some(CachedResponse::from_head(&parts, vary));
                 publish.body = Some(rx.clone());
                 publish.tx = Some(tx);
@@ -506,7 +553,7 @@ impl<St: CacheStore<CachedResponse>> TeeSink for Publish<St> {
 impl<St> Drop for Publish<St> {
     fn drop(&mut self) {
         if let Some(body) = &self.body {
-            self.shared.end_stream(&self.key, body);
+            self.shared.streams.end(&self.key, body);
         }
     }
 }

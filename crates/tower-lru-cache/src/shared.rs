@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+use tokio::time::Instant;
+
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, response::Parts};
 
 use crate::{
@@ -38,7 +40,55 @@ pub(crate) struct HttpShared<St> {
     /// requests arriving meanwhile wait for the complete copy instead of calling. Bounded
     /// by the number of calls in flight; each entry leaves when its body ends or is
     /// abandoned.
-    pub(crate) streams: Mutex<HashMap<CacheKey, StreamBody<CachedResponse>>>,
+    pub(crate) streams: Pending,
+    /// Until when a request may wait for a call that runs on after its leader was
+    /// answered (see [`LateAnswer`](crate::LateAnswer)); `None`: it does not wait.
+    pub(crate) late_wait: Option<LateWait>,
+    /// The calls running on after their leader was answered, by key: what they store is
+    /// sent on the channel, which closes when they end without storing. Bounded by the
+    /// number of calls in flight; each entry leaves when its call ends.
+    pub(crate) running_on: Pending,
+}
+
+/// Reads, from a request's extensions, until when it may wait for a late answer.
+pub(crate) type LateWait = Arc<dyn Fn(&http::Extensions) -> Option<Instant> + Send + Sync>;
+
+/// Answers still to come, by key: the channel a request waits on for each.
+#[derive(Default)]
+pub(crate) struct Pending(Mutex<HashMap<CacheKey, StreamBody<CachedResponse>>>);
+
+impl Pending {
+    /// The answer still to come for `key`, if any.
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<StreamBody<CachedResponse>> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(key).cloned()
+    }
+
+    /// Registers `body` as the answer to come for `key`.
+    pub(crate) fn start(&self, key: CacheKey, body: StreamBody<CachedResponse>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert(key, body);
+    }
+
+    /// Registers `body` as the answer to come for `key` if its channel is still open, so
+    /// that it never stays registered once closed: whoever closes it then ends it.
+    pub(crate) fn start_if_open(&self, key: CacheKey, body: &StreamBody<CachedResponse>) {
+        if body.has_changed().is_ok() {
+            self.start(key, body.clone());
+            // Closed meanwhile, its `end` perhaps run already.
+            if body.has_changed().is_err() {
+                self.end(&key, body);
+            }
+        }
+    }
+
+    /// Forgets `key`'s answer to come, if it is still `body`.
+    pub(crate) fn end(&self, key: &CacheKey, body: &StreamBody<CachedResponse>) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(key).is_some_and(|b| b.same_channel(body)) {
+            map.remove(key);
+        }
+    }
 }
 
 impl<St> fmt::Debug for HttpShared<St> {
@@ -124,28 +174,6 @@ impl Asked {
         vary_names(answer)
             .filter(|names| !names.is_empty())
             .map(|names| vary_values(names, &self.headers))
-    }
-}
-
-impl<St> HttpShared<St> {
-    /// The streaming answer for `key`, if a call's body is still streaming.
-    pub(crate) fn streaming(&self, key: &CacheKey) -> Option<StreamBody<CachedResponse>> {
-        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-        streams.get(key).cloned()
-    }
-
-    /// Registers a streaming answer for `key`.
-    pub(crate) fn start_stream(&self, key: CacheKey, body: StreamBody<CachedResponse>) {
-        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-        streams.insert(key, body);
-    }
-
-    /// Forgets `key`'s streaming answer, if it is still `body`.
-    pub(crate) fn end_stream(&self, key: &CacheKey, body: &StreamBody<CachedResponse>) {
-        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
-        if streams.get(key).is_some_and(|b| b.same_channel(body)) {
-            streams.remove(key);
-        }
     }
 }
 
@@ -266,6 +294,27 @@ mod tests {
                 .append(*name, HeaderValue::from_static(value));
         }
         res.into_parts().0
+    }
+
+    #[test]
+    fn an_answer_to_come_is_registered_only_while_its_channel_is_open() {
+        let pending = Pending::default();
+        let key = CacheKey::from_bytes([7; 32]);
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        pending.start_if_open(key, &rx);
+        assert!(pending.get(&key).is_some_and(|body| body.same_channel(&rx)));
+        // Closed, then ended as its owner does: gone.
+        drop(tx);
+        pending.end(&key, &rx);
+        assert!(pending.get(&key).is_none());
+        // Already closed: never registered, so nothing is left for nobody to end.
+        pending.start_if_open(key, &rx);
+        assert!(pending.get(&key).is_none());
+        // Another channel's end leaves this one's entry alone.
+        let (_tx, open) = tokio::sync::watch::channel(None);
+        pending.start_if_open(key, &open);
+        pending.end(&key, &rx);
+        assert!(pending.get(&key).is_some());
     }
 
     const CACHE_CONTROL: [&str; 7] = [

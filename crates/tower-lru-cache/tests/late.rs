@@ -4,13 +4,14 @@
 #![cfg(feature = "http")]
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
-use tower_lru_cache::{CacheBody, CacheHandle, CacheLayer, LateAnswer};
+use tower_lru_cache::{CacheBody, CacheHandle, CacheLayer, CacheLayerBuilder, LateAnswer};
 
 /// An upstream that gives up at once (503), keeping each call's `LateAnswer` for the
 /// test to hand the real answer to later, as a layer below the cache that lets a call
@@ -44,6 +45,10 @@ struct Setup {
 }
 
 fn cache(max_response_body: usize) -> Setup {
+    cache_with(CacheLayer::builder().max_response_body(max_response_body))
+}
+
+fn cache_with(builder: CacheLayerBuilder) -> Setup {
     let upstream = GivesUp::default();
     let late = Arc::clone(&upstream.late);
     let inner = service_fn(move |req: Request<Full<Bytes>>| {
@@ -54,9 +59,7 @@ fn cache(max_response_body: usize) -> Setup {
         *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         std::future::ready(Ok::<_, BoxError>(res))
     });
-    let layer = CacheLayer::builder()
-        .max_response_body(max_response_body)
-        .build();
+    let layer = builder.build();
     let handle = layer.handle();
     Setup {
         svc: BoxCloneService::new(layer.layer(inner)),
@@ -166,11 +169,11 @@ async fn a_late_answer_does_not_overwrite_an_entry_stored_since_its_call_started
     };
     let svc = CacheLayer::builder().build().layer(inner);
     svc.clone().oneshot(ask()).await.unwrap();
-    tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
     let second = svc.clone().oneshot(ask()).await.unwrap();
     assert_eq!(body(second).await, "newer");
 
-    tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
     let first_call = late.lock().unwrap().take().expect("a LateAnswer");
     assert!(!first_call.store(answer("older", None)).await);
 
@@ -178,4 +181,79 @@ async fn a_late_answer_does_not_overwrite_an_entry_stored_since_its_call_started
     assert_eq!(next.headers()["x-cache"], "HIT");
     assert_eq!(body(next).await, "newer");
     assert_eq!(*calls.lock().unwrap(), 2);
+}
+
+/// Until when a request may wait for a late answer, as a layer above the cache would
+/// set it.
+#[derive(Clone, Copy)]
+struct WaitUntil(tokio::time::Instant);
+
+/// The cache in front of [`GivesUp`], its requests waiting for late answers until their
+/// [`WaitUntil`].
+fn waiting_cache() -> Setup {
+    cache_with(
+        CacheLayer::builder()
+            .wait_for_late_answers(|extensions| extensions.get::<WaitUntil>().map(|until| until.0)),
+    )
+}
+
+fn ask_waiting(for_: Duration) -> Request<Full<Bytes>> {
+    let mut req = ask();
+    req.extensions_mut()
+        .insert(WaitUntil(tokio::time::Instant::now() + for_));
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_for_a_key_whose_call_runs_on_waits_for_its_answer() {
+    let Setup { svc, upstream, .. } = waiting_cache();
+    // The first call gives up on its caller and runs on (its LateAnswer is kept).
+    svc.clone().oneshot(ask()).await.unwrap();
+    let next = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!next.is_finished(), "waits for the call");
+    assert!(upstream.last().store(answer("the analysis", None)).await);
+    let next = next.await.unwrap().unwrap();
+    assert_eq!(next.status(), StatusCode::OK);
+    assert_eq!(next.headers()["x-cache"], "MISS");
+    assert_eq!(body(next).await, "the analysis");
+    assert_eq!(upstream.calls(), 1, "no second call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waits_for_a_call_that_runs_on_no_longer_than_it_may() {
+    let Setup { svc, upstream, .. } = waiting_cache();
+    svc.clone().oneshot(ask()).await.unwrap();
+    let start = tokio::time::Instant::now();
+    // Until 10 s: then it makes its own call.
+    svc.clone()
+        .oneshot(ask_waiting(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_eq!(upstream.calls(), 2);
+    // Without a bound, no wait at all.
+    svc.clone().oneshot(ask()).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_eq!(upstream.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_ends_without_an_answer_releases_the_requests_waiting_for_it() {
+    let Setup { svc, upstream, .. } = waiting_cache();
+    svc.clone().oneshot(ask()).await.unwrap();
+    let next = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The call running on ends with nothing stored: every copy of its LateAnswer is
+    // dropped.
+    upstream.late.lock().unwrap().clear();
+    let start = tokio::time::Instant::now();
+    let next = next.await.unwrap().unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO, "told at once");
+    assert_eq!(next.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "its own call, the only one since the clear"
+    );
 }
