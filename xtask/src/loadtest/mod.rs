@@ -330,6 +330,32 @@ fn ideal_line(
         min = floor.min * 100.0,
         max = floor.max * 100.0,
     );
+    // What the deadline alone costs: a failure that leaves too little of it for another
+    // call, whatever the capacity.
+    let line = match model.capacity {
+        Some(_) => {
+            let unlimited = ideal::Model {
+                capacity: None,
+                ..model
+            };
+            let floor = ideal::fallback_share(
+                &unlimited,
+                ideal::Gateway::Ideal,
+                arrivals,
+                seed,
+                IDEAL_DRAWS,
+            );
+            format!(
+                "{line}With a provider of unlimited capacity it would still give {mean:.1}% \
+                 ({min:.1}-{max:.1}%): calls that fail with too little of the deadline left for \
+                 another.\n",
+                mean = floor.mean * 100.0,
+                min = floor.min * 100.0,
+                max = floor.max * 100.0,
+            )
+        }
+        None => line,
+    };
     Ok((line, floor))
 }
 
@@ -354,9 +380,9 @@ fn preset_model_line(
         IDEAL_DRAWS,
     );
     let line = format!(
-        "The same model run as the preset runs (the in-flight limit it had in this run; the \
-         requests waiting on a call answered at the deadline of the one leading it, the \
-         call running on to fill the cache) gives {mean:.1}%: the mean of {draws} draws, \
+        "The same model run as the preset runs (the in-flight limit it had in this run; a \
+         call still running at its leader's deadline runs on, the other requests for its \
+         key waiting for it until their own) gives {mean:.1}%: the mean of {draws} draws, \
          {min:.1}-{max:.1}%.\n",
         mean = floor.mean * 100.0,
         draws = floor.draws,
