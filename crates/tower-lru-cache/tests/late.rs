@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
-use tower_lru_cache::{CacheBody, CacheHandle, CacheLayer, CacheLayerBuilder, LateAnswer};
+use tower_lru_cache::{CacheBody, CacheHandle, CacheLayer, CacheLayerBuilder, Clock, LateAnswer};
 
 /// An upstream that gives up at once (503), keeping each call's `LateAnswer` for the
 /// test to hand the real answer to later, as a layer below the cache that lets a call
@@ -256,4 +256,41 @@ async fn a_call_that_ends_without_an_answer_releases_the_requests_waiting_for_it
         1,
         "its own call, the only one since the clear"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_late_answer_is_not_served_once_invalidated_or_expired() {
+    let Setup {
+        svc,
+        upstream,
+        handle,
+    } = cache_with(
+        CacheLayer::builder()
+            .clock(Clock::Tokio)
+            .ttl(Duration::from_secs(10))
+            .wait_for_late_answers(|extensions| extensions.get::<WaitUntil>().map(|until| until.0)),
+    );
+    svc.clone().oneshot(ask()).await.unwrap();
+    // Stored through a copy of the call's LateAnswer; the upstream keeps another.
+    assert!(upstream.last().store(answer("old", None)).await);
+    handle.invalidate_all();
+    // A miss: a call of its own, not the invalidated answer.
+    let next = svc
+        .clone()
+        .oneshot(ask_waiting(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(next.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.calls(), 2);
+
+    // The same once the entry has expired.
+    assert!(upstream.last().store(answer("older", None)).await);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let next = svc
+        .clone()
+        .oneshot(ask_waiting(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(next.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.calls(), 3);
 }
