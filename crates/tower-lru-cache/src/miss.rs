@@ -169,17 +169,19 @@ where
             }
             None => flight,
         };
-        // A failure because the leader's own time ran out, its call running on: unless a
-        // stale answer can answer now, wait for the call rather than share the failure.
-        let failed = matches!(
-            &*done,
-            Flight::Failed(_) | Flight::Shared { failed: true, .. }
-        );
-        if failed
-            && let Some(until) = late_until.filter(|_| watch_late)
-            && stale
+        // No answer for this request from the flight, because the leader's own time ran
+        // out, its call running on: a failure (unless a stale answer can answer now), or
+        // an early answer that was the leader's alone. Wait for the call rather than
+        // share the failure or call again.
+        let unanswered = match &*done {
+            Flight::Failed(_) | Flight::Shared { failed: true, .. } => stale
                 .as_ref()
-                .is_none_or(|entry| core.still_stale(Some(entry)).is_none())
+                .is_none_or(|entry| core.still_stale(Some(entry)).is_none()),
+            Flight::Alone => true,
+            Flight::Stored(_) | Flight::Shared { .. } | Flight::Streaming(_) => false,
+        };
+        if unanswered
+            && let Some(until) = late_until.filter(|_| watch_late)
             && let Some(late) = shared.running_on.get(&key)
         {
             watch_late = false;

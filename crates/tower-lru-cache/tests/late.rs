@@ -294,3 +294,40 @@ async fn a_stored_late_answer_is_not_served_once_invalidated_or_expired() {
     assert_eq!(next.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(upstream.calls(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_on_a_call_whose_early_answer_is_not_shared_waits_for_the_call() {
+    // Gives up after 1 s with an answer of the caller's own (`no-store`: neither stored
+    // nor shared), keeping the call's LateAnswer.
+    let late = Arc::new(Mutex::new(Vec::new()));
+    let inner = service_fn({
+        let late = Arc::clone(&late);
+        move |req: Request<Full<Bytes>>| {
+            late.lock()
+                .unwrap()
+                .push(req.extensions().get::<LateAnswer>().cloned());
+            async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let mut res = answer("not now", Some("no-store"));
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, BoxError>(res)
+            }
+        }
+    });
+    let svc = CacheLayer::builder()
+        .wait_for_late_answers(|extensions| extensions.get::<WaitUntil>().map(|until| until.0))
+        .build()
+        .layer(inner);
+    let first = tokio::spawn(svc.clone().oneshot(ask()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(first.is_finished());
+    assert!(!second.is_finished(), "waits for the call");
+    let call = late.lock().unwrap()[0].clone().expect("a LateAnswer");
+    assert!(call.store(answer("the analysis", None)).await);
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(body(second).await, "the analysis");
+    assert_eq!(late.lock().unwrap().len(), 1, "no second call");
+}
