@@ -70,7 +70,9 @@ where
                 ))
             })
     };
-    // Until when this request may wait for a call that runs on.
+    // Until when this request may wait for a call that runs on. Every such wait ends by
+    // then, so it may wait for one call after another (the next one it joins may run
+    // on too) and is never held past it.
     let late_until = shared
         .late_wait
         .as_ref()
@@ -79,15 +81,12 @@ where
     let mut rounds = 0;
     // Wait at most once for a body streaming to another request.
     let mut watch_streams = true;
-    // Wait at most once for a call running on.
-    let mut watch_late = late_until.is_some();
     loop {
         // An identical call that runs on after its own request was answered: wait for
         // its answer rather than calling again while the provider works on it.
-        if let Some(until) = late_until.filter(|_| watch_late)
+        if let Some(until) = late_until
             && let Some(late) = shared.running_on.get(&key)
         {
-            watch_late = false;
             if let Some(done) = wait_answer(late, Some(until)).await
                 && let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale)
             {
@@ -181,10 +180,9 @@ where
             Flight::Stored(_) | Flight::Shared { .. } | Flight::Streaming(_) => false,
         };
         if unanswered
-            && let Some(until) = late_until.filter(|_| watch_late)
+            && let Some(until) = late_until
             && let Some(late) = shared.running_on.get(&key)
         {
-            watch_late = false;
             if let Some(late) = wait_answer(late, Some(until)).await
                 && let Some(answer) = answer_from(core, &late, call.as_ref(), serve_stale)
             {

@@ -295,20 +295,22 @@ async fn a_stored_late_answer_is_not_served_once_invalidated_or_expired() {
     assert_eq!(upstream.calls(), 3);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_request_waiting_on_a_call_whose_early_answer_is_not_shared_waits_for_the_call() {
-    // Gives up after 1 s with an answer of the caller's own (`no-store`: neither stored
-    // nor shared), keeping the call's LateAnswer.
-    let late = Arc::new(Mutex::new(Vec::new()));
+/// The calls' LateAnswers, as an upstream that lets them run on keeps them.
+type Kept = Arc<Mutex<Vec<Option<LateAnswer>>>>;
+
+/// A waiting cache in front of an upstream that gives up after 1 s with a 503 (with
+/// `cache_control`), keeping each call's LateAnswer.
+fn slow_cache(cache_control: Option<&'static str>) -> (Svc, Kept) {
+    let late = Kept::default();
     let inner = service_fn({
         let late = Arc::clone(&late);
         move |req: Request<Full<Bytes>>| {
             late.lock()
                 .unwrap()
                 .push(req.extensions().get::<LateAnswer>().cloned());
-            async {
+            async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let mut res = answer("not now", Some("no-store"));
+                let mut res = answer("not now", cache_control);
                 *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 Ok::<_, BoxError>(res)
             }
@@ -318,16 +320,57 @@ async fn a_request_waiting_on_a_call_whose_early_answer_is_not_shared_waits_for_
         .wait_for_late_answers(|extensions| extensions.get::<WaitUntil>().map(|until| until.0))
         .build()
         .layer(inner);
+    (BoxCloneService::new(svc), late)
+}
+
+/// The LateAnswer of the `n`th call.
+fn call(late: &Kept, n: usize) -> LateAnswer {
+    late.lock().unwrap()[n].clone().expect("a LateAnswer")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_on_a_call_whose_early_answer_is_not_shared_waits_for_the_call() {
+    // An early answer of the caller's own (`no-store`: neither stored nor shared).
+    let (svc, late) = slow_cache(Some("no-store"));
     let first = tokio::spawn(svc.clone().oneshot(ask()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let second = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(first.is_finished());
     assert!(!second.is_finished(), "waits for the call");
-    let call = late.lock().unwrap()[0].clone().expect("a LateAnswer");
-    assert!(call.store(answer("the analysis", None)).await);
+    assert!(call(&late, 0).store(answer("the analysis", None)).await);
     let second = second.await.unwrap().unwrap();
     assert_eq!(second.status(), StatusCode::OK);
     assert_eq!(body(second).await, "the analysis");
     assert_eq!(late.lock().unwrap().len(), 1, "no second call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_waited_for_one_call_running_on_waits_for_the_next_one_it_waits_on() {
+    let (svc, late) = slow_cache(None);
+    // The first call gives up at 1 s and runs on.
+    svc.clone().oneshot(ask()).await.unwrap();
+    // Two requests arrive meanwhile and wait for it, with a minute to wait.
+    let waiting: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60)))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // It ends without an answer: one of them calls, the other waits on its call, which
+    // gives up on its caller at once (a second later) and runs on in turn.
+    late.lock().unwrap()[0] = None;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(late.lock().unwrap().len(), 2);
+    assert!(call(&late, 1).store(answer("the analysis", None)).await);
+    let mut statuses = Vec::new();
+    for request in waiting {
+        statuses.push(request.await.unwrap().unwrap().status());
+    }
+    statuses.sort();
+    // The caller had its early answer; the other, with time left, the call's.
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE],
+        "{statuses:?}"
+    );
+    assert_eq!(late.lock().unwrap().len(), 2, "no third call");
 }
