@@ -86,12 +86,10 @@ where
         // its answer rather than calling again while the provider works on it.
         if let Some(until) = late_until
             && let Some(late) = shared.running_on.get(&key)
+            && let Some(done) = wait_answer(late, Some(until)).await
+            && let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale)
         {
-            if let Some(done) = wait_answer(late, Some(until)).await
-                && let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale)
-            {
-                return answer;
-            }
+            return answer;
         }
 
         // An identical call whose answer is streaming to its own caller: wait for the
@@ -182,12 +180,10 @@ where
         if unanswered
             && let Some(until) = late_until
             && let Some(late) = shared.running_on.get(&key)
+            && let Some(late) = wait_answer(late, Some(until)).await
+            && let Some(answer) = answer_from(core, &late, call.as_ref(), serve_stale)
         {
-            if let Some(late) = wait_answer(late, Some(until)).await
-                && let Some(answer) = answer_from(core, &late, call.as_ref(), serve_stale)
-            {
-                return answer;
-            }
+            return answer;
         }
         if let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale) {
             return answer;

@@ -295,11 +295,11 @@ async fn a_stored_late_answer_is_not_served_once_invalidated_or_expired() {
     assert_eq!(upstream.calls(), 3);
 }
 
-/// The calls' LateAnswers, as an upstream that lets them run on keeps them.
+/// Each call's [`LateAnswer`], as an upstream that lets calls run on keeps them.
 type Kept = Arc<Mutex<Vec<Option<LateAnswer>>>>;
 
 /// A waiting cache in front of an upstream that gives up after 1 s with a 503 (with
-/// `cache_control`), keeping each call's LateAnswer.
+/// `cache_control`), keeping each call's [`LateAnswer`].
 fn slow_cache(cache_control: Option<&'static str>) -> (Svc, Kept) {
     let late = Kept::default();
     let inner = service_fn({
@@ -323,7 +323,7 @@ fn slow_cache(cache_control: Option<&'static str>) -> (Svc, Kept) {
     (BoxCloneService::new(svc), late)
 }
 
-/// The LateAnswer of the `n`th call.
+/// The [`LateAnswer`] of the `n`th call.
 fn call(late: &Kept, n: usize) -> LateAnswer {
     late.lock().unwrap()[n].clone().expect("a LateAnswer")
 }
