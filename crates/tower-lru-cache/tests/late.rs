@@ -301,6 +301,11 @@ type Kept = Arc<Mutex<Vec<Option<LateAnswer>>>>;
 /// A waiting cache in front of an upstream that gives up after 1 s with a 503 (with
 /// `cache_control`), keeping each call's [`LateAnswer`].
 fn slow_cache(cache_control: Option<&'static str>) -> (Svc, Kept) {
+    slow_cache_with(CacheLayer::builder(), cache_control)
+}
+
+/// [`slow_cache`], built from `builder`.
+fn slow_cache_with(builder: CacheLayerBuilder, cache_control: Option<&'static str>) -> (Svc, Kept) {
     let late = Kept::default();
     let inner = service_fn({
         let late = Arc::clone(&late);
@@ -316,7 +321,7 @@ fn slow_cache(cache_control: Option<&'static str>) -> (Svc, Kept) {
             }
         }
     });
-    let svc = CacheLayer::builder()
+    let svc = builder
         .wait_for_late_answers(|extensions| extensions.get::<WaitUntil>().map(|until| until.0))
         .build()
         .layer(inner);
@@ -373,4 +378,41 @@ async fn a_request_that_waited_for_one_call_running_on_waits_for_the_next_one_it
         "{statuses:?}"
     );
     assert_eq!(late.lock().unwrap().len(), 2, "no third call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_leader_failed_gets_a_stale_entry_and_a_request_arriving_waits() {
+    let (svc, late) = slow_cache_with(
+        CacheLayer::builder()
+            .clock(Clock::Tokio)
+            .ttl(Duration::from_secs(10))
+            .stale_if_error(Duration::from_secs(600)),
+        None,
+    );
+    svc.clone().oneshot(ask()).await.unwrap();
+    assert!(call(&late, 0).store(answer("old", None)).await);
+    tokio::time::advance(Duration::from_secs(11)).await;
+
+    // The refill fails at once for its caller and runs on; the request waiting on it
+    // is answered with the stale entry then, rather than wait for the call.
+    let leader = tokio::spawn(svc.clone().oneshot(ask()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiter = svc
+        .clone()
+        .oneshot(ask_waiting(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(waiter.headers()["x-cache"], "STALE");
+    assert_eq!(body(waiter).await, "old");
+    assert_eq!(leader.await.unwrap().unwrap().headers()["x-cache"], "STALE");
+
+    // A request arriving while the call runs on has no failure of its own: it waits.
+    let arriving = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!arriving.is_finished(), "waits for the call");
+    assert!(call(&late, 1).store(answer("new", None)).await);
+    let arriving = arriving.await.unwrap().unwrap();
+    assert_eq!(arriving.headers()["x-cache"], "MISS");
+    assert_eq!(body(arriving).await, "new");
+    assert_eq!(late.lock().unwrap().len(), 2);
 }
