@@ -46,7 +46,8 @@ pub(crate) struct HttpShared<St> {
     pub(crate) late_wait: Option<LateWait>,
     /// The calls running on after their leader was answered, by key: what they store is
     /// sent on the channel, which closes when they end without storing. Bounded by the
-    /// number of calls in flight; each entry leaves when its call ends.
+    /// number of calls in flight; each entry leaves when its answer is stored (the store
+    /// has it from then on) or its call ends.
     pub(crate) running_on: Pending,
 }
 
