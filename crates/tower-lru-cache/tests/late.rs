@@ -416,3 +416,43 @@ async fn a_waiter_whose_leader_failed_gets_a_stale_entry_and_a_request_arriving_
     assert_eq!(body(arriving).await, "new");
     assert_eq!(late.lock().unwrap().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_answered_by_a_call_running_on_counts_as_coalesced_once() {
+    let Setup {
+        svc,
+        upstream,
+        handle,
+    } = waiting_cache();
+    svc.clone().oneshot(ask()).await.unwrap();
+    let next = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(upstream.last().store(answer("the analysis", None)).await);
+    next.await.unwrap().unwrap();
+    svc.clone().oneshot(ask()).await.unwrap();
+    let snapshot = handle.snapshot();
+    assert_eq!(
+        (snapshot.misses, snapshot.coalesced, snapshot.hits),
+        (1, 1, 1),
+        "{snapshot:?}"
+    );
+
+    // A request that waited, then found nothing stored, counts once too: as its own call.
+    handle.invalidate_all();
+    svc.clone().oneshot(ask()).await.unwrap();
+    let next = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    upstream.late.lock().unwrap().clear();
+    next.await.unwrap().unwrap();
+    let snapshot = handle.snapshot();
+    assert_eq!(
+        (snapshot.misses, snapshot.coalesced, snapshot.hits),
+        (3, 1, 1),
+        "{snapshot:?}"
+    );
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "its own call, the only one since the clear"
+    );
+}
