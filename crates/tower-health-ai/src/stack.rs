@@ -337,9 +337,11 @@ enum RedSource {
 /// working on it; a success is stored in the cache
 /// ([`LateAnswer`](tower_lru_cache::LateAnswer)). The identical requests waiting on the
 /// call, and those arriving while it runs on, wait for its answer until their own
-/// deadlines (a cache miss, not another call; the fallback if it fails or is too late).
-/// Nothing else starts for that request after its deadline: no retry, no wait in the
-/// queue. Requests that bypass the cache
+/// deadlines rather than call again (its answer comes to them as a cache miss; the
+/// fallback answers at their deadlines if it is too late). If it fails, those that
+/// waited on it get the fallback, and those that arrived meanwhile make a call of their
+/// own, time allowing. Nothing else starts for that request after its deadline: no
+/// retry, no wait in the queue. Requests that bypass the cache
 /// have their calls ended at the deadline, as their answers could serve no one; so does
 /// a request whose client shortened its deadline, when the fallback answers it above the
 /// cache (its call may be shared with identical requests that have longer: it ends when

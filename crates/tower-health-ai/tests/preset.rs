@@ -1101,6 +1101,35 @@ async fn a_request_waiting_on_a_call_that_runs_on_is_answered_by_its_own_deadlin
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_waiting_on_a_call_that_runs_on_waits_for_it_when_the_fallback_may_not_be_shared()
+{
+    // A fallback answer marked `no-store` is its caller's alone: the request waiting on
+    // the call does not share it, and waits for the call rather than calling again.
+    let upstream = Upstream::new(Duration::from_secs(10));
+    let svc = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_deadline(Duration::from_secs(8))
+        .fallback(|_parts, _error| {
+            let mut response = Response::new(Bytes::from_static(b"fallback"));
+            response.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            Some(response)
+        })
+        .build()
+        .layer(upstream.service());
+    let first = send_after(&svc, Duration::ZERO, ask("ada", "same"));
+    let second = send_after(&svc, Duration::from_secs(5), ask("ada", "same"));
+    assert_eq!(first.await.unwrap().1, "fallback (degraded)");
+    assert_eq!(
+        second.await.unwrap(),
+        (Duration::from_secs(5), "ai:same".to_owned())
+    );
+    assert_eq!(upstream.calls(), 1, "no second call for the same key");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_waiting_on_a_call_that_runs_on_and_fails_gets_the_fallback_when_it_fails() {
     let upstream = Upstream::new(Duration::from_secs(10));
     upstream.set_healthy(false);

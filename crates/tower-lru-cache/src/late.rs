@@ -83,13 +83,21 @@ struct Late<St> {
     waiting: Pending<CachedResponse>,
 }
 
+impl<St> Late<St> {
+    /// Takes this call out of the cache's running-on map: the requests arriving from
+    /// now on do not wait for it.
+    fn end_waiting(&self) {
+        if self.shared.late_wait.is_some() {
+            self.shared.running_on.end(&self.key, &self.waiting);
+        }
+    }
+}
+
 impl<St> Drop for Late<St> {
     fn drop(&mut self) {
         // Closed first: a request that finds the entry after this sees it closed.
         drop(self.stored.take());
-        if self.shared.late_wait.is_some() {
-            self.shared.running_on.end(&self.key, &self.waiting);
-        }
+        self.end_waiting();
     }
 }
 
@@ -130,6 +138,11 @@ impl<St: CacheStore<CachedResponse>> Sink for Late<St> {
                 if let Some(stored) = &self.stored {
                     stored.send_replace(Some(Arc::new(Flight::Stored(entry))));
                 }
+                // Sent first: a request that finds the entry before this gets the
+                // answer. From now on the store has it, and answers for it only while
+                // it is fresh and not invalidated: a copy of this `LateAnswer` kept
+                // after its call must not go on answering with it.
+                self.end_waiting();
                 true
             }
             Finished::Shared { .. } => false,

@@ -312,13 +312,13 @@ impl<St> CacheLayerBuilder<St> {
     /// A layer below the cache may answer a request before its call ends (a deadline
     /// answered by a fallback) and let the call run on, handing its answer to the
     /// [`LateAnswer`](crate::LateAnswer) the cache put in the request. The requests
-    /// coalesced onto that call would otherwise share the early answer (a degraded one)
-    /// and the requests arriving meanwhile would make calls of their own, while the
-    /// provider is still working on the key. With this setting, both wait for the call
-    /// instead: its answer, once stored, answers them as a coalesced one. If it is not
-    /// stored (the call failed, or its answer may not be kept) or `until` passes first,
-    /// they go on as they would have: the waiters with the early answer, the others
-    /// with a call of their own.
+    /// coalesced onto that call would otherwise share the early answer (a degraded one),
+    /// or make calls of their own if it may not be shared (`no-store`, say), and the
+    /// requests arriving meanwhile would make calls of their own, while the provider is
+    /// still working on the key. With this setting, both wait for the call instead: its
+    /// answer, once stored, answers them as a coalesced one. If it is not stored (the
+    /// call failed, or its answer may not be kept) or `until` passes first, they go on
+    /// as they would have.
     ///
     /// ```
     /// use tokio::time::Instant;

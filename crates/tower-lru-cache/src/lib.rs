@@ -149,8 +149,9 @@
 //! [`wait_for_late_answers`](CacheLayerBuilder::wait_for_late_answers), the waiters then
 //! wait for that call's answer rather than share the leader's, and identical requests
 //! arriving meanwhile wait for it rather than call again, each until the instant the
-//! setting reads from its request; a stale entry that can answer at once is served
-//! first.
+//! setting reads from its request. A waiter that a stale entry can answer (the
+//! leader's answer being a failure, see below) gets it at once instead of waiting; a
+//! request arriving meanwhile, whose own call has not failed, waits all the same.
 //!
 //! # Stale-if-error
 //!

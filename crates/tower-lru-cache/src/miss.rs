@@ -70,7 +70,9 @@ where
                 ))
             })
     };
-    // Until when this request may wait for a call that runs on.
+    // Until when this request may wait for a call that runs on. Every such wait ends by
+    // then, so it may wait for one call after another (the next one it joins may run
+    // on too) and is never held past it.
     let late_until = shared
         .late_wait
         .as_ref()
@@ -79,20 +81,15 @@ where
     let mut rounds = 0;
     // Wait at most once for a body streaming to another request.
     let mut watch_streams = true;
-    // Wait at most once for a call running on.
-    let mut watch_late = late_until.is_some();
     loop {
         // An identical call that runs on after its own request was answered: wait for
         // its answer rather than calling again while the provider works on it.
-        if let Some(until) = late_until.filter(|_| watch_late)
+        if let Some(until) = late_until
             && let Some(late) = shared.running_on.get(&key)
+            && let Some(done) = wait_answer(late, Some(until)).await
+            && let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale)
         {
-            watch_late = false;
-            if let Some(done) = wait_answer(late, Some(until)).await
-                && let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale)
-            {
-                return answer;
-            }
+            return answer;
         }
 
         // An identical call whose answer is streaming to its own caller: wait for the
@@ -169,25 +166,24 @@ where
             }
             None => flight,
         };
-        // A failure because the leader's own time ran out, its call running on: unless a
-        // stale answer can answer now, wait for the call rather than share the failure.
-        let failed = matches!(
-            &*done,
-            Flight::Failed(_) | Flight::Shared { failed: true, .. }
-        );
-        if failed
-            && let Some(until) = late_until.filter(|_| watch_late)
-            && stale
+        // No answer for this request from the flight, because the leader's own time ran
+        // out, its call running on: a failure (unless a stale answer can answer now), or
+        // an early answer that was the leader's alone. Wait for the call rather than
+        // share the failure or call again.
+        let unanswered = match &*done {
+            Flight::Failed(_) | Flight::Shared { failed: true, .. } => stale
                 .as_ref()
-                .is_none_or(|entry| core.still_stale(Some(entry)).is_none())
+                .is_none_or(|entry| core.still_stale(Some(entry)).is_none()),
+            Flight::Alone => true,
+            Flight::Stored(_) | Flight::Shared { .. } | Flight::Streaming(_) => false,
+        };
+        if unanswered
+            && let Some(until) = late_until
             && let Some(late) = shared.running_on.get(&key)
+            && let Some(late) = wait_answer(late, Some(until)).await
+            && let Some(answer) = answer_from(core, &late, call.as_ref(), serve_stale)
         {
-            watch_late = false;
-            if let Some(late) = wait_answer(late, Some(until)).await
-                && let Some(answer) = answer_from(core, &late, call.as_ref(), serve_stale)
-            {
-                return answer;
-            }
+            return answer;
         }
         if let Some(answer) = answer_from(core, &done, call.as_ref(), serve_stale) {
             return answer;

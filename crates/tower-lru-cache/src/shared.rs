@@ -46,7 +46,8 @@ pub(crate) struct HttpShared<St> {
     pub(crate) late_wait: Option<LateWait>,
     /// The calls running on after their leader was answered, by key: what they store is
     /// sent on the channel, which closes when they end without storing. Bounded by the
-    /// number of calls in flight; each entry leaves when its call ends.
+    /// number of calls in flight; each entry leaves when its answer is stored (the store
+    /// has it from then on) or its call ends.
     pub(crate) running_on: Pending,
 }
 
@@ -70,13 +71,17 @@ impl Pending {
         map.insert(key, body);
     }
 
-    /// Registers `body` as the answer to come for `key` if its channel is still open, so
-    /// that it never stays registered once closed: whoever closes it then ends it.
+    /// Registers `body` as the answer to come for `key` if it is still to come (its
+    /// channel open, nothing sent on it), so that it never stays registered once closed
+    /// or answered: whoever closes or answers it then ends it.
     pub(crate) fn start_if_open(&self, key: CacheKey, body: &StreamBody<CachedResponse>) {
-        if body.has_changed().is_ok() {
+        let to_come = |body: &StreamBody<CachedResponse>| {
+            body.has_changed().is_ok() && body.borrow().is_none()
+        };
+        if to_come(body) {
             self.start(key, body.clone());
-            // Closed meanwhile, its `end` perhaps run already.
-            if body.has_changed().is_err() {
+            // Closed or answered meanwhile, its `end` perhaps run already.
+            if !to_come(body) {
                 self.end(&key, body);
             }
         }
@@ -308,6 +313,11 @@ mod tests {
         pending.end(&key, &rx);
         assert!(pending.get(&key).is_none());
         // Already closed: never registered, so nothing is left for nobody to end.
+        pending.start_if_open(key, &rx);
+        assert!(pending.get(&key).is_none());
+        // Already answered (and ended by whoever answered): never registered either.
+        let (answered, rx) = tokio::sync::watch::channel(None);
+        answered.send_replace(Some(Arc::new(crate::core::Flight::Alone)));
         pending.start_if_open(key, &rx);
         assert!(pending.get(&key).is_none());
         // Another channel's end leaves this one's entry alone.

@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
-use tower_lru_cache::{CacheBody, CacheHandle, CacheLayer, CacheLayerBuilder, LateAnswer};
+use tower_lru_cache::{CacheBody, CacheHandle, CacheLayer, CacheLayerBuilder, Clock, LateAnswer};
 
 /// An upstream that gives up at once (503), keeping each call's `LateAnswer` for the
 /// test to hand the real answer to later, as a layer below the cache that lets a call
@@ -251,6 +251,205 @@ async fn a_call_that_ends_without_an_answer_releases_the_requests_waiting_for_it
     let next = next.await.unwrap().unwrap();
     assert_eq!(start.elapsed(), Duration::ZERO, "told at once");
     assert_eq!(next.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        upstream.calls(),
+        1,
+        "its own call, the only one since the clear"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_late_answer_is_not_served_once_invalidated_or_expired() {
+    let Setup {
+        svc,
+        upstream,
+        handle,
+    } = cache_with(
+        CacheLayer::builder()
+            .clock(Clock::Tokio)
+            .ttl(Duration::from_secs(10))
+            .wait_for_late_answers(|extensions| extensions.get::<WaitUntil>().map(|until| until.0)),
+    );
+    svc.clone().oneshot(ask()).await.unwrap();
+    // Stored through a copy of the call's LateAnswer; the upstream keeps another.
+    assert!(upstream.last().store(answer("old", None)).await);
+    handle.invalidate_all();
+    // A miss: a call of its own, not the invalidated answer.
+    let next = svc
+        .clone()
+        .oneshot(ask_waiting(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(next.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.calls(), 2);
+
+    // The same once the entry has expired.
+    assert!(upstream.last().store(answer("older", None)).await);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let next = svc
+        .clone()
+        .oneshot(ask_waiting(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(next.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.calls(), 3);
+}
+
+/// Each call's [`LateAnswer`], as an upstream that lets calls run on keeps them.
+type Kept = Arc<Mutex<Vec<Option<LateAnswer>>>>;
+
+/// A waiting cache in front of an upstream that gives up after 1 s with a 503 (with
+/// `cache_control`), keeping each call's [`LateAnswer`].
+fn slow_cache(cache_control: Option<&'static str>) -> (Svc, Kept) {
+    slow_cache_with(CacheLayer::builder(), cache_control)
+}
+
+/// [`slow_cache`], built from `builder`.
+fn slow_cache_with(builder: CacheLayerBuilder, cache_control: Option<&'static str>) -> (Svc, Kept) {
+    let late = Kept::default();
+    let inner = service_fn({
+        let late = Arc::clone(&late);
+        move |req: Request<Full<Bytes>>| {
+            late.lock()
+                .unwrap()
+                .push(req.extensions().get::<LateAnswer>().cloned());
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let mut res = answer("not now", cache_control);
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, BoxError>(res)
+            }
+        }
+    });
+    let svc = builder
+        .wait_for_late_answers(|extensions| extensions.get::<WaitUntil>().map(|until| until.0))
+        .build()
+        .layer(inner);
+    (BoxCloneService::new(svc), late)
+}
+
+/// The [`LateAnswer`] of the `n`th call.
+fn call(late: &Kept, n: usize) -> LateAnswer {
+    late.lock().unwrap()[n].clone().expect("a LateAnswer")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_on_a_call_whose_early_answer_is_not_shared_waits_for_the_call() {
+    // An early answer of the caller's own (`no-store`: neither stored nor shared).
+    let (svc, late) = slow_cache(Some("no-store"));
+    let first = tokio::spawn(svc.clone().oneshot(ask()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(first.is_finished());
+    assert!(!second.is_finished(), "waits for the call");
+    assert!(call(&late, 0).store(answer("the analysis", None)).await);
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(body(second).await, "the analysis");
+    assert_eq!(late.lock().unwrap().len(), 1, "no second call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_waited_for_one_call_running_on_waits_for_the_next_one_it_waits_on() {
+    let (svc, late) = slow_cache(None);
+    // The first call gives up at 1 s and runs on.
+    svc.clone().oneshot(ask()).await.unwrap();
+    // Two requests arrive meanwhile and wait for it, with a minute to wait.
+    let waiting: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60)))))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // It ends without an answer: one of them calls, the other waits on its call, which
+    // gives up on its caller at once (a second later) and runs on in turn.
+    late.lock().unwrap()[0] = None;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(late.lock().unwrap().len(), 2);
+    assert!(call(&late, 1).store(answer("the analysis", None)).await);
+    let mut statuses = Vec::new();
+    for request in waiting {
+        statuses.push(request.await.unwrap().unwrap().status());
+    }
+    statuses.sort();
+    // The caller had its early answer; the other, with time left, the call's.
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE],
+        "{statuses:?}"
+    );
+    assert_eq!(late.lock().unwrap().len(), 2, "no third call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_leader_failed_gets_a_stale_entry_and_a_request_arriving_waits() {
+    let (svc, late) = slow_cache_with(
+        CacheLayer::builder()
+            .clock(Clock::Tokio)
+            .ttl(Duration::from_secs(10))
+            .stale_if_error(Duration::from_secs(600)),
+        None,
+    );
+    svc.clone().oneshot(ask()).await.unwrap();
+    assert!(call(&late, 0).store(answer("old", None)).await);
+    tokio::time::advance(Duration::from_secs(11)).await;
+
+    // The refill fails at once for its caller and runs on; the request waiting on it
+    // is answered with the stale entry then, rather than wait for the call.
+    let leader = tokio::spawn(svc.clone().oneshot(ask()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiter = svc
+        .clone()
+        .oneshot(ask_waiting(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(waiter.headers()["x-cache"], "STALE");
+    assert_eq!(body(waiter).await, "old");
+    assert_eq!(leader.await.unwrap().unwrap().headers()["x-cache"], "STALE");
+
+    // A request arriving while the call runs on has no failure of its own: it waits.
+    let arriving = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!arriving.is_finished(), "waits for the call");
+    assert!(call(&late, 1).store(answer("new", None)).await);
+    let arriving = arriving.await.unwrap().unwrap();
+    assert_eq!(arriving.headers()["x-cache"], "MISS");
+    assert_eq!(body(arriving).await, "new");
+    assert_eq!(late.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_answered_by_a_call_running_on_counts_as_coalesced_once() {
+    let Setup {
+        svc,
+        upstream,
+        handle,
+    } = waiting_cache();
+    svc.clone().oneshot(ask()).await.unwrap();
+    let next = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(upstream.last().store(answer("the analysis", None)).await);
+    next.await.unwrap().unwrap();
+    svc.clone().oneshot(ask()).await.unwrap();
+    let snapshot = handle.snapshot();
+    assert_eq!(
+        (snapshot.misses, snapshot.coalesced, snapshot.hits),
+        (1, 1, 1),
+        "{snapshot:?}"
+    );
+
+    // A request that waited, then found nothing stored, counts once too: as its own call.
+    handle.invalidate_all();
+    svc.clone().oneshot(ask()).await.unwrap();
+    let next = tokio::spawn(svc.clone().oneshot(ask_waiting(Duration::from_secs(60))));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    upstream.late.lock().unwrap().clear();
+    next.await.unwrap().unwrap();
+    let snapshot = handle.snapshot();
+    assert_eq!(
+        (snapshot.misses, snapshot.coalesced, snapshot.hits),
+        (3, 1, 1),
+        "{snapshot:?}"
+    );
     assert_eq!(
         upstream.calls(),
         1,
