@@ -99,6 +99,10 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
         .max_queue_wait(args.scaled_secs(300))
         .retry_attempts(args.retry_attempts)
         .retry_backoff(args.scaled_secs(1), args.scaled_secs(30))
+        // The preset's default budget (10 s, 1 retry a second, 20 %), on this time scale:
+        // its reserve is a rate, so that the load test's seconds leave retries the room
+        // a real hour does. (The window cannot go under 1 s.)
+        .retry_budget(args.scaled_secs(10), args.scaled_rate(1), 0.2)
         .request_deadline(args.scaled_secs(args.request_deadline_secs))
         .breaker_open_for(args.scaled_secs(args.breaker_open_secs))
         .call_timeout(args.scaled_secs(args.call_timeout_secs))

@@ -26,11 +26,16 @@ struct Demo {
 
 /// A gateway with these extra flags over an in-process simulator answering in 45 s.
 fn demo(flags: &[&str], failure_rate: f64) -> Demo {
+    demo_answering_in(flags, failure_rate, LATENCY)
+}
+
+/// A gateway with these extra flags over an in-process simulator answering in `latency`.
+fn demo_answering_in(flags: &[&str], failure_rate: f64, latency: Duration) -> Demo {
     let mut args = GatewayArgs::parse_from(std::iter::once("gateway").chain(flags.iter().copied()));
     // The tests pause tokio's time.
     args.clock = tower_health_ai::Clock::Tokio;
     let simulator = Simulator::new(SimulatorConfig::new(
-        LatencyRange::fixed(LATENCY),
+        LatencyRange::fixed(latency),
         failure_rate,
         1,
     ));
@@ -231,6 +236,37 @@ async fn failures_open_the_circuit_then_fallbacks_are_fast_and_a_good_call_close
     let health = get_json(&demo.router, "/api/health").await;
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["circuitBreaker"]["aiService"], "CLOSED");
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_a_compressed_time_scale_every_failed_call_is_still_retried() {
+    // The load test's scale: an hour in 36 s. The retry budget's reserve is a rate, so
+    // that retries get the room they would have in real time; unscaled, its 10 retries
+    // would run out here, and the preset would give up on failures it would retry.
+    let scaled_call = LATENCY.mul_f64(0.01);
+    let demo = demo_answering_in(
+        &["--time-scale", "0.01", "--max-in-flight", "16"],
+        1.0,
+        scaled_call,
+    );
+    let requests: Vec<_> = (0..6)
+        .map(|record| {
+            let router = demo.router.clone();
+            tokio::spawn(async move {
+                let request = analyze(&format!("rec-{record}"), &format!("user-{record}"))
+                    .body(Body::empty())
+                    .unwrap();
+                send(&router, request).await
+            })
+        })
+        .collect();
+    for request in requests {
+        let (status, headers, _) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-degraded"], "true");
+    }
+    // Three attempts each.
+    assert_eq!(demo.simulator.calls(), 18);
 }
 
 #[tokio::test(start_paused = true)]
