@@ -550,7 +550,7 @@ where
                     && let Ok(runtime) = tokio::runtime::Handle::try_current()
                 {
                     tracing::debug!("deadline passed with the call running: it runs on");
-                    runtime.spawn(run_on(inner, late, this.run_on_for));
+                    runtime.spawn(run_on(inner, running, late, this.run_on_for));
                 }
                 Poll::Ready(Err(Box::new(DeadlineExceeded)))
             }
@@ -659,14 +659,27 @@ where
 /// A call whose caller was answered at its deadline, run to its end, for `limit` at
 /// most (its answer's body included: the call timeout ends a call only at its head): a
 /// success goes to the cache.
-async fn run_on<F, ResB, E>(call: Pin<Box<F>>, late: LateAnswer, limit: Duration)
-where
+///
+/// It ends as soon as no attempt is `running` at the upstream: past the deadline none
+/// starts, so a failed attempt's retry would only be refused after its backoff (or the
+/// upstream's `Retry-After`), while the requests waiting for this call's answer wait.
+async fn run_on<F, ResB, E>(
+    mut call: Pin<Box<F>>,
+    running: Running,
+    late: LateAnswer,
+    limit: Duration,
+) where
     F: Future<Output = Result<Response<ResB>, E>>,
     ResB: http_body::Body<Data = Bytes>,
     ResB::Error: Into<BoxError>,
 {
     let run = async {
-        let Ok(answer) = call.await else {
+        let ended = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(result.ok()),
+            Poll::Pending if !running.any() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        });
+        let Some(answer) = ended.await else {
             return false;
         };
         late.store(answer).await

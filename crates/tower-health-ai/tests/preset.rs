@@ -1137,14 +1137,12 @@ async fn a_request_waiting_on_a_call_that_runs_on_and_fails_gets_the_fallback_wh
     let first = send_after(&svc, Duration::ZERO, ask("ada", "same"));
     let second = send_after(&svc, Duration::from_secs(5), ask("ada", "same"));
     assert_eq!(first.await.unwrap().1, "fallback (degraded)");
-    // Told when the call ends (it fails at 10 s; its retry, past its request's
-    // deadline, is refused after the backoff), not kept to its own deadline (13 s); and
-    // with less time left than a call takes, it starts none of its own.
-    let (took, body) = second.await.unwrap();
-    assert_eq!(body, "fallback (degraded)");
-    assert!(
-        took >= Duration::from_secs(5) && took < Duration::from_secs(8),
-        "{took:?}"
+    // Told when the call fails (at 10 s: its retry, past the first request's deadline,
+    // would only be refused after its backoff), not kept to its own deadline (13 s);
+    // and with less time left than a call takes, it starts none of its own.
+    assert_eq!(
+        second.await.unwrap(),
+        (Duration::from_secs(5), "fallback (degraded)".to_owned())
     );
     assert_eq!(upstream.calls(), 1);
 }
