@@ -1148,6 +1148,142 @@ async fn a_request_waiting_on_a_call_that_runs_on_and_fails_gets_the_fallback_wh
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_retry_running_at_its_callers_deadline_runs_on_and_its_answer_is_stored() {
+    // The first attempt fails after 1 s; its retry, started at once, takes 10 s and is
+    // running at the first request's 8 s deadline: the attempt that runs on is the
+    // retry, counted as running like the first one, and its answer is stored.
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = {
+        let calls = Arc::clone(&calls);
+        service_fn(move |request: UpstreamRequest| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let body = request.into_body().collect().await?.to_bytes();
+                if call == 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return status(500, None).unwrap();
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                answer(&String::from_utf8_lossy(&body)).unwrap()
+            }
+        })
+    };
+    let svc = HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_deadline(Duration::from_secs(8))
+        .retry_backoff(Duration::from_millis(100), Duration::from_millis(100))
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build()
+        .layer(upstream);
+    let first = send_after(&svc, Duration::ZERO, ask("ada", "same"));
+    let second = send_after(&svc, Duration::from_secs(5), ask("ada", "same"));
+    assert_eq!(
+        first.await.unwrap(),
+        (Duration::from_secs(8), "fallback (degraded)".to_owned())
+    );
+    // The retry ends by 11.1 s, within the second request's 13 s: its answer.
+    let (took, body) = second.await.unwrap();
+    assert_eq!(body, "ai:same");
+    assert!(took <= Duration::from_millis(6100), "{took:?}");
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "HIT");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_runs_on_ends_at_once_when_the_upstream_says_come_back_later() {
+    // At 10 s, past the first request's 8 s deadline, the upstream answers 503 with
+    // `Retry-After: 60`. A retry after that minute could only be refused: the call ends
+    // at once, and the request waiting on it is told then, not at its own deadline.
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = scripted(Arc::clone(&calls), Duration::from_secs(10), |_, _| {
+        status(503, Some("60"))
+    });
+    let stack = with_deadline(Duration::from_secs(8));
+    let handle = stack.handle();
+    let svc = stack.layer(upstream);
+    let first = send_after(&svc, Duration::ZERO, ask("ada", "same"));
+    let second = send_after(&svc, Duration::from_secs(5), ask("ada", "same"));
+    assert_eq!(first.await.unwrap().1, "fallback (degraded)");
+    assert_eq!(
+        second.await.unwrap(),
+        (Duration::from_secs(5), "fallback (degraded)".to_owned())
+    );
+    // Nothing of the call is left: no slot held, nobody waiting, no other attempt.
+    assert_eq!(handle.metrics().queue.processing, 0);
+    assert_eq!(handle.metrics().queue.queue_size, 0);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// A body that sends `chunks`, each one second after the one before.
+struct Slow {
+    chunks: std::collections::VecDeque<Bytes>,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Slow {
+    fn new(chunks: &[&'static str]) -> Self {
+        Self {
+            chunks: chunks
+                .iter()
+                .map(|chunk| Bytes::from_static(chunk.as_bytes()))
+                .collect(),
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(1))),
+        }
+    }
+}
+
+impl http_body::Body for Slow {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if self.chunks.is_empty() {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        let next = tokio::time::Instant::now() + Duration::from_secs(1);
+        self.sleep.as_mut().reset(next);
+        let chunk = self.chunks.pop_front().unwrap_or_default();
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_runs_on_is_stored_once_its_slow_body_has_come() {
+    // The head comes at 10 s, past the first request's 8 s deadline; the body, three
+    // chunks a second apart, by 13 s. The call runs on through its body, and the
+    // request waiting on it (until 15 s) gets the whole answer.
+    let calls = Arc::new(AtomicU64::new(0));
+    let upstream = {
+        let calls = Arc::clone(&calls);
+        service_fn(move |_request: UpstreamRequest| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, BoxError>(Response::new(Body::new(Slow::new(&["ai", ":", "slow"]))))
+            }
+        })
+    };
+    let svc = with_deadline(Duration::from_secs(8)).layer(upstream);
+    let first = send_after(&svc, Duration::ZERO, ask("ada", "same"));
+    let second = send_after(&svc, Duration::from_secs(7), ask("ada", "same"));
+    assert_eq!(first.await.unwrap().1, "fallback (degraded)");
+    assert_eq!(
+        second.await.unwrap(),
+        (Duration::from_secs(6), "ai:slow".to_owned())
+    );
+    let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
+    assert_eq!(response.headers()["x-cache"], "HIT");
+    assert_eq!(text(response).await, "ai:slow");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hung_call_past_its_callers_deadline_holds_its_slot_until_the_call_timeout() {
     // One slot, an upstream that takes far longer than the 2 s deadline and the 60 s
     // call timeout.
