@@ -87,10 +87,15 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
             )
             .with_burst(args.per_user_burst.unwrap_or(args.per_user_rps).max(1)),
         )
-        .global_quota(Quota::new(
-            args.scaled_rate(args.global_rps),
-            std::time::Duration::from_secs(1),
-        ))
+        // Its burst is a number of calls, not a rate: as many at once as in real time
+        // (`Quota::new` would take the scaled count as its burst).
+        .global_quota(
+            Quota::new(
+                args.scaled_rate(args.global_rps),
+                std::time::Duration::from_secs(1),
+            )
+            .with_burst(args.global_rps.max(1)),
+        )
         .global_max_wait(args.scaled_secs(30))
         .start_calls_in_time(!args.start_calls_late)
         .cache_ttl(args.scaled_secs(args.cache_ttl_secs))

@@ -270,6 +270,40 @@ async fn at_a_compressed_time_scale_every_failed_call_is_still_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn at_a_compressed_time_scale_the_global_pace_still_starts_two_calls_at_once() {
+    // The pace is 2 calls a second with a burst of 2: on the load test's scale, 200 a
+    // second, and still 2 at once (a burst is a number of calls; scaled as a rate, it
+    // would let 200 start together).
+    let demo = demo_answering_in(
+        &["--time-scale", "0.01", "--max-in-flight", "16"],
+        0.0,
+        LATENCY.mul_f64(0.01),
+    );
+    let requests: Vec<_> = (0..6)
+        .map(|record| {
+            let router = demo.router.clone();
+            tokio::spawn(async move {
+                let request = analyze(&format!("rec-{record}"), &format!("user-{record}"))
+                    .body(Body::empty())
+                    .unwrap();
+                send(&router, request).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(demo.simulator.calls(), 2, "two at once");
+    // Then one every 5 ms (a real half second).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(demo.simulator.calls(), 3);
+    for request in requests {
+        let (status, headers, _) = request.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(!headers.contains_key("x-degraded"));
+    }
+    assert_eq!(demo.simulator.calls(), 6);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_urgent_request_overtakes_queued_low_ones() {
     let demo = demo(
         &[
