@@ -102,6 +102,9 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
         .limit(in_flight_limit(args))
         .queue_capacity(args.queue_capacity)
         .max_queue_wait(args.scaled_secs(300))
+        // The queue's aging (10 s a level), on this time scale: unscaled, a compressed
+        // run would serve by strict priority, as no request waits that long there.
+        .queue_aging(args.scaled_secs(10))
         .retry_attempts(args.retry_attempts)
         .retry_backoff(args.scaled_secs(1), args.scaled_secs(30))
         // The preset's default budget (10 s, 1 retry a second, 20 %), on this time scale:

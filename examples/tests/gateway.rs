@@ -304,6 +304,44 @@ async fn at_a_compressed_time_scale_the_global_pace_still_starts_two_calls_at_on
 }
 
 #[tokio::test(start_paused = true)]
+async fn at_a_compressed_time_scale_a_long_waiting_low_request_still_goes_before_a_new_urgent_one()
+{
+    // One call at a time, 0.45 s each (45 s on the load test's scale). A low request
+    // waits behind a busy one; an urgent one arrives 0.4 s later (40 s): more than three
+    // levels of the queue's 10 s aging, scaled, so the low request has waited long
+    // enough to go first, as it would in real time.
+    let demo = demo_answering_in(
+        &["--time-scale", "0.01", "--max-in-flight", "1"],
+        0.0,
+        LATENCY.mul_f64(0.01),
+    );
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spawn = |record: &'static str, priority: &'static str| {
+        let router = demo.router.clone();
+        let order = Arc::clone(&order);
+        tokio::spawn(async move {
+            let request = analyze(record, record)
+                .header("x-priority", priority)
+                .body(Body::empty())
+                .unwrap();
+            let (status, headers, _) = send(&router, request).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(!headers.contains_key("x-degraded"), "{record}");
+            order.lock().unwrap().push(record);
+        })
+    };
+    let busy = spawn("busy", "normal");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let low = spawn("low", "low");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let urgent = spawn("urgent", "urgent");
+    for request in [busy, low, urgent] {
+        request.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), ["busy", "low", "urgent"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_urgent_request_overtakes_queued_low_ones() {
     let demo = demo(
         &[

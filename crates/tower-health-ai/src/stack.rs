@@ -219,9 +219,10 @@ enum RedSource {
 ///    circuit fails fast without queueing. Local refusals and the upstream's
 ///    backpressure (`429`, `503` with `Retry-After`) are ignored, not counted as
 ///    failures.
-/// 8. **Priority queue** (urgent, high, normal, low; 2 in flight; a bounded waiting
-///    room): bounds the concurrency towards the upstream. The priority comes from a
-///    trusted source (see [priorities](#priorities)).
+/// 8. **Priority queue** (urgent, high, normal, low, each level 10 s ahead of the one
+///    below, so that none starves; 2 in flight; a bounded waiting room): bounds the
+///    concurrency towards the upstream. The priority comes from a trusted source (see
+///    [priorities](#priorities)).
 /// 9. **Global token bucket** (wait mode, 2 req/s): paces the calls that really reach the
 ///    upstream; waits at most 30 s, else the request is refused (503, or degraded).
 /// 10. **Call timeout** (120 s), innermost, so that time spent queueing or waiting for
@@ -551,6 +552,7 @@ pub struct HealthAiStackBuilder {
     limit: Limit,
     queue_capacity: usize,
     max_queue_wait: Option<Duration>,
+    queue_aging: Option<Duration>,
     global_quota: Quota,
     global_max_wait: Duration,
     call_timeout: Duration,
@@ -590,6 +592,7 @@ impl Default for HealthAiStackBuilder {
             limit: Limit::Adaptive(DEFAULT_ADAPTIVE_LIMIT),
             queue_capacity: 100,
             max_queue_wait: None,
+            queue_aging: None,
             global_quota: Quota::per_second(2),
             global_max_wait: Duration::from_secs(30),
             call_timeout: Duration::from_secs(120),
@@ -623,6 +626,8 @@ impl fmt::Debug for HealthAiStackBuilder {
             .field("breaker_open_for", &self.breaker_open_for)
             .field("limit", &self.limit)
             .field("queue_capacity", &self.queue_capacity)
+            .field("max_queue_wait", &self.max_queue_wait)
+            .field("queue_aging", &self.queue_aging)
             .field("global_quota", &self.global_quota)
             .field("call_timeout", &self.call_timeout)
             .field("priority_header", &self.priority_header)
@@ -856,6 +861,17 @@ impl HealthAiStackBuilder {
     /// queue's own per-level defaults).
     pub fn max_queue_wait(mut self, wait: Duration) -> Self {
         self.max_queue_wait = Some(wait);
+        self
+    }
+
+    /// How much earlier each priority level counts than the one below it when the next
+    /// slot is handed out (default: the queue's, 10 s): an urgent request goes before a
+    /// low one that arrived less than `3 × aging` before it, not before one that has
+    /// waited longer, so that a lower level's wait is bounded by that plus the work
+    /// already ahead of it. `Duration::MAX` gives strict priority. See
+    /// [`PriorityQueueLayerBuilder::aging`](tower_priority_queue::PriorityQueueLayerBuilder::aging).
+    pub fn queue_aging(mut self, aging: Duration) -> Self {
+        self.queue_aging = Some(aging);
         self
     }
 
@@ -1171,6 +1187,9 @@ impl HealthAiStackBuilder {
             .capacity(self.queue_capacity);
         if let Some(wait) = self.max_queue_wait {
             queue = queue.max_wait_all(wait);
+        }
+        if let Some(aging) = self.queue_aging {
+            queue = queue.aging(aging);
         }
         let queue = queue.build();
         let global = RateLimitLayer::builder(self.global_quota)

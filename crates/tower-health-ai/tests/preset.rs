@@ -559,6 +559,27 @@ async fn a_client_may_lower_its_own_priority() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_queues_aging_can_be_set() {
+    // With an aging of 1 ms a level, a low request that arrived 10 ms before a normal
+    // one has waited long enough to go first (with the default 10 s, it does not: above).
+    let upstream = Upstream::new(Duration::from_secs(1));
+    let svc = one_slot()
+        .queue_aging(Duration::from_millis(1))
+        .build()
+        .layer(upstream.service());
+    let order = answer_order(
+        svc,
+        vec![
+            ("busy", ask("ada", "busy")),
+            ("batch", with_priority("ada", "batch", "low")),
+            ("grace", ask("grace", "grace")),
+        ],
+    )
+    .await;
+    assert_eq!(order, ["busy", "batch", "grace"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_application_sets_a_trusted_priority_through_an_extension() {
     let upstream = Upstream::new(Duration::from_secs(1));
     // The application decides (here from a header its authentication vouches for, in a
