@@ -99,6 +99,8 @@ pub fn stack(args: &GatewayArgs, prometheus: Option<PrometheusMetrics>) -> Healt
         .global_max_wait(args.scaled_secs(30))
         .start_calls_in_time(!args.start_calls_late)
         .cache_ttl(args.scaled_secs(args.cache_ttl_secs))
+        // The preset's stale-if-error grace (1 h), on this time scale.
+        .cache_stale_grace(args.scaled_secs(3600))
         .limit(in_flight_limit(args))
         .queue_capacity(args.queue_capacity)
         .max_queue_wait(args.scaled_secs(300))

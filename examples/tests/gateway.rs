@@ -342,6 +342,33 @@ async fn at_a_compressed_time_scale_a_long_waiting_low_request_still_goes_before
 }
 
 #[tokio::test(start_paused = true)]
+async fn at_a_compressed_time_scale_a_stale_answer_is_served_for_the_scaled_grace_only() {
+    // The load test's scale: a TTL of 36 s (an hour) and a stale-if-error grace of as
+    // much. Within the grace, a failed call is answered from the expired entry; past
+    // it, by the fallback, as an entry two hours old would be in real time.
+    let demo = demo_answering_in(&["--time-scale", "0.01"], 0.0, Duration::from_millis(100));
+    let source = |body: &[u8]| {
+        let answer: Value = serde_json::from_slice(body).unwrap();
+        answer["source"].as_str().unwrap().to_owned()
+    };
+    let ask = || analyze("rec-1", "ada").body(Body::empty()).unwrap();
+    let (_, _, body) = send(&demo.router, ask()).await;
+    assert_eq!(source(&body), "ai");
+    demo.simulator.set_failure_rate(1.0);
+    // Expired (36 s), within the grace: the stale answer.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let (status, _, body) = send(&demo.router, ask()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(source(&body), "ai");
+    // Past the grace (72 s): the fallback.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let (status, headers, body) = send(&demo.router, ask()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-degraded"], "true");
+    assert_eq!(source(&body), "fallback");
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_urgent_request_overtakes_queued_low_ones() {
     let demo = demo(
         &[
