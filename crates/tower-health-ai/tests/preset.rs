@@ -94,6 +94,15 @@ where
     .unwrap()
 }
 
+/// A stack whose requests have `deadline`, answered by a fallback past it.
+fn with_deadline(deadline: Duration) -> HealthAiStack {
+    HealthAiStack::builder()
+        .clock(Clock::Tokio)
+        .request_deadline(deadline)
+        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
+        .build()
+}
+
 fn stack() -> HealthAiStack {
     HealthAiStack::builder()
         .clock(Clock::Tokio)
@@ -857,11 +866,7 @@ async fn degradation_can_be_turned_off() {
 #[tokio::test(start_paused = true)]
 async fn the_deadline_degrades_and_is_counted_by_reason() {
     let upstream = Upstream::new(Duration::from_secs(5));
-    let stack = HealthAiStack::builder()
-        .clock(Clock::Tokio)
-        .request_deadline(Duration::from_secs(2))
-        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
-        .build();
+    let stack = with_deadline(Duration::from_secs(2));
     let handle = stack.handle();
     let svc = stack.layer(upstream.service());
     let start = tokio::time::Instant::now();
@@ -977,11 +982,7 @@ async fn a_deadline_the_request_check_shortens_still_ends_the_call() {
 async fn a_call_past_its_callers_deadline_runs_on_and_its_answer_serves_the_next_request() {
     // A 10 s upstream, a 2 s deadline.
     let upstream = Upstream::new(Duration::from_secs(10));
-    let stack = HealthAiStack::builder()
-        .clock(Clock::Tokio)
-        .request_deadline(Duration::from_secs(2))
-        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
-        .build();
+    let stack = with_deadline(Duration::from_secs(2));
     let handle = stack.handle();
     let svc = stack.layer(upstream.service());
     let start = tokio::time::Instant::now();
@@ -1006,11 +1007,7 @@ async fn a_call_that_runs_on_starts_no_other_attempt() {
     // Every call fails after 10 s; a 2 s deadline; retries on.
     let upstream = Upstream::new(Duration::from_secs(10));
     upstream.set_healthy(false);
-    let stack = HealthAiStack::builder()
-        .clock(Clock::Tokio)
-        .request_deadline(Duration::from_secs(2))
-        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
-        .build();
+    let stack = with_deadline(Duration::from_secs(2));
     let handle = stack.handle();
     let svc = stack.layer(upstream.service());
     let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
@@ -1024,15 +1021,6 @@ async fn a_call_that_runs_on_starts_no_other_attempt() {
     upstream.set_healthy(true);
     let response = svc.clone().oneshot(ask("ada", "same")).await.unwrap();
     assert_eq!(response.headers()["x-cache"], "MISS");
-}
-
-/// A stack whose requests have `deadline`, answered by a fallback past it.
-fn with_deadline(deadline: Duration) -> HealthAiStack {
-    HealthAiStack::builder()
-        .clock(Clock::Tokio)
-        .request_deadline(deadline)
-        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
-        .build()
 }
 
 /// Sends `request` through `svc` `after` from now; resolves to how long it took from
@@ -1350,11 +1338,7 @@ async fn the_largest_and_smallest_deadlines_never_panic() {
     let response = svc.clone().oneshot(request).await.unwrap();
     assert_eq!(text(response).await, "ai:a");
     // A zero budget: answered at once, never a call.
-    let stack = HealthAiStack::builder()
-        .clock(Clock::Tokio)
-        .request_deadline(Duration::ZERO)
-        .fallback(|_parts, _error| Some(Response::new(Bytes::from_static(b"fallback"))))
-        .build();
+    let stack = with_deadline(Duration::ZERO);
     let svc = stack.layer(upstream.service());
     let start = tokio::time::Instant::now();
     let response = svc.clone().oneshot(ask("ada", "b")).await.unwrap();
