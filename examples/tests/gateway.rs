@@ -72,6 +72,25 @@ async fn send(router: &Router, request: Request<Body>) -> (StatusCode, http::Hea
     (status, headers, body)
 }
 
+/// Sends one analysis for each of `n` records, each by a user of its own, in tasks of
+/// their own.
+fn spawn_records(
+    router: &Router,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(StatusCode, http::HeaderMap, Vec<u8>)>> {
+    (0..n)
+        .map(|record| {
+            let router = router.clone();
+            tokio::spawn(async move {
+                let request = analyze(&format!("rec-{record}"), &format!("user-{record}"))
+                    .body(Body::empty())
+                    .unwrap();
+                send(&router, request).await
+            })
+        })
+        .collect()
+}
+
 async fn get_json(router: &Router, path: &str) -> Value {
     let (status, _, body) = send(router, Request::get(path).body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
@@ -249,17 +268,7 @@ async fn at_a_compressed_time_scale_every_failed_call_is_still_retried() {
         1.0,
         scaled_call,
     );
-    let requests: Vec<_> = (0..6)
-        .map(|record| {
-            let router = demo.router.clone();
-            tokio::spawn(async move {
-                let request = analyze(&format!("rec-{record}"), &format!("user-{record}"))
-                    .body(Body::empty())
-                    .unwrap();
-                send(&router, request).await
-            })
-        })
-        .collect();
+    let requests = spawn_records(&demo.router, 6);
     for request in requests {
         let (status, headers, _) = request.await.unwrap();
         assert_eq!(status, StatusCode::OK);
@@ -279,17 +288,7 @@ async fn at_a_compressed_time_scale_the_global_pace_still_starts_two_calls_at_on
         0.0,
         LATENCY.mul_f64(0.01),
     );
-    let requests: Vec<_> = (0..6)
-        .map(|record| {
-            let router = demo.router.clone();
-            tokio::spawn(async move {
-                let request = analyze(&format!("rec-{record}"), &format!("user-{record}"))
-                    .body(Body::empty())
-                    .unwrap();
-                send(&router, request).await
-            })
-        })
-        .collect();
+    let requests = spawn_records(&demo.router, 6);
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(demo.simulator.calls(), 2, "two at once");
     // Then one every 5 ms (a real half second).
