@@ -341,13 +341,7 @@ where
             }
             return Poll::Ready(output);
         }
-        let Some(deadline) = *this.deadline else {
-            return Poll::Pending;
-        };
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-        std::task::ready!(sleep.as_mut().poll(cx));
+        std::task::ready!(poll_timer(this.sleep, *this.deadline, cx));
         *this.deadline = None;
         tracing::info!("request deadline passed while waiting below the stack");
         let error: BoxError = Box::new(DeadlineExceeded);
@@ -630,13 +624,7 @@ where
             if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
                 return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
             }
-            let Some(deadline) = *this.deadline else {
-                return Poll::Pending;
-            };
-            let sleep = this
-                .sleep
-                .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-            std::task::ready!(sleep.as_mut().poll(cx));
+            std::task::ready!(poll_timer(this.sleep, *this.deadline, cx));
         }
         *this.cut = true;
         tracing::info!("request deadline passed while the answer's body was arriving");
@@ -654,6 +642,22 @@ where
             self.inner.size_hint()
         }
     }
+}
+
+/// Polls the timer for `deadline`, made when first polled (so that an answer ready at
+/// once costs none): ready once the deadline has passed, never without one.
+fn poll_timer(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Option<Instant>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let Some(deadline) = deadline else {
+        return Poll::Pending;
+    };
+    timer
+        .get_or_insert_with(|| Box::pin(sleep_until(deadline)))
+        .as_mut()
+        .poll(cx)
 }
 
 /// A call whose caller was answered at its deadline, run to its end, for `limit` at
